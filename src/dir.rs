@@ -1,0 +1,115 @@
+//! Merged readdir: the union of a directory's contributing layers, top first,
+//! minus whiteouts and markers, each name once.
+
+use std::collections::HashSet;
+
+/// One raw entry of one layer, already classified by the caller (which may
+/// need a stat or an xattr to tell a whiteout from a file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerEntry {
+    /// An ordinary entry: shown unless hidden by a layer above.
+    Visible {
+        name: Vec<u8>,
+        d_type: u8,
+        d_ino: u64,
+    },
+    /// A whiteout for `name` (char device, xattr whiteout or OCI `.wh.name`):
+    /// hides `name` in the layers below.
+    Whiteout { name: Vec<u8> },
+}
+
+/// One entry of the merged listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergedEntry {
+    pub name: Vec<u8>,
+    pub d_type: u8,
+    /// The real inode number in the layer it came from.
+    pub d_ino: u64,
+    /// Index of the contributing layer (in the directory's own list) it came
+    /// from, to turn `d_ino` into the mount's inode number.
+    pub layer_pos: usize,
+}
+
+/// Merges per-layer listings, top layer first. Within one layer, an entry
+/// and a whiteout of the same name can both exist (OCI layers that delete
+/// then re-add): the layer's own entry stays, lower ones are hidden.
+pub fn merge_listings<I>(layers: I) -> Vec<MergedEntry>
+where
+    I: IntoIterator<Item = Vec<LayerEntry>>,
+{
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    let mut out = Vec::new();
+    for (pos, entries) in layers.into_iter().enumerate() {
+        let mut hidden_below = Vec::new();
+        for e in entries {
+            match e {
+                LayerEntry::Visible {
+                    name,
+                    d_type,
+                    d_ino,
+                } => {
+                    if seen.insert(name.clone()) {
+                        out.push(MergedEntry {
+                            name,
+                            d_type,
+                            d_ino,
+                            layer_pos: pos,
+                        });
+                    }
+                }
+                LayerEntry::Whiteout { name } => hidden_below.push(name),
+            }
+        }
+        seen.extend(hidden_below);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(name: &str, t: u8) -> LayerEntry {
+        LayerEntry::Visible {
+            name: name.as_bytes().to_vec(),
+            d_type: t,
+            d_ino: 1,
+        }
+    }
+    fn w(name: &str) -> LayerEntry {
+        LayerEntry::Whiteout {
+            name: name.as_bytes().to_vec(),
+        }
+    }
+    fn names(m: &[MergedEntry]) -> Vec<(String, usize)> {
+        m.iter()
+            .map(|e| (String::from_utf8(e.name.clone()).unwrap(), e.layer_pos))
+            .collect()
+    }
+
+    #[test]
+    fn union_top_first() {
+        let m = merge_listings(vec![vec![v("a", 8), v("b", 4)], vec![v("b", 4), v("c", 8)]]);
+        assert_eq!(
+            names(&m),
+            vec![("a".into(), 0), ("b".into(), 0), ("c".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn whiteouts_hide_only_below() {
+        let m = merge_listings(vec![
+            vec![w("x"), v("y", 8)],
+            vec![v("x", 8), w("y"), v("z", 8)],
+            vec![v("z", 8), v("x", 8)],
+        ]);
+        assert_eq!(names(&m), vec![("y".into(), 0), ("z".into(), 1)]);
+    }
+
+    #[test]
+    fn same_layer_entry_survives_its_whiteout() {
+        let m = merge_listings(vec![vec![w("x"), v("x", 4)], vec![v("x", 8)]]);
+        assert_eq!(names(&m), vec![("x".into(), 0)]);
+        assert_eq!(m[0].d_type, 4);
+    }
+}

@@ -1,0 +1,259 @@
+//! The inode table: FUSE node ids to the real files behind them.
+//!
+//! Numbering: fuser sends `attr.ino` as the kernel's node id, so the number a
+//! user sees as st_ino *is* the node id. It is derived from the identity of
+//! the object's origin — its (st_dev, st_ino) in the layer it comes from — by
+//! [`LayerStack::xino`](crate::layers::LayerStack::xino), so it is the same on
+//! every mount of the same layers and unique while the kernel holds it. Node
+//! id 1 is the root, whatever its real identity. Identities that do not fit
+//! (or would land on 1) get a number from a reserved fallback range, stable
+//! for the life of the mount.
+//!
+//! Concurrency rules:
+//! - the table is a sharded `DashMap`; a guard is never held across a call
+//!   that may touch the table again: callers get a cloned `Arc<Inode>`;
+//! - a lookup count only changes under the shard lock of its entry
+//!   (`entry()` to add, `remove_if()` to subtract), so a count that reached
+//!   zero removes the entry in the same critical section and never comes
+//!   back: a later lookup builds a fresh `Inode`;
+//! - an inode's real files live behind its own `RwLock`, taken briefly to
+//!   clone the `Arc` fds out; no syscall runs under a table guard.
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use parking_lot::RwLock;
+
+use crate::layers::LayerIdx;
+use crate::whiteout::DirMarks;
+
+/// The FUSE root node id.
+pub const ROOT_INO: u64 = 1;
+
+/// One real file or directory behind an inode, in one layer.
+#[derive(Debug, Clone)]
+pub struct RealEntry {
+    pub layer: LayerIdx,
+    /// O_PATH, O_NOFOLLOW fd of the real object.
+    pub fd: Arc<OwnedFd>,
+    /// For directories: the overlay marks found in this layer.
+    pub marks: DirMarks,
+}
+
+/// What may change about an inode while it lives (copy-up adds an upper
+/// entry, rename moves it).
+#[derive(Debug, Clone)]
+pub struct InodeState {
+    /// The real objects, top layer first. A non-directory has exactly one;
+    /// a directory has one per contributing layer.
+    pub reals: Vec<RealEntry>,
+    /// One name it is reachable by: its parent's node id and its name there.
+    pub parent: u64,
+    pub name: OsString,
+}
+
+#[derive(Debug)]
+pub struct Inode {
+    /// FUSE node id.
+    pub ino: u64,
+    /// The number shown as st_ino (differs from `ino` only for the root).
+    pub st_ino: u64,
+    pub is_dir: bool,
+    lookups: AtomicU64,
+    pub state: RwLock<InodeState>,
+}
+
+impl Inode {
+    pub fn new(ino: u64, st_ino: u64, is_dir: bool, state: InodeState) -> Inode {
+        Inode {
+            ino,
+            st_ino,
+            is_dir,
+            lookups: AtomicU64::new(0),
+            state: RwLock::new(state),
+        }
+    }
+
+    /// A snapshot of the real entries, cheap to take (Arc clones).
+    pub fn reals(&self) -> Vec<RealEntry> {
+        self.state.read().reals.clone()
+    }
+
+    /// The topmost real entry.
+    pub fn top(&self) -> RealEntry {
+        // Every inode is built with at least one real entry.
+        self.state.read().reals[0].clone()
+    }
+
+    pub fn lookup_count(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
+}
+
+/// Sharded map of live inodes, plus the fallback numbering.
+#[derive(Debug)]
+pub struct InodeTable {
+    map: DashMap<u64, Arc<Inode>>,
+    fallback: DashMap<(u64, u64), u64>,
+    next_fallback: AtomicU64,
+}
+
+impl InodeTable {
+    pub fn new(root: Inode, fallback_base: u64) -> InodeTable {
+        let map = DashMap::new();
+        map.insert(ROOT_INO, Arc::new(root));
+        InodeTable {
+            map,
+            fallback: DashMap::new(),
+            next_fallback: AtomicU64::new(fallback_base.max(2)),
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
+        self.map.get(&ino).map(|r| Arc::clone(r.value()))
+    }
+
+    /// The number for an identity that has no persistent number.
+    pub fn fallback_number(&self, dev: u64, ino: u64) -> u64 {
+        *self
+            .fallback
+            .entry((dev, ino))
+            .or_insert_with(|| self.next_fallback.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Returns the live inode with node id `ino`, or inserts the one `make`
+    /// builds, and adds one lookup reference either way.
+    pub fn lookup_insert(&self, ino: u64, make: impl FnOnce() -> Inode) -> Arc<Inode> {
+        match self.map.entry(ino) {
+            Entry::Occupied(e) => {
+                let inode = Arc::clone(e.get());
+                inode.lookups.fetch_add(1, Ordering::Relaxed);
+                inode
+            }
+            Entry::Vacant(v) => {
+                let inode = Arc::new(make());
+                inode.lookups.store(1, Ordering::Relaxed);
+                v.insert(Arc::clone(&inode));
+                inode
+            }
+        }
+    }
+
+    /// Adds a lookup reference to a live inode (readdirplus, link).
+    pub fn add_lookup(&self, ino: u64) -> bool {
+        match self.map.get(&ino) {
+            Some(r) => {
+                r.lookups.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops `n` lookup references; the inode leaves the table when none is
+    /// left. The root is never removed.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        self.map.remove_if(&ino, |_, inode| {
+            let prev = inode
+                .lookups
+                .fetch_sub(n.min(inode.lookup_count()), Ordering::Relaxed);
+            prev <= n
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn state() -> InodeState {
+        let fd = std::fs::File::open("/").unwrap();
+        InodeState {
+            reals: vec![RealEntry {
+                layer: LayerIdx(0),
+                fd: Arc::new(fd.as_fd().try_clone_to_owned().unwrap()),
+                marks: DirMarks::default(),
+            }],
+            parent: ROOT_INO,
+            name: "x".into(),
+        }
+    }
+
+    fn table() -> InodeTable {
+        InodeTable::new(Inode::new(ROOT_INO, 2, true, state()), 1 << 63)
+    }
+
+    #[test]
+    fn lookups_and_forget() {
+        let t = table();
+        let a = t.lookup_insert(10, || Inode::new(10, 10, false, state()));
+        let b = t.lookup_insert(10, || panic!("must reuse the live inode"));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.lookup_count(), 2);
+        t.forget(10, 1);
+        assert!(t.get(10).is_some());
+        t.forget(10, 1);
+        assert!(t.get(10).is_none());
+        // A count that reached zero never comes back: a new lookup builds a new inode.
+        let c = t.lookup_insert(10, || Inode::new(10, 10, false, state()));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(c.lookup_count(), 1);
+    }
+
+    #[test]
+    fn batch_forget_more_than_held_removes() {
+        let t = table();
+        t.lookup_insert(11, || Inode::new(11, 11, false, state()));
+        t.forget(11, 5);
+        assert!(t.get(11).is_none());
+        t.forget(ROOT_INO, 100);
+        assert!(t.get(ROOT_INO).is_some());
+    }
+
+    #[test]
+    fn fallback_numbers_are_stable_and_distinct() {
+        let t = table();
+        let a = t.fallback_number(1, 2);
+        let b = t.fallback_number(1, 3);
+        assert_ne!(a, b);
+        assert_eq!(a, t.fallback_number(1, 2));
+        assert!(a >= 1 << 63);
+    }
+
+    #[test]
+    fn concurrent_lookup_and_forget_keep_counts() {
+        let t = Arc::new(table());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let t = Arc::clone(&t);
+                std::thread::spawn(move || {
+                    for _ in 0..2000 {
+                        t.lookup_insert(20, || Inode::new(20, 20, false, state()));
+                        t.forget(20, 1);
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        assert!(t.get(20).is_none());
+        assert_eq!(t.len(), 1);
+    }
+}

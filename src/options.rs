@@ -1,0 +1,338 @@
+//! Mount-option parsing, compatible with fuse-overlayfs and with what
+//! mount(8) / mount.fuse3 pass along.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A mount option the user gave that layerfs cannot take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionError(pub String);
+
+impl fmt::Display for OptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OptionError {}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, OptionError> {
+    Err(OptionError(msg.into()))
+}
+
+/// Everything `-o` said, after parsing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MountOptions {
+    /// Lower layers, top first, as given (relative paths are resolved by the
+    /// caller against the working directory).
+    pub lowerdirs: Vec<PathBuf>,
+    pub upperdir: Option<PathBuf>,
+    pub workdir: Option<PathBuf>,
+    /// Entry/attribute cache timeout (`timeout=SECONDS`).
+    pub timeout: Option<Duration>,
+    /// Worker threads (`threaded=0` means one; `threads=N` sets it).
+    pub threads: Option<usize>,
+    /// `ro`: a read-only mount even with an upper dir.
+    pub read_only: bool,
+    /// `fsync=0` or `volatile`: skip fsync on the upper layer.
+    pub no_fsync: bool,
+    pub debug: bool,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub default_permissions: bool,
+    pub auto_unmount: bool,
+    /// Explicit `dev`/`nodev`, `suid`/`nosuid`, `exec`/`noexec`,
+    /// `atime`/`noatime`: None keeps the default.
+    pub dev: Option<bool>,
+    pub suid: Option<bool>,
+    pub exec: Option<bool>,
+    pub atime: Option<bool>,
+    pub sync: bool,
+    pub dirsync: bool,
+    pub fsname: Option<String>,
+    pub subtype: Option<String>,
+    /// Options layerfs accepts for compatibility without acting on them.
+    pub ignored: Vec<String>,
+    /// Any other option, passed on as fuse-overlayfs would (uidmapping…):
+    /// kept so later features can read them.
+    pub extra: Vec<(String, String)>,
+}
+
+/// fuse-overlayfs options accepted with a value that layerfs keeps for
+/// features that read them (id mapping, logging).
+const KEPT: &[&str] = &[
+    "uidmapping",
+    "gidmapping",
+    "squash_to_uid",
+    "squash_to_gid",
+    "logfile",
+];
+
+/// Options accepted and ignored: the generic ones mount(8) passes along,
+/// and fuse-overlayfs / kernel overlayfs tunables whose behaviour layerfs has
+/// built in (or which only concern other implementations).
+const IGNORED: &[&str] = &[
+    "rw",
+    "defaults",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nostrictatime",
+    "lazytime",
+    "nolazytime",
+    "diratime",
+    "nodiratime",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "owner",
+    "nofail",
+    "_netdev",
+    "max_read",
+    "blksize",
+    "context",
+    "fscontext",
+    "defcontext",
+    "rootcontext",
+    "xino",
+    "ino32_t",
+    "redirect_dir",
+    "index",
+    "metacopy",
+    "userxattr",
+    "nfs_export",
+    "fast_ino",
+    "static_nlink",
+    "noacl",
+    "xattr_permissions",
+    "writeback",
+    "noxattrs",
+    "squash_to_root",
+    "plugins",
+    "comment",
+    "uuid",
+    "verity",
+];
+
+/// Splits on `sep` where it is not escaped by a backslash; backslashes are
+/// kept for the next level to unescape.
+fn split_escaped(s: &str, sep: char) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            cur.push(c);
+            if let Some(n) = chars.next() {
+                cur.push(n);
+            }
+        } else if c == sep {
+            parts.push(std::mem::take(&mut cur));
+        } else {
+            cur.push(c);
+        }
+    }
+    parts.push(cur);
+    parts
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Parses `lowerdir=` value: colon-separated, top first, `\:` escapes a colon.
+pub fn parse_lowerdirs(v: &str) -> Result<Vec<PathBuf>, OptionError> {
+    let mut dirs = Vec::new();
+    for part in split_escaped(v, ':') {
+        if part.is_empty() {
+            // "a::b" is how kernel overlayfs separates data-only layers; an
+            // empty entry is otherwise a typo worth naming.
+            return err(format!(
+                "lowerdir={v}: empty layer path (two colons in a row, or a leading/trailing colon)"
+            ));
+        }
+        dirs.push(PathBuf::from(unescape(&part)));
+    }
+    Ok(dirs)
+}
+
+fn parse_bool(name: &str, v: Option<&str>) -> Result<bool, OptionError> {
+    match v {
+        None | Some("1") | Some("on") | Some("true") | Some("yes") => Ok(true),
+        Some("0") | Some("off") | Some("false") | Some("no") => Ok(false),
+        Some(other) => err(format!("{name}={other}: expected 0 or 1")),
+    }
+}
+
+impl MountOptions {
+    /// Parses every `-o` argument (each a comma-separated list). Empty items
+    /// (`a,,b`, a trailing comma) are skipped, as containers-storage sends them.
+    pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<MountOptions, OptionError> {
+        let mut o = MountOptions::default();
+        for arg in args {
+            for item in split_escaped(arg.as_ref(), ',') {
+                let item = item.trim();
+                if item.is_empty() {
+                    continue;
+                }
+                o.apply(item)?;
+            }
+        }
+        Ok(o)
+    }
+
+    fn apply(&mut self, item: &str) -> Result<(), OptionError> {
+        let (name, value) = match item.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (item, None),
+        };
+        let need = |what: &str| -> Result<String, OptionError> {
+            match value {
+                Some(v) if !v.is_empty() => Ok(v.to_string()),
+                _ => err(format!("option {name} needs a value: {name}={what}")),
+            }
+        };
+        match name {
+            "lowerdir" => {
+                let v = need("DIR[:DIR...]")?;
+                self.lowerdirs = parse_lowerdirs(&v)?;
+            }
+            "upperdir" => self.upperdir = Some(PathBuf::from(unescape(&need("DIR")?))),
+            "workdir" => self.workdir = Some(PathBuf::from(unescape(&need("DIR")?))),
+            "timeout" => {
+                let v = need("SECONDS")?;
+                let secs: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| OptionError(format!("timeout={v}: not a number of seconds")))?;
+                self.timeout = Some(Duration::from_secs_f64(secs.min(1e9)));
+            }
+            "threaded" => {
+                if !parse_bool(name, value)? {
+                    self.threads = Some(1);
+                }
+            }
+            "threads" => {
+                let v = need("N")?;
+                let n: usize = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1024).contains(n))
+                    .ok_or_else(|| OptionError(format!("threads={v}: expected 1 to 1024")))?;
+                self.threads = Some(n);
+            }
+            "fsync" => self.no_fsync = !parse_bool(name, value)?,
+            "volatile" => self.no_fsync = true,
+            "debug" => self.debug = true,
+            "ro" => self.read_only = true,
+            "allow_other" => self.allow_other = true,
+            "allow_root" => self.allow_root = true,
+            "default_permissions" => self.default_permissions = true,
+            "auto_unmount" => self.auto_unmount = true,
+            "dev" => self.dev = Some(true),
+            "nodev" => self.dev = Some(false),
+            "suid" => self.suid = Some(true),
+            "nosuid" => self.suid = Some(false),
+            "exec" => self.exec = Some(true),
+            "noexec" => self.exec = Some(false),
+            "atime" => self.atime = Some(true),
+            "noatime" => self.atime = Some(false),
+            "sync" => self.sync = true,
+            "async" => self.sync = false,
+            "dirsync" => self.dirsync = true,
+            "fsname" => self.fsname = Some(need("NAME")?),
+            "subtype" => self.subtype = Some(need("NAME")?),
+            n if KEPT.contains(&n) => self.extra.push((n.to_string(), need("VALUE")?)),
+            n if IGNORED.contains(&n) || n.starts_with("x-") => self.ignored.push(item.to_string()),
+            _ => {
+                return err(format!(
+                    "unknown mount option '{item}' (see layerfs --help for the accepted options)"
+                ))
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic() {
+        let o = MountOptions::parse(&["lowerdir=/a:/b,upperdir=/u,workdir=/w"]).unwrap();
+        assert_eq!(o.lowerdirs, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(o.upperdir, Some(PathBuf::from("/u")));
+        assert_eq!(o.workdir, Some(PathBuf::from("/w")));
+    }
+
+    #[test]
+    fn escaped_colons_and_commas() {
+        let o = MountOptions::parse(&[r"lowerdir=/a\:b:/c\,d"]).unwrap();
+        assert_eq!(
+            o.lowerdirs,
+            vec![PathBuf::from("/a:b"), PathBuf::from("/c,d")]
+        );
+    }
+
+    #[test]
+    fn empty_items_and_generic_options() {
+        let o = MountOptions::parse(&[
+            "lowerdir=l/A:l/B,,volatile,",
+            "rw,nodev,noatime,x-systemd.automount,nofail,_netdev,defaults",
+        ])
+        .unwrap();
+        assert_eq!(o.lowerdirs.len(), 2);
+        assert!(o.no_fsync);
+        assert_eq!(o.dev, Some(false));
+        assert_eq!(o.atime, Some(false));
+        assert!(o.ignored.contains(&"x-systemd.automount".to_string()));
+    }
+
+    #[test]
+    fn unknown_option_is_named() {
+        let e = MountOptions::parse(&["lowerdir=/a,bogus=1"]).unwrap_err();
+        assert!(e.0.contains("bogus=1"), "{e}");
+    }
+
+    #[test]
+    fn values_required_and_checked() {
+        assert!(MountOptions::parse(&["lowerdir="]).is_err());
+        assert!(MountOptions::parse(&["lowerdir=/a::/b"]).is_err());
+        assert!(MountOptions::parse(&["timeout=abc"]).is_err());
+        assert_eq!(
+            MountOptions::parse(&["timeout=2.5"]).unwrap().timeout,
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            MountOptions::parse(&["threaded=0"]).unwrap().threads,
+            Some(1)
+        );
+        assert!(MountOptions::parse(&["fsync=maybe"]).is_err());
+        assert!(MountOptions::parse(&["fsync=0"]).unwrap().no_fsync);
+    }
+
+    #[test]
+    fn kept_options() {
+        let o = MountOptions::parse(&["uidmapping=0:1000:1,squash_to_root"]).unwrap();
+        assert_eq!(
+            o.extra,
+            vec![("uidmapping".to_string(), "0:1000:1".to_string())]
+        );
+    }
+}

@@ -1,0 +1,485 @@
+//! Thin, safe wrappers over the syscalls layerfs needs.
+//!
+//! This is the only module allowed to use `unsafe`. Every wrapper takes
+//! borrowed fds and byte names and returns owned fds or plain data, and turns
+//! `-1`/errno into `std::io::Error` carrying the errno of the failed call.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// `struct stat` as the kernel fills it.
+pub type Stat = libc::stat;
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// A name or path as a NUL-terminated string; a name with an inner NUL is
+/// EINVAL, as the kernel would say.
+pub fn cstr(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The path under /proc that reopens an fd, used for calls that have no
+/// fd-relative form that accepts O_PATH fds (xattrs, reopen with new flags).
+fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
+    // Cannot contain NUL: digits only.
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+/// `openat(dir, name, flags, mode)`, always with O_CLOEXEC.
+pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call;
+    // the returned fd is fresh and owned by nobody else.
+    let fd = cvt(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    })?;
+    // SAFETY: `fd` was just returned by openat and is not owned elsewhere.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `open(path, flags)` for paths the administrator gave at mount time.
+pub fn open_path(path: &Path, flags: i32) -> io::Result<OwnedFd> {
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: valid C string; fresh fd.
+    let fd = cvt(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: `fd` was just returned by open.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens the file an fd (typically O_PATH) refers to again, with new flags.
+/// Goes through /proc/self/fd, which lands on the very same inode without
+/// resolving any path inside a layer.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+    let p = proc_fd_path(fd);
+    // SAFETY: valid C string; fresh fd.
+    let raw = cvt(unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: `raw` was just returned by open.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// `fstat(fd)`; works on O_PATH fds.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+    let mut st = MaybeUninit::<Stat>::uninit();
+    // SAFETY: `st` is a valid out-pointer for one `struct stat`.
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+pub fn lstatat(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Stat> {
+    let c = cstr(name)?;
+    let mut st = MaybeUninit::<Stat>::uninit();
+    // SAFETY: valid C string and out-pointer.
+    cvt(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: fstatat succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `stat(path)` for paths the administrator gave at mount time.
+pub fn stat_path(path: &Path) -> io::Result<Stat> {
+    let c = cstr(path.as_os_str())?;
+    let mut st = MaybeUninit::<Stat>::uninit();
+    // SAFETY: valid C string and out-pointer.
+    cvt(unsafe { libc::stat(c.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: stat succeeded.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// The target of the symlink an O_PATH fd refers to (`readlinkat(fd, "")`).
+pub fn readlink_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: `buf` is writable for `buf.len()` bytes; "" is a valid C string.
+    let n = cvt_size(unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Reads an xattr of the file an fd refers to (O_PATH fds included, symlinks
+/// included: the /proc magic link lands on the symlink itself).
+pub fn getxattr_fd(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
+    let p = proc_fd_path(fd);
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: `buf` is writable for its length; both strings are valid.
+        let r = unsafe {
+            libc::getxattr(
+                p.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        match cvt_size(r) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < (1 << 20) => {
+                // SAFETY: size query with a null buffer is allowed by getxattr(2).
+                let need = cvt_size(unsafe {
+                    libc::getxattr(p.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0)
+                })?;
+                buf.resize(need.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Lists the xattr names of the file an fd refers to, as the kernel returns
+/// them: NUL-terminated names back to back.
+pub fn listxattr_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let p = proc_fd_path(fd);
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: `buf` is writable for its length; the path is valid.
+        let r = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        match cvt_size(r) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < (1 << 24) => {
+                // SAFETY: size query with a null buffer.
+                let need =
+                    cvt_size(unsafe { libc::listxattr(p.as_ptr(), std::ptr::null_mut(), 0) })?;
+                buf.resize(need.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sets an xattr on the file an fd refers to.
+pub fn setxattr_fd(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
+    let p = proc_fd_path(fd);
+    // SAFETY: all pointers valid for the given lengths.
+    cvt(unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })?;
+    Ok(())
+}
+
+/// Removes an xattr from the file an fd refers to.
+pub fn removexattr_fd(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    let p = proc_fd_path(fd);
+    // SAFETY: valid C strings.
+    cvt(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) })?;
+    Ok(())
+}
+
+/// `lsetxattr(path, ...)` for test fixtures and mount-time set-up.
+pub fn lsetxattr_path(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let p = cstr(path.as_os_str())?;
+    let n = cstr(OsStr::new(name))?;
+    // SAFETY: all pointers valid for the given lengths.
+    cvt(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })?;
+    Ok(())
+}
+
+/// `fstatvfs(fd)`; works on O_PATH fds.
+pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
+    let mut st = MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: valid out-pointer.
+    cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatvfs succeeded.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// One entry as getdents64 returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawDirent {
+    pub ino: u64,
+    pub d_type: u8,
+    pub name: Vec<u8>,
+}
+
+/// Reads every entry of a directory opened for reading, `.` and `..`
+/// included, in the order the filesystem returns them.
+pub fn read_dir_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<RawDirent>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: `buf` is writable for its length; getdents64 writes at most
+        // that many bytes of linux_dirent64 records.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Ok(out);
+        }
+        parse_dirents(&buf[..n as usize], &mut out);
+    }
+}
+
+/// Decodes a buffer of linux_dirent64 records (safe byte parsing).
+fn parse_dirents(buf: &[u8], out: &mut Vec<RawDirent>) {
+    let mut pos = 0;
+    while pos + 19 <= buf.len() {
+        let ino = u64::from_ne_bytes(buf[pos..pos + 8].try_into().unwrap_or([0; 8]));
+        let reclen = u16::from_ne_bytes([buf[pos + 16], buf[pos + 17]]) as usize;
+        let d_type = buf[pos + 18];
+        if reclen == 0 || pos + reclen > buf.len() {
+            break;
+        }
+        let name_area = &buf[pos + 19..pos + reclen];
+        let len = name_area
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(name_area.len());
+        out.push(RawDirent {
+            ino,
+            d_type,
+            name: name_area[..len].to_vec(),
+        });
+        pos += reclen;
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit: every live inode holds an
+/// O_PATH fd, so the default 1024 is far too low for an image's tree.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = MaybeUninit::<libc::rlimit>::uninit();
+    // SAFETY: valid out-pointer.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) })?;
+    // SAFETY: getrlimit succeeded.
+    let mut lim = unsafe { lim.assume_init() };
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: valid pointer to an initialised rlimit.
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// The outcome of `fork()` for the caller.
+pub enum Forked {
+    Parent { child: libc::pid_t },
+    Child,
+}
+
+/// `fork()`. Only call while the process has a single thread.
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: the caller guarantees the process is single-threaded, so the
+    // child inherits no lock held by another thread.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        child => Ok(Forked::Parent { child }),
+    }
+}
+
+/// `setsid()`: the daemon leaves the caller's session and terminal.
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: no pointers involved.
+    cvt(unsafe { libc::setsid() })?;
+    Ok(())
+}
+
+/// `dup2(from, to)`, used to point stdio at /dev/null in the daemon.
+pub fn dup2(from: BorrowedFd<'_>, to: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 only manipulates the fd table; `to` is one of 0..=2.
+    cvt(unsafe { libc::dup2(from.as_raw_fd(), to) })?;
+    Ok(())
+}
+
+/// `waitpid(pid, 0)`: returns the raw wait status.
+pub fn waitpid(pid: libc::pid_t) -> io::Result<i32> {
+    let mut status = 0;
+    // SAFETY: valid out-pointer.
+    cvt(unsafe { libc::waitpid(pid, &mut status, 0) })?;
+    Ok(status)
+}
+
+/// Blocks the termination signals in the calling thread (and in every thread
+/// it creates afterwards), so that one thread can wait for them with
+/// [`wait_termination_signal`].
+pub fn block_termination_signals() -> io::Result<()> {
+    let set = termination_sigset();
+    // SAFETY: valid sigset pointer; null old-set pointer is allowed.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+fn termination_sigset() -> libc::sigset_t {
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set; sigaddset only writes into it.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(set.as_mut_ptr(), s);
+        }
+        set.assume_init()
+    }
+}
+
+/// Waits until SIGTERM, SIGINT or SIGHUP arrives; returns its number.
+pub fn wait_termination_signal() -> i32 {
+    let set = termination_sigset();
+    let mut sig = 0;
+    // SAFETY: valid pointers; the signals are blocked in this thread.
+    unsafe { libc::sigwait(&set, &mut sig) };
+    sig
+}
+
+/// `umount2(path, flags)`.
+pub fn umount(path: &Path, flags: i32) -> io::Result<()> {
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::umount2(c.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// `mount(2)`.
+pub fn mount(
+    source: &OsStr,
+    target: &Path,
+    fstype: &OsStr,
+    flags: libc::c_ulong,
+    data: &OsStr,
+) -> io::Result<()> {
+    let (s, t, f, d) = (
+        cstr(source)?,
+        cstr(target.as_os_str())?,
+        cstr(fstype)?,
+        cstr(data)?,
+    );
+    // SAFETY: all four are valid NUL-terminated strings for the call.
+    cvt(unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr().cast()) })?;
+    Ok(())
+}
+
+/// Real uid and gid of this process.
+pub fn getuid_gid() -> (u32, u32) {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+/// Effective uid of this process.
+pub fn geteuid() -> u32 {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// `pread` into a buffer, retried on EINTR by the caller's loop.
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    // SAFETY: `buf` is writable for its length.
+    cvt_size(unsafe {
+        libc::pread(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            offset as libc::off_t,
+        )
+    })
+}
+
+/// `access(2)`-style check through /proc for the real file, used when
+/// default_permissions is off.
+pub fn faccess(fd: BorrowedFd<'_>, mode: i32) -> io::Result<()> {
+    let p = proc_fd_path(fd);
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::access(p.as_ptr(), mode) })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_dirent_records() {
+        // Two records: "a" (ino 5, DT_REG) and "bc" (ino 7, DT_DIR), 24 bytes each.
+        let mut buf = Vec::new();
+        for (ino, t, name) in [(5u64, 8u8, &b"a"[..]), (7, 4, b"bc")] {
+            let mut rec = vec![0u8; 24];
+            rec[..8].copy_from_slice(&ino.to_ne_bytes());
+            rec[16..18].copy_from_slice(&24u16.to_ne_bytes());
+            rec[18] = t;
+            rec[19..19 + name.len()].copy_from_slice(name);
+            buf.extend(rec);
+        }
+        let mut out = Vec::new();
+        parse_dirents(&buf, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                RawDirent {
+                    ino: 5,
+                    d_type: 8,
+                    name: b"a".to_vec()
+                },
+                RawDirent {
+                    ino: 7,
+                    d_type: 4,
+                    name: b"bc".to_vec()
+                },
+            ]
+        );
+    }
+}

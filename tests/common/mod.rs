@@ -1,0 +1,505 @@
+//! Shared fixtures for mounted tests: layer builders, mount guards that
+//! always unmount (even when the test panics), and tree snapshots to compare
+//! a layerfs mount with kernel overlayfs.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub fn layerfs_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_layerfs")
+}
+
+pub fn is_root() -> bool {
+    layerfs::sys::geteuid() == 0
+}
+
+/// Skips a test (with a message) when it cannot run here; the suite is meant
+/// to run as root with /dev/fuse, as CI does.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !common::is_root() || !std::path::Path::new("/dev/fuse").exists() {
+            eprintln!("SKIP: needs root and /dev/fuse");
+            return;
+        }
+    };
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let Ok(canon) = dir.canonicalize() else {
+        return false;
+    };
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let want = canon.to_string_lossy().replace(' ', "\\040");
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+}
+
+/// A mount that is undone when the guard drops.
+pub struct Mounted {
+    pub dir: PathBuf,
+}
+
+impl Mounted {
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// Unmounts now (the guard then has nothing left to do).
+    pub fn unmount(&mut self) {
+        if !is_mounted(&self.dir) {
+            return;
+        }
+        let ok = Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while is_mounted(&self.dir) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// Runs `layerfs` with `opts` on `mnt`; it returns once the mount is up.
+pub fn try_mount_layerfs(opts: &str, mnt: &Path) -> io::Result<Mounted> {
+    fs::create_dir_all(mnt)?;
+    let out = Command::new(layerfs_bin())
+        .arg("-o")
+        .arg(opts)
+        .arg(mnt)
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "layerfs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    assert!(
+        is_mounted(mnt),
+        "layerfs returned 0 but {mnt:?} is not mounted"
+    );
+    Ok(Mounted {
+        dir: mnt.to_path_buf(),
+    })
+}
+
+pub fn lowerdir_opt(lowers: &[PathBuf]) -> String {
+    let l: Vec<String> = lowers
+        .iter()
+        .map(|p| p.to_string_lossy().replace(':', "\\:").replace(',', "\\,"))
+        .collect();
+    format!("lowerdir={}", l.join(":"))
+}
+
+pub fn mount_layerfs(lowers: &[PathBuf], mnt: &Path) -> Mounted {
+    try_mount_layerfs(&lowerdir_opt(lowers), mnt).expect("mount layerfs")
+}
+
+/// Mounts kernel overlayfs read-only over the same lowers (needs at least
+/// two, as the kernel does without an upper).
+pub fn mount_kernel(lowers: &[PathBuf], mnt: &Path, extra: &str) -> Mounted {
+    fs::create_dir_all(mnt).unwrap();
+    let mut opts = lowerdir_opt(lowers);
+    if !extra.is_empty() {
+        opts.push(',');
+        opts.push_str(extra);
+    }
+    let out = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(mnt)
+        .output()
+        .expect("run mount");
+    assert!(
+        out.status.success(),
+        "kernel overlay mount failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Mounted {
+        dir: mnt.to_path_buf(),
+    }
+}
+
+/// What a snapshot records of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u64,
+    pub size: u64,
+    pub mtime: (i64, i64),
+    pub rdev: u64,
+    pub ino: u64,
+    pub content: Option<Vec<u8>>,
+    pub target: Option<Vec<u8>>,
+    /// user.* xattrs, the overlay private ones excluded.
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+/// Which fields a comparison looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Compare {
+    pub ino: bool,
+    pub nlink: bool,
+    pub mtime: bool,
+    /// Directory mtimes (which differ in converted copies of a layer).
+    pub dir_mtime: bool,
+}
+
+impl Compare {
+    pub const ALL: Compare = Compare {
+        ino: true,
+        nlink: true,
+        mtime: true,
+        dir_mtime: true,
+    };
+    pub const CONTENT: Compare = Compare {
+        ino: false,
+        nlink: false,
+        mtime: true,
+        dir_mtime: false,
+    };
+}
+
+fn kind_of(ft: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "dir"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_file() {
+        "file"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_char_device() {
+        "chardev"
+    } else {
+        "blockdev"
+    }
+}
+
+pub fn user_xattrs(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let Ok(fd) = layerfs::sys::open_path(p, libc::O_PATH | libc::O_NOFOLLOW) else {
+        return out;
+    };
+    let list = layerfs::sys::listxattr_fd(std::os::fd::AsFd::as_fd(&fd)).unwrap_or_default();
+    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if !name.starts_with(b"user.") || name.starts_with(b"user.overlay.") {
+            continue;
+        }
+        let c = std::ffi::CString::new(name).unwrap();
+        let v = layerfs::sys::getxattr_fd(std::os::fd::AsFd::as_fd(&fd), &c).unwrap_or_default();
+        out.insert(name.to_vec(), v);
+    }
+    out
+}
+
+/// Walks `root` without following symlinks.
+pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Node> {
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn walk(root: &Path, p: &Path, out: &mut BTreeMap<Vec<u8>, Node>) {
+    let md = match fs::symlink_metadata(p) {
+        Ok(md) => md,
+        // Kernel overlayfs lists the whiteouts of a directory that comes
+        // from one layer only, but a lookup of them fails: such a ghost is
+        // not part of the visible tree (layerfs does not list it at all).
+        Err(e) if e.kind() == io::ErrorKind::NotFound && p != root => return,
+        Err(e) => panic!("lstat {p:?}: {e}"),
+    };
+    let kind = kind_of(md.file_type());
+    let rel = p
+        .strip_prefix(root)
+        .unwrap()
+        .as_os_str()
+        .as_bytes()
+        .to_vec();
+    let node = Node {
+        kind,
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        nlink: md.nlink(),
+        size: if kind == "dir" { 0 } else { md.size() },
+        mtime: (md.mtime(), md.mtime_nsec()),
+        rdev: md.rdev(),
+        ino: md.ino(),
+        content: (kind == "file")
+            .then(|| fs::read(p).unwrap_or_else(|e| panic!("read {p:?}: {e}"))),
+        target: (kind == "symlink")
+            .then(|| fs::read_link(p).unwrap().as_os_str().as_bytes().to_vec()),
+        xattrs: user_xattrs(p),
+    };
+    out.insert(rel, node);
+    if kind == "dir" {
+        let mut names: Vec<_> = fs::read_dir(p)
+            .unwrap_or_else(|e| panic!("readdir {p:?}: {e}"))
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        for n in names {
+            walk(root, &p.join(n), out);
+        }
+    }
+}
+
+/// Differences between two snapshots, one line each (empty when equal).
+pub fn diff(a: &BTreeMap<Vec<u8>, Node>, b: &BTreeMap<Vec<u8>, Node>, cmp: Compare) -> Vec<String> {
+    let mut d = Vec::new();
+    let show = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
+    for (k, na) in a {
+        match b.get(k) {
+            None => d.push(format!("only in first: {}", show(k))),
+            Some(nb) => {
+                let mut x = na.clone();
+                let mut y = nb.clone();
+                if !cmp.ino {
+                    x.ino = 0;
+                    y.ino = 0;
+                }
+                if !cmp.nlink {
+                    x.nlink = 0;
+                    y.nlink = 0;
+                }
+                if !cmp.mtime || (!cmp.dir_mtime && x.kind == "dir") {
+                    x.mtime = (0, 0);
+                    y.mtime = (0, 0);
+                }
+                if x != y {
+                    let mut xs = format!("{x:?}");
+                    let mut ys = format!("{y:?}");
+                    xs.truncate(400);
+                    ys.truncate(400);
+                    d.push(format!(
+                        "differs: {}\n  first:  {xs}\n  second: {ys}",
+                        show(k)
+                    ));
+                }
+            }
+        }
+    }
+    for k in b.keys() {
+        if !a.contains_key(k) {
+            d.push(format!("only in second: {}", show(k)));
+        }
+    }
+    d
+}
+
+pub fn assert_same(a: &Path, b: &Path, cmp: Compare) {
+    let d = diff(&snapshot(a), &snapshot(b), cmp);
+    assert!(d.is_empty(), "trees differ:\n{}", d.join("\n"));
+}
+
+// ---- building layers -----------------------------------------------------
+
+pub fn write(p: &Path, content: &[u8]) {
+    if let Some(parent) = p.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::write(p, content).unwrap();
+}
+
+pub fn mkdir(p: &Path) {
+    fs::create_dir_all(p).unwrap();
+}
+
+pub fn chmod(p: &Path, mode: u32) {
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+pub fn chown(p: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid)).unwrap();
+}
+
+pub fn link_sym(target: &str, p: &Path) {
+    if let Some(parent) = p.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    symlink(target, p).unwrap();
+}
+
+pub fn mknod_whiteout(p: &Path) {
+    if let Some(parent) = p.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    let st = Command::new("mknod")
+        .arg(p)
+        .args(["c", "0", "0"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mknod {p:?}");
+}
+
+pub fn mkfifo(p: &Path) {
+    let st = Command::new("mkfifo").arg(p).status().unwrap();
+    assert!(st.success(), "mkfifo {p:?}");
+}
+
+pub fn setxattr(p: &Path, name: &str, value: &[u8]) {
+    layerfs::sys::lsetxattr_path(p, name, value)
+        .unwrap_or_else(|e| panic!("setxattr {name} on {p:?}: {e}"));
+}
+
+pub fn set_opaque(p: &Path) {
+    setxattr(p, "trusted.overlay.opaque", b"y");
+}
+
+/// A byte-exact record of a tree (content, modes, owners, xattrs, times),
+/// to prove the lower layers were not modified.
+pub fn fingerprint(root: &Path) -> BTreeMap<Vec<u8>, Node> {
+    // atime is not recorded; every other field must stay equal.
+    snapshot(root)
+}
+
+/// Converts a kernel-format layer tree into its OCI twin: char 0/0
+/// whiteouts become `.wh.NAME` files and opaque dirs get `.wh..wh..opq`.
+pub fn to_oci(src: &Path, dst: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    convert_dir(dst);
+}
+
+fn convert_dir(dir: &Path) {
+    let opaque = {
+        let fd = layerfs::sys::open_path(dir, libc::O_PATH).unwrap();
+        layerfs::sys::getxattr_fd(std::os::fd::AsFd::as_fd(&fd), c"trusted.overlay.opaque")
+            .map(|v| v == b"y")
+            .unwrap_or(false)
+    };
+    if opaque {
+        let st = Command::new("setfattr")
+            .args(["-x", "trusted.overlay.opaque"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        fs::write(dir.join(".wh..wh..opq"), b"").unwrap();
+    }
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let ft = e.file_type().unwrap();
+        let md = e.metadata().unwrap();
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_char_device() && md.rdev() == 0 {
+            let mut wh = b".wh.".to_vec();
+            wh.extend_from_slice(e.file_name().as_bytes());
+            fs::remove_file(e.path()).unwrap();
+            fs::write(dir.join(OsStr::from_bytes(&wh)), b"").unwrap();
+        } else if ft.is_dir() {
+            convert_dir(&e.path());
+        }
+    }
+}
+
+/// A small deterministic PRNG (xorshift64*), so random stacks are
+/// reproducible from their seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// Fills `dir` (one layer) with a random tree over a small pool of names,
+/// so that layers collide: files, dirs (some opaque), symlinks, fifos,
+/// whiteouts, user xattrs, odd modes and owners.
+pub fn random_layer(rng: &mut Rng, dir: &Path, depth: u32, is_bottom: bool) {
+    const NAMES: &[&str] = &["a", "b", "c", "d", "e", "f"];
+    mkdir(dir);
+    for name in NAMES {
+        if !rng.chance(45) {
+            continue;
+        }
+        let p = dir.join(name);
+        let roll = rng.below(100);
+        if roll < 35 {
+            let len = rng.below(3000) as usize;
+            let content: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            write(&p, &content);
+            chmod(&p, *rng.pick(&[0o644, 0o600, 0o755, 0o4755, 0o640]));
+            if rng.chance(20) {
+                chown(&p, 1000, 1000);
+            }
+            if rng.chance(20) {
+                setxattr(&p, "user.test", format!("v{}", rng.below(9)).as_bytes());
+            }
+        } else if roll < 65 && depth > 0 {
+            random_layer(rng, &p, depth - 1, is_bottom);
+            chmod(&p, *rng.pick(&[0o755, 0o700, 0o1777, 0o750]));
+            if rng.chance(15) {
+                set_opaque(&p);
+            }
+            if rng.chance(15) {
+                setxattr(&p, "user.dir", b"yes");
+            }
+        } else if roll < 75 {
+            let target = rng.pick(&["a", "../b", "/nonexistent/target", "d/e"]);
+            link_sym(target, &p);
+        } else if roll < 80 {
+            mkfifo(&p);
+        } else if !is_bottom {
+            mknod_whiteout(&p);
+        }
+    }
+}
+
+/// Builds a random stack of `n` layers under `base` (l0 is the top).
+pub fn random_stack(seed: u64, n: usize, base: &Path) -> Vec<PathBuf> {
+    let mut rng = Rng::new(seed);
+    let mut layers = Vec::new();
+    for i in 0..n {
+        let dir = base.join(format!("l{i}"));
+        random_layer(&mut rng, &dir, 3, i == n - 1);
+        layers.push(dir);
+    }
+    layers
+}

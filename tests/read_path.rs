@@ -1,0 +1,441 @@
+//! Mounted tests of the read path: layerfs over real layer stacks, compared
+//! with kernel overlayfs mounted over the same layers.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("lfs").tempdir().unwrap()
+}
+
+/// Mounts layerfs and kernel overlayfs over `lowers` and asserts they show
+/// the same tree; returns nothing, the guards unmount on the way out.
+fn assert_matches_kernel(base: &Path, lowers: &[PathBuf], kernel_lowers: &[PathBuf], cmp: Compare) {
+    let ours = mount_layerfs(lowers, &base.join("m"));
+    let kernel = mount_kernel(kernel_lowers, &base.join("k"), "");
+    assert_same(&ours.dir, &kernel.dir, cmp);
+}
+
+/// The fixture most tests share: three layers exercising every rule.
+fn classic_stack(base: &Path) -> Vec<PathBuf> {
+    let (l0, l1, l2) = (base.join("l0"), base.join("l1"), base.join("l2"));
+    write(&l2.join("a"), b"bottom a");
+    write(&l2.join("gone"), b"deleted above");
+    write(&l2.join("d/x"), b"x from l2");
+    write(&l2.join("d/y"), b"y from l2");
+    write(&l2.join("d/sub/deep"), b"deep");
+    write(&l2.join("op/hidden"), b"hidden by opaque");
+    write(&l2.join("replaced/child"), b"dir replaced by a file");
+    write(&l2.join("file_then_dir"), b"file replaced by a dir");
+    link_sym("/nonexistent/target", &l2.join("dangling"));
+    link_sym("d/x", &l2.join("rel"));
+    setxattr(&l2.join("a"), "user.origin", b"l2");
+
+    write(&l1.join("d/y"), b"y from l1");
+    mknod_whiteout(&l1.join("d/x"));
+    mknod_whiteout(&l1.join("gone"));
+    write(&l1.join("d/new"), b"new in l1");
+    write(&l1.join("replaced"), b"now a file");
+    write(&l1.join("file_then_dir/inner"), b"inner");
+    mkfifo(&l1.join("pipe"));
+
+    write(&l0.join("a"), b"top a");
+    setxattr(&l0.join("a"), "user.origin", b"l0");
+    write(&l0.join("op/visible"), b"visible");
+    set_opaque(&l0.join("op"));
+    write(
+        &l0.join("a.wh.b"),
+        b"ordinary file that looks like a marker",
+    );
+    write(&l0.join(".whatever"), b"ordinary dotfile");
+    write(
+        &l0.join("solo/real"),
+        b"in a directory only the top layer has",
+    );
+    mknod_whiteout(&l0.join("solo/ghost"));
+    chmod(&l0.join("a"), 0o4755);
+    chown(&l0.join("a"), 1000, 1001);
+    vec![l0, l1, l2]
+}
+
+#[test]
+fn chardev_whiteouts_and_opaque_match_kernel() {
+    require_root!();
+    let t = tmp();
+    let lowers = classic_stack(t.path());
+    let ours = mount_layerfs(&lowers, &t.path().join("m"));
+    let kernel = mount_kernel(&lowers, &t.path().join("k"), "");
+    assert_same(&ours.dir, &kernel.dir, Compare::ALL);
+    // Spot checks that say what the rules mean.
+    assert_eq!(fs::read(ours.path("a")).unwrap(), b"top a");
+    assert_eq!(fs::read(ours.path("d/y")).unwrap(), b"y from l1");
+    assert!(!ours.path("d/x").exists(), "whiteout must hide d/x");
+    assert!(!ours.path("gone").exists());
+    assert!(
+        !ours.path("op/hidden").exists(),
+        "opaque dir must hide below"
+    );
+    assert!(ours.path("op/visible").exists());
+    assert!(ours.path("replaced").is_file());
+    assert!(ours.path("file_then_dir/inner").exists());
+    assert!(ours.path("a.wh.b").exists() && ours.path(".whatever").exists());
+    // Kernel overlayfs lists "ghost" here (then fails to stat it); layerfs
+    // never shows a whiteout.
+    let solo: Vec<_> = fs::read_dir(ours.path("solo"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(solo, vec![OsStr::new("real").to_os_string()]);
+    assert_eq!(
+        fs::read_link(ours.path("dangling")).unwrap(),
+        PathBuf::from("/nonexistent/target")
+    );
+    // "rel" points at d/x, which a whiteout hides: both mounts say ENOENT.
+    assert!(fs::read(ours.path("rel")).is_err() && fs::read(kernel.path("rel")).is_err());
+}
+
+#[test]
+fn oci_whiteouts_match_kernel_on_the_overlay_twin() {
+    require_root!();
+    let t = tmp();
+    let lowers = classic_stack(&t.path().join("ovl"));
+    let oci: Vec<PathBuf> = lowers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let dst = t.path().join(format!("oci{i}"));
+            to_oci(l, &dst);
+            dst
+        })
+        .collect();
+    assert!(oci[1].join(".wh.gone").exists());
+    assert!(oci[0].join("op/.wh..wh..opq").exists());
+    let ours = mount_layerfs(&oci, &t.path().join("m"));
+    let kernel = mount_kernel(&lowers, &t.path().join("k"), "");
+    // Inode numbers differ (the twin's files are copies).
+    assert_same(&ours.dir, &kernel.dir, Compare::CONTENT);
+    let names: Vec<_> = fs::read_dir(ours.path("op"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![OsStr::new("visible").to_os_string()]);
+    assert!(!ours.path(".wh.gone").exists(), "markers are never visible");
+}
+
+#[test]
+fn user_xattr_opaque_matches_kernel_userxattr() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    write(&l1.join("dir/old"), b"old");
+    write(&l1.join("keep/k"), b"k");
+    write(&l0.join("dir/new"), b"new");
+    setxattr(&l0.join("dir"), "user.overlay.opaque", b"y");
+    write(&l0.join("keep/k2"), b"k2");
+    let lowers = vec![l0, l1];
+    let ours = mount_layerfs(&lowers, &t.path().join("m"));
+    let kernel = mount_kernel(&lowers, &t.path().join("k"), "userxattr");
+    assert_same(&ours.dir, &kernel.dir, Compare::ALL);
+    assert!(!ours.path("dir/old").exists());
+    assert!(ours.path("keep/k").exists() && ours.path("keep/k2").exists());
+}
+
+#[test]
+fn xattr_whiteouts_match_kernel() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    write(&l1.join("dir/victim"), b"to be hidden");
+    write(&l1.join("dir/stays"), b"stays");
+    write(&l0.join("dir/victim"), b"");
+    setxattr(&l0.join("dir/victim"), "trusted.overlay.whiteout", b"");
+    setxattr(&l0.join("dir"), "trusted.overlay.opaque", b"x");
+    let lowers = vec![l0, l1];
+    let ours = mount_layerfs(&lowers, &t.path().join("m"));
+    let kernel = mount_kernel(&lowers, &t.path().join("k"), "");
+    assert_same(&ours.dir, &kernel.dir, Compare::ALL);
+    assert!(!ours.path("dir/victim").exists());
+    assert!(ours.path("dir/stays").exists());
+}
+
+#[test]
+fn private_xattrs_are_hidden() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    write(&l1.join("dir/f"), b"f");
+    write(&l0.join("dir/g"), b"g");
+    set_opaque(&l0.join("dir"));
+    setxattr(&l0.join("dir"), "user.visible", b"1");
+    setxattr(&l0.join("dir"), "user.overlay.origin", b"private");
+    let ours = mount_layerfs(&[l0, l1], &t.path().join("m"));
+    let list = Command::new("getfattr")
+        .args(["-d", "-m", "-"])
+        .arg(ours.path("dir"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("user.visible"), "{text}");
+    assert!(!text.contains("overlay"), "private xattrs leaked: {text}");
+    let get = Command::new("getfattr")
+        .args(["-n", "trusted.overlay.opaque"])
+        .arg(ours.path("dir"))
+        .output()
+        .unwrap();
+    assert!(
+        !get.status.success(),
+        "getxattr of a private name must fail"
+    );
+}
+
+#[test]
+fn random_stacks_match_kernel_in_both_formats() {
+    require_root!();
+    for seed in [1u64, 2, 3, 5, 8, 13, 21, 34] {
+        let t = tmp();
+        let n = 3 + (seed % 3) as usize;
+        let lowers = random_stack(seed, n, &t.path().join("ovl"));
+        {
+            let ours = mount_layerfs(&lowers, &t.path().join("m"));
+            let kernel = mount_kernel(&lowers, &t.path().join("k"), "");
+            let d = diff(&snapshot(&ours.dir), &snapshot(&kernel.dir), Compare::ALL);
+            assert!(
+                d.is_empty(),
+                "seed {seed} (overlay format):\n{}",
+                d.join("\n")
+            );
+        }
+        let oci: Vec<PathBuf> = lowers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let dst = t.path().join(format!("oci{i}"));
+                to_oci(l, &dst);
+                dst
+            })
+            .collect();
+        let ours = mount_layerfs(&oci, &t.path().join("m2"));
+        let kernel = mount_kernel(&lowers, &t.path().join("k2"), "");
+        let d = diff(
+            &snapshot(&ours.dir),
+            &snapshot(&kernel.dir),
+            Compare::CONTENT,
+        );
+        assert!(d.is_empty(), "seed {seed} (OCI twin):\n{}", d.join("\n"));
+    }
+}
+
+#[test]
+fn fifty_five_layers() {
+    require_root!();
+    let t = tmp();
+    let mut lowers = Vec::new();
+    for i in 0..55 {
+        let l = t.path().join(format!("{i}"));
+        write(&l.join(format!("only{i}")), format!("{i}").as_bytes());
+        write(&l.join("shared/all"), format!("layer {i}").as_bytes());
+        write(&l.join(format!("shared/f{i}")), b"x");
+        if i % 7 == 3 {
+            mknod_whiteout(&l.join(format!("only{}", i + 1)));
+        }
+        lowers.push(l);
+    }
+    assert_matches_kernel(t.path(), &lowers, &lowers, Compare::ALL);
+    let ours = mount_layerfs(&lowers, &t.path().join("m3"));
+    assert_eq!(fs::read(ours.path("shared/all")).unwrap(), b"layer 0");
+    assert_eq!(fs::read_dir(ours.path("shared")).unwrap().count(), 56);
+    assert!(!ours.path("only4").exists());
+}
+
+#[test]
+fn deep_tree_and_big_directory() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    let mut deep = l1.clone();
+    for i in 0..60 {
+        deep = deep.join(format!("level{i}"));
+    }
+    write(&deep.join("bottom"), b"deep file");
+    let mut deep0 = l0.clone();
+    for i in 0..30 {
+        deep0 = deep0.join(format!("level{i}"));
+    }
+    write(&deep0.join("mid"), b"mid file");
+    let big = l1.join("big");
+    mkdir(&big);
+    for i in 0..10_000 {
+        fs::write(big.join(format!("entry{i:05}")), b"").unwrap();
+    }
+    mkdir(&l0.join("big"));
+    for i in (0..10_000).step_by(10) {
+        mknod_whiteout(&l0.join(format!("big/entry{i:05}")));
+    }
+    let lowers = vec![l0, l1];
+    assert_matches_kernel(t.path(), &lowers, &lowers, Compare::ALL);
+    let ours = mount_layerfs(&lowers, &t.path().join("m2"));
+    assert_eq!(fs::read_dir(ours.path("big")).unwrap().count(), 9_000);
+    let rel: PathBuf = (0..60).map(|i| format!("level{i}")).collect();
+    assert_eq!(
+        fs::read(ours.dir.join(rel).join("bottom")).unwrap(),
+        b"deep file"
+    );
+}
+
+#[test]
+fn non_utf8_and_marker_lookalike_names() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    let odd = OsStr::from_bytes(b"caf\xe9\xff name");
+    write(&l1.join(odd), b"latin-1 name");
+    write(&l1.join("dir").join(odd), b"nested");
+    for name in ["a.wh.b", ".whatever", ".wh", "wh.x", "..wh..opq", ".wh-not"] {
+        write(&l0.join(name), name.as_bytes());
+    }
+    let lowers = vec![l0, l1];
+    assert_matches_kernel(t.path(), &lowers, &lowers, Compare::ALL);
+    let ours = mount_layerfs(&lowers, &t.path().join("m2"));
+    assert_eq!(fs::read(ours.dir.join(odd)).unwrap(), b"latin-1 name");
+    assert_eq!(fs::read(ours.path(".wh")).unwrap(), b".wh");
+}
+
+#[test]
+fn inode_numbers_are_stable_across_remounts_and_st_dev_is_uniform() {
+    require_root!();
+    let t = tmp();
+    let lowers = classic_stack(t.path());
+    let first = {
+        let m = mount_layerfs(&lowers, &t.path().join("m"));
+        snapshot(&m.dir)
+    };
+    let m = mount_layerfs(&lowers, &t.path().join("m"));
+    let second = snapshot(&m.dir);
+    let d = diff(&first, &second, Compare::ALL);
+    assert!(d.is_empty(), "{}", d.join("\n"));
+    let dev = fs::metadata(&m.dir).unwrap().dev();
+    for rel in ["a", "d", "d/y", "dangling", "pipe"] {
+        assert_eq!(
+            fs::symlink_metadata(m.path(rel)).unwrap().dev(),
+            dev,
+            "{rel}"
+        );
+    }
+    // Distinct files, distinct numbers.
+    let mut inos: Vec<u64> = second.values().map(|n| n.ino).collect();
+    let total = inos.len();
+    inos.sort();
+    inos.dedup();
+    assert_eq!(inos.len(), total);
+}
+
+#[test]
+fn lower_layers_are_never_modified() {
+    require_root!();
+    let t = tmp();
+    let lowers = classic_stack(t.path());
+    let before: Vec<_> = lowers.iter().map(|l| fingerprint(l)).collect();
+    {
+        let m = mount_layerfs(&lowers, &t.path().join("m"));
+        let _ = snapshot(&m.dir);
+        assert!(fs::write(m.path("a"), b"x").is_err(), "read-only mount");
+        assert!(fs::create_dir(m.path("newdir")).is_err());
+        assert!(fs::remove_file(m.path("d/y")).is_err());
+    }
+    let after: Vec<_> = lowers.iter().map(|l| fingerprint(l)).collect();
+    for (b, a) in before.iter().zip(&after) {
+        let d = diff(b, a, Compare::ALL);
+        assert!(d.is_empty(), "lower changed:\n{}", d.join("\n"));
+    }
+}
+
+/// Counts the O_PATH fds the daemon holds; each live inode holds its own.
+fn daemon_fd_count(mnt: &Path) -> usize {
+    let canon = mnt.canonicalize().unwrap();
+    let out = Command::new("pgrep")
+        .args(["-f", "layerfs"])
+        .output()
+        .unwrap();
+    let mut best = 0;
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmd
+            .split(|&b| b == 0)
+            .any(|a| a == canon.as_os_str().as_bytes())
+        {
+            best = fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+        }
+    }
+    best
+}
+
+#[test]
+fn forget_bounds_the_inode_table() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    for d in 0..20 {
+        for f in 0..200 {
+            write(&l1.join(format!("d{d}/f{f}")), b"x");
+        }
+    }
+    write(&l0.join("top"), b"t");
+    let mnt = t.path().join("m");
+    let m = try_mount_layerfs(&lowerdir_opt(&[l0, l1]), &mnt).unwrap();
+    let idle = daemon_fd_count(&m.dir);
+    let _ = snapshot(&m.dir);
+    let walked = daemon_fd_count(&m.dir);
+    assert!(
+        walked > idle + 4000,
+        "walking 4000 files should hold inodes: {idle} -> {walked}"
+    );
+    // Make the kernel drop its dentries and inodes: it sends FORGET.
+    fs::write("/proc/sys/vm/drop_caches", b"2").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut now = daemon_fd_count(&m.dir);
+    while now > idle + 100 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        now = daemon_fd_count(&m.dir);
+    }
+    assert!(
+        now <= idle + 100,
+        "forget must release inodes: {idle} -> {walked} -> {now}"
+    );
+}
+
+#[test]
+fn statfs_and_readlink_and_reads() {
+    require_root!();
+    let t = tmp();
+    let lowers = classic_stack(t.path());
+    let m = mount_layerfs(&lowers, &t.path().join("m"));
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%T %l"])
+        .arg(&m.dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(fs::read_link(m.path("rel")).unwrap(), PathBuf::from("d/x"));
+    // Large file read in chunks through the mount.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    drop(m);
+    write(&lowers[2].join("bigfile"), &big);
+    let m = mount_layerfs(&lowers, &t.path().join("m"));
+    assert_eq!(fs::read(m.path("bigfile")).unwrap(), big);
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        mounts.lines().any(|l| l.contains(" fuse.layerfs ")
+            && l.contains(m.dir.canonicalize().unwrap().to_str().unwrap())),
+        "the mount type must read fuse.layerfs"
+    );
+}
