@@ -21,12 +21,12 @@
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::layers::LayerIdx;
 use crate::whiteout::DirMarks;
@@ -65,6 +65,12 @@ pub struct Inode {
     pub is_dir: bool,
     lookups: AtomicU64,
     pub state: RwLock<InodeState>,
+    /// Serialises copy-up of this inode only (never held while taking a
+    /// child's lock: copy-up locks go child to parent).
+    pub copy_lock: Mutex<()>,
+    /// Its last name is gone: its number must not be given to a new object
+    /// while the kernel still holds it.
+    unlinked: AtomicBool,
 }
 
 impl Inode {
@@ -75,7 +81,17 @@ impl Inode {
             is_dir,
             lookups: AtomicU64::new(0),
             state: RwLock::new(state),
+            copy_lock: Mutex::new(()),
+            unlinked: AtomicBool::new(false),
         }
+    }
+
+    pub fn is_unlinked(&self) -> bool {
+        self.unlinked.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_unlinked(&self) {
+        self.unlinked.store(true, Ordering::Relaxed);
     }
 
     /// A snapshot of the real entries, cheap to take (Arc clones).
@@ -123,6 +139,12 @@ impl InodeTable {
             .fallback
             .entry((dev, ino))
             .or_insert_with(|| self.next_fallback.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A number never handed out before, for objects that cannot use their
+    /// own (see `Inode::is_unlinked`).
+    pub fn fresh_number(&self) -> u64 {
+        self.next_fallback.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Returns the live inode with node id `ino`, or inserts the one `make`

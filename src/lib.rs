@@ -4,13 +4,18 @@
 //! fuser glue and `sys` the only module with `unsafe`.
 
 pub mod attr;
+pub mod copyup;
 pub mod dir;
 pub mod fs;
 pub mod inode;
 pub mod layers;
 pub mod lookup;
+pub mod modify;
 pub mod mount;
+pub mod namespace;
 pub mod ops;
 pub mod options;
+pub mod origin;
 pub mod sys;
 pub mod whiteout;
+pub mod workdir;

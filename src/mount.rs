@@ -14,6 +14,7 @@ use crate::layers::LayerStack;
 use crate::ops::{FsOptions, LayerFs};
 use crate::options::MountOptions;
 use crate::sys;
+use crate::workdir::WorkDir;
 
 /// A start-up failure, worded for the person who typed the command.
 #[derive(Debug)]
@@ -87,18 +88,12 @@ fn check_dir(what: &str, p: &Path, writable: bool) -> Result<(PathBuf, sys::Stat
         ))
     })?;
     if writable {
-        let probe = canon.join(format!(".layerfs-probe-{}", std::process::id()));
-        match std::fs::File::create(&probe) {
-            Ok(_) => {
-                let _ = std::fs::remove_file(&probe);
-            }
-            Err(e) => {
-                return fail(format!(
-                    "{what} {}: is not writable: {}",
-                    p.display(),
-                    describe(&e)
-                ))
-            }
+        if let Err(e) = sys::access_path(&canon, libc::W_OK | libc::X_OK) {
+            return fail(format!(
+                "{what} {}: is not writable: {}",
+                p.display(),
+                describe(&e)
+            ));
         }
     }
     Ok((canon, st))
@@ -333,10 +328,20 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
     }
     let stack = LayerStack::open(plan.upper.as_deref(), &plan.lowers)
         .map_err(|e| MountError(format!("cannot open the layers: {e}")))?;
-    let mut fs_opts = FsOptions::default();
+    let mut fs_opts = FsOptions {
+        fsync: !req.options.no_fsync,
+        read_only: req.options.read_only,
+        ..FsOptions::default()
+    };
     if let Some(t) = req.options.timeout {
         fs_opts.timeout = t;
     }
+    let work = match (&plan.work, req.options.read_only) {
+        (Some(w), false) => Some(
+            WorkDir::prepare(w).map_err(|e| MountError(format!("workdir {}: {e}", w.display())))?,
+        ),
+        _ => None,
+    };
 
     let mut notify: Option<UnixStream> = None;
     if !req.foreground {
@@ -354,7 +359,7 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
             }
         }
     }
-    let result = serve(&req, &plan, stack, fs_opts, &mut notify);
+    let result = serve(&req, &plan, stack, fs_opts, work, &mut notify);
     if let (Err(e), Some(mut n)) = (&result, notify.take()) {
         let _ = n.write_all(format!("{e}").as_bytes());
     }
@@ -380,9 +385,13 @@ fn serve(
     plan: &Plan,
     stack: LayerStack,
     fs_opts: FsOptions,
+    work: Option<WorkDir>,
     notify: &mut Option<UnixStream>,
 ) -> Result<(), MountError> {
-    let fs = LayerFs::new(stack, fs_opts).map_err(|e| MountError(format!("cannot start: {e}")))?;
+    // The kernel sends modes already masked by the caller's umask.
+    sys::set_umask(0);
+    let fs =
+        LayerFs::new(stack, fs_opts, work).map_err(|e| MountError(format!("cannot start: {e}")))?;
     let fs = Arc::new(fs);
     // Signals go to one waiting thread only; block them before any thread
     // (fuser's workers included) exists.

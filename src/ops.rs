@@ -1,9 +1,12 @@
-//! The filesystem operations, one plain function each, returning
-//! `io::Result`. `fs.rs` converts FUSE arguments, calls these and replies.
+//! The filesystem state and the read-side operations (lookup, attributes,
+//! readdir, reads, xattrs), one plain function each returning `io::Result`.
+//! Name-changing operations are in `namespace.rs`, data and metadata
+//! changes in `modify.rs`, copy-up in `copyup.rs`. `fs.rs` converts FUSE
+//! arguments, calls these and replies.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,14 +16,16 @@ use dashmap::DashMap;
 use fuser::{FileAttr, FileType};
 
 use crate::attr;
-use crate::dir::{self, LayerEntry};
+use crate::dir::{self, LayerEntry, MergedEntry};
 use crate::inode::{Inode, InodeState, InodeTable, RealEntry, ROOT_INO};
 use crate::layers::{LayerIdx, LayerStack};
 use crate::lookup::{self, Probe, Resolved};
+use crate::origin;
 use crate::sys::{self, Stat};
-use crate::whiteout::{self, DirMarks};
+use crate::whiteout::{self, DirMarks, Redirect, XattrNs};
+use crate::workdir::WorkDir;
 
-fn errno(e: i32) -> io::Error {
+pub(crate) fn errno(e: i32) -> io::Error {
     io::Error::from_raw_os_error(e)
 }
 
@@ -29,14 +34,30 @@ fn errno(e: i32) -> io::Error {
 pub struct FsOptions {
     /// How long the kernel may cache attributes and entries.
     pub timeout: Duration,
+    /// fsync copy-ups and honour fsync requests (off with `volatile`).
+    pub fsync: bool,
+    /// A read-only mount even though an upper layer is given.
+    pub read_only: bool,
 }
 
 impl Default for FsOptions {
     fn default() -> Self {
         FsOptions {
             timeout: Duration::from_secs(86400),
+            fsync: true,
+            read_only: false,
         }
     }
+}
+
+/// What the writable upper layer needs besides its directory fd.
+#[derive(Debug)]
+pub struct UpperCtx {
+    pub idx: LayerIdx,
+    pub work: WorkDir,
+    /// Namespace of the overlay xattrs written: trusted when privileged.
+    pub ns: XattrNs,
+    pub fsync: bool,
 }
 
 /// An open regular file.
@@ -62,11 +83,11 @@ pub struct OpenDir {
 }
 
 /// What the filesystem found for one layer during a lookup.
-struct Hit {
-    layer: LayerIdx,
-    fd: OwnedFd,
-    st: Stat,
-    marks: DirMarks,
+pub(crate) struct Hit {
+    pub layer: LayerIdx,
+    pub fd: OwnedFd,
+    pub st: Stat,
+    pub marks: DirMarks,
 }
 
 /// The whole filesystem state, shared by every worker thread.
@@ -75,6 +96,15 @@ pub struct LayerFs {
     pub layers: LayerStack,
     pub inodes: InodeTable,
     pub opts: FsOptions,
+    upper: Option<UpperCtx>,
+    /// Filesystem UUID of each layer, for origin handles.
+    uuids: Vec<[u8; 16]>,
+    /// Each layer's root opened for reading: open_by_handle_at wants a
+    /// real fd on the filesystem, not an O_PATH one.
+    handle_roots: Vec<Option<OwnedFd>>,
+    /// Numbers of upper objects whose number is not their own identity:
+    /// copy-ups (which keep the origin's number) and renumbered objects.
+    numbers: DashMap<(u64, u64), u64>,
     files: DashMap<u64, Arc<OpenFile>>,
     dirs: DashMap<u64, Arc<OpenDir>>,
     next_fh: AtomicU64,
@@ -82,9 +112,12 @@ pub struct LayerFs {
 
 impl LayerFs {
     /// Builds the filesystem over an opened layer stack: the root inode is
-    /// the merge of every layer's root directory.
-    pub fn new(layers: LayerStack, opts: FsOptions) -> io::Result<LayerFs> {
+    /// the merge of every layer's root directory. `work` is the prepared
+    /// work directory when the stack has an upper layer.
+    pub fn new(layers: LayerStack, opts: FsOptions, work: Option<WorkDir>) -> io::Result<LayerFs> {
         let mut reals = Vec::with_capacity(layers.len());
+        let mut uuids = Vec::with_capacity(layers.len());
+        let mut handle_roots = Vec::with_capacity(layers.len());
         for (idx, layer) in layers.iter() {
             let fd = sys::openat(layer.root.as_fd(), OsStr::new("."), libc::O_PATH, 0)?;
             let marks = read_dir_marks(&fd)?;
@@ -93,10 +126,30 @@ impl LayerFs {
                 fd: Arc::new(fd),
                 marks,
             });
+            let rd = sys::reopen(layer.root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).ok();
+            uuids.push(
+                rd.as_ref()
+                    .map(|f| sys::fs_uuid(f.as_fd()))
+                    .unwrap_or([0; 16]),
+            );
+            handle_roots.push(rd);
         }
         if reals.is_empty() {
             return Err(errno(libc::EINVAL));
         }
+        let upper = match (layers.upper(), work) {
+            (Some(idx), Some(work)) if !opts.read_only => Some(UpperCtx {
+                idx,
+                work,
+                ns: if sys::geteuid() == 0 {
+                    XattrNs::Trusted
+                } else {
+                    XattrNs::User
+                },
+                fsync: opts.fsync,
+            }),
+            _ => None,
+        };
         let top = sys::fstat(reals[0].fd.as_fd())?;
         let st_ino = layers.xino(top.st_dev, top.st_ino).unwrap_or(ROOT_INO);
         let root = Inode::new(
@@ -114,25 +167,104 @@ impl LayerFs {
             layers,
             inodes,
             opts,
+            upper,
+            uuids,
+            handle_roots,
+            numbers: DashMap::new(),
             files: DashMap::new(),
             dirs: DashMap::new(),
             next_fh: AtomicU64::new(1),
         })
     }
 
-    fn inode(&self, ino: u64) -> io::Result<Arc<Inode>> {
+    pub(crate) fn inode(&self, ino: u64) -> io::Result<Arc<Inode>> {
         self.inodes.get(ino).ok_or_else(|| errno(libc::ESTALE))
+    }
+
+    /// The writable layer, or EROFS.
+    pub(crate) fn upper_ctx(&self) -> io::Result<&UpperCtx> {
+        self.upper.as_ref().ok_or_else(|| errno(libc::EROFS))
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.upper.is_some()
+    }
+
+    pub(crate) fn is_upper(&self, layer: LayerIdx) -> bool {
+        self.upper.as_ref().is_some_and(|u| u.idx == layer)
+    }
+
+    pub(crate) fn layer_uuid(&self, idx: LayerIdx) -> [u8; 16] {
+        self.uuids[idx.0]
+    }
+
+    pub(crate) fn remember_number(&self, dev: u64, ino: u64, number: u64) {
+        self.numbers.insert((dev, ino), number);
+    }
+
+    pub(crate) fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The number shown for a real object of identity (dev, ino).
     fn number_for(&self, dev: u64, ino: u64) -> u64 {
+        if let Some(n) = self.numbers.get(&(dev, ino)) {
+            return *n;
+        }
         match self.layers.xino(dev, ino) {
             Some(n) if n != ROOT_INO && n != 0 => n,
             _ => self.inodes.fallback_number(dev, ino),
         }
     }
 
-    fn attr_of(&self, inode: &Inode) -> io::Result<FileAttr> {
+    /// The number of a merged object: the identity of its origin. A copied
+    /// up object keeps its lower origin's number (kernel overlayfs does the
+    /// same), found through the in-memory map for copy-ups of this mount and
+    /// through the `overlay.origin` handle for older ones; a merged
+    /// directory's origin is its first lower part.
+    fn number_for_hits(&self, hits: &[Hit]) -> u64 {
+        let top = &hits[0];
+        if self.is_upper(top.layer) {
+            if let Some(n) = self.numbers.get(&(top.st.st_dev, top.st.st_ino)) {
+                return *n;
+            }
+            if let Some(lower) = hits.get(1) {
+                return self.number_for(lower.st.st_dev, lower.st.st_ino);
+            }
+            if let Some((dev, ino)) = self.decode_origin(top.fd.as_fd()) {
+                let n = self.number_for(dev, ino);
+                self.remember_number(top.st.st_dev, top.st.st_ino, n);
+                return n;
+            }
+        }
+        self.number_for(top.st.st_dev, top.st.st_ino)
+    }
+
+    /// Finds the lower file an upper one was copied up from, by its origin
+    /// handle (needs CAP_DAC_READ_SEARCH; without it the upper's own number
+    /// is used, stable for the mount but not across copy-up).
+    fn decode_origin(&self, fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
+        let up = self.upper.as_ref()?;
+        let value = sys::getxattr_fd(fd, &up.ns.name("origin")).ok()?;
+        let o = origin::decode(&value)?;
+        for (idx, _) in self.layers.iter() {
+            if self.is_upper(idx) || self.uuids[idx.0] != o.uuid {
+                continue;
+            }
+            let Some(root) = &self.handle_roots[idx.0] else {
+                continue;
+            };
+            if let Ok(found) = sys::open_by_handle(root.as_fd(), &o.handle) {
+                let st = sys::fstat(found.as_fd()).ok()?;
+                if st.st_nlink > 0 {
+                    return Some((st.st_dev, st.st_ino));
+                }
+            }
+        }
+        None
+    }
+
+    pub(crate) fn attr_of(&self, inode: &Inode) -> io::Result<FileAttr> {
         let (top, merged) = {
             let s = inode.state.read();
             (s.reals[0].fd.clone(), s.reals.len() > 1)
@@ -154,20 +286,20 @@ impl LayerFs {
         if whiteout::is_oci_marker(name.as_bytes()) {
             return Err(errno(libc::ENOENT));
         }
-        let reals = dir.reals();
-        let n = reals.len();
-        let probes = reals
-            .iter()
-            .enumerate()
-            .map(|(pos, r)| probe_layer(r, name, pos + 1 < n));
-        let hits = match lookup::resolve(probes)? {
+        let hits = match self.resolve_name(&dir, name)? {
             Resolved::Absent => return Err(errno(libc::ENOENT)),
             Resolved::NonDir(h) => vec![h],
             Resolved::Dir(hs) => hs,
         };
         let top = &hits[0].st;
         let is_dir = (top.st_mode & libc::S_IFMT) == libc::S_IFDIR;
-        let number = self.number_for(top.st_dev, top.st_ino);
+        let mut number = self.number_for_hits(&hits);
+        // A number still held by the kernel for an unlinked object (whose
+        // inode number the filesystem has since reused) must not be shared.
+        if self.inodes.get(number).is_some_and(|i| i.is_unlinked()) {
+            number = self.inodes.fresh_number();
+            self.remember_number(top.st_dev, top.st_ino, number);
+        }
         let attr = attr::from_stat(top, number, hits.len() > 1);
         let inode = self.inodes.lookup_insert(number, || {
             let reals = hits
@@ -192,8 +324,115 @@ impl LayerFs {
         Ok((inode, attr))
     }
 
+    /// Applies the overlay lookup rule to `name` in `dir`, following
+    /// `overlay.redirect` on directories: a relative redirect renames the
+    /// entry in the lower layers, an absolute one restarts the lookup from
+    /// the lower layers' roots.
+    pub(crate) fn resolve_name(&self, dir: &Inode, name: &OsStr) -> io::Result<Resolved<Hit>> {
+        let reals = dir.reals();
+        self.resolve_in(&reals, name)
+    }
+
+    pub(crate) fn resolve_in(
+        &self,
+        reals: &[RealEntry],
+        name: &OsStr,
+    ) -> io::Result<Resolved<Hit>> {
+        let n = reals.len();
+        let mut pos = 0;
+        let mut cur_name: Vec<u8> = name.as_bytes().to_vec();
+        // With an absolute redirect: the path, and the next layer to probe.
+        let mut absolute: Option<(Vec<Vec<u8>>, usize)> = None;
+        let probes = std::iter::from_fn(|| -> Option<io::Result<Probe<Hit>>> {
+            let result = if let Some((path, next)) = absolute.as_mut() {
+                if *next >= self.layers.len() {
+                    return None;
+                }
+                let idx = LayerIdx(*next);
+                *next += 1;
+                let more = *next < self.layers.len();
+                self.probe_path(idx, path, more)
+            } else {
+                if pos >= n {
+                    return None;
+                }
+                let r = &reals[pos];
+                pos += 1;
+                probe_layer(r, OsStr::from_bytes(&cur_name), pos < n)
+            };
+            if let Ok(Probe::Dir(hit, false)) = &result {
+                if hit.marks.redirect {
+                    match self.read_redirect(hit) {
+                        Some(Redirect::Relative(new)) => cur_name = new,
+                        Some(Redirect::Absolute(path)) => {
+                            absolute = Some((path, hit.layer.0 + 1));
+                        }
+                        None => {}
+                    }
+                }
+            }
+            Some(result)
+        });
+        lookup::resolve(probes)
+    }
+
+    fn read_redirect(&self, hit: &Hit) -> Option<Redirect> {
+        for ns in [XattrNs::Trusted, XattrNs::User] {
+            if let Ok(v) = sys::getxattr_fd(hit.fd.as_fd(), &ns.name("redirect")) {
+                return Redirect::parse(&v);
+            }
+        }
+        None
+    }
+
+    /// Probes a path from the root of one layer (absolute redirects). A
+    /// missing component is absence; a whiteout or non-directory on the way
+    /// hides the path in this and every lower layer.
+    fn probe_path(&self, idx: LayerIdx, path: &[Vec<u8>], more: bool) -> io::Result<Probe<Hit>> {
+        let Some((last, dirs)) = path.split_last() else {
+            return Ok(Probe::Absent);
+        };
+        let mut cur = RealEntry {
+            layer: idx,
+            fd: Arc::new(sys::openat(
+                self.layers.root_fd(idx),
+                OsStr::new("."),
+                libc::O_PATH,
+                0,
+            )?),
+            marks: DirMarks::default(),
+        };
+        let mut opaque_on_the_way = false;
+        for comp in dirs {
+            match probe_layer(&cur, OsStr::from_bytes(comp), true)? {
+                Probe::Absent => return Ok(Probe::Absent),
+                Probe::Whiteout | Probe::NonDir(_) => return Ok(Probe::Whiteout),
+                Probe::Dir(hit, opaque) => {
+                    opaque_on_the_way |= opaque;
+                    cur = RealEntry {
+                        layer: idx,
+                        fd: Arc::new(hit.fd),
+                        marks: hit.marks,
+                    };
+                }
+            }
+        }
+        Ok(match probe_layer(&cur, OsStr::from_bytes(last), more)? {
+            Probe::Dir(hit, opaque) => Probe::Dir(hit, opaque || opaque_on_the_way),
+            other => other,
+        })
+    }
+
     pub fn forget(&self, ino: u64, n: u64) {
         self.inodes.forget(ino, n);
+    }
+
+    /// Looks a child up for a name operation, without keeping a reference
+    /// (the kernel holds its own on a child it operates on).
+    pub(crate) fn child(&self, parent: u64, name: &OsStr) -> io::Result<Arc<Inode>> {
+        let (inode, _) = self.lookup(parent, name)?;
+        self.inodes.forget(inode.ino, 1);
+        Ok(inode)
     }
 
     pub fn getattr(&self, ino: u64) -> io::Result<FileAttr> {
@@ -208,24 +447,32 @@ impl LayerFs {
 
     // ---- files --------------------------------------------------------
 
-    /// Opens a regular file. Returns the handle and whether its content is
-    /// immutable (a lower file), so the kernel may keep its page cache.
+    /// Opens a regular file, copying it up first when opened for writing.
+    /// Returns the handle and whether its content is immutable (a lower
+    /// file), so the kernel may keep its page cache.
     pub fn open(&self, ino: u64, flags: i32) -> io::Result<(u64, bool)> {
         let inode = self.inode(ino)?;
-        let top = inode.top();
-        let writable = self.layers.layer(top.layer).writable;
         let wants_write = (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        if wants_write && !writable {
-            return Err(errno(libc::EROFS));
-        }
+        let top = if wants_write {
+            self.copy_up(&inode)?
+        } else {
+            inode.top()
+        };
         let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_TRUNC;
         let fd = sys::reopen(top.fd.as_fd(), (flags & keep) | libc::O_NOCTTY)?;
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let fh = self.new_fh();
         self.files.insert(fh, Arc::new(OpenFile { fd }));
-        Ok((fh, !writable))
+        Ok((fh, !self.is_upper(top.layer)))
     }
 
-    fn file(&self, fh: u64) -> io::Result<Arc<OpenFile>> {
+    /// Registers an fd opened by create() as a handle.
+    pub(crate) fn add_file(&self, fd: OwnedFd) -> u64 {
+        let fh = self.new_fh();
+        self.files.insert(fh, Arc::new(OpenFile { fd }));
+        fh
+    }
+
+    pub(crate) fn file(&self, fh: u64) -> io::Result<Arc<OpenFile>> {
         self.files
             .get(&fh)
             .map(|f| Arc::clone(f.value()))
@@ -263,13 +510,9 @@ impl LayerFs {
             let s = inode.state.read();
             (s.reals.clone(), s.parent)
         };
-        let mut listings = Vec::with_capacity(reals.len());
-        for r in &reals {
-            listings.push(self.list_layer_dir(r)?);
-        }
-        let merged = dir::merge_listings(listings);
+        let merged = self.merged_listing(&reals)?;
         let parent_ino = if ino == ROOT_INO {
-            ROOT_INO
+            inode.st_ino
         } else {
             self.inodes
                 .get(parent)
@@ -287,17 +530,58 @@ impl LayerFs {
             kind: FileType::Directory,
             ino: parent_ino,
         });
+        let merged_dir = reals.len() > 1;
         for e in merged {
-            let dev = self.layers.layer(reals[e.layer_pos].layer).dev;
+            let r = &reals[e.layer_pos];
+            let dev = self.layers.layer(r.layer).dev;
+            let ino = if merged_dir && self.is_upper(r.layer) {
+                // An upper entry of a merged directory may be a copy-up
+                // that shows its origin's number: find it as stat would.
+                self.entry_number(&reals, r, &e.name)
+                    .unwrap_or_else(|| self.number_for(dev, e.d_ino))
+            } else {
+                self.number_for(dev, e.d_ino)
+            };
             entries.push(DirEntryOut {
-                ino: self.number_for(dev, e.d_ino),
+                ino,
                 kind: attr::file_type_of_dtype(e.d_type),
                 name: OsString::from_vec(e.name),
             });
         }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let fh = self.new_fh();
         self.dirs.insert(fh, Arc::new(OpenDir { ino, entries }));
         Ok(fh)
+    }
+
+    /// The number `stat` would show for an upper entry of a merged
+    /// directory, so that d_ino matches st_ino across copy-up.
+    fn entry_number(&self, reals: &[RealEntry], r: &RealEntry, name: &[u8]) -> Option<u64> {
+        let name = OsStr::from_bytes(name);
+        let fd = sys::openat(r.fd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()?;
+        let st = sys::fstat(fd.as_fd()).ok()?;
+        if let Some(n) = self.numbers.get(&(st.st_dev, st.st_ino)) {
+            return Some(*n);
+        }
+        if (st.st_mode & libc::S_IFMT) == libc::S_IFDIR {
+            // A merged subdirectory's number comes from its lower part.
+            return match self.resolve_in(reals, name).ok()? {
+                Resolved::Dir(hits) => Some(self.number_for_hits(&hits)),
+                _ => None,
+            };
+        }
+        let (dev, ino) = self.decode_origin(fd.as_fd())?;
+        let n = self.number_for(dev, ino);
+        self.remember_number(st.st_dev, st.st_ino, n);
+        Some(n)
+    }
+
+    /// The merged listing of a directory's real parts, top first.
+    pub(crate) fn merged_listing(&self, reals: &[RealEntry]) -> io::Result<Vec<MergedEntry>> {
+        let mut listings = Vec::with_capacity(reals.len());
+        for r in reals {
+            listings.push(self.list_layer_dir(r)?);
+        }
+        Ok(dir::merge_listings(listings))
     }
 
     /// Reads one layer's part of a directory and classifies each entry.
@@ -337,7 +621,7 @@ impl LayerFs {
                 if whiteout::is_chardev_whiteout(&st)
                     || (r.marks.xwhiteouts
                         && whiteout::may_be_xattr_whiteout(&st)
-                        && self.is_xattr_whiteout(r, &e.name)?)
+                        && is_xattr_whiteout_at(r, &e.name)?)
                 {
                     out.push(LayerEntry::Whiteout { name: e.name });
                     continue;
@@ -350,16 +634,6 @@ impl LayerFs {
             });
         }
         Ok(out)
-    }
-
-    fn is_xattr_whiteout(&self, r: &RealEntry, name: &[u8]) -> io::Result<bool> {
-        let fd = sys::openat(
-            r.fd.as_fd(),
-            OsStr::from_bytes(name),
-            libc::O_PATH | libc::O_NOFOLLOW,
-            0,
-        )?;
-        has_xattr_whiteout(&fd)
     }
 
     fn open_dir(&self, fh: u64) -> io::Result<Arc<OpenDir>> {
@@ -409,7 +683,7 @@ impl LayerFs {
         if mask == libc::F_OK {
             return Ok(());
         }
-        if mask & libc::W_OK != 0 && self.layers.upper().is_none() {
+        if mask & libc::W_OK != 0 && !self.is_writable() {
             return Err(errno(libc::EROFS));
         }
         let perm = attr.perm as i32;
@@ -437,7 +711,7 @@ impl LayerFs {
 }
 
 /// Names the kernel could send that must never reach a layer.
-fn check_name(name: &OsStr) -> io::Result<()> {
+pub(crate) fn check_name(name: &OsStr) -> io::Result<()> {
     let b = name.as_bytes();
     if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
         return Err(errno(libc::EINVAL));
@@ -451,10 +725,15 @@ fn check_name(name: &OsStr) -> io::Result<()> {
 /// What layer entry `r` (a directory) holds under `name`. `more_below` says
 /// whether any contributing layer lies below, which is when OCI whiteouts and
 /// opaque markers matter.
-fn probe_layer(r: &RealEntry, name: &OsStr, more_below: bool) -> io::Result<Probe<Hit>> {
+pub(crate) fn probe_layer(r: &RealEntry, name: &OsStr, more_below: bool) -> io::Result<Probe<Hit>> {
     let fd = match sys::openat(r.fd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
         Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::ENAMETOOLONG)
+            ) =>
+        {
             // Absent here: an OCI `.wh.NAME` beside it still hides it below.
             return Ok(if more_below && oci_sibling_exists(r, name.as_bytes())? {
                 Probe::Whiteout
@@ -516,8 +795,9 @@ fn oci_sibling_exists(r: &RealEntry, name: &[u8]) -> io::Result<bool> {
     }
 }
 
-/// Reads a directory's `overlay.opaque` mark (trusted or user namespace).
-/// One listxattr in the common case of a directory without xattrs.
+/// Reads a directory's overlay marks (opaque y/x, redirect) in either
+/// namespace. One listxattr in the common case of a directory without
+/// xattrs.
 pub fn read_dir_marks(fd: &OwnedFd) -> io::Result<DirMarks> {
     let list = match sys::listxattr_fd(fd.as_fd()) {
         Ok(l) => l,
@@ -525,11 +805,14 @@ pub fn read_dir_marks(fd: &OwnedFd) -> io::Result<DirMarks> {
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(DirMarks::default()),
         Err(e) => return Err(e),
     };
+    let mut marks = DirMarks {
+        redirect: whiteout::has_overlay_xattr(&list, b"redirect"),
+        ..DirMarks::default()
+    };
     if !whiteout::has_overlay_xattr(&list, b"opaque") {
-        return Ok(DirMarks::default());
+        return Ok(marks);
     }
-    let mut marks = DirMarks::default();
-    for ns in [whiteout::XattrNs::Trusted, whiteout::XattrNs::User] {
+    for ns in [XattrNs::Trusted, XattrNs::User] {
         match sys::getxattr_fd(fd.as_fd(), &ns.name("opaque")) {
             Ok(v) => marks = marks.merge(DirMarks::from_opaque_value(&v)),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::ENOTSUP)) => {}
@@ -539,9 +822,19 @@ pub fn read_dir_marks(fd: &OwnedFd) -> io::Result<DirMarks> {
     Ok(marks)
 }
 
+fn is_xattr_whiteout_at(r: &RealEntry, name: &[u8]) -> io::Result<bool> {
+    let fd = sys::openat(
+        r.fd.as_fd(),
+        OsStr::from_bytes(name),
+        libc::O_PATH | libc::O_NOFOLLOW,
+        0,
+    )?;
+    has_xattr_whiteout(&fd)
+}
+
 /// True when a file carries `overlay.whiteout` in either namespace.
-fn has_xattr_whiteout(fd: &OwnedFd) -> io::Result<bool> {
-    for ns in [whiteout::XattrNs::Trusted, whiteout::XattrNs::User] {
+pub(crate) fn has_xattr_whiteout(fd: &OwnedFd) -> io::Result<bool> {
+    for ns in [XattrNs::Trusted, XattrNs::User] {
         let name: CString = ns.name("whiteout");
         match sys::getxattr_fd(fd.as_fd(), &name) {
             Ok(_) => return Ok(true),

@@ -387,6 +387,14 @@ pub fn wait_termination_signal() -> i32 {
     sig
 }
 
+/// `access(path, mode)` for paths the administrator gave at mount time.
+pub fn access_path(path: &Path, mode: i32) -> io::Result<()> {
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::access(c.as_ptr(), mode) })?;
+    Ok(())
+}
+
 /// `umount2(path, flags)`.
 pub fn umount(path: &Path, flags: i32) -> io::Result<()> {
     let c = cstr(path.as_os_str())?;
@@ -418,6 +426,354 @@ pub fn mount(
 pub fn getuid_gid() -> (u32, u32) {
     // SAFETY: no arguments, cannot fail.
     unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+/// `mkdirat(dir, name, mode)`.
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) })?;
+    Ok(())
+}
+
+/// `mknodat(dir, name, mode, rdev)`.
+pub fn mknodat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u64) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string.
+    cvt(unsafe {
+        libc::mknodat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            mode as libc::mode_t,
+            rdev as libc::dev_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// `symlinkat(target, dir, name)`.
+pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let t = cstr(target)?;
+    let c = cstr(name)?;
+    // SAFETY: valid C strings.
+    cvt(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) })?;
+    Ok(())
+}
+
+/// Makes a new name for the file an fd refers to (O_PATH fds included),
+/// through the /proc magic link.
+pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let p = proc_fd_path(fd);
+    let c = cstr(name)?;
+    // SAFETY: valid C strings.
+    cvt(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })?;
+    Ok(())
+}
+
+/// `unlinkat(dir, name, flags)` (AT_REMOVEDIR for directories).
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// `renameat2(olddir, old, newdir, new, flags)`.
+pub fn renameat2(
+    olddir: BorrowedFd<'_>,
+    old: &OsStr,
+    newdir: BorrowedFd<'_>,
+    new: &OsStr,
+    flags: u32,
+) -> io::Result<()> {
+    let o = cstr(old)?;
+    let n = cstr(new)?;
+    // SAFETY: valid C strings.
+    cvt(unsafe {
+        libc::renameat2(
+            olddir.as_raw_fd(),
+            o.as_ptr(),
+            newdir.as_raw_fd(),
+            n.as_ptr(),
+            flags,
+        )
+    })?;
+    Ok(())
+}
+
+/// Changes owner of the file an fd refers to, never following a symlink
+/// (`fchownat(fd, "", ..., AT_EMPTY_PATH)`). `u32::MAX` leaves an id as is.
+pub fn fchown_fd(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: "" is a valid C string.
+    cvt(unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(())
+}
+
+/// chmod of the file an fd refers to (not for symlinks, which have no mode
+/// of their own on Linux).
+pub fn fchmod_fd(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    let p = proc_fd_path(fd);
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) })?;
+    Ok(())
+}
+
+/// A timestamp for [`utimens_at`]: a time, now, or left alone.
+#[derive(Debug, Clone, Copy)]
+pub enum TimeSpec {
+    Set(i64, i64),
+    Now,
+    Omit,
+}
+
+fn timespec(t: TimeSpec) -> libc::timespec {
+    match t {
+        TimeSpec::Set(sec, nsec) => libc::timespec {
+            tv_sec: sec as libc::time_t,
+            tv_nsec: nsec as libc::c_long,
+        },
+        TimeSpec::Now => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        TimeSpec::Omit => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+    }
+}
+
+/// `utimensat(dir, name, times, AT_SYMLINK_NOFOLLOW)`; with an empty name,
+/// the file `dir` itself refers to (AT_EMPTY_PATH, O_PATH fds included).
+pub fn utimens_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    atime: TimeSpec,
+    mtime: TimeSpec,
+) -> io::Result<()> {
+    let ts = [timespec(atime), timespec(mtime)];
+    let mut flags = libc::AT_SYMLINK_NOFOLLOW;
+    if name.is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    let c = cstr(name)?;
+    // SAFETY: valid C string and a two-element timespec array.
+    cvt(unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), ts.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// `ftruncate(fd, len)`.
+pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    // SAFETY: no pointers involved.
+    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) })?;
+    Ok(())
+}
+
+/// `pwrite(fd, buf, offset)`.
+pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
+    // SAFETY: `buf` is readable for its length.
+    cvt_size(unsafe {
+        libc::pwrite(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            offset as libc::off_t,
+        )
+    })
+}
+
+/// `fsync` or `fdatasync`.
+pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
+    // SAFETY: no pointers involved.
+    cvt(unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    })?;
+    Ok(())
+}
+
+/// `fallocate(fd, mode, offset, len)`.
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: no pointers involved.
+    cvt(unsafe {
+        libc::fallocate(
+            fd.as_raw_fd(),
+            mode,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// `lseek(fd, offset, whence)`.
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> io::Result<i64> {
+    // SAFETY: no pointers involved.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset as libc::off_t, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as i64)
+    }
+}
+
+/// `copy_file_range` between explicit offsets; returns bytes copied.
+pub fn copy_file_range(
+    fd_in: BorrowedFd<'_>,
+    off_in: u64,
+    fd_out: BorrowedFd<'_>,
+    off_out: u64,
+    len: usize,
+) -> io::Result<usize> {
+    let mut oi = off_in as libc::loff_t;
+    let mut oo = off_out as libc::loff_t;
+    // SAFETY: both offsets are valid in/out pointers for the call.
+    cvt_size(unsafe {
+        libc::copy_file_range(
+            fd_in.as_raw_fd(),
+            &mut oi,
+            fd_out.as_raw_fd(),
+            &mut oo,
+            len,
+            0,
+        )
+    })
+}
+
+/// `ioctl(dst, FICLONE, src)`: a reflink copy of the whole file.
+pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> io::Result<()> {
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: FICLONE takes the source fd as its integer argument.
+    cvt(unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) })?;
+    Ok(())
+}
+
+/// A file handle as name_to_handle_at returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileHandleBytes {
+    pub handle_type: i32,
+    pub bytes: Vec<u8>,
+}
+
+#[repr(C)]
+struct RawHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; 128],
+}
+
+/// `name_to_handle_at(fd, "", AT_EMPTY_PATH)`: the handle of the file an fd
+/// refers to (what overlayfs records as a copy-up origin).
+pub fn name_to_handle(fd: BorrowedFd<'_>) -> io::Result<FileHandleBytes> {
+    let mut h = RawHandle {
+        handle_bytes: 128,
+        handle_type: 0,
+        f_handle: [0; 128],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `h` is a file_handle header followed by 128 bytes of room, as
+    // handle_bytes says; mount_id is a valid out-pointer.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            &mut h as *mut RawHandle,
+            &mut mount_id as *mut libc::c_int,
+            libc::AT_EMPTY_PATH,
+        ) as libc::c_int
+    })?;
+    let n = (h.handle_bytes as usize).min(128);
+    Ok(FileHandleBytes {
+        handle_type: h.handle_type,
+        bytes: h.f_handle[..n].to_vec(),
+    })
+}
+
+/// `open_by_handle_at(mount_fd, handle, O_PATH)` (needs
+/// CAP_DAC_READ_SEARCH).
+pub fn open_by_handle(mount_fd: BorrowedFd<'_>, handle: &FileHandleBytes) -> io::Result<OwnedFd> {
+    if handle.bytes.len() > 128 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut h = RawHandle {
+        handle_bytes: handle.bytes.len() as u32,
+        handle_type: handle.handle_type,
+        f_handle: [0; 128],
+    };
+    h.f_handle[..handle.bytes.len()].copy_from_slice(&handle.bytes);
+    // SAFETY: `h` is a valid file_handle; the returned fd is fresh.
+    let fd = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd.as_raw_fd(),
+            &mut h as *mut RawHandle,
+            libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        ) as libc::c_int
+    })?;
+    // SAFETY: `fd` was just returned by the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The filesystem UUID (`FS_IOC_GETFSUUID`, kernel 6.8+) of the filesystem
+/// holding an fd opened for reading; all zeros when the filesystem has none.
+pub fn fs_uuid(fd: BorrowedFd<'_>) -> [u8; 16] {
+    #[repr(C)]
+    struct FsUuid2 {
+        len: u8,
+        uuid: [u8; 16],
+    }
+    const FS_IOC_GETFSUUID: libc::c_ulong = 0x8011_1500;
+    let mut u = FsUuid2 {
+        len: 0,
+        uuid: [0; 16],
+    };
+    // SAFETY: the ioctl writes one struct fsuuid2 into `u`.
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            FS_IOC_GETFSUUID as _,
+            &mut u as *mut FsUuid2,
+        )
+    };
+    if r == 0 && u.len == 16 {
+        u.uuid
+    } else {
+        [0; 16]
+    }
+}
+
+/// `flock(fd, op)`.
+pub fn flock(fd: BorrowedFd<'_>, op: i32) -> io::Result<()> {
+    // SAFETY: no pointers involved.
+    cvt(unsafe { libc::flock(fd.as_raw_fd(), op) })?;
+    Ok(())
+}
+
+/// Sets the process umask; the daemon runs with 0 so that the modes the
+/// kernel sends (already masked by the caller's umask) land unchanged.
+pub fn set_umask(mask: u32) -> u32 {
+    // SAFETY: no pointers involved, cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) as u32 }
 }
 
 /// Effective uid of this process.

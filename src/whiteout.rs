@@ -88,6 +88,8 @@ pub struct DirMarks {
     /// Contains xattr whiteouts (`overlay.opaque=x`): zero-size files must be
     /// checked for `overlay.whiteout`.
     pub xwhiteouts: bool,
+    /// Carries `overlay.redirect`: its lower part lives under another path.
+    pub redirect: bool,
 }
 
 impl DirMarks {
@@ -96,11 +98,11 @@ impl DirMarks {
         match value {
             b"y" => DirMarks {
                 opaque: true,
-                xwhiteouts: false,
+                ..DirMarks::default()
             },
             b"x" => DirMarks {
-                opaque: false,
                 xwhiteouts: true,
+                ..DirMarks::default()
             },
             _ => DirMarks::default(),
         }
@@ -110,6 +112,7 @@ impl DirMarks {
         DirMarks {
             opaque: self.opaque || other.opaque,
             xwhiteouts: self.xwhiteouts || other.xwhiteouts,
+            redirect: self.redirect || other.redirect,
         }
     }
 }
@@ -131,8 +134,8 @@ pub fn public_xattr_names(list: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The overlay xattr names present in a listxattr buffer whose key (the part
-/// after the namespace prefix) is `key`.
+/// Whether a listxattr buffer holds the overlay xattr `key` (the part after
+/// the namespace prefix) in either namespace.
 pub fn has_overlay_xattr(list: &[u8], key: &[u8]) -> bool {
     list.split(|&b| b == 0).any(|n| {
         PRIVATE_PREFIXES
@@ -141,8 +144,56 @@ pub fn has_overlay_xattr(list: &[u8], key: &[u8]) -> bool {
     })
 }
 
+/// A parsed `overlay.redirect` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redirect {
+    /// Another name in the same parent's lower directories.
+    Relative(Vec<u8>),
+    /// A path from the lower layers' roots, as components.
+    Absolute(Vec<Vec<u8>>),
+}
+
+impl Redirect {
+    pub fn parse(value: &[u8]) -> Option<Redirect> {
+        if value.is_empty() || value.contains(&0) {
+            return None;
+        }
+        if value[0] == b'/' {
+            let comps: Vec<Vec<u8>> = value
+                .split(|&b| b == b'/')
+                .filter(|c| !c.is_empty())
+                .map(|c| c.to_vec())
+                .collect();
+            if comps.is_empty() || comps.iter().any(|c| c == b"." || c == b"..") {
+                return None;
+            }
+            Some(Redirect::Absolute(comps))
+        } else if value.contains(&b'/') || value == b"." || value == b".." {
+            None
+        } else {
+            Some(Redirect::Relative(value.to_vec()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn redirects() {
+        assert_eq!(
+            Redirect::parse(b"/a/b"),
+            Some(Redirect::Absolute(vec![b"a".to_vec(), b"b".to_vec()]))
+        );
+        assert_eq!(
+            Redirect::parse(b"old"),
+            Some(Redirect::Relative(b"old".to_vec()))
+        );
+        assert_eq!(Redirect::parse(b"a/b"), None);
+        assert_eq!(Redirect::parse(b"/"), None);
+        assert_eq!(Redirect::parse(b"/a/../b"), None);
+        assert_eq!(Redirect::parse(b""), None);
+    }
+
     use super::*;
 
     #[test]

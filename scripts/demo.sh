@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Builds layerfs, makes a small three-layer stack (with a whiteout and an
+# opaque directory), mounts it, shows the merge, and unmounts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q
+bin=$PWD/target/release/layerfs
+
+work=$(mktemp -d /tmp/layerfs-demo.XXXXXX)
+mnt=$work/merged
+cleanup() { umount "$mnt" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+mkdir -p "$work"/{base,middle,top,upper,work} "$mnt"
+
+echo "base layer"      > "$work/base/readme"
+echo "old config"      > "$work/base/config"
+mkdir -p "$work/base/cache" && echo "stale" > "$work/base/cache/entry"
+echo "to be deleted"   > "$work/base/tmpfile"
+
+echo "new config"      > "$work/middle/config"
+mknod "$work/middle/tmpfile" c 0 0                       # whiteout: hides tmpfile
+mkdir -p "$work/middle/cache" && echo "fresh" > "$work/middle/cache/new"
+setfattr -n trusted.overlay.opaque -v y "$work/middle/cache"   # opaque: hides base/cache/*
+
+echo "app binary"      > "$work/top/app"
+
+echo "== layers (top first): top, middle, base"
+"$bin" -o "lowerdir=$work/top:$work/middle:$work/base,upperdir=$work/upper,workdir=$work/work" "$mnt"
+echo "== mounted: $(grep " $mnt " /proc/mounts)"
+echo "== merged tree:"
+(cd "$mnt" && find . -mindepth 1 | sort | sed 's/^/   /')
+echo "== config says: $(cat "$mnt/config")   (middle wins over base)"
+echo "== cache/ holds: $(ls "$mnt/cache")   (opaque: base's entry hidden)"
+echo "== tmpfile: $(ls "$mnt/tmpfile" 2>&1 | sed 's/^ls: //')"
+echo "hello" > "$mnt/created" && rm "$mnt/readme"
+echo "== after writing 'created' and removing 'readme', the upper dir holds:"
+(cd "$work/upper" && find . -mindepth 1 -printf '   %p (%y)\n' | sort)
+umount "$mnt"
+echo "== unmounted; lower layers were not modified"

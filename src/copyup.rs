@@ -1,0 +1,263 @@
+//! Copy-up: giving a lower object an upper twin before its first change.
+//!
+//! The copy is built in the work directory — data (reflink, else
+//! copy_file_range over data extents only, so holes stay holes), owner,
+//! mode, xattrs, times, and the `overlay.origin` handle of the lower file —
+//! made durable, then renamed into the upper parent. A crash at any moment
+//! leaves either no upper copy or a complete one; the staged leftovers are
+//! removed at the next mount. Parents are copied up first. Each inode has
+//! its own copy-up lock, so concurrent writers of one file produce one copy
+//! and a long data copy never blocks other files.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use crate::inode::{Inode, RealEntry};
+use crate::ops::{errno, LayerFs};
+use crate::origin;
+use crate::sys::{self, TimeSpec};
+use crate::whiteout::{self, DirMarks};
+use crate::workdir::Staged;
+
+/// Copies `len` bytes of file data, keeping holes: only the extents
+/// SEEK_DATA reports are copied; the size is set at the end.
+pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    if sys::ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut off: u64 = 0;
+    while off < len {
+        let data = match sys::lseek(src, off as i64, libc::SEEK_DATA) {
+            Ok(d) => d as u64,
+            // No data past `off`: the rest is a hole.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
+            Err(e) => return Err(e),
+        };
+        let hole = match sys::lseek(src, data as i64, libc::SEEK_HOLE) {
+            Ok(h) => (h as u64).min(len),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => len,
+            Err(e) => return Err(e),
+        };
+        copy_range(src, dst, data, hole)?;
+        off = hole;
+    }
+    sys::ftruncate(dst, len)
+}
+
+fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut from: u64, to: u64) -> io::Result<()> {
+    let mut fallback = false;
+    while from < to {
+        let chunk = ((to - from) as usize).min(1 << 30);
+        if !fallback {
+            match sys::copy_file_range(src, from, dst, from, chunk) {
+                Ok(0) => return Ok(()), // source shrank: nothing more to copy
+                Ok(n) => {
+                    from += n as u64;
+                    continue;
+                }
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EXDEV)
+                            | Some(libc::EINVAL)
+                            | Some(libc::ENOSYS)
+                            | Some(libc::EOPNOTSUPP)
+                    ) =>
+                {
+                    fallback = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut buf = vec![0u8; chunk.min(1 << 20)];
+        let n = sys::pread(src, &mut buf, from)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut done = 0;
+        while done < n {
+            done += sys::pwrite(dst, &buf[done..n], from + done as u64)?;
+        }
+        from += n as u64;
+    }
+    Ok(())
+}
+
+/// Copies every xattr but overlay's private ones. A failure fails the
+/// copy-up (a copy missing its capabilities or ACLs is not a faithful copy),
+/// except an SELinux label the upper filesystem assigns itself.
+pub fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<()> {
+    let list = match sys::listxattr_fd(src) {
+        Ok(l) => l,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if whiteout::is_private_xattr(name) {
+            continue;
+        }
+        let c = sys::cstr(OsStr::from_bytes(name))?;
+        let value = match sys::getxattr_fd(src, &c) {
+            Ok(v) => v,
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = sys::setxattr_fd(dst, &c, &value, 0) {
+            if name == b"security.selinux" {
+                continue;
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn time_of(sec: i64, nsec: i64) -> TimeSpec {
+    TimeSpec::Set(sec, nsec)
+}
+
+impl LayerFs {
+    /// Ensures `inode` has an upper object and returns it. Directories get
+    /// only the directory itself; their entries stay below.
+    pub fn copy_up(&self, inode: &Arc<Inode>) -> io::Result<RealEntry> {
+        let up = self.upper_ctx()?;
+        {
+            let top = inode.top();
+            if top.layer == up.idx {
+                return Ok(top);
+            }
+        }
+        let _guard = inode.copy_lock.lock();
+        // Another thread may have finished the copy while we waited.
+        let top = inode.top();
+        if top.layer == up.idx {
+            return Ok(top);
+        }
+        let (parent_ino, name) = {
+            let s = inode.state.read();
+            (s.parent, s.name.clone())
+        };
+        let parent = self.inode(parent_ino)?;
+        let parent_up = self.copy_up(&parent)?;
+        let fd = self.stage_copy(&top, parent_up.fd.as_fd(), &name)?;
+        let st = sys::fstat(fd.as_fd())?;
+        self.remember_number(st.st_dev, st.st_ino, inode.st_ino);
+        let entry = RealEntry {
+            layer: up.idx,
+            fd: Arc::new(fd),
+            marks: DirMarks::default(),
+        };
+        {
+            let mut s = inode.state.write();
+            if inode.is_dir {
+                s.reals.insert(0, entry.clone());
+            } else {
+                s.reals = vec![entry.clone()];
+            }
+        }
+        Ok(entry)
+    }
+
+    /// Builds the copy of `src` in the work directory and renames it to
+    /// `name` in `parent_upper`; returns an O_PATH fd of the new object.
+    fn stage_copy(
+        &self,
+        src: &RealEntry,
+        parent_upper: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> io::Result<OwnedFd> {
+        let up = self.upper_ctx()?;
+        let work = &up.work;
+        let st = sys::fstat(src.fd.as_fd())?;
+        let staged = Staged::new(work);
+        let fmt = st.st_mode & libc::S_IFMT;
+        let mut data_fd = None;
+        match fmt {
+            libc::S_IFREG => {
+                let dst = sys::openat(
+                    work.fd(),
+                    &staged.name,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                    0o600,
+                )?;
+                let srcf = sys::reopen(src.fd.as_fd(), libc::O_RDONLY)?;
+                copy_data(srcf.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                data_fd = Some(dst);
+            }
+            libc::S_IFDIR => sys::mkdirat(work.fd(), &staged.name, 0o700)?,
+            libc::S_IFLNK => {
+                let target = sys::readlink_fd(src.fd.as_fd())?;
+                sys::symlinkat(OsStr::from_bytes(&target), work.fd(), &staged.name)?;
+            }
+            _ => sys::mknodat(work.fd(), &staged.name, st.st_mode, st.st_rdev)?,
+        }
+        let fd = sys::openat(work.fd(), &staged.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        // Owner first (chown clears setuid bits and capabilities), then mode,
+        // then xattrs, then times.
+        sys::fchown_fd(fd.as_fd(), st.st_uid, st.st_gid)?;
+        if fmt != libc::S_IFLNK {
+            sys::fchmod_fd(fd.as_fd(), st.st_mode & 0o7777)?;
+        }
+        copy_xattrs(src.fd.as_fd(), fd.as_fd())?;
+        self.set_origin(src, fd.as_fd())?;
+        sys::utimens_at(
+            fd.as_fd(),
+            OsStr::new(""),
+            time_of(st.st_atime, st.st_atime_nsec),
+            time_of(st.st_mtime, st.st_mtime_nsec),
+        )?;
+        if let Some(d) = &data_fd {
+            if up.fsync {
+                sys::fsync(d.as_fd(), false)?;
+            }
+        }
+        // Kernel overlayfs keeps the parent's times across a copy-up: the
+        // directory did not change as the user sees it.
+        let pst = sys::fstat(parent_upper)?;
+        sys::renameat2(
+            work.fd(),
+            &staged.name,
+            parent_upper,
+            name,
+            libc::RENAME_NOREPLACE,
+        )?;
+        staged.commit();
+        let _ = sys::utimens_at(
+            parent_upper,
+            OsStr::new(""),
+            time_of(pst.st_atime, pst.st_atime_nsec),
+            time_of(pst.st_mtime, pst.st_mtime_nsec),
+        );
+        Ok(fd)
+    }
+
+    /// Records where an upper object came from, in the kernel's format.
+    /// Filesystems that cannot make file handles get no origin, as with
+    /// kernel overlayfs.
+    fn set_origin(&self, src: &RealEntry, dst: BorrowedFd<'_>) -> io::Result<()> {
+        let up = self.upper_ctx()?;
+        let Ok(handle) = sys::name_to_handle(src.fd.as_fd()) else {
+            return Ok(());
+        };
+        let uuid = self.layer_uuid(src.layer);
+        if let Some(v) = origin::encode(&uuid, &handle) {
+            sys::setxattr_fd(dst, &up.ns.name("origin"), &v, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Copies up the parent directory of a name operation: the upper dir
+    /// fd to act in.
+    pub fn upper_dir(&self, dir: &Arc<Inode>) -> io::Result<RealEntry> {
+        if !dir.is_dir {
+            return Err(errno(libc::ENOTDIR));
+        }
+        self.copy_up(dir)
+    }
+}

@@ -1,0 +1,144 @@
+//! Operations that change a file's data or metadata: setattr, write,
+//! fallocate, fsync, lseek, copy_file_range and the xattr setters. Each
+//! first copies the object up; the lower layers are never written.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+
+use fuser::FileAttr;
+
+use crate::ops::{errno, LayerFs};
+use crate::sys::{self, TimeSpec};
+use crate::whiteout;
+
+/// The attribute changes of one setattr request.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSpec>,
+    pub mtime: Option<TimeSpec>,
+    pub fh: Option<u64>,
+}
+
+impl LayerFs {
+    pub fn setattr(&self, ino: u64, a: SetAttr) -> io::Result<FileAttr> {
+        let inode = self.inode(ino)?;
+        let up = self.copy_up(&inode)?;
+        let fd = up.fd.as_fd();
+        if let Some(size) = a.size {
+            match a.fh.and_then(|fh| self.file(fh).ok()) {
+                Some(f) => sys::ftruncate(f.fd.as_fd(), size)?,
+                None => {
+                    let w = sys::reopen(fd, libc::O_WRONLY)?;
+                    sys::ftruncate(w.as_fd(), size)?;
+                }
+            }
+        }
+        // Owner before mode: chown clears setuid/setgid.
+        if a.uid.is_some() || a.gid.is_some() {
+            sys::fchown_fd(fd, a.uid.unwrap_or(u32::MAX), a.gid.unwrap_or(u32::MAX))?;
+        }
+        if let Some(mode) = a.mode {
+            sys::fchmod_fd(fd, mode & 0o7777)?;
+        }
+        if a.atime.is_some() || a.mtime.is_some() {
+            sys::utimens_at(
+                fd,
+                OsStr::new(""),
+                a.atime.unwrap_or(TimeSpec::Omit),
+                a.mtime.unwrap_or(TimeSpec::Omit),
+            )?;
+        }
+        self.attr_of(&inode)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<u32> {
+        let file = self.file(fh)?;
+        let mut done = 0;
+        while done < data.len() {
+            match sys::pwrite(file.fd.as_fd(), &data[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if done > 0 => {
+                    log::debug!("short write after {done} bytes: {e}");
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done as u32)
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
+        if !self.opts.fsync {
+            return Ok(());
+        }
+        let file = self.file(fh)?;
+        sys::fsync(file.fd.as_fd(), datasync)
+    }
+
+    pub fn fsyncdir(&self, ino: u64, datasync: bool) -> io::Result<()> {
+        if !self.opts.fsync {
+            return Ok(());
+        }
+        let inode = self.inode(ino)?;
+        let top = inode.top();
+        if !self.is_upper(top.layer) {
+            return Ok(());
+        }
+        let d = sys::reopen(top.fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        sys::fsync(d.as_fd(), datasync)
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+        let file = self.file(fh)?;
+        sys::fallocate(file.fd.as_fd(), mode, offset, len)
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> io::Result<i64> {
+        let file = self.file(fh)?;
+        sys::lseek(file.fd.as_fd(), offset, whence)
+    }
+
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> io::Result<u32> {
+        let fin = self.file(fh_in)?;
+        let fout = self.file(fh_out)?;
+        let len = len.min(u32::MAX as u64 & !0xfff) as usize;
+        let n = sys::copy_file_range(fin.fd.as_fd(), off_in, fout.fd.as_fd(), off_out, len)?;
+        Ok(n as u32)
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+        if whiteout::is_private_xattr(name.as_bytes()) {
+            return Err(errno(libc::EPERM));
+        }
+        let inode = self.inode(ino)?;
+        let up = self.copy_up(&inode)?;
+        sys::setxattr_fd(up.fd.as_fd(), &sys::cstr(name)?, value, flags)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> io::Result<()> {
+        if whiteout::is_private_xattr(name.as_bytes()) {
+            return Err(errno(libc::ENODATA));
+        }
+        let inode = self.inode(ino)?;
+        let c = sys::cstr(name)?;
+        // Removing what is not there changes nothing: no copy-up for it.
+        sys::getxattr_fd(inode.top().fd.as_fd(), &c)?;
+        let up = self.copy_up(&inode)?;
+        sys::removexattr_fd(up.fd.as_fd(), &c)
+    }
+}

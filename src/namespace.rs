@@ -1,0 +1,628 @@
+//! Operations that change names: create, mknod, mkdir, symlink, link,
+//! unlink, rmdir and rename, with kernel overlayfs' on-disk results:
+//! whiteouts (char 0/0) where a lower name must stay hidden, opaque
+//! directories where a new directory replaces a whiteout, and
+//! `overlay.redirect` on a directory moved away from its lower parts.
+//!
+//! The VFS holds the parent directories' locks around each of these calls,
+//! so two name operations never race inside one directory.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use fuser::FileAttr;
+
+use crate::inode::{Inode, RealEntry, ROOT_INO};
+use crate::lookup::Resolved;
+use crate::ops::{check_name, errno, has_xattr_whiteout, LayerFs};
+use crate::sys;
+use crate::whiteout::{self, Redirect};
+use crate::workdir::Staged;
+
+/// Who a new object belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What occupies a name in an upper directory.
+enum UpperSlot {
+    Empty,
+    Whiteout,
+    Entry,
+}
+
+/// Decodes the 32-bit device number FUSE carries (`new_decode_dev`).
+fn decode_rdev(rdev: u32) -> u64 {
+    let major = (rdev & 0xfff00) >> 8;
+    let minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+    libc::makedev(major, minor)
+}
+
+fn is_enoent(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOENT)
+}
+
+impl LayerFs {
+    /// What is at `name` in the upper directory `pu`.
+    fn upper_slot(&self, pu: &RealEntry, name: &OsStr) -> io::Result<UpperSlot> {
+        let fd = match sys::openat(pu.fd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+            Ok(fd) => fd,
+            Err(e) if is_enoent(&e) => return Ok(UpperSlot::Empty),
+            Err(e) => return Err(e),
+        };
+        let st = sys::fstat(fd.as_fd())?;
+        if whiteout::is_chardev_whiteout(&st)
+            || (pu.marks.xwhiteouts
+                && whiteout::may_be_xattr_whiteout(&st)
+                && has_xattr_whiteout(&fd)?)
+        {
+            return Ok(UpperSlot::Whiteout);
+        }
+        Ok(UpperSlot::Entry)
+    }
+
+    /// Whether `name` exists in `dir`'s lower layers: if so, removing or
+    /// moving the upper name must leave a whiteout.
+    fn lower_positive(&self, dir: &Inode, name: &OsStr) -> io::Result<bool> {
+        let lowers: Vec<RealEntry> = dir
+            .reals()
+            .into_iter()
+            .filter(|r| !self.is_upper(r.layer))
+            .collect();
+        if lowers.is_empty() {
+            return Ok(false);
+        }
+        Ok(!matches!(self.resolve_in(&lowers, name)?, Resolved::Absent))
+    }
+
+    /// Creates a whiteout named `name` in `at`: a char 0/0 device (allowed
+    /// unprivileged since Linux 5.8), else — where even that is refused —
+    /// the xattr whiteout kernel overlayfs reads, marking `dir`'s upper part
+    /// `opaque=x` so readers know to look for it.
+    fn make_whiteout(&self, at: BorrowedFd<'_>, name: &OsStr, dir: &Inode) -> io::Result<()> {
+        match sys::mknodat(at, name, libc::S_IFCHR, 0) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                let up = self.upper_ctx()?;
+                let f = sys::openat(at, name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0)?;
+                sys::setxattr_fd(f.as_fd(), &up.ns.name("whiteout"), b"", 0)?;
+                self.mark_xwhiteouts(dir)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn mark_xwhiteouts(&self, dir: &Inode) -> io::Result<()> {
+        let up = self.upper_ctx()?;
+        let mut s = dir.state.write();
+        if let Some(r) = s.reals.iter_mut().find(|r| r.layer == up.idx) {
+            if !r.marks.opaque && !r.marks.xwhiteouts {
+                sys::setxattr_fd(r.fd.as_fd(), &up.ns.name("opaque"), b"x", 0)?;
+                r.marks.xwhiteouts = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Atomically replaces the upper entry `name` with a whiteout (built in
+    /// the work directory, exchanged into place); the old entry, a file or a
+    /// directory holding only whiteouts, is then removed from the work dir.
+    fn replace_with_whiteout(&self, pu: &RealEntry, name: &OsStr, dir: &Inode) -> io::Result<()> {
+        let up = self.upper_ctx()?;
+        let staged = Staged::new(&up.work);
+        self.make_whiteout(up.work.fd(), &staged.name, dir)?;
+        sys::renameat2(
+            up.work.fd(),
+            &staged.name,
+            pu.fd.as_fd(),
+            name,
+            libc::RENAME_EXCHANGE,
+        )?;
+        // `staged` now names the old entry: dropping it removes it.
+        drop(staged);
+        Ok(())
+    }
+
+    /// Moves the upper entry `name` out of the way into the work directory
+    /// and removes it there (a directory may still hold whiteouts).
+    fn remove_upper(&self, pu: &RealEntry, name: &OsStr) -> io::Result<()> {
+        let up = self.upper_ctx()?;
+        let staged = Staged::new(&up.work);
+        sys::renameat2(
+            pu.fd.as_fd(),
+            name,
+            up.work.fd(),
+            &staged.name,
+            libc::RENAME_NOREPLACE,
+        )?;
+        drop(staged);
+        Ok(())
+    }
+
+    /// Puts a new object at `name` in `parent`: built by `build` directly
+    /// in the upper directory, or — over a whiteout — in the work directory,
+    /// given its owner (and an opaque mark, for a directory) and exchanged
+    /// with the whiteout in one rename.
+    fn place(
+        &self,
+        parent: &Arc<Inode>,
+        name: &OsStr,
+        is_dir: bool,
+        owner: Option<Owner>,
+        mode: Option<u32>,
+        build: impl FnOnce(BorrowedFd<'_>, &OsStr) -> io::Result<Option<OwnedFd>>,
+    ) -> io::Result<Option<OwnedFd>> {
+        check_name(name)?;
+        if whiteout::is_oci_marker(name.as_bytes()) {
+            // Such a name would read back as a marker, not as the object.
+            return Err(errno(libc::EINVAL));
+        }
+        let up = self.upper_ctx()?;
+        let pu = self.upper_dir(parent)?;
+        let finish = |dir: BorrowedFd<'_>, n: &OsStr| -> io::Result<()> {
+            let fd = sys::openat(dir, n, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            if let Some(o) = owner {
+                sys::fchown_fd(fd.as_fd(), o.uid, o.gid)?;
+            }
+            if let Some(m) = mode {
+                sys::fchmod_fd(fd.as_fd(), m)?;
+            }
+            Ok(())
+        };
+        match self.upper_slot(&pu, name)? {
+            UpperSlot::Entry => Err(errno(libc::EEXIST)),
+            UpperSlot::Empty => {
+                let fd = build(pu.fd.as_fd(), name)?;
+                if let Err(e) = finish(pu.fd.as_fd(), name) {
+                    let flag = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+                    let _ = sys::unlinkat(pu.fd.as_fd(), name, flag);
+                    return Err(e);
+                }
+                Ok(fd)
+            }
+            UpperSlot::Whiteout => {
+                let staged = Staged::new(&up.work);
+                let fd = build(up.work.fd(), &staged.name)?;
+                finish(up.work.fd(), &staged.name)?;
+                if is_dir {
+                    let d = sys::openat(
+                        up.work.fd(),
+                        &staged.name,
+                        libc::O_PATH | libc::O_NOFOLLOW,
+                        0,
+                    )?;
+                    sys::setxattr_fd(d.as_fd(), &up.ns.name("opaque"), b"y", 0)?;
+                }
+                sys::renameat2(
+                    up.work.fd(),
+                    &staged.name,
+                    pu.fd.as_fd(),
+                    name,
+                    libc::RENAME_EXCHANGE,
+                )?;
+                // `staged` now names the whiteout: dropping it removes it.
+                drop(staged);
+                Ok(fd)
+            }
+        }
+    }
+
+    /// Owner of a new object: the caller, with the group of a setgid parent.
+    fn owner_for(&self, parent: &Inode, uid: u32, gid: u32) -> io::Result<(Owner, bool)> {
+        let pattr = self.attr_of(parent)?;
+        let sgid = pattr.perm as u32 & libc::S_ISGID != 0;
+        Ok((
+            Owner {
+                uid,
+                gid: if sgid { pattr.gid } else { gid },
+            },
+            sgid,
+        ))
+    }
+
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        uid: u32,
+        gid: u32,
+    ) -> io::Result<(Arc<Inode>, FileAttr, u64)> {
+        let dir = self.inode(parent)?;
+        let (owner, _) = self.owner_for(&dir, uid, gid)?;
+        let perm = mode & 0o7777;
+        let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK;
+        let fd = self.place(&dir, name, false, Some(owner), Some(perm), |at, n| {
+            let oflags = (flags & keep) | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY;
+            sys::openat(at, n, oflags, perm).map(Some)
+        })?;
+        let (inode, attr) = self.lookup(parent, name)?;
+        let fd = fd.ok_or_else(|| errno(libc::EIO))?;
+        Ok((inode, attr, self.add_file(fd)))
+    }
+
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+    ) -> io::Result<(Arc<Inode>, FileAttr)> {
+        let dir = self.inode(parent)?;
+        let (owner, _) = self.owner_for(&dir, uid, gid)?;
+        let dev = decode_rdev(rdev);
+        self.place(
+            &dir,
+            name,
+            false,
+            Some(owner),
+            Some(mode & 0o7777),
+            |at, n| sys::mknodat(at, n, mode, dev).map(|_| None),
+        )?;
+        self.lookup(parent, name)
+    }
+
+    pub fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> io::Result<(Arc<Inode>, FileAttr)> {
+        let dir = self.inode(parent)?;
+        let (owner, sgid) = self.owner_for(&dir, uid, gid)?;
+        let mut perm = mode & 0o7777;
+        if sgid {
+            perm |= libc::S_ISGID;
+        }
+        self.place(&dir, name, true, Some(owner), Some(perm), |at, n| {
+            sys::mkdirat(at, n, perm).map(|_| None)
+        })?;
+        self.lookup(parent, name)
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+        uid: u32,
+        gid: u32,
+    ) -> io::Result<(Arc<Inode>, FileAttr)> {
+        let dir = self.inode(parent)?;
+        let (owner, _) = self.owner_for(&dir, uid, gid)?;
+        self.place(&dir, name, false, Some(owner), None, |at, n| {
+            sys::symlinkat(target, at, n).map(|_| None)
+        })?;
+        self.lookup(parent, name)
+    }
+
+    pub fn link(
+        &self,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+    ) -> io::Result<(Arc<Inode>, FileAttr)> {
+        let inode = self.inode(ino)?;
+        if inode.is_dir {
+            return Err(errno(libc::EPERM));
+        }
+        let src = self.copy_up(&inode)?;
+        let dir = self.inode(newparent)?;
+        self.place(&dir, newname, false, None, None, |at, n| {
+            sys::link_fd(src.fd.as_fd(), at, n).map(|_| None)
+        })?;
+        self.lookup(newparent, newname)
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+        let dir = self.inode(parent)?;
+        let child = self.child(parent, name)?;
+        if child.is_dir {
+            return Err(errno(libc::EISDIR));
+        }
+        let pu = self.upper_dir(&dir)?;
+        let lower = self.lower_positive(&dir, name)?;
+        match self.upper_slot(&pu, name)? {
+            UpperSlot::Entry if lower => self.replace_with_whiteout(&pu, name, &dir)?,
+            UpperSlot::Entry => sys::unlinkat(pu.fd.as_fd(), name, 0)?,
+            UpperSlot::Empty if lower => self.make_whiteout(pu.fd.as_fd(), name, &dir)?,
+            UpperSlot::Empty | UpperSlot::Whiteout => return Err(errno(libc::ENOENT)),
+        }
+        self.note_removed(&child);
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+        let dir = self.inode(parent)?;
+        let child = self.child(parent, name)?;
+        if !child.is_dir {
+            return Err(errno(libc::ENOTDIR));
+        }
+        if !self.merged_listing(&child.reals())?.is_empty() {
+            return Err(errno(libc::ENOTEMPTY));
+        }
+        let pu = self.upper_dir(&dir)?;
+        let lower = self.lower_positive(&dir, name)?;
+        match self.upper_slot(&pu, name)? {
+            UpperSlot::Entry if lower => self.replace_with_whiteout(&pu, name, &dir)?,
+            UpperSlot::Entry => self.remove_upper(&pu, name)?,
+            UpperSlot::Empty if lower => self.make_whiteout(pu.fd.as_fd(), name, &dir)?,
+            UpperSlot::Empty | UpperSlot::Whiteout => return Err(errno(libc::ENOENT)),
+        }
+        child.mark_unlinked();
+        Ok(())
+    }
+
+    /// After a name of `inode` went away: if that was its last link, its
+    /// number must not be reused while the kernel still holds it.
+    fn note_removed(&self, inode: &Inode) {
+        let top = inode.top();
+        if !self.is_upper(top.layer) {
+            return;
+        }
+        match sys::fstat(top.fd.as_fd()) {
+            Ok(st) if st.st_nlink > 0 => {}
+            _ => inode.mark_unlinked(),
+        }
+    }
+
+    /// The path of a directory's lower parts from the lower layers' roots:
+    /// its own redirect if it has one, else its parent's lower path and its
+    /// name.
+    fn lower_path(&self, inode: &Inode) -> io::Result<Vec<u8>> {
+        if inode.ino == ROOT_INO {
+            return Ok(Vec::new());
+        }
+        let (parent, name, upper) = {
+            let s = inode.state.read();
+            let upper = s.reals.iter().find(|r| self.is_upper(r.layer)).cloned();
+            (s.parent, s.name.clone(), upper)
+        };
+        let redirect = upper.and_then(|u| {
+            [whiteout::XattrNs::Trusted, whiteout::XattrNs::User]
+                .iter()
+                .find_map(|ns| sys::getxattr_fd(u.fd.as_fd(), &ns.name("redirect")).ok())
+                .and_then(|v| Redirect::parse(&v))
+        });
+        let parent_path = || -> io::Result<Vec<u8>> {
+            let p = self.inode(parent)?;
+            self.lower_path(&p)
+        };
+        Ok(match redirect {
+            Some(Redirect::Absolute(comps)) => {
+                let mut out = Vec::new();
+                for c in comps {
+                    out.push(b'/');
+                    out.extend_from_slice(&c);
+                }
+                out
+            }
+            Some(Redirect::Relative(n)) => {
+                let mut out = parent_path()?;
+                out.push(b'/');
+                out.extend_from_slice(&n);
+                out
+            }
+            None => {
+                let mut out = parent_path()?;
+                out.push(b'/');
+                out.extend_from_slice(name.as_bytes());
+                out
+            }
+        })
+    }
+
+    fn has_lower_parts(&self, inode: &Inode) -> bool {
+        inode.reals().iter().any(|r| !self.is_upper(r.layer))
+    }
+
+    /// Gets `inode`, known in `dir` as `name`, ready to be renamed in the
+    /// upper layer: copied up, present under that very name (a lower
+    /// hardlink may have been copied up under another name), and — for a
+    /// directory with lower parts — carrying a redirect to them.
+    fn prepare_rename_source(
+        &self,
+        inode: &Arc<Inode>,
+        dir: &Arc<Inode>,
+        name: &OsStr,
+    ) -> io::Result<()> {
+        let up = self.upper_ctx()?;
+        if inode.is_dir && self.has_lower_parts(inode) {
+            // Compute before copy-up changes nothing of it, but the upper
+            // part must exist to carry the xattr.
+            let path = self.lower_path(inode)?;
+            let top = self.copy_up(inode)?;
+            if !top.marks.redirect {
+                sys::setxattr_fd(top.fd.as_fd(), &up.ns.name("redirect"), &path, 0)?;
+                let mut s = inode.state.write();
+                if let Some(r) = s.reals.iter_mut().find(|r| r.layer == up.idx) {
+                    r.marks.redirect = true;
+                }
+            }
+            return Ok(());
+        }
+        let top = self.copy_up(inode)?;
+        let pu = self.upper_dir(dir)?;
+        if let UpperSlot::Empty | UpperSlot::Whiteout = self.upper_slot(&pu, name)? {
+            if inode.is_dir {
+                return Err(errno(libc::EIO));
+            }
+            // Another name of a lower hardlink set was copied up: give this
+            // name the same upper inode.
+            if let UpperSlot::Whiteout = self.upper_slot(&pu, name)? {
+                sys::unlinkat(pu.fd.as_fd(), name, 0)?;
+            }
+            sys::link_fd(top.fd.as_fd(), pu.fd.as_fd(), name)?;
+        }
+        Ok(())
+    }
+
+    fn set_opaque(&self, inode: &Inode) -> io::Result<()> {
+        let up = self.upper_ctx()?;
+        let mut s = inode.state.write();
+        let Some(pos) = s.reals.iter().position(|r| r.layer == up.idx) else {
+            return Err(errno(libc::EIO));
+        };
+        sys::setxattr_fd(s.reals[pos].fd.as_fd(), &up.ns.name("opaque"), b"y", 0)?;
+        s.reals[pos].marks.opaque = true;
+        s.reals.truncate(pos + 1);
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+            return Err(errno(libc::EINVAL));
+        }
+        check_name(newname)?;
+        if whiteout::is_oci_marker(newname.as_bytes()) {
+            return Err(errno(libc::EINVAL));
+        }
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        let sdir = self.inode(parent)?;
+        let ddir = self.inode(newparent)?;
+        let src = self.child(parent, name)?;
+        let dst = match self.child(newparent, newname) {
+            Ok(i) => Some(i),
+            Err(e) if is_enoent(&e) => None,
+            Err(e) => return Err(e),
+        };
+        if exchange && dst.is_none() {
+            return Err(errno(libc::ENOENT));
+        }
+        if noreplace && dst.is_some() {
+            return Err(errno(libc::EEXIST));
+        }
+        if let Some(d) = &dst {
+            if Arc::ptr_eq(d, &src) {
+                // Two names of one file (or the same name): nothing to do.
+                return Ok(());
+            }
+            if !exchange {
+                if src.is_dir && !d.is_dir {
+                    return Err(errno(libc::ENOTDIR));
+                }
+                if !src.is_dir && d.is_dir {
+                    return Err(errno(libc::EISDIR));
+                }
+                if d.is_dir && !self.merged_listing(&d.reals())?.is_empty() {
+                    return Err(errno(libc::ENOTEMPTY));
+                }
+            }
+        }
+        let src_lower = self.lower_positive(&sdir, name)?;
+        let dst_lower = self.lower_positive(&ddir, newname)?;
+        let spu = self.upper_dir(&sdir)?;
+        let dpu = self.upper_dir(&ddir)?;
+        self.prepare_rename_source(&src, &sdir, name)?;
+        if exchange {
+            let d = dst.as_ref().ok_or_else(|| errno(libc::ENOENT))?;
+            self.prepare_rename_source(d, &ddir, newname)?;
+            sys::renameat2(
+                spu.fd.as_fd(),
+                name,
+                dpu.fd.as_fd(),
+                newname,
+                libc::RENAME_EXCHANGE,
+            )?;
+        } else {
+            if let Some(d) = &dst {
+                // An empty merged directory may still hold whiteouts in its
+                // upper part; the rename needs it truly empty.
+                if d.is_dir && matches!(self.upper_slot(&dpu, newname)?, UpperSlot::Entry) {
+                    self.remove_upper(&dpu, newname)?;
+                }
+            }
+            match self.upper_slot(&dpu, newname)? {
+                UpperSlot::Whiteout => {
+                    // As kernel overlayfs: exchange with the whiteout (a
+                    // directory cannot replace a device node), which then
+                    // serves as the source's whiteout or is removed.
+                    sys::renameat2(
+                        spu.fd.as_fd(),
+                        name,
+                        dpu.fd.as_fd(),
+                        newname,
+                        libc::RENAME_EXCHANGE,
+                    )?;
+                    if !src_lower {
+                        sys::unlinkat(spu.fd.as_fd(), name, 0)?;
+                    } else if !matches!(sys::lstatat(spu.fd.as_fd(), name), Ok(st) if whiteout::is_chardev_whiteout(&st))
+                    {
+                        self.mark_xwhiteouts(&sdir)?;
+                    }
+                }
+                _ if src_lower => {
+                    let nr = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
+                    match sys::renameat2(
+                        spu.fd.as_fd(),
+                        name,
+                        dpu.fd.as_fd(),
+                        newname,
+                        nr | libc::RENAME_WHITEOUT,
+                    ) {
+                        Ok(()) => {}
+                        Err(e)
+                            if matches!(
+                                e.raw_os_error(),
+                                Some(libc::EPERM) | Some(libc::EINVAL)
+                            ) =>
+                        {
+                            sys::renameat2(spu.fd.as_fd(), name, dpu.fd.as_fd(), newname, nr)?;
+                            self.make_whiteout(spu.fd.as_fd(), name, &sdir)?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ => {
+                    let nr = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
+                    sys::renameat2(spu.fd.as_fd(), name, dpu.fd.as_fd(), newname, nr)?;
+                }
+            }
+        }
+        // A directory with no lower parts of its own must not merge with
+        // whatever the lower layers hold under its new name.
+        if src.is_dir && !self.has_lower_parts(&src) && dst_lower {
+            self.set_opaque(&src)?;
+        }
+        if let Some(d) = &dst {
+            if exchange && d.is_dir && !self.has_lower_parts(d) && src_lower {
+                self.set_opaque(d)?;
+            }
+        }
+        {
+            let mut s = src.state.write();
+            s.parent = newparent;
+            s.name = OsString::from(newname);
+        }
+        if let Some(d) = &dst {
+            if exchange {
+                let mut s = d.state.write();
+                s.parent = parent;
+                s.name = OsString::from(name);
+            } else if d.is_dir {
+                d.mark_unlinked();
+            } else {
+                self.note_removed(d);
+            }
+        }
+        Ok(())
+    }
+}

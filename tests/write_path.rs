@@ -1,0 +1,754 @@
+//! Mounted tests of the write path: the same operations on a layerfs mount
+//! and on kernel overlayfs over the same lower layers must give the same
+//! result (errno included) call for call and the same final tree; the upper
+//! layer layerfs wrote must then read back identically under kernel
+//! overlayfs; the lower layers must never change.
+
+mod common;
+
+use std::ffi::{CString, OsStr};
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("lfsw").tempdir().unwrap()
+}
+
+/// layerfs and kernel overlayfs over the same lowers, each with its own
+/// upper and work directory.
+struct Pair {
+    base: PathBuf,
+    lowers: Vec<PathBuf>,
+    ours: Option<Mounted>,
+    kernel: Option<Mounted>,
+}
+
+const KERNEL_OPTS: &str = "redirect_dir=on,index=off,metacopy=off";
+
+fn upper_opts(base: &Path, tag: &str) -> String {
+    let u = base.join(format!("upper-{tag}"));
+    let w = base.join(format!("work-{tag}"));
+    fs::create_dir_all(&u).unwrap();
+    fs::create_dir_all(&w).unwrap();
+    format!("upperdir={},workdir={}", u.display(), w.display())
+}
+
+impl Pair {
+    fn new(base: &Path, lowers: Vec<PathBuf>) -> Pair {
+        let ours_opts = format!("{},{}", lowerdir_opt(&lowers), upper_opts(base, "ours"));
+        let ours = try_mount_layerfs(&ours_opts, &base.join("m-ours")).unwrap();
+        let kopts = format!("{},{}", upper_opts(base, "kernel"), KERNEL_OPTS);
+        let kernel = mount_kernel(&lowers, &base.join("m-kernel"), &kopts);
+        Pair {
+            base: base.to_path_buf(),
+            lowers,
+            ours: Some(ours),
+            kernel: Some(kernel),
+        }
+    }
+
+    fn ours(&self) -> &Path {
+        &self.ours.as_ref().unwrap().dir
+    }
+
+    fn kernel(&self) -> &Path {
+        &self.kernel.as_ref().unwrap().dir
+    }
+
+    /// Compares both mounts now.
+    fn assert_same(&self, what: &str) {
+        let d = diff(&snapshot(self.ours()), &snapshot(self.kernel()), WRITE_CMP);
+        assert!(d.is_empty(), "{what}: trees differ:\n{}", d.join("\n"));
+    }
+
+    /// Unmounts layerfs and mounts its upper under kernel overlayfs: the
+    /// view must be the one layerfs showed.
+    fn assert_upper_reads_back_under_kernel(&mut self) {
+        let before = snapshot(self.ours());
+        self.ours.take().unwrap().unmount();
+        let k = mount_kernel(
+            &self.lowers,
+            &self.base.join("m-readback"),
+            &format!("{},{}", upper_opts(&self.base, "ours"), KERNEL_OPTS),
+        );
+        let after = snapshot(&k.dir);
+        let d = diff(&before, &after, WRITE_CMP);
+        assert!(
+            d.is_empty(),
+            "upper read back under kernel overlayfs differs:\n{}",
+            d.join("\n")
+        );
+        // Nothing private may show: no marker files, no overlay xattrs.
+        for (path, node) in &after {
+            let p = String::from_utf8_lossy(path);
+            assert!(!p.contains(".wh."), "marker visible: {p}");
+            assert!(
+                node.xattrs.keys().all(|k| !k.starts_with(b"user.overlay")),
+                "{p}"
+            );
+        }
+    }
+}
+
+/// Files are created at different moments on the two mounts, and the two
+/// upper dirs hold different inodes: compare all but times and numbers.
+const WRITE_CMP: Compare = Compare {
+    ino: false,
+    nlink: true,
+    mtime: false,
+    dir_mtime: false,
+};
+
+// ---- one operation, applied to a root ------------------------------------
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write(String, Vec<u8>),
+    Append(String, Vec<u8>),
+    Read(String),
+    Unlink(String),
+    Mkdir(String),
+    Rmdir(String),
+    Rename(String, String),
+    RenameNoReplace(String, String),
+    Exchange(String, String),
+    Symlink(String, String),
+    Link(String, String),
+    Chmod(String, u32),
+    Chown(String, u32),
+    Truncate(String, u64),
+    SetXattr(String, String),
+    RemoveXattr(String),
+    Mkfifo(String),
+    Stat(String),
+    ListDir(String),
+}
+
+type Outcome = Result<String, i32>;
+
+fn errno_of(e: io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
+
+fn c(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn renameat2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
+    let (a, b) = (c(from), c(to));
+    // Tests may not use unsafe; the syscall goes through the crate's sys
+    // module by way of fd-less helpers.
+    layerfs::sys::renameat2(
+        cwd_fd().as_fd_ref(),
+        OsStr::from_bytes(a.as_bytes()),
+        cwd_fd().as_fd_ref(),
+        OsStr::from_bytes(b.as_bytes()),
+        flags,
+    )
+}
+
+/// A directory fd for "/" so that absolute paths work with *at calls.
+struct RootFd(std::os::fd::OwnedFd);
+impl RootFd {
+    fn as_fd_ref(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.0)
+    }
+}
+fn cwd_fd() -> RootFd {
+    RootFd(layerfs::sys::open_path(Path::new("/"), libc::O_PATH | libc::O_DIRECTORY).unwrap())
+}
+
+fn apply(root: &Path, op: &Op) -> Outcome {
+    let p = |s: &str| root.join(s);
+    // Opening a FIFO for data would wait for a partner forever.
+    if let Op::Write(f, _) | Op::Append(f, _) | Op::Read(f) | Op::Truncate(f, _) = op {
+        use std::os::unix::fs::FileTypeExt;
+        if fs::symlink_metadata(p(f)).is_ok_and(|m| m.file_type().is_fifo())
+            || fs::metadata(p(f)).is_ok_and(|m| m.file_type().is_fifo())
+        {
+            return Ok("fifo".into());
+        }
+    }
+    let ok = |r: io::Result<()>| r.map(|_| String::new()).map_err(errno_of);
+    match op {
+        Op::Write(f, data) => ok(fs::write(p(f), data)),
+        Op::Append(f, data) => ok(fs::OpenOptions::new()
+            .append(true)
+            .open(p(f))
+            .and_then(|mut h| h.write_all(data))),
+        Op::Read(f) => fs::read(p(f))
+            .map(|d| format!("{} bytes {:?}", d.len(), &d[..d.len().min(16)]))
+            .map_err(errno_of),
+        Op::Unlink(f) => ok(fs::remove_file(p(f))),
+        Op::Mkdir(f) => ok(fs::DirBuilder::new().mode(0o750).create(p(f))),
+        Op::Rmdir(f) => ok(fs::remove_dir(p(f))),
+        Op::Rename(a, b) => ok(fs::rename(p(a), p(b))),
+        Op::RenameNoReplace(a, b) => ok(renameat2(&p(a), &p(b), libc::RENAME_NOREPLACE)),
+        Op::Exchange(a, b) => ok(renameat2(&p(a), &p(b), libc::RENAME_EXCHANGE)),
+        Op::Symlink(t, f) => ok(std::os::unix::fs::symlink(t, p(f))),
+        Op::Link(a, b) => ok(fs::hard_link(p(a), p(b))),
+        Op::Chmod(f, m) => ok(fs::set_permissions(p(f), fs::Permissions::from_mode(*m))),
+        Op::Chown(f, u) => ok(std::os::unix::fs::lchown(p(f), Some(*u), Some(*u))),
+        Op::Truncate(f, n) => ok(fs::OpenOptions::new()
+            .write(true)
+            .open(p(f))
+            .and_then(|h| h.set_len(*n))),
+        Op::SetXattr(f, v) => ok(layerfs::sys::lsetxattr_path(&p(f), "user.t", v.as_bytes())),
+        Op::RemoveXattr(f) => {
+            let st = Command::new("setfattr")
+                .args(["-x", "user.t"])
+                .arg(p(f))
+                .output()
+                .unwrap();
+            if st.status.success() {
+                Ok(String::new())
+            } else {
+                Err(1)
+            }
+        }
+        Op::Mkfifo(f) => {
+            let st = Command::new("mkfifo").arg(p(f)).output().unwrap();
+            if st.status.success() {
+                Ok(String::new())
+            } else {
+                Err(1)
+            }
+        }
+        Op::Stat(f) => fs::symlink_metadata(p(f))
+            .map(|m| {
+                format!(
+                    "{:o} {} {} {}",
+                    m.mode(),
+                    m.uid(),
+                    m.nlink(),
+                    if m.is_dir() { 0 } else { m.size() }
+                )
+            })
+            .map_err(errno_of),
+        Op::ListDir(f) => fs::read_dir(p(f))
+            .map(|rd| {
+                // Kernel overlayfs lists whiteouts of single-layer dirs that
+                // it then fails to stat; only what can be stat'ed counts.
+                let mut v: Vec<_> = rd
+                    .map(|e| e.unwrap())
+                    .filter(|e| fs::symlink_metadata(e.path()).is_ok())
+                    .map(|e| e.file_name())
+                    .collect();
+                v.sort();
+                format!("{v:?}")
+            })
+            .map_err(errno_of),
+    }
+}
+
+/// A random operation over a small pool of paths, so that operations meet
+/// the lower layers' names and each other's.
+fn random_op(rng: &mut Rng) -> Op {
+    const NAMES: &[&str] = &["a", "b", "c", "d", "e", "f"];
+    let mut path = || {
+        let depth = rng.below(3) as usize + 1;
+        (0..depth)
+            .map(|_| *rng.pick(NAMES))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let a = path();
+    let b = path();
+    let data: Vec<u8> = format!("data-{}", a.len() * 7 + b.len()).into_bytes();
+    match rng.below(20) {
+        0 | 1 => Op::Write(a, data),
+        2 => Op::Append(a, data),
+        3 => Op::Read(a),
+        4 | 5 => Op::Unlink(a),
+        6 | 7 => Op::Mkdir(a),
+        8 => Op::Rmdir(a),
+        9 | 10 => Op::Rename(a, b),
+        11 => Op::RenameNoReplace(a, b),
+        12 => Op::Exchange(a, b),
+        13 => Op::Symlink(b, a),
+        14 => Op::Link(a, b),
+        15 => Op::Chmod(a, *rng.pick(&[0o600, 0o755, 0o4711, 0o1777])),
+        16 => Op::Chown(a, *rng.pick(&[0, 1000, 1234])),
+        17 => Op::Truncate(a, rng.below(8)),
+        18 => {
+            if rng.chance(50) {
+                Op::SetXattr(a, format!("v{}", rng.below(5)))
+            } else {
+                Op::RemoveXattr(a)
+            }
+        }
+        _ => match rng.below(3) {
+            0 => Op::Mkfifo(a),
+            1 => Op::Stat(a),
+            _ => Op::ListDir(a),
+        },
+    }
+}
+
+fn run_differential(seed: u64, ops: usize) {
+    let t = tmp();
+    let n = 2 + (seed % 3) as usize;
+    let lowers = random_stack(seed, n, &t.path().join("lower"));
+    let before: Vec<_> = lowers.iter().map(|l| fingerprint(l)).collect();
+    let mut pair = Pair::new(t.path(), lowers.clone());
+    pair.assert_same(&format!("seed {seed}: before any operation"));
+    let mut rng = Rng::new(seed ^ 0xabcdef);
+    let mut history: Vec<String> = Vec::new();
+    for i in 0..ops {
+        let op = random_op(&mut rng);
+        let ours = apply(pair.ours(), &op);
+        let kernel = apply(pair.kernel(), &op);
+        history.push(format!("#{i} {op:?} -> {kernel:?}"));
+        if ours != kernel {
+            let show = |root: &Path| -> String {
+                let paths = match &op {
+                    Op::Rename(a, b)
+                    | Op::RenameNoReplace(a, b)
+                    | Op::Exchange(a, b)
+                    | Op::Link(a, b) => vec![a.clone(), b.clone()],
+                    _ => vec![],
+                };
+                paths
+                    .iter()
+                    .map(|p| format!("{p}: {:?}", apply(root, &Op::Stat(p.clone()))))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let recent = history[history.len().saturating_sub(25)..].join("\n  ");
+            panic!(
+                "seed {seed}, op #{i} {op:?}: layerfs {ours:?} vs kernel {kernel:?}\n ours: {}\n kernel: {}\n recent:\n  {recent}",
+                show(pair.ours()),
+                show(pair.kernel())
+            );
+        }
+    }
+    pair.assert_same(&format!("seed {seed}: after {ops} operations"));
+    pair.assert_upper_reads_back_under_kernel();
+    for (l, b) in lowers.iter().zip(&before) {
+        let d = diff(b, &fingerprint(l), Compare::ALL);
+        assert!(
+            d.is_empty(),
+            "seed {seed}: lower {l:?} changed:\n{}",
+            d.join("\n")
+        );
+    }
+}
+
+#[test]
+fn random_operations_match_kernel_overlayfs() {
+    require_root!();
+    for seed in [1u64, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12] {
+        run_differential(seed, 300);
+    }
+}
+
+#[test]
+fn copy_up_preserves_metadata_and_inode_number() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    write(&l1.join("dir/tool"), b"#!/bin/sh\necho hi\n");
+    chmod(&l1.join("dir/tool"), 0o4755);
+    chown(&l1.join("dir/tool"), 1000, 1001);
+    setxattr(&l1.join("dir/tool"), "user.keep", b"me");
+    setxattr(
+        &l1.join("dir/tool"),
+        "security.capability",
+        &[
+            1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+    );
+    chmod(&l1.join("dir"), 0o2775);
+    let st = Command::new("touch")
+        .args(["-d", "2001-02-03 04:05:06"])
+        .arg(l1.join("dir/tool"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    write(&l0.join("other"), b"o");
+    let u = t.path().join("u");
+    let w = t.path().join("w");
+    mkdir(&u);
+    mkdir(&w);
+    let opts = format!(
+        "{},upperdir={},workdir={}",
+        lowerdir_opt(&[l0.clone(), l1.clone()]),
+        u.display(),
+        w.display()
+    );
+    let mut m = try_mount_layerfs(&opts, &t.path().join("m")).unwrap();
+    let before = fs::symlink_metadata(m.path("dir/tool")).unwrap();
+    let caps_before = Command::new("getfattr")
+        .args(["-n", "security.capability", "--only-values"])
+        .arg(m.path("dir/tool"))
+        .output()
+        .unwrap()
+        .stdout;
+    // A metadata-only change triggers copy-up (a write would drop the
+    // capability and, for a file root does not own, setuid: as the kernel does).
+    setxattr(&m.path("dir/tool"), "user.trigger", b"1");
+    let after = fs::symlink_metadata(m.path("dir/tool")).unwrap();
+    assert_eq!(before.ino(), after.ino(), "st_ino must survive copy-up");
+    // Kernel overlayfs drops setuid when it copies up a file that carries
+    // capabilities (as chown does); layerfs does the same.
+    assert_eq!(after.mode() & 0o777, 0o755);
+    assert_eq!((after.uid(), after.gid()), (1000, 1001));
+    let up = fs::symlink_metadata(u.join("dir/tool")).unwrap();
+    assert_eq!(up.mode() & 0o7777, after.mode() & 0o7777);
+    assert_eq!((up.uid(), up.gid()), (1000, 1001));
+    assert_eq!(fs::metadata(u.join("dir")).unwrap().mode() & 0o7777, 0o2775);
+    assert_eq!(
+        user_xattrs(&u.join("dir/tool"))
+            .get(&b"user.keep"[..])
+            .map(|v| v.as_slice()),
+        Some(&b"me"[..])
+    );
+    let caps_upper = Command::new("getfattr")
+        .args(["-n", "security.capability", "--only-values"])
+        .arg(u.join("dir/tool"))
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(
+        caps_before, caps_upper,
+        "security.capability must be copied"
+    );
+    assert_eq!(up.mtime(), 981173106, "times are copied");
+    let dir_mtime = fs::metadata(l1.join("dir")).unwrap().mtime();
+    assert_eq!(
+        fs::metadata(m.path("dir")).unwrap().mtime(),
+        dir_mtime,
+        "copy-up keeps the parent's times"
+    );
+    // Origin recorded the kernel's way, and the number survives a remount.
+    let list = Command::new("getfattr")
+        .args(["-d", "-m", "trusted.overlay"])
+        .arg(u.join("dir/tool"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&list.stdout).contains("trusted.overlay.origin"));
+    m.unmount();
+    let m = try_mount_layerfs(&opts, &t.path().join("m")).unwrap();
+    assert_eq!(
+        fs::symlink_metadata(m.path("dir/tool")).unwrap().ino(),
+        before.ino()
+    );
+    drop(m);
+    let k = mount_kernel(
+        &[l0, l1],
+        &t.path().join("k"),
+        &format!(
+            "upperdir={},workdir={},{KERNEL_OPTS}",
+            u.display(),
+            w.display()
+        ),
+    );
+    assert_eq!(
+        fs::symlink_metadata(k.path("dir/tool")).unwrap().ino(),
+        before.ino(),
+        "kernel overlayfs reads the origin"
+    );
+}
+
+#[test]
+fn sparse_files_stay_sparse_on_copy_up() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    mkdir(&l0);
+    mkdir(&l1);
+    {
+        let f = fs::File::create(l1.join("sparse")).unwrap();
+        f.set_len(4 << 30).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_at(b"start", 0).unwrap();
+        f.write_at(b"middle", 2 << 30).unwrap();
+    }
+    let u = t.path().join("u");
+    let w = t.path().join("w");
+    mkdir(&u);
+    mkdir(&w);
+    let opts = format!(
+        "{},upperdir={},workdir={}",
+        lowerdir_opt(&[l0, l1]),
+        u.display(),
+        w.display()
+    );
+    let m = try_mount_layerfs(&opts, &t.path().join("m")).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("sparse"))
+        .unwrap();
+    let md = fs::metadata(u.join("sparse")).unwrap();
+    assert_eq!(md.len(), 4 << 30);
+    assert!(
+        md.blocks() * 512 < 1 << 20,
+        "copy-up must keep holes: {} blocks",
+        md.blocks()
+    );
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(m.path("sparse")).unwrap();
+    let mut buf = [0u8; 6];
+    f.read_exact_at(&mut buf, 2 << 30).unwrap();
+    assert_eq!(&buf, b"middle");
+}
+
+#[test]
+fn rename_of_lower_directory_uses_redirect() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    for i in 0..50 {
+        write(
+            &l1.join(format!("usr/share/pkg/file{i}")),
+            format!("{i}").as_bytes(),
+        );
+    }
+    write(&l0.join("usr/share/pkg/top"), b"top");
+    let mut pair = Pair::new(t.path(), vec![l0, l1]);
+    for root in [pair.ours().to_path_buf(), pair.kernel().to_path_buf()] {
+        fs::rename(root.join("usr/share/pkg"), root.join("usr/share/pkg.old")).unwrap();
+        fs::create_dir(root.join("usr/share/pkg")).unwrap();
+        fs::write(root.join("usr/share/pkg/new"), b"n").unwrap();
+        fs::rename(root.join("usr/share/pkg.old"), root.join("moved")).unwrap();
+    }
+    pair.assert_same("after directory renames");
+    assert_eq!(fs::read_dir(pair.ours().join("moved")).unwrap().count(), 51);
+    let up = t.path().join("upper-ours");
+    assert!(
+        !up.join("moved/file0").exists(),
+        "only the directory itself is copied up"
+    );
+    pair.assert_upper_reads_back_under_kernel();
+}
+
+#[test]
+fn whiteouts_and_opaque_dirs_on_disk_are_kernel_format() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    write(&l1.join("file"), b"f");
+    write(&l1.join("dir/inner"), b"i");
+    write(&l0.join("keep"), b"k");
+    let pair = Pair::new(t.path(), vec![l0, l1]);
+    let m = pair.ours();
+    fs::remove_file(m.join("file")).unwrap();
+    fs::remove_file(m.join("dir/inner")).unwrap();
+    fs::remove_dir(m.join("dir")).unwrap();
+    fs::create_dir(m.join("dir")).unwrap();
+    let up = t.path().join("upper-ours");
+    let md = fs::symlink_metadata(up.join("file")).unwrap();
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        md.file_type().is_char_device() && md.rdev() == 0,
+        "whiteout is char 0/0"
+    );
+    let opq = Command::new("getfattr")
+        .args(["-n", "trusted.overlay.opaque", "--only-values"])
+        .arg(up.join("dir"))
+        .output()
+        .unwrap();
+    assert_eq!(opq.stdout, b"y", "a dir made over a whiteout is opaque");
+    assert_eq!(fs::read_dir(m.join("dir")).unwrap().count(), 0);
+    let work = t.path().join("work-ours/work");
+    assert_eq!(
+        fs::read_dir(&work).unwrap().count(),
+        0,
+        "nothing left in the work dir"
+    );
+}
+
+#[test]
+fn concurrent_writers_copy_up_once() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    let big: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 253) as u8).collect();
+    write(&l1.join("shared"), &big);
+    write(&l0.join("x"), b"x");
+    let u = t.path().join("u");
+    let w = t.path().join("w");
+    mkdir(&u);
+    mkdir(&w);
+    let opts = format!(
+        "{},upperdir={},workdir={}",
+        lowerdir_opt(&[l0, l1]),
+        u.display(),
+        w.display()
+    );
+    let m = try_mount_layerfs(&opts, &t.path().join("m")).unwrap();
+    let path = m.path("shared");
+    let threads: Vec<_> = (0..8u64)
+        .map(|i| {
+            let p = path.clone();
+            std::thread::spawn(move || {
+                use std::os::unix::fs::FileExt;
+                let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+                f.write_at(&[i as u8; 4], i * 1_000_000).unwrap();
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    let data = fs::read(&path).unwrap();
+    assert_eq!(data.len(), big.len());
+    for i in 0..8u64 {
+        let o = (i * 1_000_000) as usize;
+        assert_eq!(
+            &data[o..o + 4],
+            &[i as u8; 4],
+            "write {i} lost: copy-up ran twice"
+        );
+    }
+    assert_eq!(fs::read_dir(w.join("work")).unwrap().count(), 0);
+}
+
+#[test]
+fn new_files_get_the_callers_owner_and_setgid_group() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    mkdir(&l1.join("shared"));
+    chown(&l1.join("shared"), 0, 4242);
+    chmod(&l1.join("shared"), 0o2777);
+    write(&l0.join("x"), b"x");
+    let pair = Pair::new(t.path(), vec![l0, l1]);
+    for root in [pair.ours(), pair.kernel()] {
+        let st = Command::new("setpriv")
+            .args(["--reuid=1000", "--regid=1000", "--clear-groups", "sh", "-c"])
+            .arg(format!(
+                "umask 022; echo hi > {0}/shared/f && mkdir {0}/shared/sub && ln -s f {0}/shared/l",
+                root.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    pair.assert_same("files made by uid 1000 in a setgid dir");
+    let md = fs::metadata(pair.ours().join("shared/f")).unwrap();
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o777), (1000, 4242, 0o644));
+    assert_eq!(
+        fs::metadata(pair.ours().join("shared/sub")).unwrap().mode() & 0o7777,
+        0o2755
+    );
+}
+
+#[test]
+fn crash_during_copy_up_leaves_old_or_new_content() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    let big: Vec<u8> = (0..(256u32 << 20) / 4)
+        .flat_map(|i| i.to_le_bytes())
+        .collect();
+    write(&l1.join("big"), &big);
+    write(&l0.join("x"), b"x");
+    drop(big);
+    let u = t.path().join("u");
+    let w = t.path().join("w");
+    mkdir(&u);
+    mkdir(&w);
+    let opts = format!(
+        "{},upperdir={},workdir={},volatile",
+        lowerdir_opt(&[l0, l1.clone()]),
+        u.display(),
+        w.display()
+    );
+    let mnt = t.path().join("m");
+    for delay_ms in [5u64, 40, 150] {
+        let mut m = try_mount_layerfs(&opts, &mnt).unwrap();
+        let daemon = daemon_pid(&mnt).expect("daemon pid");
+        let p = m.path("big");
+        let writer = std::thread::spawn(move || {
+            // Opening for write copies the 256 MiB file up.
+            let r = fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .and_then(|mut f| f.write_all(b"NEW!"));
+            r.is_ok()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        Command::new("kill")
+            .args(["-9", &daemon.to_string()])
+            .status()
+            .unwrap();
+        let _ = writer.join();
+        m.unmount();
+        let m = try_mount_layerfs(&opts, &mnt).unwrap();
+        let got = fs::read(m.path("big")).unwrap();
+        let lower = fs::read(l1.join("big")).unwrap();
+        assert_eq!(got.len(), lower.len(), "delay {delay_ms}: size");
+        assert!(
+            got[4..] == lower[4..] && (got[..4] == lower[..4] || &got[..4] == b"NEW!"),
+            "delay {delay_ms}: partial copy-up visible"
+        );
+        assert_eq!(
+            fs::read_dir(w.join("work")).unwrap().count(),
+            0,
+            "leftovers cleaned at mount"
+        );
+        drop(m);
+        let _ = fs::remove_file(u.join("big"));
+    }
+}
+
+fn daemon_pid(mnt: &Path) -> Option<u32> {
+    let canon = mnt.canonicalize().ok()?;
+    for e in fs::read_dir("/proc").ok()? {
+        let e = e.ok()?;
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        if args.first().is_some_and(|a| a.ends_with(b"layerfs"))
+            && args.contains(&canon.as_os_str().as_bytes())
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[test]
+fn file_locks_work_across_processes() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    write(&l1.join("lockfile"), b"");
+    write(&l0.join("x"), b"x");
+    let pair = Pair::new(t.path(), vec![l0, l1]);
+    let f = pair.ours().join("lockfile");
+    let holder = Command::new("flock")
+        .arg(&f)
+        .args(["sleep", "2"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let try_lock = Command::new("flock")
+        .args(["-n"])
+        .arg(&f)
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(
+        !try_lock.success(),
+        "a second process must not get the lock"
+    );
+    let mut holder = holder;
+    holder.wait().unwrap();
+    let again = Command::new("flock")
+        .args(["-n"])
+        .arg(&f)
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(again.success());
+}
