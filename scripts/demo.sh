@@ -24,6 +24,8 @@ setfattr -n trusted.overlay.opaque -v y "$work/middle/cache"   # opaque: hides b
 
 echo "app binary"      > "$work/top/app"
 
+fingerprint() { (cd "$work" && find base middle top -printf '%p %s %m %T@\n' | sort | md5sum); }
+before=$(fingerprint)
 echo "== layers (top first): top, middle, base"
 "$bin" -o "lowerdir=$work/top:$work/middle:$work/base,upperdir=$work/upper,workdir=$work/work" "$mnt"
 echo "== mounted: $(grep " $mnt " /proc/mounts)"
@@ -36,4 +38,9 @@ echo "hello" > "$mnt/created" && rm "$mnt/readme"
 echo "== after writing 'created' and removing 'readme', the upper dir holds:"
 (cd "$work/upper" && find . -mindepth 1 -printf '   %p (%y)\n' | sort)
 umount "$mnt"
-echo "== unmounted; lower layers were not modified"
+if [ "$(fingerprint)" = "$before" ]; then
+  echo "== unmounted; the lower layers are unchanged"
+else
+  echo "== ERROR: a lower layer changed" >&2
+  exit 1
+fi
