@@ -122,32 +122,87 @@ fn time_of(sec: i64, nsec: i64) -> TimeSpec {
     TimeSpec::Set(sec, nsec)
 }
 
+/// How much of a file a copy-up brings up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyMode {
+    /// Data and metadata.
+    Full,
+    /// Metadata only, the data staying in the lower file (kernel
+    /// overlayfs' metacopy; only with `-o metacopy=on`).
+    MetaOnly,
+    /// Metadata and an empty file: the caller truncates it anyway.
+    Truncated,
+}
+
+/// The index entry name of an origin: its handle in hex, as kernel
+/// overlayfs names `WORKDIR/index` entries.
+pub fn index_name(origin: &[u8]) -> std::ffi::OsString {
+    let mut s = String::with_capacity(origin.len() * 2);
+    for b in origin {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s.into()
+}
+
 impl LayerFs {
-    /// Ensures `inode` has an upper object and returns it. Directories get
-    /// only the directory itself; their entries stay below.
+    /// Ensures `inode` has an upper object with its data, and returns it.
+    /// Directories get only the directory itself; their entries stay below.
     pub fn copy_up(&self, inode: &Arc<Inode>) -> io::Result<RealEntry> {
+        self.copy_up_with(inode, CopyMode::Full)
+    }
+
+    /// Copy-up for a change that does not touch the data (chmod, chown,
+    /// utimens, xattrs): metadata only where metacopy is on.
+    pub fn copy_up_meta(&self, inode: &Arc<Inode>) -> io::Result<RealEntry> {
+        self.copy_up_with(inode, CopyMode::MetaOnly)
+    }
+
+    pub fn copy_up_with(&self, inode: &Arc<Inode>, mode: CopyMode) -> io::Result<RealEntry> {
         let up = self.upper_ctx()?;
         {
-            let top = inode.top();
-            if top.layer == up.idx {
-                return Ok(top);
+            let s = inode.state.read();
+            let top = &s.reals[0];
+            if top.layer == up.idx
+                && (inode.is_dir || s.reals.len() == 1 || mode == CopyMode::MetaOnly)
+            {
+                return Ok(top.clone());
             }
         }
         let _guard = inode.copy_lock.lock();
         // Another thread may have finished the copy while we waited.
-        let top = inode.top();
+        let (top, nreals) = {
+            let s = inode.state.read();
+            (s.reals[0].clone(), s.reals.len())
+        };
         if top.layer == up.idx {
-            return Ok(top);
+            if inode.is_dir || nreals == 1 || mode == CopyMode::MetaOnly {
+                return Ok(top);
+            }
+            return self.complete_metacopy(inode, mode);
         }
+        let st = sys::fstat(top.fd.as_fd())?;
+        let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        let mode = match mode {
+            CopyMode::MetaOnly if !(self.opts.metacopy && regular && st.st_nlink == 1) => {
+                CopyMode::Full
+            }
+            m => m,
+        };
         let (parent_ino, name) = {
             let s = inode.state.read();
             (s.parent, s.name.clone())
         };
         let parent = self.inode(parent_ino)?;
         let parent_up = self.copy_up(&parent)?;
-        let fd = self.stage_copy(&top, parent_up.fd.as_fd(), &name)?;
-        let st = sys::fstat(fd.as_fd())?;
-        self.remember_number(st.st_dev, st.st_ino, inode.st_ino);
+        // A lower file with several names goes through the index, so that
+        // every name keeps reaching the one upper copy.
+        let indexed = regular && st.st_nlink > 1 && mode != CopyMode::MetaOnly;
+        let fd = self.stage_copy(&top, &st, parent_up.fd.as_fd(), &name, mode, indexed)?;
+        let ust = sys::fstat(fd.as_fd())?;
+        self.remember_number(ust.st_dev, ust.st_ino, inode.st_ino);
+        if indexed {
+            inode.set_nlink_delta(Some(st.st_nlink as i64 - ust.st_nlink as i64));
+        }
         let entry = RealEntry {
             layer: up.idx,
             fd: Arc::new(fd),
@@ -155,7 +210,9 @@ impl LayerFs {
         };
         {
             let mut s = inode.state.write();
-            if inode.is_dir {
+            if inode.is_dir || mode == CopyMode::MetaOnly {
+                // A directory keeps its lower parts; a metacopy keeps its
+                // lower file as the data source.
                 s.reals.insert(0, entry.clone());
             } else {
                 s.reals = vec![entry.clone()];
@@ -164,17 +221,46 @@ impl LayerFs {
         Ok(entry)
     }
 
+    /// Brings the data of a metacopy file up, in place: the metacopy mark
+    /// is removed only once the data is durable, so a crash leaves a
+    /// metacopy that still reads from below.
+    fn complete_metacopy(&self, inode: &Arc<Inode>, mode: CopyMode) -> io::Result<RealEntry> {
+        let up = self.upper_ctx()?;
+        let (upper, lower) = {
+            let s = inode.state.read();
+            (s.reals[0].clone(), s.reals[1].clone())
+        };
+        if mode == CopyMode::Full {
+            let st = sys::fstat(upper.fd.as_fd())?;
+            let dst = sys::reopen(upper.fd.as_fd(), libc::O_WRONLY)?;
+            let src = sys::reopen(lower.fd.as_fd(), libc::O_RDONLY)?;
+            copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+            if up.fsync {
+                sys::fsync(dst.as_fd(), false)?;
+            }
+        }
+        match sys::removexattr_fd(upper.fd.as_fd(), &up.ns.name("metacopy")) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+            Err(e) => return Err(e),
+        }
+        inode.state.write().reals.truncate(1);
+        Ok(upper)
+    }
+
     /// Builds the copy of `src` in the work directory and renames it to
     /// `name` in `parent_upper`; returns an O_PATH fd of the new object.
     fn stage_copy(
         &self,
         src: &RealEntry,
+        st: &sys::Stat,
         parent_upper: BorrowedFd<'_>,
         name: &OsStr,
+        mode: CopyMode,
+        indexed: bool,
     ) -> io::Result<OwnedFd> {
         let up = self.upper_ctx()?;
         let work = &up.work;
-        let st = sys::fstat(src.fd.as_fd())?;
         let staged = Staged::new(work);
         let fmt = st.st_mode & libc::S_IFMT;
         let mut data_fd = None;
@@ -186,8 +272,15 @@ impl LayerFs {
                     libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
                     0o600,
                 )?;
-                let srcf = sys::reopen(src.fd.as_fd(), libc::O_RDONLY)?;
-                copy_data(srcf.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                match mode {
+                    CopyMode::Full => {
+                        let srcf = sys::reopen(src.fd.as_fd(), libc::O_RDONLY)?;
+                        copy_data(srcf.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                    }
+                    // Same size, no blocks: reads go to the lower file.
+                    CopyMode::MetaOnly => sys::ftruncate(dst.as_fd(), st.st_size as u64)?,
+                    CopyMode::Truncated => {}
+                }
                 data_fd = Some(dst);
             }
             libc::S_IFDIR => sys::mkdirat(work.fd(), &staged.name, 0o700)?,
@@ -205,7 +298,10 @@ impl LayerFs {
             sys::fchmod_fd(fd.as_fd(), st.st_mode & 0o7777)?;
         }
         copy_xattrs(src.fd.as_fd(), fd.as_fd())?;
-        self.set_origin(src, fd.as_fd())?;
+        let origin = self.set_origin(src, fd.as_fd())?;
+        if mode == CopyMode::MetaOnly {
+            sys::setxattr_fd(fd.as_fd(), &up.ns.name("metacopy"), b"", 0)?;
+        }
         sys::utimens_at(
             fd.as_fd(),
             OsStr::new(""),
@@ -215,6 +311,21 @@ impl LayerFs {
         if let Some(d) = &data_fd {
             if up.fsync {
                 sys::fsync(d.as_fd(), false)?;
+            }
+        }
+        if indexed {
+            if let (Some(origin), Some(index)) = (origin, work.index_fd()) {
+                // Overlay nlink = upper nlink + delta: the lower names all
+                // stay visible, while the upper inode gains the index link
+                // and the target name.
+                let delta = st.st_nlink as i64 - 2;
+                sys::setxattr_fd(
+                    fd.as_fd(),
+                    &up.ns.name("nlink"),
+                    format!("U{delta:+}").as_bytes(),
+                    0,
+                )?;
+                sys::link_fd(fd.as_fd(), index, &index_name(&origin))?;
             }
         }
         // Kernel overlayfs keeps the parent's times across a copy-up: the
@@ -237,19 +348,23 @@ impl LayerFs {
         Ok(fd)
     }
 
+    /// The origin value (kernel format) of a lower object, if its
+    /// filesystem can make file handles.
+    pub(crate) fn origin_of(&self, src: &RealEntry) -> Option<Vec<u8>> {
+        let handle = sys::name_to_handle(src.fd.as_fd()).ok()?;
+        origin::encode(&self.layer_uuid(src.layer), &handle)
+    }
+
     /// Records where an upper object came from, in the kernel's format.
     /// Filesystems that cannot make file handles get no origin, as with
     /// kernel overlayfs.
-    fn set_origin(&self, src: &RealEntry, dst: BorrowedFd<'_>) -> io::Result<()> {
+    fn set_origin(&self, src: &RealEntry, dst: BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
         let up = self.upper_ctx()?;
-        let Ok(handle) = sys::name_to_handle(src.fd.as_fd()) else {
-            return Ok(());
+        let Some(v) = self.origin_of(src) else {
+            return Ok(None);
         };
-        let uuid = self.layer_uuid(src.layer);
-        if let Some(v) = origin::encode(&uuid, &handle) {
-            sys::setxattr_fd(dst, &up.ns.name("origin"), &v, 0)?;
-        }
-        Ok(())
+        sys::setxattr_fd(dst, &up.ns.name("origin"), &v, 0)?;
+        Ok(Some(v))
     }
 
     /// Copies up the parent directory of a name operation: the upper dir

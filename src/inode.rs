@@ -21,7 +21,7 @@
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
@@ -71,7 +71,12 @@ pub struct Inode {
     /// Its last name is gone: its number must not be given to a new object
     /// while the kernel still holds it.
     unlinked: AtomicBool,
+    /// For a copied-up lower hardlink (kept through the index): the link
+    /// count shown is the upper inode's plus this (`NO_DELTA` when unused).
+    nlink_delta: AtomicI64,
 }
+
+const NO_DELTA: i64 = i64::MIN;
 
 impl Inode {
     pub fn new(ino: u64, st_ino: u64, is_dir: bool, state: InodeState) -> Inode {
@@ -83,7 +88,20 @@ impl Inode {
             state: RwLock::new(state),
             copy_lock: Mutex::new(()),
             unlinked: AtomicBool::new(false),
+            nlink_delta: AtomicI64::new(NO_DELTA),
         }
+    }
+
+    pub fn nlink_delta(&self) -> Option<i64> {
+        match self.nlink_delta.load(Ordering::Relaxed) {
+            NO_DELTA => None,
+            d => Some(d),
+        }
+    }
+
+    pub fn set_nlink_delta(&self, d: Option<i64>) {
+        self.nlink_delta
+            .store(d.unwrap_or(NO_DELTA), Ordering::Relaxed);
     }
 
     pub fn is_unlinked(&self) -> bool {

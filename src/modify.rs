@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use fuser::FileAttr;
 
+use crate::copyup::CopyMode;
 use crate::ops::{errno, LayerFs};
 use crate::sys::{self, TimeSpec};
 use crate::whiteout;
@@ -28,7 +29,11 @@ pub struct SetAttr {
 impl LayerFs {
     pub fn setattr(&self, ino: u64, a: SetAttr) -> io::Result<FileAttr> {
         let inode = self.inode(ino)?;
-        let up = self.copy_up(&inode)?;
+        let up = match a.size {
+            Some(0) => self.copy_up_with(&inode, CopyMode::Truncated)?,
+            Some(_) => self.copy_up(&inode)?,
+            None => self.copy_up_meta(&inode)?,
+        };
         let fd = up.fd.as_fd();
         if let Some(size) = a.size {
             match a.fh.and_then(|fh| self.file(fh).ok()) {
@@ -126,7 +131,7 @@ impl LayerFs {
             return Err(errno(libc::EPERM));
         }
         let inode = self.inode(ino)?;
-        let up = self.copy_up(&inode)?;
+        let up = self.copy_up_meta(&inode)?;
         sys::setxattr_fd(up.fd.as_fd(), &sys::cstr(name)?, value, flags)
     }
 
@@ -138,7 +143,7 @@ impl LayerFs {
         let c = sys::cstr(name)?;
         // Removing what is not there changes nothing: no copy-up for it.
         sys::getxattr_fd(inode.top().fd.as_fd(), &c)?;
-        let up = self.copy_up(&inode)?;
+        let up = self.copy_up_meta(&inode)?;
         sys::removexattr_fd(up.fd.as_fd(), &c)
     }
 }

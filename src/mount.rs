@@ -331,6 +331,7 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
     let mut fs_opts = FsOptions {
         fsync: !req.options.no_fsync,
         read_only: req.options.read_only,
+        metacopy: req.options.metacopy,
         ..FsOptions::default()
     };
     if let Some(t) = req.options.timeout {

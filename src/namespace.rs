@@ -335,7 +335,10 @@ impl LayerFs {
         match self.upper_slot(&pu, name)? {
             UpperSlot::Entry if lower => self.replace_with_whiteout(&pu, name, &dir)?,
             UpperSlot::Entry => sys::unlinkat(pu.fd.as_fd(), name, 0)?,
-            UpperSlot::Empty if lower => self.make_whiteout(pu.fd.as_fd(), name, &dir)?,
+            UpperSlot::Empty if lower => {
+                self.make_whiteout(pu.fd.as_fd(), name, &dir)?;
+                self.adjust_nlink_delta(&child, -1)?;
+            }
             UpperSlot::Empty | UpperSlot::Whiteout => return Err(errno(libc::ENOENT)),
         }
         self.note_removed(&child);
@@ -360,6 +363,25 @@ impl LayerFs {
             UpperSlot::Empty | UpperSlot::Whiteout => return Err(errno(libc::ENOENT)),
         }
         child.mark_unlinked();
+        Ok(())
+    }
+
+    /// A lower-only name of a copied-up hardlink went away or was replaced
+    /// by an upper link: the shown link count moves against the upper one.
+    fn adjust_nlink_delta(&self, inode: &Inode, by: i64) -> io::Result<()> {
+        let Some(d) = inode.nlink_delta() else {
+            return Ok(());
+        };
+        let up = self.upper_ctx()?;
+        let d = d + by;
+        let top = inode.top();
+        sys::setxattr_fd(
+            top.fd.as_fd(),
+            &up.ns.name("nlink"),
+            format!("U{d:+}").as_bytes(),
+            0,
+        )?;
+        inode.set_nlink_delta(Some(d));
         Ok(())
     }
 
@@ -463,6 +485,7 @@ impl LayerFs {
                 sys::unlinkat(pu.fd.as_fd(), name, 0)?;
             }
             sys::link_fd(top.fd.as_fd(), pu.fd.as_fd(), name)?;
+            self.adjust_nlink_delta(inode, -1)?;
         }
         Ok(())
     }
@@ -544,6 +567,10 @@ impl LayerFs {
             )?;
         } else {
             if let Some(d) = &dst {
+                if !d.is_dir && !matches!(self.upper_slot(&dpu, newname)?, UpperSlot::Entry) {
+                    // The target name lived only below: it disappears.
+                    self.adjust_nlink_delta(d, -1)?;
+                }
                 // An empty merged directory may still hold whiteouts in its
                 // upper part; the rename needs it truly empty.
                 if d.is_dir && matches!(self.upper_slot(&dpu, newname)?, UpperSlot::Entry) {

@@ -16,6 +16,7 @@ use dashmap::DashMap;
 use fuser::{FileAttr, FileType};
 
 use crate::attr;
+use crate::copyup::CopyMode;
 use crate::dir::{self, LayerEntry, MergedEntry};
 use crate::inode::{Inode, InodeState, InodeTable, RealEntry, ROOT_INO};
 use crate::layers::{LayerIdx, LayerStack};
@@ -38,6 +39,8 @@ pub struct FsOptions {
     pub fsync: bool,
     /// A read-only mount even though an upper layer is given.
     pub read_only: bool,
+    /// Metadata-only copy-up (kernel overlayfs' `metacopy=on`).
+    pub metacopy: bool,
 }
 
 impl Default for FsOptions {
@@ -46,6 +49,7 @@ impl Default for FsOptions {
             timeout: Duration::from_secs(86400),
             fsync: true,
             read_only: false,
+            metacopy: false,
         }
     }
 }
@@ -231,7 +235,7 @@ impl LayerFs {
             if let Some(lower) = hits.get(1) {
                 return self.number_for(lower.st.st_dev, lower.st.st_ino);
             }
-            if let Some((dev, ino)) = self.decode_origin(top.fd.as_fd()) {
+            if let Some((dev, ino)) = self.decode_origin_id(top.fd.as_fd()) {
                 let n = self.number_for(dev, ino);
                 self.remember_number(top.st.st_dev, top.st.st_ino, n);
                 return n;
@@ -243,7 +247,14 @@ impl LayerFs {
     /// Finds the lower file an upper one was copied up from, by its origin
     /// handle (needs CAP_DAC_READ_SEARCH; without it the upper's own number
     /// is used, stable for the mount but not across copy-up).
-    fn decode_origin(&self, fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
+    fn decode_origin_id(&self, fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
+        let found = self.decode_origin(fd)?;
+        let st = sys::fstat(found.as_fd()).ok()?;
+        Some((st.st_dev, st.st_ino))
+    }
+
+    /// Opens the lower file an upper one was copied up from.
+    fn decode_origin(&self, fd: BorrowedFd<'_>) -> Option<OwnedFd> {
         let up = self.upper.as_ref()?;
         let value = sys::getxattr_fd(fd, &up.ns.name("origin")).ok()?;
         let o = origin::decode(&value)?;
@@ -257,7 +268,7 @@ impl LayerFs {
             if let Ok(found) = sys::open_by_handle(root.as_fd(), &o.handle) {
                 let st = sys::fstat(found.as_fd()).ok()?;
                 if st.st_nlink > 0 {
-                    return Some((st.st_dev, st.st_ino));
+                    return Some(found);
                 }
             }
         }
@@ -265,12 +276,95 @@ impl LayerFs {
     }
 
     pub(crate) fn attr_of(&self, inode: &Inode) -> io::Result<FileAttr> {
-        let (top, merged) = {
+        let (top, data) = {
             let s = inode.state.read();
-            (s.reals[0].fd.clone(), s.reals.len() > 1)
+            let data = (!inode.is_dir)
+                .then(|| s.reals.get(1).map(|r| r.fd.clone()))
+                .flatten();
+            (s.reals[0].fd.clone(), data)
         };
+        let merged = inode.is_dir && inode.state.read().reals.len() > 1;
         let st = sys::fstat(top.as_fd())?;
-        Ok(attr::from_stat(&st, inode.st_ino, merged))
+        let data_st = match data {
+            Some(d) => Some(sys::fstat(d.as_fd())?),
+            None => None,
+        };
+        Ok(compose_attr(
+            &st,
+            inode.st_ino,
+            merged,
+            inode.nlink_delta(),
+            data_st.as_ref(),
+        ))
+    }
+
+    /// The bottom layer: where an origin found by handle is said to live.
+    fn lowest_layer(&self) -> LayerIdx {
+        LayerIdx(self.layers.len() - 1)
+    }
+
+    /// The index entry of a lower file with several names, if its set was
+    /// copied up.
+    fn index_hit(&self, lower: &Hit) -> Option<Hit> {
+        let up = self.upper.as_ref()?;
+        let index = up.work.index_fd()?;
+        let entry = RealEntry {
+            layer: lower.layer,
+            fd: Arc::new(sys::reopen(lower.fd.as_fd(), libc::O_PATH).ok()?),
+            marks: DirMarks::default(),
+        };
+        let origin = self.origin_of(&entry)?;
+        let name = crate::copyup::index_name(&origin);
+        let fd = sys::openat(index, &name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()?;
+        let st = sys::fstat(fd.as_fd()).ok()?;
+        Some(Hit {
+            layer: up.idx,
+            fd,
+            st,
+            marks: DirMarks::default(),
+        })
+    }
+
+    /// What an upper file's overlay xattrs say (one listxattr, then only
+    /// the values present).
+    fn upper_file_info(&self, hit: &Hit) -> UpperFileInfo {
+        let mut info = UpperFileInfo::default();
+        let Ok(list) = sys::listxattr_fd(hit.fd.as_fd()) else {
+            return info;
+        };
+        if whiteout::has_overlay_xattr(&list, b"origin")
+            && !self.numbers.contains_key(&(hit.st.st_dev, hit.st.st_ino))
+        {
+            info.origin = self.decode_origin(hit.fd.as_fd());
+        }
+        info.metacopy = whiteout::has_overlay_xattr(&list, b"metacopy");
+        if whiteout::has_overlay_xattr(&list, b"nlink") {
+            for ns in [XattrNs::Trusted, XattrNs::User] {
+                if let Ok(v) = sys::getxattr_fd(hit.fd.as_fd(), &ns.name("nlink")) {
+                    info.nlink_delta = parse_nlink(&v, hit.st.st_nlink as i64);
+                    break;
+                }
+            }
+        }
+        if info.metacopy && info.origin.is_none() {
+            info.origin = self.decode_origin(hit.fd.as_fd());
+        }
+        info
+    }
+
+    /// The data of a metacopy file whose origin handle cannot be opened:
+    /// the same name in the parent's lower layers, as kernel overlayfs
+    /// finds it.
+    fn find_lowerdata(&self, dir: &Inode, name: &OsStr) -> io::Result<Option<Hit>> {
+        let lowers: Vec<RealEntry> = dir
+            .reals()
+            .into_iter()
+            .filter(|r| !self.is_upper(r.layer))
+            .collect();
+        Ok(match self.resolve_in(&lowers, name)? {
+            Resolved::NonDir(h) if h.st.st_mode & libc::S_IFMT == libc::S_IFREG => Some(h),
+            _ => None,
+        })
     }
 
     // ---- lookup -------------------------------------------------------
@@ -286,21 +380,61 @@ impl LayerFs {
         if whiteout::is_oci_marker(name.as_bytes()) {
             return Err(errno(libc::ENOENT));
         }
-        let hits = match self.resolve_name(&dir, name)? {
+        let mut hits = match self.resolve_name(&dir, name)? {
             Resolved::Absent => return Err(errno(libc::ENOENT)),
             Resolved::NonDir(h) => vec![h],
             Resolved::Dir(hs) => hs,
         };
+        let is_dir = (hits[0].st.st_mode & libc::S_IFMT) == libc::S_IFDIR;
+        let mut delta = None;
+        let mut origin_id = None;
+        if !is_dir {
+            // A lower hardlink whose set was copied up: the index holds the
+            // one upper copy every name must reach.
+            if !self.is_upper(hits[0].layer) && hits[0].st.st_nlink > 1 {
+                if let Some(h) = self.index_hit(&hits[0]) {
+                    hits[0] = h;
+                }
+            }
+            if self.is_upper(hits[0].layer) {
+                let info = self.upper_file_info(&hits[0]);
+                delta = info.nlink_delta;
+                if let Some(fd) = &info.origin {
+                    let st = sys::fstat(fd.as_fd())?;
+                    origin_id = Some((st.st_dev, st.st_ino));
+                }
+                if info.metacopy {
+                    let data = match info.origin {
+                        Some(fd) => Some(Hit {
+                            layer: self.lowest_layer(),
+                            st: sys::fstat(fd.as_fd())?,
+                            fd,
+                            marks: DirMarks::default(),
+                        }),
+                        None => self.find_lowerdata(&dir, name)?,
+                    };
+                    // A metacopy whose data cannot be found cannot be read.
+                    hits.push(data.ok_or_else(|| errno(libc::EIO))?);
+                }
+            }
+        }
         let top = &hits[0].st;
-        let is_dir = (top.st_mode & libc::S_IFMT) == libc::S_IFDIR;
-        let mut number = self.number_for_hits(&hits);
+        let mut number = match origin_id {
+            Some((dev, ino)) if !self.numbers.contains_key(&(top.st_dev, top.st_ino)) => {
+                let n = self.number_for(dev, ino);
+                self.remember_number(top.st_dev, top.st_ino, n);
+                n
+            }
+            _ => self.number_for_hits(&hits),
+        };
         // A number still held by the kernel for an unlinked object (whose
         // inode number the filesystem has since reused) must not be shared.
         if self.inodes.get(number).is_some_and(|i| i.is_unlinked()) {
             number = self.inodes.fresh_number();
             self.remember_number(top.st_dev, top.st_ino, number);
         }
-        let attr = attr::from_stat(top, number, hits.len() > 1);
+        let data_st = (!is_dir && hits.len() > 1).then(|| &hits[1].st);
+        let attr = compose_attr(top, number, is_dir && hits.len() > 1, delta, data_st);
         let inode = self.inodes.lookup_insert(number, || {
             let reals = hits
                 .into_iter()
@@ -310,7 +444,7 @@ impl LayerFs {
                     marks: h.marks,
                 })
                 .collect();
-            Inode::new(
+            let inode = Inode::new(
                 number,
                 number,
                 is_dir,
@@ -319,7 +453,9 @@ impl LayerFs {
                     parent,
                     name: name.to_os_string(),
                 },
-            )
+            );
+            inode.set_nlink_delta(delta);
+            inode
         });
         Ok((inode, attr))
     }
@@ -454,9 +590,16 @@ impl LayerFs {
         let inode = self.inode(ino)?;
         let wants_write = (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let top = if wants_write {
-            self.copy_up(&inode)?
+            let mode = if flags & libc::O_TRUNC != 0 {
+                CopyMode::Truncated
+            } else {
+                CopyMode::Full
+            };
+            self.copy_up_with(&inode, mode)?
         } else {
-            inode.top()
+            // A metacopy's data is in its lower file.
+            let s = inode.state.read();
+            s.reals.get(1).unwrap_or(&s.reals[0]).clone()
         };
         let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_TRUNC;
         let fd = sys::reopen(top.fd.as_fd(), (flags & keep) | libc::O_NOCTTY)?;
@@ -569,7 +712,7 @@ impl LayerFs {
                 _ => None,
             };
         }
-        let (dev, ino) = self.decode_origin(fd.as_fd())?;
+        let (dev, ino) = self.decode_origin_id(fd.as_fd())?;
         let n = self.number_for(dev, ino);
         self.remember_number(st.st_dev, st.st_ino, n);
         Some(n)
@@ -708,6 +851,47 @@ impl LayerFs {
             Err(errno(libc::EACCES))
         }
     }
+}
+
+/// What an upper file's overlay xattrs say.
+#[derive(Default)]
+struct UpperFileInfo {
+    /// The lower file it was copied up from, when its handle opens.
+    origin: Option<OwnedFd>,
+    /// Its data still lives in the lower file.
+    metacopy: bool,
+    nlink_delta: Option<i64>,
+}
+
+/// Parses kernel overlayfs' `overlay.nlink` ("U+N" / "L-N"): the overlay
+/// link count relative to the upper (U) or lower (L) inode's. Returned as a
+/// delta to the upper count; an "L" value, written by kernel overlayfs with
+/// the lower count as base, cannot be turned into one here and is ignored.
+fn parse_nlink(v: &[u8], _upper_nlink: i64) -> Option<i64> {
+    let s = std::str::from_utf8(v).ok()?;
+    let rest = s.strip_prefix('U')?;
+    rest.parse::<i64>().ok()
+}
+
+/// Attributes of a merged object from its top real file: `merged_dir`
+/// gives a merged directory nlink 1 (kernel overlayfs), `delta` corrects a
+/// copied-up hardlink's count, and a metacopy file reports the blocks of
+/// the lower file holding its data.
+fn compose_attr(
+    st: &Stat,
+    number: u64,
+    merged_dir: bool,
+    delta: Option<i64>,
+    data: Option<&Stat>,
+) -> FileAttr {
+    let mut a = attr::from_stat(st, number, merged_dir);
+    if let Some(d) = delta {
+        a.nlink = (a.nlink as i64 + d).max(1) as u32;
+    }
+    if let Some(data) = data {
+        a.blocks = data.st_blocks as u64;
+    }
+    a
 }
 
 /// Names the kernel could send that must never reach a layer.

@@ -37,6 +37,8 @@ pub struct MountOptions {
     pub read_only: bool,
     /// `fsync=0` or `volatile`: skip fsync on the upper layer.
     pub no_fsync: bool,
+    /// `metacopy=on`: chmod/chown/utimens/xattr changes copy metadata only.
+    pub metacopy: bool,
     pub debug: bool,
     pub allow_other: bool,
     pub allow_root: bool,
@@ -101,7 +103,6 @@ const IGNORED: &[&str] = &[
     "ino32_t",
     "redirect_dir",
     "index",
-    "metacopy",
     "userxattr",
     "nfs_export",
     "fast_ino",
@@ -238,6 +239,7 @@ impl MountOptions {
             }
             "fsync" => self.no_fsync = !parse_bool(name, value)?,
             "volatile" => self.no_fsync = true,
+            "metacopy" => self.metacopy = parse_bool(name, value)?,
             "debug" => self.debug = true,
             "ro" => self.read_only = true,
             "allow_other" => self.allow_other = true,

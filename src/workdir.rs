@@ -20,6 +20,9 @@ pub struct WorkDir {
     /// WORKDIR itself, opened and flock'ed: a second mount on the same
     /// workdir is refused while this one lives.
     _lock: OwnedFd,
+    /// O_PATH fd of `WORKDIR/index`: one link per copied-up lower hardlink,
+    /// named by the lower file's origin handle (kernel overlayfs' layout).
+    index: Option<OwnedFd>,
     next: AtomicU64,
 }
 
@@ -51,10 +54,26 @@ impl WorkDir {
             libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
         )?;
+        let index = match sys::mkdirat(lock.as_fd(), OsStr::new("index"), mode) {
+            Ok(()) => true,
+            Err(e) => e.raw_os_error() == Some(libc::EEXIST),
+        };
+        let index = if index {
+            sys::openat(
+                lock.as_fd(),
+                OsStr::new("index"),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )
+            .ok()
+        } else {
+            None
+        };
         let wd = WorkDir {
             fd,
             path,
             _lock: lock,
+            index,
             next: AtomicU64::new(1),
         };
         wd.clean()?;
@@ -63,6 +82,10 @@ impl WorkDir {
 
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    pub fn index_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.index.as_ref().map(|f| f.as_fd())
     }
 
     /// A name no other staging operation of this mount uses.

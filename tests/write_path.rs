@@ -25,6 +25,7 @@ fn tmp() -> tempfile::TempDir {
 struct Pair {
     base: PathBuf,
     lowers: Vec<PathBuf>,
+    kernel_opts: String,
     ours: Option<Mounted>,
     kernel: Option<Mounted>,
 }
@@ -41,13 +42,24 @@ fn upper_opts(base: &Path, tag: &str) -> String {
 
 impl Pair {
     fn new(base: &Path, lowers: Vec<PathBuf>) -> Pair {
-        let ours_opts = format!("{},{}", lowerdir_opt(&lowers), upper_opts(base, "ours"));
+        Pair::with_metacopy(base, lowers, false)
+    }
+
+    fn with_metacopy(base: &Path, lowers: Vec<PathBuf>, metacopy: bool) -> Pair {
+        let mc = if metacopy { "on" } else { "off" };
+        let ours_opts = format!(
+            "{},{},metacopy={mc}",
+            lowerdir_opt(&lowers),
+            upper_opts(base, "ours")
+        );
         let ours = try_mount_layerfs(&ours_opts, &base.join("m-ours")).unwrap();
-        let kopts = format!("{},{}", upper_opts(base, "kernel"), KERNEL_OPTS);
+        let kernel_opts = format!("redirect_dir=on,index=off,metacopy={mc}");
+        let kopts = format!("{},{kernel_opts}", upper_opts(base, "kernel"));
         let kernel = mount_kernel(&lowers, &base.join("m-kernel"), &kopts);
         Pair {
             base: base.to_path_buf(),
             lowers,
+            kernel_opts,
             ours: Some(ours),
             kernel: Some(kernel),
         }
@@ -75,7 +87,7 @@ impl Pair {
         let k = mount_kernel(
             &self.lowers,
             &self.base.join("m-readback"),
-            &format!("{},{}", upper_opts(&self.base, "ours"), KERNEL_OPTS),
+            &format!("{},{}", upper_opts(&self.base, "ours"), self.kernel_opts),
         );
         let after = snapshot(&k.dir);
         let d = diff(&before, &after, WRITE_CMP);
@@ -291,12 +303,12 @@ fn random_op(rng: &mut Rng) -> Op {
     }
 }
 
-fn run_differential(seed: u64, ops: usize) {
+fn run_differential(seed: u64, ops: usize, metacopy: bool) {
     let t = tmp();
     let n = 2 + (seed % 3) as usize;
     let lowers = random_stack(seed, n, &t.path().join("lower"));
     let before: Vec<_> = lowers.iter().map(|l| fingerprint(l)).collect();
-    let mut pair = Pair::new(t.path(), lowers.clone());
+    let mut pair = Pair::with_metacopy(t.path(), lowers.clone(), metacopy);
     pair.assert_same(&format!("seed {seed}: before any operation"));
     let mut rng = Rng::new(seed ^ 0xabcdef);
     let mut history: Vec<String> = Vec::new();
@@ -344,7 +356,15 @@ fn run_differential(seed: u64, ops: usize) {
 fn random_operations_match_kernel_overlayfs() {
     require_root!();
     for seed in [1u64, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12] {
-        run_differential(seed, 300);
+        run_differential(seed, 300, false);
+    }
+}
+
+#[test]
+fn random_operations_match_kernel_overlayfs_with_metacopy() {
+    require_root!();
+    for seed in [21u64, 22, 23, 24, 25, 26] {
+        run_differential(seed, 300, true);
     }
 }
 
@@ -751,4 +771,158 @@ fn file_locks_work_across_processes() {
         .status()
         .unwrap();
     assert!(again.success());
+}
+
+fn rw_opts(base: &Path, lowers: &[PathBuf], extra: &str) -> (String, PathBuf, PathBuf) {
+    let u = base.join("u");
+    let w = base.join("w");
+    mkdir(&u);
+    mkdir(&w);
+    let mut o = format!(
+        "{},upperdir={},workdir={}",
+        lowerdir_opt(lowers),
+        u.display(),
+        w.display()
+    );
+    if !extra.is_empty() {
+        o.push(',');
+        o.push_str(extra);
+    }
+    (o, u, w)
+}
+
+#[test]
+fn lower_hardlinks_stay_hardlinks_after_copy_up() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    write(&l1.join("a"), b"shared");
+    fs::hard_link(l1.join("a"), l1.join("b")).unwrap();
+    mkdir(&l1.join("dir"));
+    fs::hard_link(l1.join("a"), l1.join("dir/c")).unwrap();
+    write(&l0.join("x"), b"x");
+    let (opts, _u, _w) = rw_opts(t.path(), &[l0, l1.clone()], "");
+    let mnt = t.path().join("m");
+    let mut m = try_mount_layerfs(&opts, &mnt).unwrap();
+    let ino = fs::metadata(m.path("a")).unwrap().ino();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("a"))
+        .unwrap()
+        .write_all(b"+more")
+        .unwrap();
+    for n in ["a", "b", "dir/c"] {
+        let md = fs::metadata(m.path(n)).unwrap();
+        assert_eq!(
+            fs::read(m.path(n)).unwrap(),
+            b"shared+more",
+            "{n} must see the write"
+        );
+        assert_eq!((md.ino(), md.nlink()), (ino, 3), "{n}");
+    }
+    fs::remove_file(m.path("b")).unwrap();
+    assert_eq!(fs::metadata(m.path("a")).unwrap().nlink(), 2);
+    fs::hard_link(m.path("a"), m.path("e")).unwrap();
+    fs::rename(m.path("dir/c"), m.path("f")).unwrap();
+    assert_eq!(fs::metadata(m.path("a")).unwrap().nlink(), 3);
+    m.unmount();
+    let m = try_mount_layerfs(&opts, &mnt).unwrap();
+    for n in ["a", "e", "f"] {
+        let md = fs::metadata(m.path(n)).unwrap();
+        assert_eq!(
+            fs::read(m.path(n)).unwrap(),
+            b"shared+more",
+            "{n} after remount"
+        );
+        assert_eq!((md.ino(), md.nlink()), (ino, 3), "{n} after remount");
+    }
+    assert!(!m.path("b").exists() && !m.path("dir/c").exists());
+    assert_eq!(
+        fs::read(l1.join("b")).unwrap(),
+        b"shared",
+        "lower untouched"
+    );
+}
+
+#[test]
+fn metacopy_changes_metadata_without_copying_data() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    let big: Vec<u8> = (0..(32u32 << 20)).map(|i| (i % 241) as u8).collect();
+    write(&l1.join("dir/big"), &big);
+    write(&l0.join("x"), b"x");
+    let lowers = vec![l0, l1.clone()];
+    let (opts, u, w) = rw_opts(t.path(), &lowers, "metacopy=on");
+    let mnt = t.path().join("m");
+    let mut m = try_mount_layerfs(&opts, &mnt).unwrap();
+    let ino = fs::metadata(m.path("dir/big")).unwrap().ino();
+    chown(&m.path("dir/big"), 1000, 1000);
+    chmod(&m.path("dir/big"), 0o600);
+    setxattr(&m.path("dir/big"), "user.tag", b"meta");
+    let md = fs::metadata(u.join("dir/big")).unwrap();
+    assert_eq!(md.len(), big.len() as u64);
+    assert!(
+        md.blocks() < 64,
+        "metadata-only copy-up must not copy data ({} blocks)",
+        md.blocks()
+    );
+    let x = Command::new("getfattr")
+        .args(["-d", "-m", "trusted.overlay"])
+        .arg(u.join("dir/big"))
+        .output()
+        .unwrap();
+    let xs = String::from_utf8_lossy(&x.stdout);
+    assert!(
+        xs.contains("trusted.overlay.metacopy") && xs.contains("trusted.overlay.origin"),
+        "{xs}"
+    );
+    let mmd = fs::metadata(m.path("dir/big")).unwrap();
+    assert_eq!(
+        (mmd.uid(), mmd.mode() & 0o777, mmd.ino()),
+        (1000, 0o600, ino)
+    );
+    assert_eq!(fs::read(m.path("dir/big")).unwrap(), big);
+    m.unmount();
+    {
+        // Kernel overlayfs with metacopy=on reads the same upper.
+        let k = mount_kernel(
+            &lowers,
+            &t.path().join("k"),
+            &format!(
+                "upperdir={},workdir={},metacopy=on,redirect_dir=on,index=off",
+                u.display(),
+                w.display()
+            ),
+        );
+        let kmd = fs::metadata(k.path("dir/big")).unwrap();
+        assert_eq!(
+            (kmd.uid(), kmd.mode() & 0o777, kmd.len()),
+            (1000, 0o600, big.len() as u64)
+        );
+        assert_eq!(fs::read(k.path("dir/big")).unwrap(), big);
+    }
+    let m = try_mount_layerfs(&opts, &mnt).unwrap();
+    assert_eq!(fs::read(m.path("dir/big")).unwrap(), big, "after remount");
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("dir/big"))
+        .unwrap()
+        .write_all(b"tail")
+        .unwrap();
+    let md = fs::metadata(u.join("dir/big")).unwrap();
+    assert!(
+        md.blocks() * 512 >= big.len() as u64,
+        "open for write copies the data"
+    );
+    let x = Command::new("getfattr")
+        .args(["-d", "-m", "trusted.overlay"])
+        .arg(u.join("dir/big"))
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&x.stdout).contains("metacopy"));
+    let got = fs::read(m.path("dir/big")).unwrap();
+    assert_eq!(&got[..big.len()], &big[..]);
+    assert_eq!(&got[big.len()..], b"tail");
+    assert_eq!(fs::metadata(m.path("dir/big")).unwrap().ino(), ino);
 }
