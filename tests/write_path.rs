@@ -79,6 +79,30 @@ impl Pair {
         assert!(d.is_empty(), "{what}: trees differ:\n{}", d.join("\n"));
     }
 
+    /// Unmounts kernel overlayfs and mounts its upper under layerfs: the
+    /// view must be the one the kernel showed.
+    fn assert_kernel_upper_reads_back_under_layerfs(&mut self) {
+        let before = snapshot(self.kernel());
+        self.kernel.take().unwrap().unmount();
+        let mc = if self.kernel_opts.contains("metacopy=on") {
+            "on"
+        } else {
+            "off"
+        };
+        let opts = format!(
+            "{},{},metacopy={mc}",
+            lowerdir_opt(&self.lowers),
+            upper_opts(&self.base, "kernel")
+        );
+        let m = try_mount_layerfs(&opts, &self.base.join("m-reverse")).unwrap();
+        let d = diff(&before, &snapshot(&m.dir), WRITE_CMP);
+        assert!(
+            d.is_empty(),
+            "kernel's upper under layerfs differs:\n{}",
+            d.join("\n")
+        );
+    }
+
     /// Unmounts layerfs and mounts its upper under kernel overlayfs: the
     /// view must be the one layerfs showed.
     fn assert_upper_reads_back_under_kernel(&mut self) {
@@ -138,6 +162,7 @@ enum Op {
     SetXattr(String, String),
     RemoveXattr(String),
     Mkfifo(String),
+    Mknod(String),
     Stat(String),
     ListDir(String),
 }
@@ -232,6 +257,18 @@ fn apply(root: &Path, op: &Op) -> Outcome {
                 Err(1)
             }
         }
+        Op::Mknod(f) => {
+            let st = Command::new("mknod")
+                .arg(p(f))
+                .args(["c", "1", "3"])
+                .output()
+                .unwrap();
+            if st.status.success() {
+                Ok(String::new())
+            } else {
+                Err(1)
+            }
+        }
         Op::Stat(f) => fs::symlink_metadata(p(f))
             .map(|m| {
                 format!(
@@ -295,9 +332,10 @@ fn random_op(rng: &mut Rng) -> Op {
                 Op::RemoveXattr(a)
             }
         }
-        _ => match rng.below(3) {
+        _ => match rng.below(4) {
             0 => Op::Mkfifo(a),
             1 => Op::Stat(a),
+            2 => Op::Mknod(a),
             _ => Op::ListDir(a),
         },
     }
@@ -342,6 +380,7 @@ fn run_differential(seed: u64, ops: usize, metacopy: bool) {
     }
     pair.assert_same(&format!("seed {seed}: after {ops} operations"));
     pair.assert_upper_reads_back_under_kernel();
+    pair.assert_kernel_upper_reads_back_under_layerfs();
     for (l, b) in lowers.iter().zip(&before) {
         let d = diff(b, &fingerprint(l), Compare::ALL);
         assert!(
@@ -925,4 +964,64 @@ fn metacopy_changes_metadata_without_copying_data() {
     assert_eq!(&got[..big.len()], &big[..]);
     assert_eq!(&got[big.len()..], b"tail");
     assert_eq!(fs::metadata(m.path("dir/big")).unwrap().ino(), ino);
+}
+
+#[test]
+fn fallocate_seek_hole_and_copy_file_range() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    write(&l1.join("src"), &vec![7u8; 1 << 20]);
+    write(&l0.join("x"), b"x");
+    let (opts, u, _w) = rw_opts(t.path(), &[l0, l1], "");
+    let m = try_mount_layerfs(&opts, &t.path().join("m")).unwrap();
+    use std::os::fd::AsFd;
+    // The same calls on a file of the mount and on a plain file of the
+    // filesystem below give the same answers.
+    let seek_results = |path: &Path| -> (u64, i64, i64) {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .unwrap();
+        layerfs::sys::fallocate(f.as_fd(), 0, 0, 65536).unwrap();
+        layerfs::sys::pwrite(f.as_fd(), b"end", (8 << 20) - 3).unwrap();
+        let hole = layerfs::sys::lseek(f.as_fd(), 0, libc::SEEK_HOLE).unwrap();
+        let data = layerfs::sys::lseek(f.as_fd(), 65536, libc::SEEK_DATA).unwrap();
+        (f.metadata().unwrap().len(), hole, data)
+    };
+    let ours = seek_results(&m.path("holey"));
+    let native = seek_results(&t.path().join("native-holey"));
+    assert_eq!(ours, native);
+    assert_eq!(ours.0, 8 << 20);
+    assert!(ours.2 > 65536, "SEEK_DATA skips the hole: {ours:?}");
+    let src = fs::File::open(m.path("src")).unwrap();
+    let dst = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.path("copy"))
+        .unwrap();
+    let mut done = 0;
+    while done < 1 << 20 {
+        let n = layerfs::sys::copy_file_range(
+            src.as_fd(),
+            done,
+            dst.as_fd(),
+            done,
+            (1 << 20) - done as usize,
+        )
+        .unwrap();
+        assert!(n > 0);
+        done += n as u64;
+    }
+    drop(dst);
+    assert_eq!(fs::read(m.path("copy")).unwrap(), vec![7u8; 1 << 20]);
+    assert_eq!(fs::read(u.join("copy")).unwrap().len(), 1 << 20);
+    assert!(
+        !u.join("src").exists(),
+        "reading a lower file copies nothing up"
+    );
 }
