@@ -9,6 +9,7 @@ pub mod dir;
 pub mod fs;
 pub mod inode;
 pub mod layers;
+pub mod logging;
 pub mod lookup;
 pub mod modify;
 pub mod mount;

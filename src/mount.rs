@@ -99,6 +99,20 @@ fn check_dir(what: &str, p: &Path, writable: bool) -> Result<(PathBuf, sys::Stat
     Ok((canon, st))
 }
 
+/// A FUSE mount whose daemon died answers ENOTCONN; detach it so that the
+/// same mountpoint can be used again without manual cleanup.
+fn clear_dead_mount(mountpoint: &Path) {
+    if let Err(e) = sys::stat_path(mountpoint) {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            log::warn!(
+                "{}: a previous mount's daemon is gone; detaching it",
+                mountpoint.display()
+            );
+            unmount(mountpoint);
+        }
+    }
+}
+
 fn inside(child: &Path, parent: &Path) -> bool {
     child.starts_with(parent)
 }
@@ -118,6 +132,7 @@ pub fn plan(req: &MountRequest) -> Result<Plan, MountError> {
     for l in &o.lowerdirs {
         lowers.push(check_dir("lowerdir", l, false)?.0);
     }
+    clear_dead_mount(&req.mountpoint);
     let (mountpoint, _) = check_dir("mountpoint", &req.mountpoint, false)?;
     let mut upper = None;
     let mut work = None;
@@ -337,10 +352,15 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
     if let Some(t) = req.options.timeout {
         fs_opts.timeout = t;
     }
-    let work = match (&plan.work, req.options.read_only) {
-        (Some(w), false) => Some(
-            WorkDir::prepare(w).map_err(|e| MountError(format!("workdir {}: {e}", w.display())))?,
-        ),
+    let work = match (&plan.work, &plan.upper, req.options.read_only) {
+        (Some(w), Some(u), false) => Some(WorkDir::prepare(w, u).map_err(|e| {
+            // Our own messages already name the directory.
+            if e.raw_os_error().is_some() {
+                MountError(format!("workdir {}: {e}", w.display()))
+            } else {
+                MountError(e.to_string())
+            }
+        })?),
         _ => None,
     };
 
@@ -460,6 +480,7 @@ fn detach_stdio(o: &MountOptions) {
         }
         None => {
             let _ = sys::dup2(null.as_fd(), 2);
+            crate::logging::to_syslog();
         }
     }
     let _ = std::env::set_current_dir("/");

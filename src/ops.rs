@@ -144,12 +144,8 @@ impl LayerFs {
         let upper = match (layers.upper(), work) {
             (Some(idx), Some(work)) if !opts.read_only => Some(UpperCtx {
                 idx,
+                ns: work.xattr_ns(),
                 work,
-                ns: if sys::geteuid() == 0 {
-                    XattrNs::Trusted
-                } else {
-                    XattrNs::User
-                },
                 fsync: opts.fsync,
             }),
             _ => None,

@@ -10,7 +10,26 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::os::unix::ffi::OsStrExt;
+
 use crate::sys;
+use crate::whiteout::XattrNs;
+
+/// Opens and flock's a directory, refusing if another mount holds it.
+fn lock_dir(dir: &Path, what: &str) -> io::Result<OwnedFd> {
+    let fd = sys::open_path(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    match sys::flock(fd.as_fd(), libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(()) => Ok(fd),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            format!(
+                "{what} {} is in use by another layerfs mount",
+                dir.display()
+            ),
+        )),
+        Err(e) => Err(e),
+    }
+}
 
 #[derive(Debug)]
 pub struct WorkDir {
@@ -20,6 +39,9 @@ pub struct WorkDir {
     /// WORKDIR itself, opened and flock'ed: a second mount on the same
     /// workdir is refused while this one lives.
     _lock: OwnedFd,
+    _upper_lock: OwnedFd,
+    /// Where overlay xattrs are written (see `probe_features`).
+    ns: XattrNs,
     /// O_PATH fd of `WORKDIR/index`: one link per copied-up lower hardlink,
     /// named by the lower file's origin handle (kernel overlayfs' layout).
     index: Option<OwnedFd>,
@@ -27,18 +49,12 @@ pub struct WorkDir {
 }
 
 impl WorkDir {
-    /// Locks `workdir`, creates `workdir/work` if needed and empties it.
-    pub fn prepare(workdir: &Path) -> io::Result<WorkDir> {
-        let lock = sys::open_path(workdir, libc::O_RDONLY | libc::O_DIRECTORY)?;
-        if let Err(e) = sys::flock(lock.as_fd(), libc::LOCK_EX | libc::LOCK_NB) {
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(io::Error::new(
-                    io::ErrorKind::ResourceBusy,
-                    format!("workdir {} is in use by another mount", workdir.display()),
-                ));
-            }
-            return Err(e);
-        }
+    /// Locks `upperdir` and `workdir` against a second mount, creates
+    /// `workdir/work` if needed, empties it, and checks the filesystem has
+    /// what overlay metadata needs (xattrs, d_type).
+    pub fn prepare(workdir: &Path, upperdir: &Path) -> io::Result<WorkDir> {
+        let upper_lock = lock_dir(upperdir, "upperdir")?;
+        let lock = lock_dir(workdir, "workdir")?;
         let path = workdir.join("work");
         // Kernel overlayfs makes it mode 0 (only the mounter's privileges get
         // in); an unprivileged mounter needs to reach it with its own rights.
@@ -69,15 +85,72 @@ impl WorkDir {
         } else {
             None
         };
-        let wd = WorkDir {
+        let mut wd = WorkDir {
             fd,
             path,
             _lock: lock,
+            _upper_lock: upper_lock,
             index,
+            ns: XattrNs::Trusted,
             next: AtomicU64::new(1),
         };
         wd.clean()?;
+        wd.ns = wd.probe_features(upperdir)?;
         Ok(wd)
+    }
+
+    /// The namespace overlay xattrs are written in: `trusted.` where this
+    /// process may (real root), else `user.` (as kernel overlayfs'
+    /// `userxattr`). Fails, naming the problem, on a filesystem without
+    /// xattrs or without d_type in directory entries.
+    fn probe_features(&self, upperdir: &Path) -> io::Result<XattrNs> {
+        let staged = Staged::new(self);
+        let f = sys::openat(
+            self.fd(),
+            &staged.name,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0o600,
+        )?;
+        let mut chosen = None;
+        for ns in [XattrNs::Trusted, XattrNs::User] {
+            match sys::setxattr_fd(f.as_fd(), &ns.name("probe"), b"1", 0) {
+                Ok(()) => {
+                    chosen = Some(ns);
+                    break;
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(ns) = chosen else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "the filesystem of upperdir {} does not support extended attributes, which overlay whiteouts and copy-up need",
+                    upperdir.display()
+                ),
+            ));
+        };
+        let dir = sys::reopen(self.fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let entries = sys::read_dir_fd(dir.as_fd())?;
+        if entries
+            .iter()
+            .any(|e| e.name == staged.name.as_bytes() && e.d_type == libc::DT_UNKNOWN)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "the filesystem of upperdir {} does not report file types in directory entries (d_type)",
+                    upperdir.display()
+                ),
+            ));
+        }
+        Ok(ns)
+    }
+
+    pub fn xattr_ns(&self) -> XattrNs {
+        self.ns
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {

@@ -82,7 +82,12 @@ impl Drop for Mounted {
 
 /// Runs `layerfs` with `opts` on `mnt`; it returns once the mount is up.
 pub fn try_mount_layerfs(opts: &str, mnt: &Path) -> io::Result<Mounted> {
-    fs::create_dir_all(mnt)?;
+    // A dead mount there answers ENOTCONN: leave it for layerfs to clear.
+    if let Err(e) = fs::symlink_metadata(mnt) {
+        if e.kind() == io::ErrorKind::NotFound {
+            fs::create_dir_all(mnt)?;
+        }
+    }
     let out = Command::new(layerfs_bin())
         .arg("-o")
         .arg(opts)
