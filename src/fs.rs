@@ -17,6 +17,7 @@ use fuser::{
     WriteFlags,
 };
 
+use crate::handles::{Backings, Passthrough};
 use crate::modify::SetAttr;
 use crate::ops::LayerFs;
 use crate::sys::TimeSpec;
@@ -69,12 +70,40 @@ fn negative_entry() -> FileAttr {
 pub struct Fuse {
     fs: Arc<LayerFs>,
     ttl: Duration,
+    backings: Backings,
 }
 
 impl Fuse {
     pub fn new(fs: Arc<LayerFs>) -> Fuse {
         let ttl = fs.opts.timeout;
-        Fuse { fs, ttl }
+        // Registering backing files needs CAP_SYS_ADMIN.
+        let backings = Backings::new(fs.opts.passthrough && crate::sys::geteuid() == 0);
+        Fuse { fs, ttl, backings }
+    }
+
+    /// How to serve an open file: passthrough to its real file when the
+    /// kernel allows (see `handles`), else through the daemon.
+    fn serve_mode(
+        &self,
+        ino: u64,
+        fh: u64,
+        upper: bool,
+        open_backing: impl FnOnce(&std::os::fd::OwnedFd) -> io::Result<fuser::BackingId>,
+    ) -> Passthrough {
+        let Ok(file) = self.fs.file(fh) else {
+            return Passthrough::Cached;
+        };
+        let key = match crate::sys::fstat(std::os::fd::AsFd::as_fd(&file.fd)) {
+            Ok(st) => (st.st_dev, st.st_ino),
+            Err(_) => (0, 0),
+        };
+        let p = self
+            .backings
+            .open(ino, key, upper, || open_backing(&file.fd));
+        if let Passthrough::Use(id) = &p {
+            let _ = file.backing.set(Arc::clone(id));
+        }
+        p
     }
 
     fn entry_reply(&self, res: io::Result<FileAttr>, reply: ReplyEntry) {
@@ -103,6 +132,17 @@ impl Fuse {
 
 impl Filesystem for Fuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        if self.backings.enabled() {
+            let depth = if self.fs.layers_are_stacked() { 2 } else { 1 };
+            if config
+                .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
+                .is_err()
+                || config.set_max_stack_depth(depth).is_err()
+            {
+                log::info!("kernel without FUSE passthrough: data goes through the daemon");
+                self.backings.disable();
+            }
+        }
         // Each is optional: a kernel without one simply does without.
         for cap in [
             InitFlags::FUSE_DO_READDIRPLUS,
@@ -148,12 +188,20 @@ impl Filesystem for Fuse {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, flags.0) {
             Ok((fh, immutable)) => {
-                let f = if immutable {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(FileHandle(fh), f)
+                match self.serve_mode(ino.0, fh, !immutable, |fd| reply.open_backing(fd)) {
+                    Passthrough::Use(id) => {
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+                    }
+                    Passthrough::Cached => {
+                        // A lower file cannot change: keep its page cache.
+                        let f = if immutable {
+                            FopenFlags::FOPEN_KEEP_CACHE
+                        } else {
+                            FopenFlags::empty()
+                        };
+                        reply.opened(FileHandle(fh), f)
+                    }
+                }
             }
             Err(e) => reply.error(errno(e)),
         }
@@ -190,28 +238,33 @@ impl Filesystem for Fuse {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let passthrough = self
+            .fs
+            .file(fh.0)
+            .map(|f| f.backing.get().is_some())
+            .unwrap_or(false);
         self.fs.release(fh.0);
+        self.backings.released(ino.0, passthrough);
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
             Ok(fh) => {
-                // Without an upper layer nothing can change a directory, so
-                // the kernel may keep its listing.
-                let f = if !self.fs.is_writable() {
-                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(FileHandle(fh), f)
+                // Directories change only through this mount, and the
+                // kernel drops a cached listing when it sees a change (its
+                // version and mtime checks), so it may keep listings.
+                reply.opened(
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                )
             }
             Err(e) => reply.error(errno(e)),
         }
@@ -514,13 +567,25 @@ impl Filesystem for Fuse {
             .fs
             .create(parent.0, name, mode, flags, req.uid(), req.gid())
         {
-            Ok((_, attr, fh)) => reply.created(
-                &self.ttl,
-                &attr,
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+            Ok((_, attr, fh)) => {
+                match self.serve_mode(attr.ino.0, fh, true, |fd| reply.open_backing(fd)) {
+                    Passthrough::Use(id) => reply.created_passthrough(
+                        &self.ttl,
+                        &attr,
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                        &id,
+                    ),
+                    Passthrough::Cached => reply.created(
+                        &self.ttl,
+                        &attr,
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    ),
+                }
+            }
             Err(e) => reply.error(errno(e)),
         }
     }

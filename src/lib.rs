@@ -7,6 +7,7 @@ pub mod attr;
 pub mod copyup;
 pub mod dir;
 pub mod fs;
+pub mod handles;
 pub mod inode;
 pub mod layers;
 pub mod logging;

@@ -347,6 +347,7 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
         fsync: !req.options.no_fsync,
         read_only: req.options.read_only,
         metacopy: req.options.metacopy,
+        passthrough: !req.options.no_passthrough,
         ..FsOptions::default()
     };
     if let Some(t) = req.options.timeout {

@@ -41,6 +41,8 @@ pub struct FsOptions {
     pub read_only: bool,
     /// Metadata-only copy-up (kernel overlayfs' `metacopy=on`).
     pub metacopy: bool,
+    /// Try FUSE passthrough for regular files.
+    pub passthrough: bool,
 }
 
 impl Default for FsOptions {
@@ -50,6 +52,7 @@ impl Default for FsOptions {
             fsync: true,
             read_only: false,
             metacopy: false,
+            passthrough: true,
         }
     }
 }
@@ -68,6 +71,8 @@ pub struct UpperCtx {
 #[derive(Debug)]
 pub struct OpenFile {
     pub fd: OwnedFd,
+    /// Its passthrough backing id, held until release.
+    pub backing: std::sync::OnceLock<Arc<fuser::BackingId>>,
 }
 
 /// One entry of an open directory's snapshot.
@@ -600,14 +605,26 @@ impl LayerFs {
         let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_TRUNC;
         let fd = sys::reopen(top.fd.as_fd(), (flags & keep) | libc::O_NOCTTY)?;
         let fh = self.new_fh();
-        self.files.insert(fh, Arc::new(OpenFile { fd }));
+        self.files.insert(
+            fh,
+            Arc::new(OpenFile {
+                fd,
+                backing: Default::default(),
+            }),
+        );
         Ok((fh, !self.is_upper(top.layer)))
     }
 
     /// Registers an fd opened by create() as a handle.
     pub(crate) fn add_file(&self, fd: OwnedFd) -> u64 {
         let fh = self.new_fh();
-        self.files.insert(fh, Arc::new(OpenFile { fd }));
+        self.files.insert(
+            fh,
+            Arc::new(OpenFile {
+                fd,
+                backing: Default::default(),
+            }),
+        );
         fh
     }
 
@@ -636,6 +653,16 @@ impl LayerFs {
 
     pub fn release(&self, fh: u64) {
         self.files.remove(&fh);
+    }
+
+    /// Whether any layer lives on a stacked filesystem (overlayfs, FUSE):
+    /// passthrough then needs a stacking depth of 2.
+    pub fn layers_are_stacked(&self) -> bool {
+        const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+        const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+        self.layers.iter().any(|(_, l)| {
+            matches!(sys::fstatfs_type(l.root.as_fd()), Ok(t) if t == OVERLAYFS_SUPER_MAGIC || t == FUSE_SUPER_MAGIC)
+        })
     }
 
     // ---- directories --------------------------------------------------

@@ -39,6 +39,9 @@ pub struct MountOptions {
     pub no_fsync: bool,
     /// `metacopy=on`: chmod/chown/utimens/xattr changes copy metadata only.
     pub metacopy: bool,
+    /// `passthrough=off`: serve file data through the daemon even where the
+    /// kernel could pass it through.
+    pub no_passthrough: bool,
     pub debug: bool,
     pub allow_other: bool,
     pub allow_root: bool,
@@ -240,6 +243,7 @@ impl MountOptions {
             "fsync" => self.no_fsync = !parse_bool(name, value)?,
             "volatile" => self.no_fsync = true,
             "metacopy" => self.metacopy = parse_bool(name, value)?,
+            "passthrough" => self.no_passthrough = !parse_bool(name, value)?,
             "debug" => self.debug = true,
             "ro" => self.read_only = true,
             "allow_other" => self.allow_other = true,

@@ -239,6 +239,16 @@ pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// The filesystem type (`f_type`) of the filesystem holding an fd.
+pub fn fstatfs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
+    let mut st = MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: valid out-pointer.
+    cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatfs succeeded.
+    #[allow(clippy::unnecessary_cast)] // f_type is not i64 on every target
+    Ok(unsafe { st.assume_init() }.f_type as i64)
+}
+
 /// One entry as getdents64 returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawDirent {
