@@ -218,6 +218,8 @@ impl LayerFs {
                 s.reals = vec![entry.clone()];
             }
         }
+        *inode.cache.xattr_names.lock() = None;
+        *inode.cache.lower_read_fd.lock() = None;
         Ok(entry)
     }
 
@@ -245,6 +247,7 @@ impl LayerFs {
             Err(e) => return Err(e),
         }
         inode.state.write().reals.truncate(1);
+        *inode.cache.lower_read_fd.lock() = None;
         Ok(upper)
     }
 

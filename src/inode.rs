@@ -74,6 +74,38 @@ pub struct Inode {
     /// For a copied-up lower hardlink (kept through the index): the link
     /// count shown is the upper inode's plus this (`NO_DELTA` when unused).
     nlink_delta: AtomicI64,
+    /// Caches that spare syscalls on hot paths; each is dropped by the
+    /// operations that change what it caches.
+    pub cache: InodeCache,
+}
+
+/// What an inode remembers of its real files between requests.
+#[derive(Debug, Default)]
+pub struct InodeCache {
+    /// A directory's merged listing, with the generation it was made at
+    /// (dropped by every name operation in it).
+    pub listing: Mutex<Option<(u64, Arc<Vec<crate::ops::DirEntryOut>>)>>,
+    /// Bumped by every change of the directory's entries: a listing made
+    /// while a change ran is not cached.
+    pub listing_gen: AtomicU64,
+    /// The xattr names of the top real object, as listxattr returns them
+    /// (dropped by xattr changes and copy-up): answers "no such xattr"
+    /// without a syscall, which `ls -l` asks for every file.
+    pub xattr_names: Mutex<Option<Arc<Vec<u8>>>>,
+    /// A read-only fd of a lower file, shared by its read-only opens.
+    pub lower_read_fd: Mutex<Option<Arc<OwnedFd>>>,
+    /// Bit i set: layer i's part of this directory holds no OCI `.wh.`
+    /// markers (learnt from listing it), so lookups skip probing for them.
+    pub oci_clean: AtomicU64,
+}
+
+impl InodeCache {
+    /// Forgets everything derived from the real files.
+    pub fn clear(&self) {
+        *self.listing.lock() = None;
+        *self.xattr_names.lock() = None;
+        *self.lower_read_fd.lock() = None;
+    }
 }
 
 const NO_DELTA: i64 = i64::MIN;
@@ -89,6 +121,7 @@ impl Inode {
             copy_lock: Mutex::new(()),
             unlinked: AtomicBool::new(false),
             nlink_delta: AtomicI64::new(NO_DELTA),
+            cache: InodeCache::default(),
         }
     }
 
@@ -102,6 +135,13 @@ impl Inode {
     pub fn set_nlink_delta(&self, d: Option<i64>) {
         self.nlink_delta
             .store(d.unwrap_or(NO_DELTA), Ordering::Relaxed);
+    }
+
+    /// A directory's entries changed (or are about to): its cached listing
+    /// is stale, and one being made right now must not be cached.
+    pub fn dir_changed(&self) {
+        self.cache.listing_gen.fetch_add(1, Ordering::SeqCst);
+        *self.cache.listing.lock() = None;
     }
 
     pub fn is_unlinked(&self) -> bool {

@@ -164,6 +164,7 @@ impl LayerFs {
         }
         let up = self.upper_ctx()?;
         let pu = self.upper_dir(parent)?;
+        parent.dir_changed();
         let finish = |dir: BorrowedFd<'_>, n: &OsStr| -> io::Result<()> {
             let fd = sys::openat(dir, n, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
             if let Some(o) = owner {
@@ -242,6 +243,7 @@ impl LayerFs {
             let oflags = (flags & keep) | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY;
             sys::openat(at, n, oflags, perm).map(Some)
         })?;
+        dir.dir_changed();
         let (inode, attr) = self.lookup(parent, name)?;
         let fd = fd.ok_or_else(|| errno(libc::EIO))?;
         Ok((inode, attr, self.add_file(fd)))
@@ -287,6 +289,7 @@ impl LayerFs {
         self.place(&dir, name, true, Some(owner), Some(perm), |at, n| {
             sys::mkdirat(at, n, perm).map(|_| None)
         })?;
+        dir.dir_changed();
         self.lookup(parent, name)
     }
 
@@ -303,6 +306,7 @@ impl LayerFs {
         self.place(&dir, name, false, Some(owner), None, |at, n| {
             sys::symlinkat(target, at, n).map(|_| None)
         })?;
+        dir.dir_changed();
         self.lookup(parent, name)
     }
 
@@ -321,6 +325,7 @@ impl LayerFs {
         self.place(&dir, newname, false, None, None, |at, n| {
             sys::link_fd(src.fd.as_fd(), at, n).map(|_| None)
         })?;
+        dir.dir_changed();
         self.lookup(newparent, newname)
     }
 
@@ -332,6 +337,7 @@ impl LayerFs {
         }
         let pu = self.upper_dir(&dir)?;
         let lower = self.lower_positive(&dir, name)?;
+        dir.dir_changed();
         match self.upper_slot(&pu, name)? {
             UpperSlot::Entry if lower => self.replace_with_whiteout(&pu, name, &dir)?,
             UpperSlot::Entry => sys::unlinkat(pu.fd.as_fd(), name, 0)?,
@@ -341,6 +347,7 @@ impl LayerFs {
             }
             UpperSlot::Empty | UpperSlot::Whiteout => return Err(errno(libc::ENOENT)),
         }
+        dir.dir_changed();
         self.note_removed(&child);
         Ok(())
     }
@@ -356,12 +363,14 @@ impl LayerFs {
         }
         let pu = self.upper_dir(&dir)?;
         let lower = self.lower_positive(&dir, name)?;
+        dir.dir_changed();
         match self.upper_slot(&pu, name)? {
             UpperSlot::Entry if lower => self.replace_with_whiteout(&pu, name, &dir)?,
             UpperSlot::Entry => self.remove_upper(&pu, name)?,
             UpperSlot::Empty if lower => self.make_whiteout(pu.fd.as_fd(), name, &dir)?,
             UpperSlot::Empty | UpperSlot::Whiteout => return Err(errno(libc::ENOENT)),
         }
+        dir.dir_changed();
         child.mark_unlinked();
         Ok(())
     }
@@ -499,6 +508,7 @@ impl LayerFs {
         sys::setxattr_fd(s.reals[pos].fd.as_fd(), &up.ns.name("opaque"), b"y", 0)?;
         s.reals[pos].marks.opaque = true;
         s.reals.truncate(pos + 1);
+        inode.dir_changed();
         Ok(())
     }
 
@@ -554,6 +564,8 @@ impl LayerFs {
         let dst_lower = self.lower_positive(&ddir, newname)?;
         let spu = self.upper_dir(&sdir)?;
         let dpu = self.upper_dir(&ddir)?;
+        sdir.dir_changed();
+        ddir.dir_changed();
         self.prepare_rename_source(&src, &sdir, name)?;
         if exchange {
             let d = dst.as_ref().ok_or_else(|| errno(libc::ENOENT))?;
@@ -633,6 +645,13 @@ impl LayerFs {
             if exchange && d.is_dir && !self.has_lower_parts(d) && src_lower {
                 self.set_opaque(d)?;
             }
+        }
+        sdir.dir_changed();
+        ddir.dir_changed();
+        // A moved directory's ".." changed.
+        src.dir_changed();
+        if let Some(d) = &dst {
+            d.dir_changed();
         }
         {
             let mut s = src.state.write();

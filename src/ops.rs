@@ -70,7 +70,8 @@ pub struct UpperCtx {
 /// An open regular file.
 #[derive(Debug)]
 pub struct OpenFile {
-    pub fd: OwnedFd,
+    /// Shared with other read-only opens of the same lower file.
+    pub fd: Arc<OwnedFd>,
     /// Its passthrough backing id, held until release.
     pub backing: std::sync::OnceLock<Arc<fuser::BackingId>>,
 }
@@ -88,7 +89,7 @@ pub struct DirEntryOut {
 #[derive(Debug)]
 pub struct OpenDir {
     pub ino: u64,
-    pub entries: Vec<DirEntryOut>,
+    pub entries: Arc<Vec<DirEntryOut>>,
 }
 
 /// What the filesystem found for one layer during a lookup.
@@ -467,13 +468,29 @@ impl LayerFs {
     /// the lower layers' roots.
     pub(crate) fn resolve_name(&self, dir: &Inode, name: &OsStr) -> io::Result<Resolved<Hit>> {
         let reals = dir.reals();
-        self.resolve_in(&reals, name)
+        let clean = dir
+            .cache
+            .oci_clean
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.resolve_masked(&reals, name, clean)
     }
 
     pub(crate) fn resolve_in(
         &self,
         reals: &[RealEntry],
         name: &OsStr,
+    ) -> io::Result<Resolved<Hit>> {
+        self.resolve_masked(reals, name, 0)
+    }
+
+    /// `clean`: bit i set when layer i's part of the directory is known to
+    /// hold no OCI markers (an upper written by fuse-overlayfs may hold
+    /// them, so the upper is no exception).
+    fn resolve_masked(
+        &self,
+        reals: &[RealEntry],
+        name: &OsStr,
+        clean: u64,
     ) -> io::Result<Resolved<Hit>> {
         let n = reals.len();
         let mut pos = 0;
@@ -495,7 +512,8 @@ impl LayerFs {
                 }
                 let r = &reals[pos];
                 pos += 1;
-                probe_layer(r, OsStr::from_bytes(&cur_name), pos < n)
+                let known_clean = r.layer.0 < 64 && clean & (1 << r.layer.0) != 0;
+                probe_layer_with(r, OsStr::from_bytes(&cur_name), pos < n, !known_clean)
             };
             if let Ok(Probe::Dir(hit, false)) = &result {
                 if hit.marks.redirect {
@@ -602,8 +620,26 @@ impl LayerFs {
             let s = inode.state.read();
             s.reals.get(1).unwrap_or(&s.reals[0]).clone()
         };
-        let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_TRUNC;
-        let fd = sys::reopen(top.fd.as_fd(), (flags & keep) | libc::O_NOCTTY)?;
+        let lower = !self.is_upper(top.layer);
+        let fd = if lower {
+            // Lower files never change: one read-only fd serves every
+            // read-only open (pread needs no file position of its own).
+            let mut cached = inode.cache.lower_read_fd.lock();
+            match &*cached {
+                Some(fd) => Arc::clone(fd),
+                None => {
+                    let fd = Arc::new(sys::reopen(top.fd.as_fd(), libc::O_RDONLY)?);
+                    *cached = Some(Arc::clone(&fd));
+                    fd
+                }
+            }
+        } else {
+            let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_TRUNC;
+            Arc::new(sys::reopen(
+                top.fd.as_fd(),
+                (flags & keep) | libc::O_NOCTTY,
+            )?)
+        };
         let fh = self.new_fh();
         self.files.insert(
             fh,
@@ -612,7 +648,7 @@ impl LayerFs {
                 backing: Default::default(),
             }),
         );
-        Ok((fh, !self.is_upper(top.layer)))
+        Ok((fh, lower))
     }
 
     /// Registers an fd opened by create() as a handle.
@@ -621,7 +657,7 @@ impl LayerFs {
         self.files.insert(
             fh,
             Arc::new(OpenFile {
-                fd,
+                fd: Arc::new(fd),
                 backing: Default::default(),
             }),
         );
@@ -672,12 +708,35 @@ impl LayerFs {
         if !inode.is_dir {
             return Err(errno(libc::ENOTDIR));
         }
+        let entries = {
+            // Held while listing: concurrent opendirs of one directory wait
+            // for one listing instead of each making its own.
+            let mut cached = inode.cache.listing.lock();
+            let gen = inode.cache.listing_gen.load(Ordering::SeqCst);
+            match &*cached {
+                Some((g, l)) if *g == gen => Arc::clone(l),
+                _ => {
+                    let l = Arc::new(self.list_dir(&inode)?);
+                    if inode.cache.listing_gen.load(Ordering::SeqCst) == gen {
+                        *cached = Some((gen, Arc::clone(&l)));
+                    }
+                    l
+                }
+            }
+        };
+        let fh = self.new_fh();
+        self.dirs.insert(fh, Arc::new(OpenDir { ino, entries }));
+        Ok(fh)
+    }
+
+    /// The merged listing of a directory inode, `.` and `..` first.
+    fn list_dir(&self, inode: &Inode) -> io::Result<Vec<DirEntryOut>> {
         let (reals, parent) = {
             let s = inode.state.read();
             (s.reals.clone(), s.parent)
         };
-        let merged = self.merged_listing(&reals)?;
-        let parent_ino = if ino == ROOT_INO {
+        let merged = self.merged_listing_learning(&reals, Some(inode))?;
+        let parent_ino = if inode.ino == ROOT_INO {
             inode.st_ino
         } else {
             self.inodes
@@ -714,9 +773,7 @@ impl LayerFs {
                 name: OsString::from_vec(e.name),
             });
         }
-        let fh = self.new_fh();
-        self.dirs.insert(fh, Arc::new(OpenDir { ino, entries }));
-        Ok(fh)
+        Ok(entries)
     }
 
     /// The number `stat` would show for an upper entry of a merged
@@ -743,15 +800,36 @@ impl LayerFs {
 
     /// The merged listing of a directory's real parts, top first.
     pub(crate) fn merged_listing(&self, reals: &[RealEntry]) -> io::Result<Vec<MergedEntry>> {
+        self.merged_listing_learning(reals, None)
+    }
+
+    /// As `merged_listing`, recording in `inode` which layers' parts hold
+    /// no OCI markers (so later lookups need not probe for them).
+    fn merged_listing_learning(
+        &self,
+        reals: &[RealEntry],
+        inode: Option<&Inode>,
+    ) -> io::Result<Vec<MergedEntry>> {
         let mut listings = Vec::with_capacity(reals.len());
+        let mut clean = 0u64;
         for r in reals {
-            listings.push(self.list_layer_dir(r)?);
+            let (entries, markers) = self.list_layer_dir(r)?;
+            if !markers && r.layer.0 < 64 {
+                clean |= 1 << r.layer.0;
+            }
+            listings.push(entries);
+        }
+        if let Some(i) = inode {
+            i.cache
+                .oci_clean
+                .fetch_or(clean, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(dir::merge_listings(listings))
     }
 
-    /// Reads one layer's part of a directory and classifies each entry.
-    fn list_layer_dir(&self, r: &RealEntry) -> io::Result<Vec<LayerEntry>> {
+    /// Reads one layer's part of a directory and classifies each entry;
+    /// also says whether it holds OCI markers.
+    fn list_layer_dir(&self, r: &RealEntry) -> io::Result<(Vec<LayerEntry>, bool)> {
         let dfd = sys::openat(
             r.fd.as_fd(),
             OsStr::new("."),
@@ -760,11 +838,13 @@ impl LayerFs {
         )?;
         let raw = sys::read_dir_fd(dfd.as_fd())?;
         let mut out = Vec::with_capacity(raw.len());
+        let mut markers = false;
         for e in raw {
             if e.name == b"." || e.name == b".." {
                 continue;
             }
             if whiteout::is_oci_marker(&e.name) {
+                markers = true;
                 if let Some(target) = whiteout::oci_whiteout_target(&e.name) {
                     out.push(LayerEntry::Whiteout {
                         name: target.to_vec(),
@@ -799,7 +879,7 @@ impl LayerFs {
                 d_ino: e.ino,
             });
         }
-        Ok(out)
+        Ok((out, markers))
     }
 
     fn open_dir(&self, fh: u64) -> io::Result<Arc<OpenDir>> {
@@ -832,14 +912,45 @@ impl LayerFs {
             return Err(errno(libc::ENODATA));
         }
         let inode = self.inode(ino)?;
+        if let Some(names) = self.lower_xattr_names(&inode)? {
+            if !names.split(|&b| b == 0).any(|n| n == name.as_bytes()) {
+                return Err(errno(libc::ENODATA));
+            }
+        }
         let c = sys::cstr(name)?;
         sys::getxattr_fd(inode.top().fd.as_fd(), &c)
     }
 
     pub fn listxattr(&self, ino: u64) -> io::Result<Vec<u8>> {
         let inode = self.inode(ino)?;
-        let list = sys::listxattr_fd(inode.top().fd.as_fd())?;
+        let list = match self.lower_xattr_names(&inode)? {
+            Some(l) => l,
+            None => Arc::new(sys::listxattr_fd(inode.top().fd.as_fd())?),
+        };
         Ok(whiteout::public_xattr_names(&list))
+    }
+
+    /// The xattr names of an inode whose top is a lower object, cached
+    /// (lower objects never change); None for upper objects, whose xattrs
+    /// the kernel may change behind us (a write through passthrough drops
+    /// capabilities).
+    fn lower_xattr_names(&self, inode: &Inode) -> io::Result<Option<Arc<Vec<u8>>>> {
+        let top = inode.top();
+        if self.is_upper(top.layer) {
+            return Ok(None);
+        }
+        let mut cached = inode.cache.xattr_names.lock();
+        if let Some(l) = &*cached {
+            return Ok(Some(Arc::clone(l)));
+        }
+        let list = match sys::listxattr_fd(top.fd.as_fd()) {
+            Ok(l) => l,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let list = Arc::new(list);
+        *cached = Some(Arc::clone(&list));
+        Ok(Some(list))
     }
 
     /// access(2) for mounts without default_permissions: the classic
@@ -933,6 +1044,17 @@ pub(crate) fn check_name(name: &OsStr) -> io::Result<()> {
 /// whether any contributing layer lies below, which is when OCI whiteouts and
 /// opaque markers matter.
 pub(crate) fn probe_layer(r: &RealEntry, name: &OsStr, more_below: bool) -> io::Result<Probe<Hit>> {
+    probe_layer_with(r, name, more_below, true)
+}
+
+/// `probe_layer`, told whether `r` may hold OCI `.wh.NAME` markers.
+fn probe_layer_with(
+    r: &RealEntry,
+    name: &OsStr,
+    more_below: bool,
+    may_have_markers: bool,
+) -> io::Result<Probe<Hit>> {
+    let oci = more_below && may_have_markers;
     let fd = match sys::openat(r.fd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
         Ok(fd) => fd,
         Err(e)
@@ -942,7 +1064,7 @@ pub(crate) fn probe_layer(r: &RealEntry, name: &OsStr, more_below: bool) -> io::
             ) =>
         {
             // Absent here: an OCI `.wh.NAME` beside it still hides it below.
-            return Ok(if more_below && oci_sibling_exists(r, name.as_bytes())? {
+            return Ok(if oci && oci_sibling_exists(r, name.as_bytes())? {
                 Probe::Whiteout
             } else {
                 Probe::Absent
@@ -968,7 +1090,7 @@ pub(crate) fn probe_layer(r: &RealEntry, name: &OsStr, more_below: bool) -> io::
     if more_below && !marks.opaque {
         // OCI: `.wh..wh..opq` inside, or `.wh.NAME` beside a re-added dir.
         marks.opaque =
-            exists(&fd, whiteout::OCI_OPAQUE)? || oci_sibling_exists(r, name.as_bytes())?;
+            exists(&fd, whiteout::OCI_OPAQUE)? || (oci && oci_sibling_exists(r, name.as_bytes())?);
     }
     let opaque = marks.opaque;
     Ok(Probe::Dir(
