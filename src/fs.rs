@@ -190,14 +190,15 @@ impl Filesystem for Fuse {
             Ok((fh, immutable)) => {
                 match self.serve_mode(ino.0, fh, !immutable, |fd| reply.open_backing(fd)) {
                     Passthrough::Use(id) => {
-                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id)
                     }
                     Passthrough::Cached => {
                         // A lower file cannot change: keep its page cache.
+                        // Flush does nothing here, so the kernel need not send it.
                         let f = if immutable {
-                            FopenFlags::FOPEN_KEEP_CACHE
+                            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
                         } else {
-                            FopenFlags::empty()
+                            FopenFlags::FOPEN_NOFLUSH
                         };
                         reply.opened(FileHandle(fh), f)
                     }
@@ -255,35 +256,28 @@ impl Filesystem for Fuse {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino.0) {
-            Ok(fh) => {
-                // Directories change only through this mount, and the
-                // kernel drops a cached listing when it sees a change (its
-                // version and mtime checks), so it may keep listings.
-                reply.opened(
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-                )
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // No per-open state is needed (listings live in the inode), so the
+        // kernel is told not to send OPENDIR and RELEASEDIR at all; it then
+        // treats every directory as cache_dir + keep_cache, and drops a
+        // cached listing when the directory changes through the mount.
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (dir, start) = match self.fs.readdir(fh.0, offset) {
-            Ok(x) => x,
+        let page = match self.fs.readdir(ino.0, offset) {
+            Ok(p) => p,
             Err(e) => return reply.error(errno(e)),
         };
-        for (i, e) in dir.entries.iter().enumerate().skip(start) {
-            if reply.add(INodeNo(e.ino), (i + 1) as u64, e.kind, &e.name) {
+        for (i, e) in page.entries.iter().enumerate().skip(page.start) {
+            if reply.add(INodeNo(e.ino), page.cookie_after(i), e.kind, &e.name) {
                 break;
             }
         }
@@ -294,16 +288,16 @@ impl Filesystem for Fuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (dir, start) = match self.fs.readdir(fh.0, offset) {
-            Ok(x) => x,
+        let page = match self.fs.readdir(ino.0, offset) {
+            Ok(p) => p,
             Err(e) => return reply.error(errno(e)),
         };
-        for (i, e) in dir.entries.iter().enumerate().skip(start) {
-            let off = (i + 1) as u64;
+        for (i, e) in page.entries.iter().enumerate().skip(page.start) {
+            let off = page.cookie_after(i);
             if e.name == "." || e.name == ".." {
                 // The kernel takes no reference for these two; any attrs do.
                 let mut attr = match self.fs.getattr(ino.0) {
@@ -333,18 +327,6 @@ impl Filesystem for Fuse {
                 break;
             }
         }
-        reply.ok();
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.fs.releasedir(fh.0);
         reply.ok();
     }
 
@@ -574,7 +556,7 @@ impl Filesystem for Fuse {
                         &attr,
                         Generation(0),
                         FileHandle(fh),
-                        FopenFlags::empty(),
+                        FopenFlags::FOPEN_NOFLUSH,
                         &id,
                     ),
                     Passthrough::Cached => reply.created(
@@ -582,7 +564,7 @@ impl Filesystem for Fuse {
                         &attr,
                         Generation(0),
                         FileHandle(fh),
-                        FopenFlags::empty(),
+                        FopenFlags::FOPEN_NOFLUSH,
                     ),
                 }
             }

@@ -82,9 +82,11 @@ pub struct Inode {
 /// What an inode remembers of its real files between requests.
 #[derive(Debug, Default)]
 pub struct InodeCache {
-    /// A directory's merged listing, with the generation it was made at
-    /// (dropped by every name operation in it).
-    pub listing: Mutex<Option<(u64, Arc<Vec<crate::ops::DirEntryOut>>)>>,
+    /// A directory's recent merged listings, newest first, each with the
+    /// generation it was made at: the newest serves new readdirs while its
+    /// generation is current; older ones keep serving readdirs that began
+    /// on them, so an iteration sees one consistent snapshot.
+    pub listings: Mutex<std::collections::VecDeque<(u64, Arc<Vec<crate::ops::DirEntryOut>>)>>,
     /// Bumped by every change of the directory's entries: a listing made
     /// while a change ran is not cached.
     pub listing_gen: AtomicU64,
@@ -102,7 +104,7 @@ pub struct InodeCache {
 impl InodeCache {
     /// Forgets everything derived from the real files.
     pub fn clear(&self) {
-        *self.listing.lock() = None;
+        self.listings.lock().clear();
         *self.xattr_names.lock() = None;
         *self.lower_read_fd.lock() = None;
     }
@@ -141,7 +143,6 @@ impl Inode {
     /// is stale, and one being made right now must not be cached.
     pub fn dir_changed(&self) {
         self.cache.listing_gen.fetch_add(1, Ordering::SeqCst);
-        *self.cache.listing.lock() = None;
     }
 
     pub fn is_unlinked(&self) -> bool {

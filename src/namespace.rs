@@ -358,7 +358,8 @@ impl LayerFs {
         if !child.is_dir {
             return Err(errno(libc::ENOTDIR));
         }
-        if !self.merged_listing(&child.reals())?.is_empty() {
+        // Only "." and "..": empty.
+        if self.current_listing(&child)?.1.len() > 2 {
             return Err(errno(libc::ENOTEMPTY));
         }
         let pu = self.upper_dir(&dir)?;
@@ -555,7 +556,7 @@ impl LayerFs {
                 if !src.is_dir && d.is_dir {
                     return Err(errno(libc::EISDIR));
                 }
-                if d.is_dir && !self.merged_listing(&d.reals())?.is_empty() {
+                if d.is_dir && self.current_listing(d)?.1.len() > 2 {
                     return Err(errno(libc::ENOTEMPTY));
                 }
             }

@@ -84,12 +84,34 @@ pub struct DirEntryOut {
     pub ino: u64,
 }
 
-/// An open directory: the merged listing taken at opendir, served by
-/// offset (entry i has offset i + 1), as POSIX wants for a stable readdir.
+/// Part of a directory listing for one readdir request.
 #[derive(Debug)]
-pub struct OpenDir {
-    pub ino: u64,
+pub struct DirPage {
     pub entries: Arc<Vec<DirEntryOut>>,
+    /// Generation of the snapshot, for the cookies of its entries.
+    pub gen: u64,
+    /// First entry to send.
+    pub start: usize,
+}
+
+impl DirPage {
+    /// The readdir cookie that resumes after entry `index`.
+    pub fn cookie_after(&self, index: usize) -> u64 {
+        ((self.gen & COOKIE_GEN_MASK) << 32) | (index as u64 + 1)
+    }
+}
+
+/// Listing snapshots kept per directory for iterations in progress.
+const LISTINGS_KEPT: usize = 4;
+/// Bits of the generation carried in a readdir cookie (above 32 bits of
+/// index, below the sign bit).
+const COOKIE_GEN_MASK: u64 = 0x7fff;
+
+fn split_cookie(offset: u64) -> (u64, usize) {
+    (
+        (offset >> 32) & COOKIE_GEN_MASK,
+        (offset & 0xffff_ffff) as usize,
+    )
 }
 
 /// What the filesystem found for one layer during a lookup.
@@ -116,7 +138,6 @@ pub struct LayerFs {
     /// copy-ups (which keep the origin's number) and renumbered objects.
     numbers: DashMap<(u64, u64), u64>,
     files: DashMap<u64, Arc<OpenFile>>,
-    dirs: DashMap<u64, Arc<OpenDir>>,
     next_fh: AtomicU64,
 }
 
@@ -178,7 +199,6 @@ impl LayerFs {
             handle_roots,
             numbers: DashMap::new(),
             files: DashMap::new(),
-            dirs: DashMap::new(),
             next_fh: AtomicU64::new(1),
         })
     }
@@ -703,30 +723,30 @@ impl LayerFs {
 
     // ---- directories --------------------------------------------------
 
-    pub fn opendir(&self, ino: u64) -> io::Result<u64> {
-        let inode = self.inode(ino)?;
+    /// The current merged listing of a directory, cached in its inode.
+    pub(crate) fn current_listing(
+        &self,
+        inode: &Inode,
+    ) -> io::Result<(u64, Arc<Vec<DirEntryOut>>)> {
         if !inode.is_dir {
             return Err(errno(libc::ENOTDIR));
         }
-        let entries = {
-            // Held while listing: concurrent opendirs of one directory wait
-            // for one listing instead of each making its own.
-            let mut cached = inode.cache.listing.lock();
-            let gen = inode.cache.listing_gen.load(Ordering::SeqCst);
-            match &*cached {
-                Some((g, l)) if *g == gen => Arc::clone(l),
-                _ => {
-                    let l = Arc::new(self.list_dir(&inode)?);
-                    if inode.cache.listing_gen.load(Ordering::SeqCst) == gen {
-                        *cached = Some((gen, Arc::clone(&l)));
-                    }
-                    l
-                }
+        // Held while listing: concurrent readers of one directory wait for
+        // one listing instead of each making its own.
+        let mut cached = inode.cache.listings.lock();
+        let gen = inode.cache.listing_gen.load(Ordering::SeqCst);
+        if let Some((g, l)) = cached.front() {
+            if *g == gen {
+                return Ok((gen, Arc::clone(l)));
             }
-        };
-        let fh = self.new_fh();
-        self.dirs.insert(fh, Arc::new(OpenDir { ino, entries }));
-        Ok(fh)
+        }
+        let l = Arc::new(self.list_dir(inode)?);
+        // A change that ran meanwhile makes this listing stale already.
+        if inode.cache.listing_gen.load(Ordering::SeqCst) == gen {
+            cached.push_front((gen, Arc::clone(&l)));
+            cached.truncate(LISTINGS_KEPT);
+        }
+        Ok((gen, l))
     }
 
     /// The merged listing of a directory inode, `.` and `..` first.
@@ -735,7 +755,7 @@ impl LayerFs {
             let s = inode.state.read();
             (s.reals.clone(), s.parent)
         };
-        let merged = self.merged_listing_learning(&reals, Some(inode))?;
+        let merged = self.merged_listing(&reals, inode)?;
         let parent_ino = if inode.ino == ROOT_INO {
             inode.st_ino
         } else {
@@ -798,18 +818,10 @@ impl LayerFs {
         Some(n)
     }
 
-    /// The merged listing of a directory's real parts, top first.
-    pub(crate) fn merged_listing(&self, reals: &[RealEntry]) -> io::Result<Vec<MergedEntry>> {
-        self.merged_listing_learning(reals, None)
-    }
-
-    /// As `merged_listing`, recording in `inode` which layers' parts hold
-    /// no OCI markers (so later lookups need not probe for them).
-    fn merged_listing_learning(
-        &self,
-        reals: &[RealEntry],
-        inode: Option<&Inode>,
-    ) -> io::Result<Vec<MergedEntry>> {
+    /// The merged listing of a directory's real parts, top first,
+    /// recording in `inode` which layers' parts hold no OCI markers (so
+    /// later lookups need not probe for them).
+    fn merged_listing(&self, reals: &[RealEntry], inode: &Inode) -> io::Result<Vec<MergedEntry>> {
         let mut listings = Vec::with_capacity(reals.len());
         let mut clean = 0u64;
         for r in reals {
@@ -819,11 +831,7 @@ impl LayerFs {
             }
             listings.push(entries);
         }
-        if let Some(i) = inode {
-            i.cache
-                .oci_clean
-                .fetch_or(clean, std::sync::atomic::Ordering::Relaxed);
-        }
+        inode.cache.oci_clean.fetch_or(clean, Ordering::Relaxed);
         Ok(dir::merge_listings(listings))
     }
 
@@ -882,22 +890,43 @@ impl LayerFs {
         Ok((out, markers))
     }
 
-    fn open_dir(&self, fh: u64) -> io::Result<Arc<OpenDir>> {
-        self.dirs
-            .get(&fh)
-            .map(|d| Arc::clone(d.value()))
-            .ok_or_else(|| errno(libc::EBADF))
-    }
-
-    /// The entries of an open directory from `offset` on.
-    pub fn readdir(&self, fh: u64, offset: u64) -> io::Result<(Arc<OpenDir>, usize)> {
-        let d = self.open_dir(fh)?;
-        let start = (offset as usize).min(d.entries.len());
-        Ok((d, start))
-    }
-
-    pub fn releasedir(&self, fh: u64) {
-        self.dirs.remove(&fh);
+    /// The entries of directory `ino` from the readdir cookie `offset` on.
+    /// Directories are never opened (OPENDIR answers ENOSYS, so the kernel
+    /// neither sends OPENDIR nor RELEASEDIR and caches listings itself);
+    /// a cookie names the listing snapshot it came from, so one iteration
+    /// reads one snapshot even while the directory changes.
+    pub fn readdir(&self, ino: u64, offset: u64) -> io::Result<DirPage> {
+        let inode = self.inode(ino)?;
+        if offset != 0 {
+            let (gen, index) = split_cookie(offset);
+            let kept = inode
+                .cache
+                .listings
+                .lock()
+                .iter()
+                .find(|(g, _)| g & COOKIE_GEN_MASK == gen)
+                .map(|(g, l)| (*g, Arc::clone(l)));
+            if let Some((g, entries)) = kept {
+                return Ok(DirPage {
+                    start: index.min(entries.len()),
+                    gen: g,
+                    entries,
+                });
+            }
+            // A snapshot this old is gone: continue in the current one.
+            let (g, entries) = self.current_listing(&inode)?;
+            return Ok(DirPage {
+                start: index.min(entries.len()),
+                gen: g,
+                entries,
+            });
+        }
+        let (gen, entries) = self.current_listing(&inode)?;
+        Ok(DirPage {
+            entries,
+            gen,
+            start: 0,
+        })
     }
 
     // ---- metadata -----------------------------------------------------
