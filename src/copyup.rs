@@ -13,6 +13,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::inode::{Inode, RealEntry};
@@ -22,14 +23,39 @@ use crate::sys::{self, TimeSpec};
 use crate::whiteout::{self, DirMarks};
 use crate::workdir::Staged;
 
+/// Set once FICLONE failed for lack of support.
+static NO_REFLINK: AtomicBool = AtomicBool::new(false);
+/// Files up to this size are copied in one go, without looking for holes.
+const SMALL_FILE: u64 = 64 * 1024;
+
 /// Copies `len` bytes of file data, keeping holes: only the extents
 /// SEEK_DATA reports are copied; the size is set at the end.
 pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     if len == 0 {
         return Ok(());
     }
-    if sys::ficlone(dst, src).is_ok() {
-        return Ok(());
+    if !NO_REFLINK.load(Ordering::Relaxed) {
+        match sys::ficlone(dst, src) {
+            Ok(()) => return Ok(()),
+            // The upper filesystem cannot share extents: stop asking.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP)
+                        | Some(libc::EXDEV)
+                        | Some(libc::EINVAL)
+                        | Some(libc::ENOTTY)
+                ) =>
+            {
+                NO_REFLINK.store(true, Ordering::Relaxed)
+            }
+            Err(_) => {}
+        }
+    }
+    if len <= SMALL_FILE {
+        // Too small for holes to matter: one copy, no extent walk.
+        copy_range(src, dst, 0, len)?;
+        return sys::ftruncate(dst, len);
     }
     let mut off: u64 = 0;
     while off < len {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use fuser::FileAttr;
 
-use crate::inode::{Inode, RealEntry, ROOT_INO};
+use crate::inode::{Inode, InodeState, RealEntry, ROOT_INO};
 use crate::lookup::Resolved;
 use crate::ops::{check_name, errno, has_xattr_whiteout, LayerFs};
 use crate::sys;
@@ -156,7 +156,7 @@ impl LayerFs {
         owner: Option<Owner>,
         mode: Option<u32>,
         build: impl FnOnce(BorrowedFd<'_>, &OsStr) -> io::Result<Option<OwnedFd>>,
-    ) -> io::Result<Option<OwnedFd>> {
+    ) -> io::Result<(Option<OwnedFd>, OwnedFd)> {
         check_name(name)?;
         if whiteout::is_oci_marker(name.as_bytes()) {
             // Such a name would read back as a marker, not as the object.
@@ -165,7 +165,7 @@ impl LayerFs {
         let up = self.upper_ctx()?;
         let pu = self.upper_dir(parent)?;
         parent.dir_changed();
-        let finish = |dir: BorrowedFd<'_>, n: &OsStr| -> io::Result<()> {
+        let finish = |dir: BorrowedFd<'_>, n: &OsStr| -> io::Result<OwnedFd> {
             let fd = sys::openat(dir, n, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
             if let Some(o) = owner {
                 sys::fchown_fd(fd.as_fd(), o.uid, o.gid)?;
@@ -173,31 +173,27 @@ impl LayerFs {
             if let Some(m) = mode {
                 sys::fchmod_fd(fd.as_fd(), m)?;
             }
-            Ok(())
+            Ok(fd)
         };
         match self.upper_slot(&pu, name)? {
             UpperSlot::Entry => Err(errno(libc::EEXIST)),
             UpperSlot::Empty => {
                 let fd = build(pu.fd.as_fd(), name)?;
-                if let Err(e) = finish(pu.fd.as_fd(), name) {
-                    let flag = if is_dir { libc::AT_REMOVEDIR } else { 0 };
-                    let _ = sys::unlinkat(pu.fd.as_fd(), name, flag);
-                    return Err(e);
+                match finish(pu.fd.as_fd(), name) {
+                    Ok(path) => Ok((fd, path)),
+                    Err(e) => {
+                        let flag = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+                        let _ = sys::unlinkat(pu.fd.as_fd(), name, flag);
+                        Err(e)
+                    }
                 }
-                Ok(fd)
             }
             UpperSlot::Whiteout => {
                 let staged = Staged::new(&up.work);
                 let fd = build(up.work.fd(), &staged.name)?;
-                finish(up.work.fd(), &staged.name)?;
+                let path = finish(up.work.fd(), &staged.name)?;
                 if is_dir {
-                    let d = sys::openat(
-                        up.work.fd(),
-                        &staged.name,
-                        libc::O_PATH | libc::O_NOFOLLOW,
-                        0,
-                    )?;
-                    sys::setxattr_fd(d.as_fd(), &up.ns.name("opaque"), b"y", 0)?;
+                    sys::setxattr_fd(path.as_fd(), &up.ns.name("opaque"), b"y", 0)?;
                 }
                 sys::renameat2(
                     up.work.fd(),
@@ -208,9 +204,47 @@ impl LayerFs {
                 )?;
                 // `staged` now names the whiteout: dropping it removes it.
                 drop(staged);
-                Ok(fd)
+                Ok((fd, path))
             }
         }
+    }
+
+    /// The inode of an object this mount just created in the upper layer:
+    /// nothing below can merge with it (a lower name there was hidden, or
+    /// the kernel would not have asked to create it), so it is built from
+    /// its one real object without a full lookup. Takes a lookup reference.
+    fn new_upper_inode(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        path: OwnedFd,
+    ) -> io::Result<(Arc<Inode>, FileAttr)> {
+        let up = self.upper_ctx()?;
+        let st = sys::fstat(path.as_fd())?;
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let mut number = self.number_of_new(st.st_dev, st.st_ino);
+        if self.inodes.get(number).is_some_and(|i| i.is_unlinked()) {
+            number = self.inodes.fresh_number();
+            self.remember_number(st.st_dev, st.st_ino, number);
+        }
+        let attr = crate::attr::from_stat(&st, number, false);
+        let inode = self.inodes.lookup_insert(number, || {
+            Inode::new(
+                number,
+                number,
+                is_dir,
+                InodeState {
+                    reals: vec![RealEntry {
+                        layer: up.idx,
+                        fd: Arc::new(path),
+                        marks: Default::default(),
+                    }],
+                    parent,
+                    name: name.to_os_string(),
+                },
+            )
+        });
+        Ok((inode, attr))
     }
 
     /// Owner of a new object: the caller, with the group of a setgid parent.
@@ -239,12 +273,12 @@ impl LayerFs {
         let (owner, _) = self.owner_for(&dir, uid, gid)?;
         let perm = mode & 0o7777;
         let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK;
-        let fd = self.place(&dir, name, false, Some(owner), Some(perm), |at, n| {
+        let (fd, path) = self.place(&dir, name, false, Some(owner), Some(perm), |at, n| {
             let oflags = (flags & keep) | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY;
             sys::openat(at, n, oflags, perm).map(Some)
         })?;
         dir.dir_changed();
-        let (inode, attr) = self.lookup(parent, name)?;
+        let (inode, attr) = self.new_upper_inode(parent, name, path)?;
         let fd = fd.ok_or_else(|| errno(libc::EIO))?;
         Ok((inode, attr, self.add_file(fd)))
     }
@@ -261,7 +295,7 @@ impl LayerFs {
         let dir = self.inode(parent)?;
         let (owner, _) = self.owner_for(&dir, uid, gid)?;
         let dev = decode_rdev(rdev);
-        self.place(
+        let (_, path) = self.place(
             &dir,
             name,
             false,
@@ -269,7 +303,8 @@ impl LayerFs {
             Some(mode & 0o7777),
             |at, n| sys::mknodat(at, n, mode, dev).map(|_| None),
         )?;
-        self.lookup(parent, name)
+        dir.dir_changed();
+        self.new_upper_inode(parent, name, path)
     }
 
     pub fn mkdir(
@@ -286,11 +321,11 @@ impl LayerFs {
         if sgid {
             perm |= libc::S_ISGID;
         }
-        self.place(&dir, name, true, Some(owner), Some(perm), |at, n| {
+        let (_, path) = self.place(&dir, name, true, Some(owner), Some(perm), |at, n| {
             sys::mkdirat(at, n, perm).map(|_| None)
         })?;
         dir.dir_changed();
-        self.lookup(parent, name)
+        self.new_upper_inode(parent, name, path)
     }
 
     pub fn symlink(
@@ -303,11 +338,11 @@ impl LayerFs {
     ) -> io::Result<(Arc<Inode>, FileAttr)> {
         let dir = self.inode(parent)?;
         let (owner, _) = self.owner_for(&dir, uid, gid)?;
-        self.place(&dir, name, false, Some(owner), None, |at, n| {
+        let (_, path) = self.place(&dir, name, false, Some(owner), None, |at, n| {
             sys::symlinkat(target, at, n).map(|_| None)
         })?;
         dir.dir_changed();
-        self.lookup(parent, name)
+        self.new_upper_inode(parent, name, path)
     }
 
     pub fn link(
@@ -331,25 +366,93 @@ impl LayerFs {
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> io::Result<()> {
         let dir = self.inode(parent)?;
-        let child = self.child(parent, name)?;
-        if child.is_dir {
-            return Err(errno(libc::EISDIR));
-        }
         let pu = self.upper_dir(&dir)?;
-        let lower = self.lower_positive(&dir, name)?;
         dir.dir_changed();
-        match self.upper_slot(&pu, name)? {
-            UpperSlot::Entry if lower => self.replace_with_whiteout(&pu, name, &dir)?,
-            UpperSlot::Entry => sys::unlinkat(pu.fd.as_fd(), name, 0)?,
-            UpperSlot::Empty if lower => {
-                self.make_whiteout(pu.fd.as_fd(), name, &dir)?;
-                self.adjust_nlink_delta(&child, -1)?;
+        // The name is looked at directly, layer by layer, rather than
+        // through a full lookup of the child: the kernel checked it exists
+        // and is not a directory.
+        match self.upper_entry(&pu, name)? {
+            Some((fd, st)) => {
+                if self.lower_positive(&dir, name)? {
+                    self.replace_with_whiteout(&pu, name, &dir)?;
+                } else {
+                    sys::unlinkat(pu.fd.as_fd(), name, 0)?;
+                }
+                if st.st_nlink <= 1
+                    || sys::fstat(fd.as_fd())
+                        .map(|s| s.st_nlink == 0)
+                        .unwrap_or(true)
+                {
+                    self.mark_gone(&st);
+                }
             }
-            UpperSlot::Empty | UpperSlot::Whiteout => return Err(errno(libc::ENOENT)),
+            None => {
+                let lowers: Vec<RealEntry> = dir
+                    .reals()
+                    .into_iter()
+                    .filter(|r| !self.is_upper(r.layer))
+                    .collect();
+                let hit = match self.resolve_in(&lowers, name)? {
+                    Resolved::Absent => return Err(errno(libc::ENOENT)),
+                    Resolved::NonDir(h) => h,
+                    Resolved::Dir(_) => return Err(errno(libc::EISDIR)),
+                };
+                self.make_whiteout(pu.fd.as_fd(), name, &dir)?;
+                // One name of a copied-up lower hardlink set went away.
+                if hit.st.st_nlink > 1 {
+                    if let Some(i) = self.live_inode_of(&hit.st) {
+                        self.adjust_nlink_delta(&i, -1)?;
+                    }
+                }
+            }
         }
         dir.dir_changed();
-        self.note_removed(&child);
         Ok(())
+    }
+
+    /// The object at `name` in upper directory `pu`, unless absent or a
+    /// whiteout.
+    fn upper_entry(
+        &self,
+        pu: &RealEntry,
+        name: &OsStr,
+    ) -> io::Result<Option<(OwnedFd, sys::Stat)>> {
+        let fd = match sys::openat(pu.fd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+            Ok(fd) => fd,
+            Err(e) if is_enoent(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let st = sys::fstat(fd.as_fd())?;
+        if whiteout::is_chardev_whiteout(&st)
+            || (pu.marks.xwhiteouts
+                && whiteout::may_be_xattr_whiteout(&st)
+                && has_xattr_whiteout(&fd)?)
+        {
+            return Ok(None);
+        }
+        Ok(Some((fd, st)))
+    }
+
+    /// The live inode whose number comes from the real object `st`, if the
+    /// kernel holds one.
+    fn live_inode_of(&self, st: &sys::Stat) -> Option<Arc<Inode>> {
+        let n = self.number_of_new(st.st_dev, st.st_ino);
+        self.inodes.get(n)
+    }
+
+    /// The last name of the upper object `st` is gone: its number must not
+    /// be reused while the kernel holds it (only objects numbered by their
+    /// own upper inode can meet a reused inode number).
+    fn mark_gone(&self, st: &sys::Stat) {
+        if let Some(i) = self.live_inode_of(st) {
+            let top = i.top();
+            if self.is_upper(top.layer)
+                && sys::fstat(top.fd.as_fd())
+                    .is_ok_and(|t| t.st_ino == st.st_ino && t.st_dev == st.st_dev)
+            {
+                i.mark_unlinked();
+            }
+        }
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> io::Result<()> {

@@ -232,6 +232,11 @@ impl LayerFs {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The number of an object this mount just created in the upper layer.
+    pub(crate) fn number_of_new(&self, dev: u64, ino: u64) -> u64 {
+        self.number_for(dev, ino)
+    }
+
     /// The number shown for a real object of identity (dev, ino).
     fn number_for(&self, dev: u64, ino: u64) -> u64 {
         if let Some(n) = self.numbers.get(&(dev, ino)) {

@@ -1025,3 +1025,39 @@ fn fallocate_seek_hole_and_copy_file_range() {
         "reading a lower file copies nothing up"
     );
 }
+
+#[test]
+fn deleting_while_reading_a_big_directory_sees_every_entry_once() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    for i in 0..3000 {
+        write(
+            &l1.join(format!("big/lower-{i:04}-with-a-longish-name")),
+            b"",
+        );
+    }
+    for i in 0..1000 {
+        write(
+            &l0.join(format!("big/upper-{i:04}-with-a-longish-name")),
+            b"",
+        );
+    }
+    let (opts, _u, _w) = rw_opts(t.path(), &[l0, l1], "");
+    let m = try_mount_layerfs(&opts, &t.path().join("m")).unwrap();
+    // Unlink each entry as soon as readdir returns it: the listing spans
+    // many readdir calls, and every one of them sees a changed directory.
+    let mut seen = std::collections::HashSet::new();
+    for e in fs::read_dir(m.path("big")).unwrap() {
+        let e = e.unwrap();
+        assert!(
+            seen.insert(e.file_name()),
+            "{:?} returned twice",
+            e.file_name()
+        );
+        fs::remove_file(e.path()).unwrap();
+    }
+    assert_eq!(seen.len(), 4000);
+    assert_eq!(fs::read_dir(m.path("big")).unwrap().count(), 0);
+    fs::remove_dir(m.path("big")).unwrap();
+}
