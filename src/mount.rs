@@ -80,9 +80,11 @@ fn check_dir(what: &str, p: &Path, writable: bool) -> Result<(PathBuf, sys::Stat
             describe(&e)
         ))
     })?;
-    sys::read_dir_fd(fd.as_fd()).map_err(|e| {
+    drop(fd);
+    // Entering it (search permission) is needed as well as listing it.
+    sys::access_path(&canon, libc::R_OK | libc::X_OK).map_err(|e| {
         MountError(format!(
-            "{what} {}: cannot be listed: {}",
+            "{what} {}: cannot be entered: {}",
             p.display(),
             describe(&e)
         ))
