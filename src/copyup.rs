@@ -206,7 +206,7 @@ impl LayerFs {
             }
             return self.complete_metacopy(inode, mode);
         }
-        let st = sys::fstat(top.fd.as_fd())?;
+        let st = sys::fstat(top.fd.get()?.as_fd())?;
         let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
         let mode = match mode {
             CopyMode::MetaOnly if !(self.opts.metacopy && regular && st.st_nlink == 1) => {
@@ -223,7 +223,7 @@ impl LayerFs {
         // A lower file with several names goes through the index, so that
         // every name keeps reaching the one upper copy.
         let indexed = regular && st.st_nlink > 1 && mode != CopyMode::MetaOnly;
-        let fd = self.stage_copy(&top, &st, parent_up.fd.as_fd(), &name, mode, indexed)?;
+        let fd = self.stage_copy(&top, &st, parent_up.fd.get()?.as_fd(), &name, mode, indexed)?;
         let ust = sys::fstat(fd.as_fd())?;
         self.remember_number(ust.st_dev, ust.st_ino, inode.st_ino);
         if indexed {
@@ -231,7 +231,7 @@ impl LayerFs {
         }
         let entry = RealEntry {
             layer: up.idx,
-            fd: Arc::new(fd),
+            fd: fd.into(),
             marks: DirMarks::default(),
         };
         {
@@ -245,7 +245,7 @@ impl LayerFs {
             }
         }
         *inode.cache.xattr_names.lock() = None;
-        *inode.cache.lower_read_fd.lock() = None;
+        *inode.cache.lower_read_fd.lock() = std::sync::Weak::new();
         Ok(entry)
     }
 
@@ -259,21 +259,21 @@ impl LayerFs {
             (s.reals[0].clone(), s.reals[1].clone())
         };
         if mode == CopyMode::Full {
-            let st = sys::fstat(upper.fd.as_fd())?;
-            let dst = sys::reopen(upper.fd.as_fd(), libc::O_WRONLY)?;
-            let src = sys::reopen(lower.fd.as_fd(), libc::O_RDONLY)?;
+            let st = sys::fstat(upper.fd.get()?.as_fd())?;
+            let dst = sys::reopen(upper.fd.get()?.as_fd(), libc::O_WRONLY)?;
+            let src = sys::reopen(lower.fd.get()?.as_fd(), libc::O_RDONLY)?;
             copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
             if up.fsync {
                 sys::fsync(dst.as_fd(), false)?;
             }
         }
-        match sys::removexattr_fd(upper.fd.as_fd(), &up.ns.name("metacopy")) {
+        match sys::removexattr_fd(upper.fd.get()?.as_fd(), &up.ns.name("metacopy")) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
             Err(e) => return Err(e),
         }
         inode.state.write().reals.truncate(1);
-        *inode.cache.lower_read_fd.lock() = None;
+        *inode.cache.lower_read_fd.lock() = std::sync::Weak::new();
         Ok(upper)
     }
 
@@ -303,7 +303,7 @@ impl LayerFs {
                 )?;
                 match mode {
                     CopyMode::Full => {
-                        let srcf = sys::reopen(src.fd.as_fd(), libc::O_RDONLY)?;
+                        let srcf = sys::reopen(src.fd.get()?.as_fd(), libc::O_RDONLY)?;
                         copy_data(srcf.as_fd(), dst.as_fd(), st.st_size as u64)?;
                     }
                     // Same size, no blocks: reads go to the lower file.
@@ -314,7 +314,7 @@ impl LayerFs {
             }
             libc::S_IFDIR => sys::mkdirat(work.fd(), &staged.name, 0o700)?,
             libc::S_IFLNK => {
-                let target = sys::readlink_fd(src.fd.as_fd())?;
+                let target = sys::readlink_fd(src.fd.get()?.as_fd())?;
                 sys::symlinkat(OsStr::from_bytes(&target), work.fd(), &staged.name)?;
             }
             _ => sys::mknodat(work.fd(), &staged.name, st.st_mode, st.st_rdev)?,
@@ -326,7 +326,7 @@ impl LayerFs {
         if fmt != libc::S_IFLNK {
             sys::fchmod_fd(fd.as_fd(), st.st_mode & 0o7777)?;
         }
-        copy_xattrs(src.fd.as_fd(), fd.as_fd())?;
+        copy_xattrs(src.fd.get()?.as_fd(), fd.as_fd())?;
         let origin = self.set_origin(src, fd.as_fd())?;
         if mode == CopyMode::MetaOnly {
             sys::setxattr_fd(fd.as_fd(), &up.ns.name("metacopy"), b"", 0)?;
@@ -380,7 +380,7 @@ impl LayerFs {
     /// The origin value (kernel format) of a lower object, if its
     /// filesystem can make file handles.
     pub(crate) fn origin_of(&self, src: &RealEntry) -> Option<Vec<u8>> {
-        let handle = sys::name_to_handle(src.fd.as_fd()).ok()?;
+        let handle = sys::name_to_handle(src.fd.get().ok()?.as_fd()).ok()?;
         origin::encode(&self.layer_uuid(src.layer), &handle)
     }
 

@@ -34,12 +34,48 @@ use crate::whiteout::DirMarks;
 /// The FUSE root node id.
 pub const ROOT_INO: u64 = 1;
 
+/// How an inode reaches one real object.
+#[derive(Debug, Clone)]
+pub enum RealFd {
+    /// An O_PATH, O_NOFOLLOW fd of the object, held.
+    Held(Arc<OwnedFd>),
+    /// A lower non-directory, reopened by name in its parent's real
+    /// directory when needed: lower layers never change, and holding no fd
+    /// per file keeps a walk of a huge image under the open-file limit
+    /// (directories still hold theirs).
+    At {
+        dir: Arc<OwnedFd>,
+        name: Arc<std::ffi::OsStr>,
+    },
+}
+
+impl RealFd {
+    /// An O_PATH fd of the object.
+    pub fn get(&self) -> std::io::Result<Arc<OwnedFd>> {
+        match self {
+            RealFd::Held(fd) => Ok(Arc::clone(fd)),
+            RealFd::At { dir, name } => Ok(Arc::new(crate::sys::openat(
+                std::os::fd::AsFd::as_fd(&**dir),
+                name,
+                libc::O_PATH | libc::O_NOFOLLOW,
+                0,
+            )?)),
+        }
+    }
+}
+
+impl From<OwnedFd> for RealFd {
+    fn from(fd: OwnedFd) -> RealFd {
+        RealFd::Held(Arc::new(fd))
+    }
+}
+
 /// One real file or directory behind an inode, in one layer.
 #[derive(Debug, Clone)]
 pub struct RealEntry {
     pub layer: LayerIdx,
-    /// O_PATH, O_NOFOLLOW fd of the real object.
-    pub fd: Arc<OwnedFd>,
+    /// How to reach the real object.
+    pub fd: RealFd,
     /// For directories: the overlay marks found in this layer.
     pub marks: DirMarks,
 }
@@ -94,8 +130,9 @@ pub struct InodeCache {
     /// (dropped by xattr changes and copy-up): answers "no such xattr"
     /// without a syscall, which `ls -l` asks for every file.
     pub xattr_names: Mutex<Option<Arc<Vec<u8>>>>,
-    /// A read-only fd of a lower file, shared by its read-only opens.
-    pub lower_read_fd: Mutex<Option<Arc<OwnedFd>>>,
+    /// A read-only fd of a lower file, shared by its read-only opens while
+    /// any is open (weak: a closed file holds no fd).
+    pub lower_read_fd: Mutex<std::sync::Weak<OwnedFd>>,
     /// Bit i set: layer i's part of this directory holds no OCI `.wh.`
     /// markers (learnt from listing it), so lookups skip probing for them.
     pub oci_clean: AtomicU64,
@@ -106,7 +143,7 @@ impl InodeCache {
     pub fn clear(&self) {
         self.listings.lock().clear();
         *self.xattr_names.lock() = None;
-        *self.lower_read_fd.lock() = None;
+        *self.lower_read_fd.lock() = std::sync::Weak::new();
     }
 }
 
@@ -268,7 +305,7 @@ mod tests {
         InodeState {
             reals: vec![RealEntry {
                 layer: LayerIdx(0),
-                fd: Arc::new(fd.as_fd().try_clone_to_owned().unwrap()),
+                fd: fd.as_fd().try_clone_to_owned().unwrap().into(),
                 marks: DirMarks::default(),
             }],
             parent: ROOT_INO,

@@ -34,7 +34,8 @@ impl LayerFs {
             Some(_) => self.copy_up(&inode)?,
             None => self.copy_up_meta(&inode)?,
         };
-        let fd = up.fd.as_fd();
+        let held = up.fd.get()?;
+        let fd = held.as_fd();
         if let Some(size) = a.size {
             match a.fh.and_then(|fh| self.file(fh).ok()) {
                 Some(f) => sys::ftruncate(f.fd.as_fd(), size)?,
@@ -97,7 +98,7 @@ impl LayerFs {
         if !self.is_upper(top.layer) {
             return Ok(());
         }
-        let d = sys::reopen(top.fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let d = sys::reopen(top.fd.get()?.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
         sys::fsync(d.as_fd(), datasync)
     }
 
@@ -132,7 +133,7 @@ impl LayerFs {
         }
         let inode = self.inode(ino)?;
         let up = self.copy_up_meta(&inode)?;
-        sys::setxattr_fd(up.fd.as_fd(), &sys::cstr(name)?, value, flags)
+        sys::setxattr_fd(up.fd.get()?.as_fd(), &sys::cstr(name)?, value, flags)
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> io::Result<()> {
@@ -142,8 +143,8 @@ impl LayerFs {
         let inode = self.inode(ino)?;
         let c = sys::cstr(name)?;
         // Removing what is not there changes nothing: no copy-up for it.
-        sys::getxattr_fd(inode.top().fd.as_fd(), &c)?;
+        sys::getxattr_fd(inode.top().fd.get()?.as_fd(), &c)?;
         let up = self.copy_up_meta(&inode)?;
-        sys::removexattr_fd(up.fd.as_fd(), &c)
+        sys::removexattr_fd(up.fd.get()?.as_fd(), &c)
     }
 }

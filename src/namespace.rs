@@ -50,7 +50,12 @@ fn is_enoent(e: &io::Error) -> bool {
 impl LayerFs {
     /// What is at `name` in the upper directory `pu`.
     fn upper_slot(&self, pu: &RealEntry, name: &OsStr) -> io::Result<UpperSlot> {
-        let fd = match sys::openat(pu.fd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+        let fd = match sys::openat(
+            pu.fd.get()?.as_fd(),
+            name,
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        ) {
             Ok(fd) => fd,
             Err(e) if is_enoent(&e) => return Ok(UpperSlot::Empty),
             Err(e) => return Err(e),
@@ -102,7 +107,7 @@ impl LayerFs {
         let mut s = dir.state.write();
         if let Some(r) = s.reals.iter_mut().find(|r| r.layer == up.idx) {
             if !r.marks.opaque && !r.marks.xwhiteouts {
-                sys::setxattr_fd(r.fd.as_fd(), &up.ns.name("opaque"), b"x", 0)?;
+                sys::setxattr_fd(r.fd.get()?.as_fd(), &up.ns.name("opaque"), b"x", 0)?;
                 r.marks.xwhiteouts = true;
             }
         }
@@ -119,7 +124,7 @@ impl LayerFs {
         sys::renameat2(
             up.work.fd(),
             &staged.name,
-            pu.fd.as_fd(),
+            pu.fd.get()?.as_fd(),
             name,
             libc::RENAME_EXCHANGE,
         )?;
@@ -134,7 +139,7 @@ impl LayerFs {
         let up = self.upper_ctx()?;
         let staged = Staged::new(&up.work);
         sys::renameat2(
-            pu.fd.as_fd(),
+            pu.fd.get()?.as_fd(),
             name,
             up.work.fd(),
             &staged.name,
@@ -178,12 +183,12 @@ impl LayerFs {
         match self.upper_slot(&pu, name)? {
             UpperSlot::Entry => Err(errno(libc::EEXIST)),
             UpperSlot::Empty => {
-                let fd = build(pu.fd.as_fd(), name)?;
-                match finish(pu.fd.as_fd(), name) {
+                let fd = build(pu.fd.get()?.as_fd(), name)?;
+                match finish(pu.fd.get()?.as_fd(), name) {
                     Ok(path) => Ok((fd, path)),
                     Err(e) => {
                         let flag = if is_dir { libc::AT_REMOVEDIR } else { 0 };
-                        let _ = sys::unlinkat(pu.fd.as_fd(), name, flag);
+                        let _ = sys::unlinkat(pu.fd.get()?.as_fd(), name, flag);
                         Err(e)
                     }
                 }
@@ -198,7 +203,7 @@ impl LayerFs {
                 sys::renameat2(
                     up.work.fd(),
                     &staged.name,
-                    pu.fd.as_fd(),
+                    pu.fd.get()?.as_fd(),
                     name,
                     libc::RENAME_EXCHANGE,
                 )?;
@@ -236,7 +241,7 @@ impl LayerFs {
                 InodeState {
                     reals: vec![RealEntry {
                         layer: up.idx,
-                        fd: Arc::new(path),
+                        fd: path.into(),
                         marks: Default::default(),
                     }],
                     parent,
@@ -358,7 +363,7 @@ impl LayerFs {
         let src = self.copy_up(&inode)?;
         let dir = self.inode(newparent)?;
         self.place(&dir, newname, false, None, None, |at, n| {
-            sys::link_fd(src.fd.as_fd(), at, n).map(|_| None)
+            sys::link_fd(src.fd.get()?.as_fd(), at, n).map(|_| None)
         })?;
         dir.dir_changed();
         self.lookup(newparent, newname)
@@ -376,7 +381,7 @@ impl LayerFs {
                 if self.lower_positive(&dir, name)? {
                     self.replace_with_whiteout(&pu, name, &dir)?;
                 } else {
-                    sys::unlinkat(pu.fd.as_fd(), name, 0)?;
+                    sys::unlinkat(pu.fd.get()?.as_fd(), name, 0)?;
                 }
                 if st.st_nlink <= 1
                     || sys::fstat(fd.as_fd())
@@ -397,7 +402,7 @@ impl LayerFs {
                     Resolved::NonDir(h) => h,
                     Resolved::Dir(_) => return Err(errno(libc::EISDIR)),
                 };
-                self.make_whiteout(pu.fd.as_fd(), name, &dir)?;
+                self.make_whiteout(pu.fd.get()?.as_fd(), name, &dir)?;
                 // One name of a copied-up lower hardlink set went away.
                 if hit.st.st_nlink > 1 {
                     if let Some(i) = self.live_inode_of(&hit.st) {
@@ -417,7 +422,12 @@ impl LayerFs {
         pu: &RealEntry,
         name: &OsStr,
     ) -> io::Result<Option<(OwnedFd, sys::Stat)>> {
-        let fd = match sys::openat(pu.fd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+        let fd = match sys::openat(
+            pu.fd.get()?.as_fd(),
+            name,
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        ) {
             Ok(fd) => fd,
             Err(e) if is_enoent(&e) => return Ok(None),
             Err(e) => return Err(e),
@@ -447,7 +457,10 @@ impl LayerFs {
         if let Some(i) = self.live_inode_of(st) {
             let top = i.top();
             if self.is_upper(top.layer)
-                && sys::fstat(top.fd.as_fd())
+                && top
+                    .fd
+                    .get()
+                    .and_then(|f| sys::fstat(f.as_fd()))
                     .is_ok_and(|t| t.st_ino == st.st_ino && t.st_dev == st.st_dev)
             {
                 i.mark_unlinked();
@@ -471,7 +484,7 @@ impl LayerFs {
         match self.upper_slot(&pu, name)? {
             UpperSlot::Entry if lower => self.replace_with_whiteout(&pu, name, &dir)?,
             UpperSlot::Entry => self.remove_upper(&pu, name)?,
-            UpperSlot::Empty if lower => self.make_whiteout(pu.fd.as_fd(), name, &dir)?,
+            UpperSlot::Empty if lower => self.make_whiteout(pu.fd.get()?.as_fd(), name, &dir)?,
             UpperSlot::Empty | UpperSlot::Whiteout => return Err(errno(libc::ENOENT)),
         }
         dir.dir_changed();
@@ -489,7 +502,7 @@ impl LayerFs {
         let d = d + by;
         let top = inode.top();
         sys::setxattr_fd(
-            top.fd.as_fd(),
+            top.fd.get()?.as_fd(),
             &up.ns.name("nlink"),
             format!("U{d:+}").as_bytes(),
             0,
@@ -505,7 +518,7 @@ impl LayerFs {
         if !self.is_upper(top.layer) {
             return;
         }
-        match sys::fstat(top.fd.as_fd()) {
+        match top.fd.get().and_then(|f| sys::fstat(f.as_fd())) {
             Ok(st) if st.st_nlink > 0 => {}
             _ => inode.mark_unlinked(),
         }
@@ -526,7 +539,10 @@ impl LayerFs {
         let redirect = upper.and_then(|u| {
             [whiteout::XattrNs::Trusted, whiteout::XattrNs::User]
                 .iter()
-                .find_map(|ns| sys::getxattr_fd(u.fd.as_fd(), &ns.name("redirect")).ok())
+                .find_map(|ns| {
+                    let f = u.fd.get().ok()?;
+                    sys::getxattr_fd(f.as_fd(), &ns.name("redirect")).ok()
+                })
                 .and_then(|v| Redirect::parse(&v))
         });
         let parent_path = || -> io::Result<Vec<u8>> {
@@ -578,7 +594,7 @@ impl LayerFs {
             let path = self.lower_path(inode)?;
             let top = self.copy_up(inode)?;
             if !top.marks.redirect {
-                sys::setxattr_fd(top.fd.as_fd(), &up.ns.name("redirect"), &path, 0)?;
+                sys::setxattr_fd(top.fd.get()?.as_fd(), &up.ns.name("redirect"), &path, 0)?;
                 let mut s = inode.state.write();
                 if let Some(r) = s.reals.iter_mut().find(|r| r.layer == up.idx) {
                     r.marks.redirect = true;
@@ -595,9 +611,9 @@ impl LayerFs {
             // Another name of a lower hardlink set was copied up: give this
             // name the same upper inode.
             if let UpperSlot::Whiteout = self.upper_slot(&pu, name)? {
-                sys::unlinkat(pu.fd.as_fd(), name, 0)?;
+                sys::unlinkat(pu.fd.get()?.as_fd(), name, 0)?;
             }
-            sys::link_fd(top.fd.as_fd(), pu.fd.as_fd(), name)?;
+            sys::link_fd(top.fd.get()?.as_fd(), pu.fd.get()?.as_fd(), name)?;
             self.adjust_nlink_delta(inode, -1)?;
         }
         Ok(())
@@ -609,7 +625,12 @@ impl LayerFs {
         let Some(pos) = s.reals.iter().position(|r| r.layer == up.idx) else {
             return Err(errno(libc::EIO));
         };
-        sys::setxattr_fd(s.reals[pos].fd.as_fd(), &up.ns.name("opaque"), b"y", 0)?;
+        sys::setxattr_fd(
+            s.reals[pos].fd.get()?.as_fd(),
+            &up.ns.name("opaque"),
+            b"y",
+            0,
+        )?;
         s.reals[pos].marks.opaque = true;
         s.reals.truncate(pos + 1);
         inode.dir_changed();
@@ -675,9 +696,9 @@ impl LayerFs {
             let d = dst.as_ref().ok_or_else(|| errno(libc::ENOENT))?;
             self.prepare_rename_source(d, &ddir, newname)?;
             sys::renameat2(
-                spu.fd.as_fd(),
+                spu.fd.get()?.as_fd(),
                 name,
-                dpu.fd.as_fd(),
+                dpu.fd.get()?.as_fd(),
                 newname,
                 libc::RENAME_EXCHANGE,
             )?;
@@ -699,15 +720,15 @@ impl LayerFs {
                     // directory cannot replace a device node), which then
                     // serves as the source's whiteout or is removed.
                     sys::renameat2(
-                        spu.fd.as_fd(),
+                        spu.fd.get()?.as_fd(),
                         name,
-                        dpu.fd.as_fd(),
+                        dpu.fd.get()?.as_fd(),
                         newname,
                         libc::RENAME_EXCHANGE,
                     )?;
                     if !src_lower {
-                        sys::unlinkat(spu.fd.as_fd(), name, 0)?;
-                    } else if !matches!(sys::lstatat(spu.fd.as_fd(), name), Ok(st) if whiteout::is_chardev_whiteout(&st))
+                        sys::unlinkat(spu.fd.get()?.as_fd(), name, 0)?;
+                    } else if !matches!(sys::lstatat(spu.fd.get()?.as_fd(), name), Ok(st) if whiteout::is_chardev_whiteout(&st))
                     {
                         self.mark_xwhiteouts(&sdir)?;
                     }
@@ -715,9 +736,9 @@ impl LayerFs {
                 _ if src_lower => {
                     let nr = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
                     match sys::renameat2(
-                        spu.fd.as_fd(),
+                        spu.fd.get()?.as_fd(),
                         name,
-                        dpu.fd.as_fd(),
+                        dpu.fd.get()?.as_fd(),
                         newname,
                         nr | libc::RENAME_WHITEOUT,
                     ) {
@@ -728,15 +749,27 @@ impl LayerFs {
                                 Some(libc::EPERM) | Some(libc::EINVAL)
                             ) =>
                         {
-                            sys::renameat2(spu.fd.as_fd(), name, dpu.fd.as_fd(), newname, nr)?;
-                            self.make_whiteout(spu.fd.as_fd(), name, &sdir)?;
+                            sys::renameat2(
+                                spu.fd.get()?.as_fd(),
+                                name,
+                                dpu.fd.get()?.as_fd(),
+                                newname,
+                                nr,
+                            )?;
+                            self.make_whiteout(spu.fd.get()?.as_fd(), name, &sdir)?;
                         }
                         Err(e) => return Err(e),
                     }
                 }
                 _ => {
                     let nr = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
-                    sys::renameat2(spu.fd.as_fd(), name, dpu.fd.as_fd(), newname, nr)?;
+                    sys::renameat2(
+                        spu.fd.get()?.as_fd(),
+                        name,
+                        dpu.fd.get()?.as_fd(),
+                        newname,
+                        nr,
+                    )?;
                 }
             }
         }

@@ -18,7 +18,7 @@ use fuser::{FileAttr, FileType};
 use crate::attr;
 use crate::copyup::CopyMode;
 use crate::dir::{self, LayerEntry, MergedEntry};
-use crate::inode::{Inode, InodeState, InodeTable, RealEntry, ROOT_INO};
+use crate::inode::{Inode, InodeState, InodeTable, RealEntry, RealFd, ROOT_INO};
 use crate::layers::{LayerIdx, LayerStack};
 use crate::lookup::{self, Probe, Resolved};
 use crate::origin;
@@ -118,6 +118,9 @@ fn split_cookie(offset: u64) -> (u64, usize) {
 pub(crate) struct Hit {
     pub layer: LayerIdx,
     pub fd: OwnedFd,
+    /// For a non-directory: its parent's real directory and its name, to
+    /// reach it again without holding `fd` (see `RealFd::At`).
+    pub at: Option<(Arc<OwnedFd>, Arc<OsStr>)>,
     pub st: Stat,
     pub marks: DirMarks,
 }
@@ -154,7 +157,7 @@ impl LayerFs {
             let marks = read_dir_marks(&fd)?;
             reals.push(RealEntry {
                 layer: idx,
-                fd: Arc::new(fd),
+                fd: fd.into(),
                 marks,
             });
             let rd = sys::reopen(layer.root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).ok();
@@ -177,7 +180,7 @@ impl LayerFs {
             }),
             _ => None,
         };
-        let top = sys::fstat(reals[0].fd.as_fd())?;
+        let top = sys::fstat(reals[0].fd.get()?.as_fd())?;
         let st_ino = layers.xino(top.st_dev, top.st_ino).unwrap_or(ROOT_INO);
         let root = Inode::new(
             ROOT_INO,
@@ -311,9 +314,9 @@ impl LayerFs {
             (s.reals[0].fd.clone(), data)
         };
         let merged = inode.is_dir && inode.state.read().reals.len() > 1;
-        let st = sys::fstat(top.as_fd())?;
+        let st = sys::fstat(top.get()?.as_fd())?;
         let data_st = match data {
-            Some(d) => Some(sys::fstat(d.as_fd())?),
+            Some(d) => Some(sys::fstat(d.get()?.as_fd())?),
             None => None,
         };
         Ok(compose_attr(
@@ -337,7 +340,7 @@ impl LayerFs {
         let index = up.work.index_fd()?;
         let entry = RealEntry {
             layer: lower.layer,
-            fd: Arc::new(sys::reopen(lower.fd.as_fd(), libc::O_PATH).ok()?),
+            fd: sys::reopen(lower.fd.as_fd(), libc::O_PATH).ok()?.into(),
             marks: DirMarks::default(),
         };
         let origin = self.origin_of(&entry)?;
@@ -349,6 +352,7 @@ impl LayerFs {
             fd,
             st,
             marks: DirMarks::default(),
+            at: None,
         })
     }
 
@@ -437,6 +441,7 @@ impl LayerFs {
                             st: sys::fstat(fd.as_fd())?,
                             fd,
                             marks: DirMarks::default(),
+                            at: None,
                         }),
                         None => self.find_lowerdata(&dir, name)?,
                     };
@@ -467,7 +472,12 @@ impl LayerFs {
                 .into_iter()
                 .map(|h| RealEntry {
                     layer: h.layer,
-                    fd: Arc::new(h.fd),
+                    // A lower file is reached by name when needed: no fd is
+                    // held per file, whatever the size of the tree walked.
+                    fd: match h.at {
+                        Some((dir, name)) if !self.is_upper(h.layer) => RealFd::At { dir, name },
+                        _ => h.fd.into(),
+                    },
                     marks: h.marks,
                 })
                 .collect();
@@ -574,12 +584,7 @@ impl LayerFs {
         };
         let mut cur = RealEntry {
             layer: idx,
-            fd: Arc::new(sys::openat(
-                self.layers.root_fd(idx),
-                OsStr::new("."),
-                libc::O_PATH,
-                0,
-            )?),
+            fd: sys::openat(self.layers.root_fd(idx), OsStr::new("."), libc::O_PATH, 0)?.into(),
             marks: DirMarks::default(),
         };
         let mut opaque_on_the_way = false;
@@ -591,7 +596,7 @@ impl LayerFs {
                     opaque_on_the_way |= opaque;
                     cur = RealEntry {
                         layer: idx,
-                        fd: Arc::new(hit.fd),
+                        fd: hit.fd.into(),
                         marks: hit.marks,
                     };
                 }
@@ -622,7 +627,7 @@ impl LayerFs {
 
     pub fn readlink(&self, ino: u64) -> io::Result<Vec<u8>> {
         let inode = self.inode(ino)?;
-        sys::readlink_fd(inode.top().fd.as_fd())
+        sys::readlink_fd(inode.top().fd.get()?.as_fd())
     }
 
     // ---- files --------------------------------------------------------
@@ -648,20 +653,20 @@ impl LayerFs {
         let lower = !self.is_upper(top.layer);
         let fd = if lower {
             // Lower files never change: one read-only fd serves every
-            // read-only open (pread needs no file position of its own).
+            // read-only open of the file while any is open.
             let mut cached = inode.cache.lower_read_fd.lock();
-            match &*cached {
-                Some(fd) => Arc::clone(fd),
+            match cached.upgrade() {
+                Some(fd) => fd,
                 None => {
-                    let fd = Arc::new(sys::reopen(top.fd.as_fd(), libc::O_RDONLY)?);
-                    *cached = Some(Arc::clone(&fd));
+                    let fd = Arc::new(sys::reopen(top.fd.get()?.as_fd(), libc::O_RDONLY)?);
+                    *cached = Arc::downgrade(&fd);
                     fd
                 }
             }
         } else {
             let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_TRUNC;
             Arc::new(sys::reopen(
-                top.fd.as_fd(),
+                top.fd.get()?.as_fd(),
                 (flags & keep) | libc::O_NOCTTY,
             )?)
         };
@@ -682,7 +687,7 @@ impl LayerFs {
         self.files.insert(
             fh,
             Arc::new(OpenFile {
-                fd: Arc::new(fd),
+                fd: fd.into(),
                 backing: Default::default(),
             }),
         );
@@ -805,7 +810,8 @@ impl LayerFs {
     /// directory, so that d_ino matches st_ino across copy-up.
     fn entry_number(&self, reals: &[RealEntry], r: &RealEntry, name: &[u8]) -> Option<u64> {
         let name = OsStr::from_bytes(name);
-        let fd = sys::openat(r.fd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()?;
+        let dir = r.fd.get().ok()?;
+        let fd = sys::openat(dir.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()?;
         let st = sys::fstat(fd.as_fd()).ok()?;
         if let Some(n) = self.numbers.get(&(st.st_dev, st.st_ino)) {
             return Some(*n);
@@ -844,7 +850,7 @@ impl LayerFs {
     /// also says whether it holds OCI markers.
     fn list_layer_dir(&self, r: &RealEntry) -> io::Result<(Vec<LayerEntry>, bool)> {
         let dfd = sys::openat(
-            r.fd.as_fd(),
+            r.fd.get()?.as_fd(),
             OsStr::new("."),
             libc::O_RDONLY | libc::O_DIRECTORY,
             0,
@@ -870,7 +876,7 @@ impl LayerFs {
                 || (r.marks.xwhiteouts && e.d_type == libc::DT_REG);
             let mut d_type = e.d_type;
             if needs_stat {
-                let st = match sys::lstatat(r.fd.as_fd(), OsStr::from_bytes(&e.name)) {
+                let st = match sys::lstatat(r.fd.get()?.as_fd(), OsStr::from_bytes(&e.name)) {
                     Ok(st) => st,
                     // Gone since getdents: skip it, as a later lookup would.
                     Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
@@ -952,14 +958,14 @@ impl LayerFs {
             }
         }
         let c = sys::cstr(name)?;
-        sys::getxattr_fd(inode.top().fd.as_fd(), &c)
+        sys::getxattr_fd(inode.top().fd.get()?.as_fd(), &c)
     }
 
     pub fn listxattr(&self, ino: u64) -> io::Result<Vec<u8>> {
         let inode = self.inode(ino)?;
         let list = match self.lower_xattr_names(&inode)? {
             Some(l) => l,
-            None => Arc::new(sys::listxattr_fd(inode.top().fd.as_fd())?),
+            None => Arc::new(sys::listxattr_fd(inode.top().fd.get()?.as_fd())?),
         };
         Ok(whiteout::public_xattr_names(&list))
     }
@@ -977,7 +983,7 @@ impl LayerFs {
         if let Some(l) = &*cached {
             return Ok(Some(Arc::clone(l)));
         }
-        let list = match sys::listxattr_fd(top.fd.as_fd()) {
+        let list = match sys::listxattr_fd(top.fd.get()?.as_fd()) {
             Ok(l) => l,
             Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Vec::new(),
             Err(e) => return Err(e),
@@ -1089,7 +1095,12 @@ fn probe_layer_with(
     may_have_markers: bool,
 ) -> io::Result<Probe<Hit>> {
     let oci = more_below && may_have_markers;
-    let fd = match sys::openat(r.fd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+    let fd = match sys::openat(
+        r.fd.get()?.as_fd(),
+        name,
+        libc::O_PATH | libc::O_NOFOLLOW,
+        0,
+    ) {
         Ok(fd) => fd,
         Err(e)
             if matches!(
@@ -1118,6 +1129,7 @@ fn probe_layer_with(
             fd,
             st,
             marks: DirMarks::default(),
+            at: Some((r.fd.get()?, Arc::from(name))),
         }));
     }
     let mut marks = read_dir_marks(&fd)?;
@@ -1133,6 +1145,7 @@ fn probe_layer_with(
             fd,
             st,
             marks,
+            at: None,
         },
         opaque,
     ))
@@ -1151,7 +1164,7 @@ fn oci_sibling_exists(r: &RealEntry, name: &[u8]) -> io::Result<bool> {
     if wh.len() > 255 {
         return Ok(false);
     }
-    match sys::lstatat(r.fd.as_fd(), OsStr::from_bytes(&wh)) {
+    match sys::lstatat(r.fd.get()?.as_fd(), OsStr::from_bytes(&wh)) {
         Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
@@ -1187,7 +1200,7 @@ pub fn read_dir_marks(fd: &OwnedFd) -> io::Result<DirMarks> {
 
 fn is_xattr_whiteout_at(r: &RealEntry, name: &[u8]) -> io::Result<bool> {
     let fd = sys::openat(
-        r.fd.as_fd(),
+        r.fd.get()?.as_fd(),
         OsStr::from_bytes(name),
         libc::O_PATH | libc::O_NOFOLLOW,
         0,

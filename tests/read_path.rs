@@ -357,7 +357,8 @@ fn lower_layers_are_never_modified() {
     }
 }
 
-/// Counts the O_PATH fds the daemon holds; each live inode holds its own.
+/// Counts the fds the daemon holds: each live directory inode holds one
+/// per layer it comes from (files are reached by name and hold none).
 fn daemon_fd_count(mnt: &Path) -> usize {
     let canon = mnt.canonicalize().unwrap();
     let out = Command::new("pgrep")
@@ -386,7 +387,7 @@ fn forget_bounds_the_inode_table() {
     let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
     for d in 0..20 {
         for f in 0..200 {
-            write(&l1.join(format!("d{d}/f{f}")), b"x");
+            write(&l1.join(format!("d{d}/sub{f}/f")), b"x");
         }
     }
     write(&l0.join("top"), b"t");
@@ -438,4 +439,38 @@ fn statfs_and_readlink_and_reads() {
             && l.contains(m.dir.canonicalize().unwrap().to_str().unwrap())),
         "the mount type must read fuse.layerfs"
     );
+}
+
+#[test]
+fn walking_more_files_than_the_open_file_limit() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    for d in 0..10 {
+        for f in 0..300 {
+            write(
+                &l1.join(format!("d{d}/f{f}")),
+                format!("{d}/{f}").as_bytes(),
+            );
+        }
+    }
+    write(&l0.join("d0/top"), b"top");
+    let mnt = t.path().join("m");
+    mkdir(&mnt);
+    // The daemon may hold at most 256 fds: an fd per inode would run out.
+    let out = Command::new("prlimit")
+        .args(["--nofile=256:256", common::layerfs_bin(), "-o"])
+        .arg(lowerdir_opt(&[l0, l1]))
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Mounted { dir: mnt };
+    let snap = snapshot(&m.dir);
+    assert_eq!(snap.len(), 1 + 10 + 3000 + 1);
+    assert_eq!(fs::read(m.path("d7/f299")).unwrap(), b"7/299");
 }
