@@ -231,7 +231,7 @@ impl LayerFs {
         }
         let entry = RealEntry {
             layer: up.idx,
-            fd: fd.into(),
+            fd: self.upper_ref(fd, inode.is_dir),
             marks: DirMarks::default(),
         };
         {

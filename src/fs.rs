@@ -144,11 +144,15 @@ impl Filesystem for Fuse {
             }
         }
         // Each is optional: a kernel without one simply does without.
+        // POSIX_ACL: the kernel checks ACLs itself and caches them per
+        // inode, so `ls -l` does not ask for system.posix_acl_* of every
+        // file each time (those are read, written and copied up as xattrs).
         for cap in [
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_POSIX_ACL,
         ] {
             if config.add_capabilities(cap).is_err() {
                 log::debug!("kernel lacks {cap:?}");

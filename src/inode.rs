@@ -47,6 +47,13 @@ pub enum RealFd {
         dir: Arc<OwnedFd>,
         name: Arc<std::ffi::OsStr>,
     },
+    /// An upper non-directory, reopened by file handle when needed (needs
+    /// CAP_DAC_READ_SEARCH): a copy-up of a whole image must not hold an
+    /// fd per file either, and a handle survives renames.
+    Handle {
+        root: Arc<OwnedFd>,
+        handle: Arc<crate::sys::FileHandleBytes>,
+    },
 }
 
 impl RealFd {
@@ -59,6 +66,10 @@ impl RealFd {
                 name,
                 libc::O_PATH | libc::O_NOFOLLOW,
                 0,
+            )?)),
+            RealFd::Handle { root, handle } => Ok(Arc::new(crate::sys::open_by_handle(
+                std::os::fd::AsFd::as_fd(&**root),
+                handle,
             )?)),
         }
     }

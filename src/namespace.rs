@@ -241,7 +241,7 @@ impl LayerFs {
                 InodeState {
                     reals: vec![RealEntry {
                         layer: up.idx,
-                        fd: path.into(),
+                        fd: self.upper_ref(path, is_dir),
                         marks: Default::default(),
                     }],
                     parent,
@@ -383,12 +383,11 @@ impl LayerFs {
                 } else {
                     sys::unlinkat(pu.fd.get()?.as_fd(), name, 0)?;
                 }
-                if st.st_nlink <= 1
-                    || sys::fstat(fd.as_fd())
-                        .map(|s| s.st_nlink == 0)
-                        .unwrap_or(true)
+                if sys::fstat(fd.as_fd())
+                    .map(|s| s.st_nlink == 0)
+                    .unwrap_or(true)
                 {
-                    self.mark_gone(&st);
+                    self.mark_gone(&st, fd);
                 }
             }
             None => {
@@ -453,18 +452,33 @@ impl LayerFs {
     /// The last name of the upper object `st` is gone: its number must not
     /// be reused while the kernel holds it (only objects numbered by their
     /// own upper inode can meet a reused inode number).
-    fn mark_gone(&self, st: &sys::Stat) {
-        if let Some(i) = self.live_inode_of(st) {
-            let top = i.top();
-            if self.is_upper(top.layer)
-                && top
-                    .fd
-                    .get()
-                    .and_then(|f| sys::fstat(f.as_fd()))
-                    .is_ok_and(|t| t.st_ino == st.st_ino && t.st_dev == st.st_dev)
-            {
-                i.mark_unlinked();
+    fn mark_gone(&self, st: &sys::Stat, fd: OwnedFd) {
+        let Some(i) = self.live_inode_of(st) else {
+            return;
+        };
+        let mut s = i.state.write();
+        let Some(r) = s.reals.first_mut() else {
+            return;
+        };
+        if !self.is_upper(r.layer) || i.is_dir {
+            return;
+        }
+        let same = match &r.fd {
+            // A handle no longer opens an unlinked file.
+            crate::inode::RealFd::Handle { handle, .. } => {
+                sys::name_to_handle(fd.as_fd()).is_ok_and(|h| h == **handle)
             }
+            other => other
+                .get()
+                .and_then(|f| sys::fstat(f.as_fd()))
+                .is_ok_and(|t| t.st_ino == st.st_ino && t.st_dev == st.st_dev),
+        };
+        if same {
+            // Keep the fd for as long as the kernel holds the inode (an
+            // open file's stat), and never give its number to a new object.
+            r.fd = fd.into();
+            drop(s);
+            i.mark_unlinked();
         }
     }
 
@@ -513,14 +527,25 @@ impl LayerFs {
 
     /// After a name of `inode` went away: if that was its last link, its
     /// number must not be reused while the kernel still holds it.
-    fn note_removed(&self, inode: &Inode) {
+    /// `held` is an fd of its upper object taken before the change (a
+    /// file handle no longer opens an unlinked file).
+    fn note_removed(&self, inode: &Inode, held: Option<Arc<OwnedFd>>) {
         let top = inode.top();
         if !self.is_upper(top.layer) {
             return;
         }
-        match top.fd.get().and_then(|f| sys::fstat(f.as_fd())) {
+        let Some(fd) = held.or_else(|| top.fd.get().ok()) else {
+            inode.mark_unlinked();
+            return;
+        };
+        match sys::fstat(fd.as_fd()) {
             Ok(st) if st.st_nlink > 0 => {}
-            _ => inode.mark_unlinked(),
+            _ => {
+                if let Some(r) = inode.state.write().reals.first_mut() {
+                    r.fd = crate::inode::RealFd::Held(fd);
+                }
+                inode.mark_unlinked();
+            }
         }
     }
 
@@ -686,6 +711,18 @@ impl LayerFs {
             }
         }
         let src_lower = self.lower_positive(&sdir, name)?;
+        // The object a rename may unlink, held open across it.
+        let dst_held = match &dst {
+            Some(d) if !d.is_dir && !exchange => {
+                let top = d.top();
+                if self.is_upper(top.layer) {
+                    top.fd.get().ok()
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
         let dst_lower = self.lower_positive(&ddir, newname)?;
         let spu = self.upper_dir(&sdir)?;
         let dpu = self.upper_dir(&ddir)?;
@@ -803,7 +840,7 @@ impl LayerFs {
             } else if d.is_dir {
                 d.mark_unlinked();
             } else {
-                self.note_removed(d);
+                self.note_removed(d, dst_held.clone());
             }
         }
         Ok(())

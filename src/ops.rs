@@ -136,7 +136,9 @@ pub struct LayerFs {
     uuids: Vec<[u8; 16]>,
     /// Each layer's root opened for reading: open_by_handle_at wants a
     /// real fd on the filesystem, not an O_PATH one.
-    handle_roots: Vec<Option<OwnedFd>>,
+    handle_roots: Vec<Option<Arc<OwnedFd>>>,
+    /// Whether upper files can be reopened by file handle (see `RealFd`).
+    upper_handles: bool,
     /// Numbers of upper objects whose number is not their own identity:
     /// copy-ups (which keep the origin's number) and renumbered objects.
     numbers: DashMap<(u64, u64), u64>,
@@ -160,7 +162,9 @@ impl LayerFs {
                 fd: fd.into(),
                 marks,
             });
-            let rd = sys::reopen(layer.root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).ok();
+            let rd = sys::reopen(layer.root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+                .ok()
+                .map(Arc::new);
             uuids.push(
                 rd.as_ref()
                     .map(|f| sys::fs_uuid(f.as_fd()))
@@ -192,6 +196,13 @@ impl LayerFs {
                 name: OsString::new(),
             },
         );
+        let upper_handles = upper.as_ref().is_some_and(|u| {
+            handle_roots[u.idx.0].as_ref().is_some_and(|root| {
+                sys::name_to_handle(layers.root_fd(u.idx))
+                    .and_then(|h| sys::open_by_handle(root.as_fd(), &h))
+                    .is_ok()
+            })
+        });
         let inodes = InodeTable::new(root, layers.fallback_base());
         Ok(LayerFs {
             layers,
@@ -200,6 +211,7 @@ impl LayerFs {
             upper,
             uuids,
             handle_roots,
+            upper_handles,
             numbers: DashMap::new(),
             files: DashMap::new(),
             next_fh: AtomicU64::new(1),
@@ -221,6 +233,22 @@ impl LayerFs {
 
     pub(crate) fn is_upper(&self, layer: LayerIdx) -> bool {
         self.upper.as_ref().is_some_and(|u| u.idx == layer)
+    }
+
+    /// How an inode keeps hold of an upper object: a file handle for a
+    /// non-directory where possible, else the fd itself.
+    pub(crate) fn upper_ref(&self, fd: OwnedFd, is_dir: bool) -> RealFd {
+        if !is_dir && self.upper_handles {
+            if let (Some(u), Ok(handle)) = (&self.upper, sys::name_to_handle(fd.as_fd())) {
+                if let Some(root) = &self.handle_roots[u.idx.0] {
+                    return RealFd::Handle {
+                        root: Arc::clone(root),
+                        handle: Arc::new(handle),
+                    };
+                }
+            }
+        }
+        fd.into()
     }
 
     pub(crate) fn layer_uuid(&self, idx: LayerIdx) -> [u8; 16] {
@@ -476,6 +504,7 @@ impl LayerFs {
                     // held per file, whatever the size of the tree walked.
                     fd: match h.at {
                         Some((dir, name)) if !self.is_upper(h.layer) => RealFd::At { dir, name },
+                        _ if self.is_upper(h.layer) => self.upper_ref(h.fd, is_dir),
                         _ => h.fd.into(),
                     },
                     marks: h.marks,

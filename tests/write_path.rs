@@ -1061,3 +1061,57 @@ fn deleting_while_reading_a_big_directory_sees_every_entry_once() {
     assert_eq!(fs::read_dir(m.path("big")).unwrap().count(), 0);
     fs::remove_dir(m.path("big")).unwrap();
 }
+
+#[test]
+fn copying_up_more_files_than_the_open_file_limit() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    for d in 0..6 {
+        for f in 0..300 {
+            write(&l1.join(format!("d{d}/f{f}")), b"x");
+        }
+    }
+    write(&l0.join("x"), b"x");
+    let (opts, u, _w) = rw_opts(t.path(), &[l0, l1], "");
+    let mnt = t.path().join("m");
+    mkdir(&mnt);
+    // At most 256 fds for the daemon: an fd per copied-up file would run out.
+    let out = Command::new("prlimit")
+        .args(["--nofile=256:256", layerfs_bin(), "-o", &opts])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Mounted { dir: mnt };
+    let st = Command::new("chown")
+        .args(["-R", "1234:1234"])
+        .arg(&m.dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "chown -R over 1800 lower files");
+    for d in 0..6 {
+        for f in (0..300).step_by(37) {
+            let md = fs::metadata(m.path(&format!("d{d}/f{f}"))).unwrap();
+            assert_eq!(md.uid(), 1234);
+            assert_eq!(
+                fs::metadata(u.join(format!("d{d}/f{f}"))).unwrap().uid(),
+                1234
+            );
+        }
+    }
+    // A file unlinked while open stays usable through its descriptor.
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("d0/f1"))
+        .unwrap();
+    fs::remove_file(m.path("d0/f1")).unwrap();
+    f.write_all(b"still here").unwrap();
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    assert!(!m.path("d0/f1").exists());
+}
