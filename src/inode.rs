@@ -149,15 +149,6 @@ pub struct InodeCache {
     pub oci_clean: AtomicU64,
 }
 
-impl InodeCache {
-    /// Forgets everything derived from the real files.
-    pub fn clear(&self) {
-        self.listings.lock().clear();
-        *self.xattr_names.lock() = None;
-        *self.lower_read_fd.lock() = std::sync::Weak::new();
-    }
-}
-
 const NO_DELTA: i64 = i64::MIN;
 
 impl Inode {
@@ -269,17 +260,6 @@ impl InodeTable {
                 v.insert(Arc::clone(&inode));
                 inode
             }
-        }
-    }
-
-    /// Adds a lookup reference to a live inode (readdirplus, link).
-    pub fn add_lookup(&self, ino: u64) -> bool {
-        match self.map.get(&ino) {
-            Some(r) => {
-                r.lookups.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            None => false,
         }
     }
 

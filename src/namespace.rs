@@ -22,6 +22,9 @@ use crate::sys;
 use crate::whiteout::{self, Redirect};
 use crate::workdir::Staged;
 
+/// Name of the whiteout inode in the work dir that whiteouts link to.
+const SHARED_WHITEOUT: &str = "#lfs-whiteout";
+
 /// Who a new object belongs to.
 #[derive(Debug, Clone, Copy)]
 pub struct Owner {
@@ -90,6 +93,12 @@ impl LayerFs {
     /// the xattr whiteout kernel overlayfs reads, marking `dir`'s upper part
     /// `opaque=x` so readers know to look for it.
     fn make_whiteout(&self, at: BorrowedFd<'_>, name: &OsStr, dir: &Inode) -> io::Result<()> {
+        // As kernel overlayfs does: every whiteout is a link to one shared
+        // whiteout inode in the work dir, which is far cheaper than a new
+        // inode each (an `rm -rf` of a lower tree makes thousands).
+        if self.link_shared_whiteout(at, name).is_ok() {
+            return Ok(());
+        }
         match sys::mknodat(at, name, libc::S_IFCHR, 0) {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
@@ -99,6 +108,27 @@ impl LayerFs {
                 self.mark_xwhiteouts(dir)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    fn link_shared_whiteout(&self, at: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        let up = self.upper_ctx()?;
+        let shared = OsStr::new(SHARED_WHITEOUT);
+        match sys::linkat(up.work.fd(), shared, at, name) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                match sys::mknodat(up.work.fd(), shared, libc::S_IFCHR, 0) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(e),
+                }
+                sys::linkat(up.work.fd(), shared, at, name)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EMLINK) => {
+                // Too many links: start a new shared whiteout.
+                let _ = sys::unlinkat(up.work.fd(), shared, 0);
+                Err(e)
+            }
+            r => r,
         }
     }
 
@@ -121,6 +151,18 @@ impl LayerFs {
         let up = self.upper_ctx()?;
         let staged = Staged::new(&up.work);
         self.make_whiteout(up.work.fd(), &staged.name, dir)?;
+        self.exchange_into_place(staged, pu, name)
+    }
+
+    /// Swaps a staged entry with `name` in upper directory `pu` in one
+    /// rename; what was at `name` ends up staged, and is removed with it.
+    fn exchange_into_place(
+        &self,
+        staged: Staged<'_>,
+        pu: &RealEntry,
+        name: &OsStr,
+    ) -> io::Result<()> {
+        let up = self.upper_ctx()?;
         sys::renameat2(
             up.work.fd(),
             &staged.name,
@@ -128,7 +170,6 @@ impl LayerFs {
             name,
             libc::RENAME_EXCHANGE,
         )?;
-        // `staged` now names the old entry: dropping it removes it.
         drop(staged);
         Ok(())
     }
@@ -200,15 +241,7 @@ impl LayerFs {
                 if is_dir {
                     sys::setxattr_fd(path.as_fd(), &up.ns.name("opaque"), b"y", 0)?;
                 }
-                sys::renameat2(
-                    up.work.fd(),
-                    &staged.name,
-                    pu.fd.get()?.as_fd(),
-                    name,
-                    libc::RENAME_EXCHANGE,
-                )?;
-                // `staged` now names the whiteout: dropping it removes it.
-                drop(staged);
+                self.exchange_into_place(staged, &pu, name)?;
                 Ok((fd, path))
             }
         }

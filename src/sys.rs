@@ -355,14 +355,6 @@ pub fn dup2(from: BorrowedFd<'_>, to: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// `waitpid(pid, 0)`: returns the raw wait status.
-pub fn waitpid(pid: libc::pid_t) -> io::Result<i32> {
-    let mut status = 0;
-    // SAFETY: valid out-pointer.
-    cvt(unsafe { libc::waitpid(pid, &mut status, 0) })?;
-    Ok(status)
-}
-
 /// Blocks the termination signals in the calling thread (and in every thread
 /// it creates afterwards), so that one thread can wait for them with
 /// [`wait_termination_signal`].
@@ -467,6 +459,27 @@ pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Resul
     let c = cstr(name)?;
     // SAFETY: valid C strings.
     cvt(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) })?;
+    Ok(())
+}
+
+/// `linkat(olddir, old, newdir, new, 0)`.
+pub fn linkat(
+    olddir: BorrowedFd<'_>,
+    old: &OsStr,
+    newdir: BorrowedFd<'_>,
+    new: &OsStr,
+) -> io::Result<()> {
+    let (o, n) = (cstr(old)?, cstr(new)?);
+    // SAFETY: valid C strings.
+    cvt(unsafe {
+        libc::linkat(
+            olddir.as_raw_fd(),
+            o.as_ptr(),
+            newdir.as_raw_fd(),
+            n.as_ptr(),
+            0,
+        )
+    })?;
     Ok(())
 }
 
@@ -803,15 +816,6 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usiz
             offset as libc::off_t,
         )
     })
-}
-
-/// `access(2)`-style check through /proc for the real file, used when
-/// default_permissions is off.
-pub fn faccess(fd: BorrowedFd<'_>, mode: i32) -> io::Result<()> {
-    let p = proc_fd_path(fd);
-    // SAFETY: valid C string.
-    cvt(unsafe { libc::access(p.as_ptr(), mode) })?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -140,15 +140,7 @@ fn runc_runs_a_container_on_layerfs_in_both_whiteout_formats() {
     }
     let t = tempfile::Builder::new().prefix("lfso").tempdir().unwrap();
     let layers = image_layers(&t.path().join("ovl"), &busybox().unwrap());
-    let oci: Vec<PathBuf> = layers
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let dst = t.path().join(format!("oci{i}"));
-            to_oci(l, &dst);
-            dst
-        })
-        .collect();
+    let oci = oci_twins(&layers, t.path());
     for (format, lowers) in [("overlay", &layers), ("oci", &oci)] {
         let before: Vec<_> = lowers.iter().map(|l| fingerprint(l)).collect();
         let (out, upper) = run_container(t.path(), lowers, format);

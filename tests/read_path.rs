@@ -107,15 +107,7 @@ fn oci_whiteouts_match_kernel_on_the_overlay_twin() {
     require_root!();
     let t = tmp();
     let lowers = classic_stack(&t.path().join("ovl"));
-    let oci: Vec<PathBuf> = lowers
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let dst = t.path().join(format!("oci{i}"));
-            to_oci(l, &dst);
-            dst
-        })
-        .collect();
+    let oci = oci_twins(&lowers, t.path());
     assert!(oci[1].join(".wh.gone").exists());
     assert!(oci[0].join("op/.wh..wh..opq").exists());
     let ours = mount_layerfs(&oci, &t.path().join("m"));
@@ -213,15 +205,7 @@ fn random_stacks_match_kernel_in_both_formats() {
                 d.join("\n")
             );
         }
-        let oci: Vec<PathBuf> = lowers
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let dst = t.path().join(format!("oci{i}"));
-                to_oci(l, &dst);
-                dst
-            })
-            .collect();
+        let oci = oci_twins(&lowers, t.path());
         let ours = mount_layerfs(&oci, &t.path().join("m2"));
         let kernel = mount_kernel(&lowers, &t.path().join("k2"), "");
         let d = diff(
@@ -455,21 +439,8 @@ fn walking_more_files_than_the_open_file_limit() {
         }
     }
     write(&l0.join("d0/top"), b"top");
-    let mnt = t.path().join("m");
-    mkdir(&mnt);
     // The daemon may hold at most 256 fds: an fd per inode would run out.
-    let out = Command::new("prlimit")
-        .args(["--nofile=256:256", common::layerfs_bin(), "-o"])
-        .arg(lowerdir_opt(&[l0, l1]))
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = Mounted { dir: mnt };
+    let m = mount_layerfs_with_nofile(&lowerdir_opt(&[l0, l1]), &t.path().join("m"), 256);
     let snap = snapshot(&m.dir);
     assert_eq!(snap.len(), 1 + 10 + 3000 + 1);
     assert_eq!(fs::read(m.path("d7/f299")).unwrap(), b"7/299");

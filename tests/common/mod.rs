@@ -384,6 +384,39 @@ pub fn fingerprint(root: &Path) -> BTreeMap<Vec<u8>, Node> {
     snapshot(root)
 }
 
+/// The OCI twins of `layers`, made under `base` as oci0, oci1, ...
+pub fn oci_twins(layers: &[PathBuf], base: &Path) -> Vec<PathBuf> {
+    layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let dst = base.join(format!("oci{i}"));
+            to_oci(l, &dst);
+            dst
+        })
+        .collect()
+}
+
+/// Mounts layerfs with its open-file limit set to `nofile`.
+pub fn mount_layerfs_with_nofile(opts: &str, mnt: &Path, nofile: u32) -> Mounted {
+    fs::create_dir_all(mnt).unwrap();
+    let out = Command::new("prlimit")
+        .arg(format!("--nofile={nofile}:{nofile}"))
+        .arg(layerfs_bin())
+        .args(["-o", opts])
+        .arg(mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Mounted {
+        dir: mnt.to_path_buf(),
+    }
+}
+
 /// Converts a kernel-format layer tree into its OCI twin: char 0/0
 /// whiteouts become `.wh.NAME` files and opaque dirs get `.wh..wh..opq`.
 pub fn to_oci(src: &Path, dst: &Path) {
