@@ -20,4 +20,10 @@ if [ "$(id -u)" != 0 ]; then
   echo "warning: not root: the mounted tests will be skipped" >&2
 fi
 # Mounted tests use a few processes each; two at a time fit two cores.
-exec cargo test --release -- --test-threads="${TEST_THREADS:-2}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --release -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+# One closing line for the whole suite.
+awk '/^test result:/ {p += $4; f += $6} END {printf "%d passed, %d failed\n", p, f}' "$log"
+exit "$status"
