@@ -61,10 +61,11 @@ fn image_layers(base: &Path, bb: &Path) -> Vec<PathBuf> {
     vec![top, mid, bottom]
 }
 
-/// A runc bundle whose root is `rootfs`, running `script` with sh.
-fn bundle(dir: &Path, rootfs: &Path, script: &str) {
+/// An OCI bundle (made by `runtime spec`) whose root is `rootfs`, running
+/// `script` with sh.
+fn bundle(dir: &Path, rootfs: &Path, script: &str, runtime: &str) {
     mkdir(dir);
-    let st = Command::new("runc")
+    let st = Command::new(runtime)
         .arg("spec")
         .current_dir(dir)
         .status()
@@ -90,12 +91,13 @@ fn bundle(dir: &Path, rootfs: &Path, script: &str) {
     fs::write(dir.join("config.json"), spec).unwrap();
 }
 
-fn run_container(t: &Path, lowers: &[PathBuf], format: &str) -> (String, PathBuf) {
-    let u = t.join(format!("upper-{format}"));
-    let w = t.join(format!("work-{format}"));
+fn run_container(t: &Path, lowers: &[PathBuf], format: &str, runtime: &str) -> (String, PathBuf) {
+    let tag = format!("{runtime}-{format}");
+    let u = t.join(format!("upper-{tag}"));
+    let w = t.join(format!("work-{tag}"));
     mkdir(&u);
     mkdir(&w);
-    let mnt = t.join(format!("rootfs-{format}"));
+    let mnt = t.join(format!("rootfs-{tag}"));
     let opts = format!(
         "{},upperdir={},workdir={}",
         lowerdir_opt(lowers),
@@ -111,39 +113,58 @@ fn run_container(t: &Path, lowers: &[PathBuf], format: &str) -> (String, PathBuf
         mkdir -p /srv/data && echo written > /srv/data/file; \
         echo changed >> /etc/os-release; \
         ls /opt/tool-renamed";
-    let b = t.join(format!("bundle-{format}"));
-    bundle(&b, &m.dir, script);
-    let out = Command::new("runc")
-        .args(["run", "--bundle"])
-        .arg(&b)
-        .arg(format!("layerfs-test-{format}-{}", std::process::id()))
-        .output()
-        .unwrap();
+    let b = t.join(format!("bundle-{tag}"));
+    bundle(&b, &m.dir, script, runtime);
+    let id = format!("layerfs-test-{tag}-{}", std::process::id());
+    let out = if runtime == "crun" {
+        // Debian's crun 1.8 refuses a hybrid cgroup layout: run it in a
+        // private mount namespace without the cgroup2 mount.
+        Command::new("unshare")
+            .args(["-m", "sh", "-c"])
+            .arg(format!(
+                "umount /sys/fs/cgroup/unified 2>/dev/null; exec crun run --bundle {} {id}",
+                b.display()
+            ))
+            .output()
+            .unwrap()
+    } else {
+        Command::new(runtime)
+            .args(["run", "--bundle"])
+            .arg(&b)
+            .arg(&id)
+            .output()
+            .unwrap()
+    };
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "runc failed:\n{text}");
+    assert!(out.status.success(), "{runtime} failed:\n{text}");
     drop(m);
     (text, u)
 }
 
 #[test]
-fn runc_runs_a_container_on_layerfs_in_both_whiteout_formats() {
+fn runc_and_crun_run_a_container_on_layerfs_in_both_whiteout_formats() {
     require_root!();
-    if !have("runc") || busybox().is_none() {
-        // CI installs runc and busybox-static (see .ci/run); by hand,
+    let runtimes: Vec<&str> = ["runc", "crun"].into_iter().filter(|r| have(r)).collect();
+    if runtimes.is_empty() || busybox().is_none() {
+        // CI installs runc, crun and busybox-static (see .ci/run); by hand,
         // without them, there is nothing to run.
-        eprintln!("SKIP: runc or busybox-static is not installed");
+        eprintln!("SKIP: no OCI runtime or busybox-static installed");
         return;
     }
     let t = tempfile::Builder::new().prefix("lfso").tempdir().unwrap();
     let layers = image_layers(&t.path().join("ovl"), &busybox().unwrap());
     let oci = oci_twins(&layers, t.path());
-    for (format, lowers) in [("overlay", &layers), ("oci", &oci)] {
+    let runs = runtimes
+        .iter()
+        .flat_map(|r| [(*r, "overlay", &layers), (*r, "oci", &oci)]);
+    for (runtime, fmt, lowers) in runs {
+        let format = format!("{runtime}/{fmt}");
         let before: Vec<_> = lowers.iter().map(|l| fingerprint(l)).collect();
-        let (out, upper) = run_container(t.path(), lowers, format);
+        let (out, upper) = run_container(t.path(), lowers, fmt, runtime);
         assert!(out.contains("layerfs test image"), "{format}: {out}");
         assert!(
             !out.contains("OLD-CONF-VISIBLE"),
