@@ -204,3 +204,236 @@ fn runc_and_crun_run_a_container_on_layerfs_in_both_whiteout_formats() {
         }
     }
 }
+
+/// An isolated containers-storage + podman configuration in a temp dir,
+/// with layerfs as the overlay driver's mount_program. Dropping it resets
+/// the storage and undoes any mount left under it.
+struct Podman {
+    dir: PathBuf,
+}
+
+impl Podman {
+    fn new(dir: &Path) -> Podman {
+        let conf = dir.join("conf");
+        mkdir(&conf);
+        fs::write(
+            conf.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{0}/root\"\nrunroot = \"{0}/runroot\"\n\
+                 [storage.options.overlay]\nmount_program = \"{1}\"\n",
+                dir.display(),
+                layerfs_bin()
+            ),
+        )
+        .unwrap();
+        // No systemd, no CAP_SYS_RESOURCE, hybrid cgroups on these
+        // machines: cgroupfs, file events, fixed ulimits, runc.
+        fs::write(
+            conf.join("containers.conf"),
+            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
+             [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nruntime = \"runc\"\n",
+        )
+        .unwrap();
+        Podman {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("podman")
+            .args(args)
+            .env(
+                "CONTAINERS_STORAGE_CONF",
+                self.dir.join("conf/storage.conf"),
+            )
+            .env("CONTAINERS_CONF", self.dir.join("conf/containers.conf"))
+            .current_dir(&self.dir)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, text) = self.cmd(args);
+        assert!(ok, "podman {args:?} failed:\n{text}");
+        text
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["system", "reset", "-f"]);
+        let me = self.dir.to_string_lossy().into_owned();
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        for m in mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|m| m.starts_with(&me))
+        {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+    }
+}
+
+/// The layer tarballs of an image, bottom first, from `podman image save`.
+fn saved_layers(p: &Podman, image: &str) -> Vec<Vec<String>> {
+    let tar = p.dir.join(format!("{image}.tar"));
+    p.ok(&[
+        "image",
+        "save",
+        "--format",
+        "docker-archive",
+        "-o",
+        tar.to_str().unwrap(),
+        image,
+    ]);
+    let x = p.dir.join(format!("{image}-x"));
+    mkdir(&x);
+    assert!(Command::new("tar")
+        .arg("xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&x)
+        .status()
+        .unwrap()
+        .success());
+    let manifest = fs::read_to_string(x.join("manifest.json")).unwrap();
+    let layers = manifest
+        .split("\"Layers\":[")
+        .nth(1)
+        .unwrap()
+        .split(']')
+        .next()
+        .unwrap();
+    layers
+        .split(',')
+        .map(|l| l.trim_matches('"'))
+        .map(|l| {
+            let out = Command::new("tar")
+                .arg("tf")
+                .arg(x.join(l))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|s| s.trim_start_matches("./").to_string())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn podman_uses_layerfs_as_mount_program() {
+    require_root!();
+    if !have("podman") || !have("runc") || busybox().is_none() {
+        eprintln!("SKIP: podman, runc or busybox-static is not installed");
+        return;
+    }
+    let t = tempfile::Builder::new().prefix("lfsp").tempdir().unwrap();
+    let p = Podman::new(t.path());
+    // A base image from a rootfs tarball.
+    let rootfs = t.path().join("rootfs");
+    mkdir(&rootfs.join("bin"));
+    fs::copy(busybox().unwrap(), rootfs.join("bin/busybox")).unwrap();
+    for tool in ["sh", "cat", "ls", "rm", "mv", "mkdir", "echo", "grep"] {
+        link_sym("busybox", &rootfs.join("bin").join(tool));
+    }
+    write(&rootfs.join("etc/os-release"), b"ID=layerfs-podman-test\n");
+    let tarball = t.path().join("rootfs.tar");
+    assert!(Command::new("tar")
+        .arg("cf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&rootfs)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    p.ok(&["import", tarball.to_str().unwrap(), "base"]);
+    let out = p.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "base",
+        "sh",
+        "-c",
+        "grep ' / ' /proc/mounts; cat /etc/os-release",
+    ]);
+    assert!(
+        out.contains("fuse.layerfs"),
+        "the container root must be a layerfs mount:\n{out}"
+    );
+    assert!(out.contains("layerfs-podman-test"), "{out}");
+    // A build whose RUN steps add, change and delete files and rename a
+    // directory (each step runs on a layerfs root).
+    let ctx = t.path().join("ctx");
+    write(
+        &ctx.join("Containerfile"),
+        b"FROM base\n\
+          RUN mkdir -p /opt/app/sub && echo v1 > /opt/app/sub/file && echo keep > /etc/keep\n\
+          RUN echo v2 > /opt/app/sub/file && rm /etc/os-release && mv /opt/app /opt/app2\n",
+    );
+    p.ok(&[
+        "build",
+        "--network",
+        "none",
+        "-t",
+        "built",
+        ctx.to_str().unwrap(),
+    ]);
+    let out = p.ok(&[
+        "run",
+        "--name",
+        "c1",
+        "--network",
+        "none",
+        "built",
+        "sh",
+        "-c",
+        "cat /opt/app2/sub/file; ls /etc; rm /etc/keep; echo new > /newfile",
+    ]);
+    assert!(out.contains("v2") && !out.contains("os-release"), "{out}");
+    let diff = p.ok(&["diff", "c1"]);
+    assert!(
+        diff.contains("D /etc/keep") && diff.contains("A /newfile"),
+        "{diff}"
+    );
+    p.ok(&["commit", "c1", "committed"]);
+    p.ok(&["rm", "c1"]);
+    let layers = saved_layers(&p, "committed");
+    let n = layers.len();
+    assert!(n >= 4, "{layers:?}");
+    let has = |i: usize, name: &str| layers[i].iter().any(|e| e == name);
+    assert!(
+        has(n - 2, "etc/.wh.os-release") && has(n - 2, "opt/.wh.app"),
+        "build layer: {:?}",
+        layers[n - 2]
+    );
+    assert!(
+        has(n - 2, "opt/app2/sub/file"),
+        "renamed dir: {:?}",
+        layers[n - 2]
+    );
+    assert!(
+        has(n - 1, "etc/.wh.keep") && has(n - 1, "newfile"),
+        "committed layer: {:?}",
+        layers[n - 1]
+    );
+    let out = p.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "committed",
+        "sh",
+        "-c",
+        "ls /etc /; cat /newfile",
+    ]);
+    assert!(!out.contains("keep") && out.contains("new"), "{out}");
+}
