@@ -61,36 +61,6 @@ fn image_layers(base: &Path, bb: &Path) -> Vec<PathBuf> {
     vec![top, mid, bottom]
 }
 
-/// An OCI bundle (made by `runtime spec`) whose root is `rootfs`, running
-/// `script` with sh.
-fn bundle(dir: &Path, rootfs: &Path, script: &str, runtime: &str) {
-    mkdir(dir);
-    let st = Command::new(runtime)
-        .arg("spec")
-        .current_dir(dir)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let spec = fs::read_to_string(dir.join("config.json")).unwrap();
-    let script_json = script.replace('\\', "\\\\").replace('"', "\\\"");
-    let spec = spec
-        .replace("\"terminal\": true", "\"terminal\": false")
-        .replace(
-            "\"args\": [\n\t\t\t\"sh\"\n\t\t]",
-            &format!("\"args\": [\"/bin/sh\", \"-c\", \"{script_json}\"]"),
-        )
-        .replace(
-            "\"path\": \"rootfs\"",
-            &format!("\"path\": \"{}\"", rootfs.display()),
-        )
-        .replace("\"readonly\": true", "\"readonly\": false");
-    assert!(
-        spec.contains("/bin/sh"),
-        "runc spec changed its layout:\n{spec}"
-    );
-    fs::write(dir.join("config.json"), spec).unwrap();
-}
-
 fn run_container(t: &Path, lowers: &[PathBuf], format: &str, runtime: &str) -> (String, PathBuf) {
     let tag = format!("{runtime}-{format}");
     let u = t.join(format!("upper-{tag}"));
@@ -114,7 +84,7 @@ fn run_container(t: &Path, lowers: &[PathBuf], format: &str, runtime: &str) -> (
         echo changed >> /etc/os-release; \
         ls /opt/tool-renamed";
     let b = t.join(format!("bundle-{tag}"));
-    bundle(&b, &m.dir, script, runtime);
+    oci_bundle(&b, &m.dir, script, runtime);
     let id = format!("layerfs-test-{tag}-{}", std::process::id());
     let out = if runtime == "crun" {
         // Debian's crun 1.8 refuses a hybrid cgroup layout: run it in a

@@ -22,8 +22,13 @@ fn have(cmd: &str) -> bool {
 
 /// The cached minbase tree, made on first use.
 fn minbase() -> PathBuf {
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("debian-bookworm-minbase");
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let cache = tmp.join("debian-bookworm-minbase");
     let done = cache.join(".layerfs-complete");
+    // Tests run in parallel: one builds the cache while the others wait.
+    fs::create_dir_all(&tmp).unwrap();
+    let lock = fs::File::create(tmp.join("debian-bookworm-minbase.lock")).unwrap();
+    layerfs::sys::flock(std::os::fd::AsFd::as_fd(&lock), libc::LOCK_EX).unwrap();
     if done.exists() {
         return cache;
     }
@@ -149,4 +154,61 @@ fn dpkg_in_a_chroot_on_a_layerfs_debian() {
     assert!(!base.join("usr/share/layerfs-probe").exists());
     let d = diff(&before, &fingerprint(&top), Compare::ALL);
     assert!(d.is_empty(), "layer1 changed:\n{}", d.join("\n"));
+}
+
+#[test]
+fn runc_container_installs_a_package_on_a_layerfs_debian() {
+    require_root!();
+    if !have("debootstrap") || !have("dpkg-deb") || !have("runc") {
+        eprintln!("SKIP: debootstrap, dpkg-deb or runc is not installed");
+        return;
+    }
+    let base = minbase();
+    let t = tempfile::Builder::new().prefix("lfsr").tempdir().unwrap();
+    let top = t.path().join("layer1");
+    write(&top.join("usr/local/share/from-layer1"), b"layer1\n");
+    let deb = build_deb(t.path());
+    let u = t.path().join("upper");
+    let w = t.path().join("work");
+    mkdir(&u);
+    mkdir(&w);
+    let opts = format!(
+        "{},upperdir={},workdir={}",
+        lowerdir_opt(&[top, base.clone()]),
+        u.display(),
+        w.display()
+    );
+    let m = try_mount_layerfs(&opts, &t.path().join("rootfs")).unwrap();
+    fs::copy(&deb, m.path("tmp/layerfs-probe.deb")).unwrap();
+    let script = "set -e; . /etc/os-release; echo OS=$ID; \
+        dpkg -i /tmp/layerfs-probe.deb; layerfs-probe; \
+        rm -r /usr/share/doc/adduser; mv /usr/share/doc/apt /usr/share/doc/apt-moved; \
+        dpkg --audit; echo DONE";
+    let b = t.path().join("bundle");
+    oci_bundle(&b, &m.dir, script, "runc");
+    let out = Command::new("runc")
+        .args(["run", "--bundle"])
+        .arg(&b)
+        .arg(format!("layerfs-debian-{}", std::process::id()))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("DONE"),
+        "container failed:\n{text}"
+    );
+    assert!(
+        text.contains("OS=debian") && text.contains("probe-ran"),
+        "{text}"
+    );
+    drop(m);
+    assert!(u.join("usr/share/layerfs-probe/data/hello").exists());
+    assert!(fs::read_to_string(u.join("var/lib/dpkg/status"))
+        .unwrap()
+        .contains("Package: layerfs-probe"));
+    assert!(base.join("usr/share/doc/adduser").exists() && base.join("usr/share/doc/apt").exists());
 }

@@ -541,3 +541,33 @@ pub fn random_stack(seed: u64, n: usize, base: &Path) -> Vec<PathBuf> {
     }
     layers
 }
+
+/// An OCI bundle (made by `runtime spec`) whose root is `rootfs`, running
+/// `script` with sh.
+pub fn oci_bundle(dir: &Path, rootfs: &Path, script: &str, runtime: &str) {
+    mkdir(dir);
+    let st = Command::new(runtime)
+        .arg("spec")
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let spec = fs::read_to_string(dir.join("config.json")).unwrap();
+    let script_json = script.replace('\\', "\\\\").replace('"', "\\\"");
+    let spec = spec
+        .replace("\"terminal\": true", "\"terminal\": false")
+        .replace(
+            "\"args\": [\n\t\t\t\"sh\"\n\t\t]",
+            &format!("\"args\": [\"/bin/sh\", \"-c\", \"{script_json}\"]"),
+        )
+        .replace(
+            "\"path\": \"rootfs\"",
+            &format!("\"path\": \"{}\"", rootfs.display()),
+        )
+        .replace("\"readonly\": true", "\"readonly\": false");
+    assert!(
+        spec.contains("/bin/sh"),
+        "runc spec changed its layout:\n{spec}"
+    );
+    fs::write(dir.join("config.json"), spec).unwrap();
+}
