@@ -13,14 +13,6 @@ use std::process::Command;
 
 use common::*;
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 /// Where Debian's busybox-static puts its binary.
 fn busybox() -> Option<PathBuf> {
     ["/bin/busybox", "/usr/bin/busybox"]

@@ -431,16 +431,7 @@ fn copy_up_preserves_metadata_and_inode_number() {
         .unwrap();
     assert!(st.success());
     write(&l0.join("other"), b"o");
-    let u = t.path().join("u");
-    let w = t.path().join("w");
-    mkdir(&u);
-    mkdir(&w);
-    let opts = format!(
-        "{},upperdir={},workdir={}",
-        lowerdir_opt(&[l0.clone(), l1.clone()]),
-        u.display(),
-        w.display()
-    );
+    let (opts, u, w) = rw_opts(t.path(), &[l0.clone(), l1.clone()], "");
     let mut m = try_mount_layerfs(&opts, &t.path().join("m")).unwrap();
     let before = fs::symlink_metadata(m.path("dir/tool")).unwrap();
     let caps_before = Command::new("getfattr")
@@ -529,16 +520,7 @@ fn sparse_files_stay_sparse_on_copy_up() {
         f.write_at(b"start", 0).unwrap();
         f.write_at(b"middle", 2 << 30).unwrap();
     }
-    let u = t.path().join("u");
-    let w = t.path().join("w");
-    mkdir(&u);
-    mkdir(&w);
-    let opts = format!(
-        "{},upperdir={},workdir={}",
-        lowerdir_opt(&[l0, l1]),
-        u.display(),
-        w.display()
-    );
+    let (opts, u, _w) = rw_opts(t.path(), &[l0, l1], "");
     let m = try_mount_layerfs(&opts, &t.path().join("m")).unwrap();
     fs::OpenOptions::new()
         .write(true)
@@ -634,16 +616,7 @@ fn concurrent_writers_copy_up_once() {
     let big: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 253) as u8).collect();
     write(&l1.join("shared"), &big);
     write(&l0.join("x"), b"x");
-    let u = t.path().join("u");
-    let w = t.path().join("w");
-    mkdir(&u);
-    mkdir(&w);
-    let opts = format!(
-        "{},upperdir={},workdir={}",
-        lowerdir_opt(&[l0, l1]),
-        u.display(),
-        w.display()
-    );
+    let (opts, _u, w) = rw_opts(t.path(), &[l0, l1], "");
     let m = try_mount_layerfs(&opts, &t.path().join("m")).unwrap();
     let path = m.path("shared");
     let threads: Vec<_> = (0..8u64)
@@ -713,16 +686,7 @@ fn crash_during_copy_up_leaves_old_or_new_content() {
     write(&l1.join("big"), &big);
     write(&l0.join("x"), b"x");
     drop(big);
-    let u = t.path().join("u");
-    let w = t.path().join("w");
-    mkdir(&u);
-    mkdir(&w);
-    let opts = format!(
-        "{},upperdir={},workdir={},volatile",
-        lowerdir_opt(&[l0, l1.clone()]),
-        u.display(),
-        w.display()
-    );
+    let (opts, u, w) = rw_opts(t.path(), &[l0, l1.clone()], "volatile");
     let mnt = t.path().join("m");
     for delay_ms in [5u64, 40, 150] {
         let mut m = try_mount_layerfs(&opts, &mnt).unwrap();

@@ -17,6 +17,15 @@ pub fn layerfs_bin() -> &'static str {
     env!("CARGO_BIN_EXE_layerfs")
 }
 
+/// Whether a command is on PATH.
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
 pub fn is_root() -> bool {
     layerfs::sys::geteuid() == 0
 }
