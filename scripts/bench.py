@@ -281,6 +281,20 @@ def chown_all(env, t, m):
     return timed("chown -R 1000:1000 .", d)
 
 
+def chown_all_metacopy(env, t, m):
+    """chown -R with metadata-only copy-up where the filesystem offers it
+    (kernel overlayfs and layerfs: metacopy=on; fuse-overlayfs has none)."""
+    if t == "native":
+        return None
+    env.umount(t)
+    extra = "" if t == "fuse-overlayfs" else "metacopy=on"
+    env.mount(t, extra=extra)
+    dt = timed("chown -R 1000:1000 .", env.mnt[t])
+    env.umount(t)
+    env.mount(t)
+    return dt
+
+
 def mount_time(n):
     def run(env, t, m):
         if t == "native":
@@ -312,6 +326,7 @@ WORKLOADS = [
     ("copy-up: append to 1000 files", copy_up_small),
     ("copy-up: open big file for write", in_fresh("python3 -c \"open('big.bin','r+b').close()\"", native=False)),
     ("chown -R whole image", chown_all),
+    ("chown -R with metacopy=on", chown_all_metacopy),
     ("untar image", untar),
     ("create+delete 2000 files", create_delete),
     ("rm -rf lower tree", rm_lower_tree),
