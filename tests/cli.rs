@@ -241,11 +241,7 @@ fn workdir_on_another_filesystem_and_upper_without_xattrs() {
         .args(["-m", "sh", "-c", &script])
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(
         text.contains("is on another filesystem than upperdir"),
         "{text}"
@@ -257,39 +253,12 @@ fn workdir_on_another_filesystem_and_upper_without_xattrs() {
     assert_eq!(text.matches("rc=1").count(), 2, "{text}");
 }
 
-fn daemon_pid(mnt: &Path) -> Option<u32> {
-    let canon = mnt.canonicalize().ok()?;
-    let want = canon.as_os_str().to_string_lossy().into_owned();
-    for e in fs::read_dir("/proc").ok()? {
-        let e = e.ok()?;
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmd
-            .split(|&b| b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.first().is_some_and(|a| a.ends_with("layerfs")) && args.contains(&want) {
-            return Some(pid);
-        }
-    }
-    None
-}
-
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn is_mounted(p: &Path) -> bool {
-    let c = p.canonicalize().unwrap();
-    mounts()
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(c.to_str().unwrap()))
 }
 
 #[test]
@@ -455,11 +424,7 @@ fn in_private_ns_with_layerfs_installed(d: &Dirs, script: &str) -> String {
         .args(["-m", "sh", "-c", &full])
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "script failed:\n{text}");
     text
 }

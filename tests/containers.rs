@@ -97,11 +97,7 @@ fn run_container(t: &Path, lowers: &[PathBuf], format: &str, runtime: &str) -> (
             .output()
             .unwrap()
     };
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "{runtime} failed:\n{text}");
     drop(m);
     (text, u)
@@ -212,11 +208,7 @@ impl Podman {
             .current_dir(&self.dir)
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = output_text(&out);
         (out.status.success(), text)
     }
 

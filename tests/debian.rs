@@ -115,11 +115,7 @@ fn dpkg_in_a_chroot_on_a_layerfs_debian() {
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(
         out.status.success() && text.contains("ALL-OK"),
         "chroot script failed:\n{text}"
@@ -184,11 +180,7 @@ fn runc_container_installs_a_package_on_a_layerfs_debian() {
         .arg(format!("layerfs-debian-{}", std::process::id()))
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(
         out.status.success() && text.contains("DONE"),
         "container failed:\n{text}"

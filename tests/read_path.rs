@@ -344,24 +344,10 @@ fn lower_layers_are_never_modified() {
 /// Counts the fds the daemon holds: each live directory inode holds one
 /// per layer it comes from (files are reached by name and hold none).
 fn daemon_fd_count(mnt: &Path) -> usize {
-    let canon = mnt.canonicalize().unwrap();
-    let out = Command::new("pgrep")
-        .args(["-f", "layerfs"])
-        .output()
-        .unwrap();
-    let mut best = 0;
-    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if cmd
-            .split(|&b| b == 0)
-            .any(|a| a == canon.as_os_str().as_bytes())
-        {
-            best = fs::read_dir(format!("/proc/{pid}/fd"))
-                .map(|d| d.count())
-                .unwrap_or(0);
-        }
-    }
-    best
+    daemon_pid(mnt)
+        .and_then(|pid| fs::read_dir(format!("/proc/{pid}/fd")).ok())
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 #[test]

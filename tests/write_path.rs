@@ -725,24 +725,6 @@ fn crash_during_copy_up_leaves_old_or_new_content() {
     }
 }
 
-fn daemon_pid(mnt: &Path) -> Option<u32> {
-    let canon = mnt.canonicalize().ok()?;
-    for e in fs::read_dir("/proc").ok()? {
-        let e = e.ok()?;
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-        if args.first().is_some_and(|a| a.ends_with(b"layerfs"))
-            && args.contains(&canon.as_os_str().as_bytes())
-        {
-            return Some(pid);
-        }
-    }
-    None
-}
-
 #[test]
 fn file_locks_work_across_processes() {
     require_root!();

@@ -42,7 +42,7 @@ macro_rules! require_root {
     };
 }
 
-fn is_mounted(dir: &Path) -> bool {
+pub fn is_mounted(dir: &Path) -> bool {
     let Ok(canon) = dir.canonicalize() else {
         return false;
     };
@@ -51,6 +51,34 @@ fn is_mounted(dir: &Path) -> bool {
     mounts
         .lines()
         .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+}
+
+/// The pid of the layerfs daemon serving `mnt`, found by its command line.
+pub fn daemon_pid(mnt: &Path) -> Option<u32> {
+    let canon = mnt.canonicalize().ok()?;
+    for e in fs::read_dir("/proc").ok()? {
+        let e = e.ok()?;
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        if args.first().is_some_and(|a| a.ends_with(b"layerfs"))
+            && args.contains(&canon.as_os_str().as_bytes())
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// A command's stdout and stderr as one text, for messages and checks.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// A mount that is undone when the guard drops.
