@@ -20,7 +20,7 @@ use crate::inode::{Inode, RealEntry};
 use crate::ops::{errno, LayerFs};
 use crate::origin;
 use crate::sys::{self, TimeSpec};
-use crate::whiteout::{self, DirMarks};
+use crate::whiteout::{self, DirMarks, XattrNs};
 use crate::workdir::Staged;
 
 /// Set once FICLONE failed for lack of support.
@@ -322,7 +322,7 @@ impl LayerFs {
         let fd = sys::openat(work.fd(), &staged.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         // Owner first (chown clears setuid bits and capabilities), then mode,
         // then xattrs, then times.
-        sys::fchown_fd(fd.as_fd(), st.st_uid, st.st_gid)?;
+        self.chown_upper(fd.as_fd(), st.st_uid, st.st_gid)?;
         if fmt != libc::S_IFLNK {
             sys::fchmod_fd(fd.as_fd(), st.st_mode & 0o7777)?;
         }
@@ -392,8 +392,13 @@ impl LayerFs {
         let Some(v) = self.origin_of(src) else {
             return Ok(None);
         };
-        sys::setxattr_fd(dst, &up.ns.name("origin"), &v, 0)?;
-        Ok(Some(v))
+        match sys::setxattr_fd(dst, &up.ns.name("origin"), &v, 0) {
+            // user.* xattrs are refused on symlinks and devices: such an
+            // upper simply has no origin, as with kernel userxattr mounts.
+            Err(e) if up.ns == XattrNs::User && e.raw_os_error() == Some(libc::EPERM) => Ok(None),
+            Err(e) => Err(e),
+            Ok(()) => Ok(Some(v)),
+        }
     }
 
     /// Copies up the parent directory of a name operation: the upper dir

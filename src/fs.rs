@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -106,9 +107,26 @@ impl Fuse {
         p
     }
 
+    /// Attributes as the kernel is to see them: owners through the mount's
+    /// id mapping (`idmap`); everything below `fs` works with stored ids.
+    fn shown(&self, mut attr: FileAttr) -> FileAttr {
+        let ids = &self.fs.opts.ids;
+        if !ids.is_identity() {
+            attr.uid = ids.uid.shown(attr.uid);
+            attr.gid = ids.gid.shown(attr.gid);
+        }
+        attr
+    }
+
+    /// The ids a new object of this caller is stored with.
+    fn caller(&self, req: &Request) -> (u32, u32) {
+        let ids = &self.fs.opts.ids;
+        (ids.uid.stored(req.uid()), ids.gid.stored(req.gid()))
+    }
+
     fn entry_reply(&self, res: io::Result<FileAttr>, reply: ReplyEntry) {
         match res {
-            Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
+            Ok(attr) => reply.entry(&self.ttl, &self.shown(attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -163,7 +181,7 @@ impl Filesystem for Fuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
-            Ok((_, attr)) => reply.entry(&self.ttl, &attr, Generation(0)),
+            Ok((_, attr)) => reply.entry(&self.ttl, &self.shown(attr), Generation(0)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 reply.entry(&self.ttl, &negative_entry(), Generation(0))
             }
@@ -177,7 +195,7 @@ impl Filesystem for Fuse {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
-            Ok(attr) => reply.attr(&self.ttl, &attr),
+            Ok(attr) => reply.attr(&self.ttl, &self.shown(attr)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -305,7 +323,7 @@ impl Filesystem for Fuse {
             if e.name == "." || e.name == ".." {
                 // The kernel takes no reference for these two; any attrs do.
                 let mut attr = match self.fs.getattr(ino.0) {
-                    Ok(a) => a,
+                    Ok(a) => self.shown(a),
                     Err(err) => return reply.error(errno(err)),
                 };
                 attr.ino = INodeNo(e.ino);
@@ -326,6 +344,7 @@ impl Filesystem for Fuse {
             let Ok((inode, attr)) = self.fs.lookup(ino.0, &e.name) else {
                 continue;
             };
+            let attr = self.shown(attr);
             if reply.add(attr.ino, off, &e.name, &self.ttl, &attr, Generation(0)) {
                 self.fs.forget(inode.ino, 1);
                 break;
@@ -351,7 +370,11 @@ impl Filesystem for Fuse {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.xattr_reply(self.fs.getxattr(ino.0, name), size, reply);
+        let value = self.fs.getxattr(ino.0, name).map(|mut v| {
+            crate::idmap::map_acl(&self.fs.opts.ids, name.as_bytes(), &mut v, true);
+            v
+        });
+        self.xattr_reply(value, size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -359,7 +382,8 @@ impl Filesystem for Fuse {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.fs.access(ino.0, mask.bits(), req.uid(), req.gid()) {
+        let (uid, gid) = self.caller(req);
+        match self.fs.access(ino.0, mask.bits(), uid, gid) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -383,17 +407,18 @@ impl Filesystem for Fuse {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let ids = &self.fs.opts.ids;
         let a = SetAttr {
             mode,
-            uid,
-            gid,
+            uid: uid.map(|u| ids.uid.stored(u)),
+            gid: gid.map(|g| ids.gid.stored(g)),
             size,
             atime: atime.map(time_spec),
             mtime: mtime.map(time_spec),
             fh: fh.map(|f| f.0),
         };
         match self.fs.setattr(ino.0, a) {
-            Ok(attr) => reply.attr(&self.ttl, &attr),
+            Ok(attr) => reply.attr(&self.ttl, &self.shown(attr)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -408,9 +433,8 @@ impl Filesystem for Fuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = self
-            .fs
-            .mknod(parent.0, name, mode, rdev, req.uid(), req.gid());
+        let (uid, gid) = self.caller(req);
+        let r = self.fs.mknod(parent.0, name, mode, rdev, uid, gid);
         self.entry_reply(r.map(|(_, a)| a), reply);
     }
 
@@ -423,7 +447,8 @@ impl Filesystem for Fuse {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.fs.mkdir(parent.0, name, mode, req.uid(), req.gid());
+        let (uid, gid) = self.caller(req);
+        let r = self.fs.mkdir(parent.0, name, mode, uid, gid);
         self.entry_reply(r.map(|(_, a)| a), reply);
     }
 
@@ -443,13 +468,10 @@ impl Filesystem for Fuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self.fs.symlink(
-            parent.0,
-            link_name,
-            target.as_os_str(),
-            req.uid(),
-            req.gid(),
-        );
+        let (uid, gid) = self.caller(req);
+        let r = self
+            .fs
+            .symlink(parent.0, link_name, target.as_os_str(), uid, gid);
         self.entry_reply(r.map(|(_, a)| a), reply);
     }
 
@@ -532,7 +554,15 @@ impl Filesystem for Fuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        Self::empty_reply(self.fs.setxattr(ino.0, name, value, flags), reply);
+        let ids = &self.fs.opts.ids;
+        let r = if ids.is_identity() {
+            self.fs.setxattr(ino.0, name, value, flags)
+        } else {
+            let mut value = value.to_vec();
+            crate::idmap::map_acl(ids, name.as_bytes(), &mut value, false);
+            self.fs.setxattr(ino.0, name, &value, flags)
+        };
+        Self::empty_reply(r, reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -549,11 +579,10 @@ impl Filesystem for Fuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
-            .fs
-            .create(parent.0, name, mode, flags, req.uid(), req.gid())
-        {
+        let (uid, gid) = self.caller(req);
+        match self.fs.create(parent.0, name, mode, flags, uid, gid) {
             Ok((_, attr, fh)) => {
+                let attr = self.shown(attr);
                 match self.serve_mode(attr.ino.0, fh, true, |fd| reply.open_backing(fd)) {
                     Passthrough::Use(id) => reply.created_passthrough(
                         &self.ttl,

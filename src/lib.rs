@@ -8,6 +8,7 @@ pub mod copyup;
 pub mod dir;
 pub mod fs;
 pub mod handles;
+pub mod idmap;
 pub mod inode;
 pub mod layers;
 pub mod logging;

@@ -4,7 +4,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use fuser::FileAttr;
@@ -27,6 +27,16 @@ pub struct SetAttr {
 }
 
 impl LayerFs {
+    /// Sets the owner of an upper file. Under `squash_to_*` every file
+    /// shows the squashed owner anyway, so a refused chown (a daemon
+    /// without CAP_CHOWN) is not an error, as with fuse-overlayfs.
+    pub(crate) fn chown_upper(&self, fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+        match sys::fchown_fd(fd, uid, gid) {
+            Err(e) if self.opts.ids.squashed() && e.raw_os_error() == Some(libc::EPERM) => Ok(()),
+            r => r,
+        }
+    }
+
     pub fn setattr(&self, ino: u64, a: SetAttr) -> io::Result<FileAttr> {
         let inode = self.inode(ino)?;
         let up = match a.size {
@@ -47,7 +57,7 @@ impl LayerFs {
         }
         // Owner before mode: chown clears setuid/setgid.
         if a.uid.is_some() || a.gid.is_some() {
-            sys::fchown_fd(fd, a.uid.unwrap_or(u32::MAX), a.gid.unwrap_or(u32::MAX))?;
+            self.chown_upper(fd, a.uid.unwrap_or(u32::MAX), a.gid.unwrap_or(u32::MAX))?;
         }
         if let Some(mode) = a.mode {
             sys::fchmod_fd(fd, mode & 0o7777)?;

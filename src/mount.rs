@@ -350,22 +350,35 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
         read_only: req.options.read_only,
         metacopy: req.options.metacopy,
         passthrough: !req.options.no_passthrough,
+        ids: req.options.id_mapping(),
+        xattr_whiteouts: std::env::var_os("FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT").is_some(),
         ..FsOptions::default()
     };
     if let Some(t) = req.options.timeout {
         fs_opts.timeout = t;
     }
     let work = match (&plan.work, &plan.upper, req.options.read_only) {
-        (Some(w), Some(u), false) => Some(WorkDir::prepare(w, u).map_err(|e| {
-            // Our own messages already name the directory.
-            if e.raw_os_error().is_some() {
-                MountError(format!("workdir {}: {e}", w.display()))
-            } else {
-                MountError(e.to_string())
-            }
-        })?),
+        (Some(w), Some(u), false) => {
+            Some(WorkDir::prepare(w, u, req.options.userxattr).map_err(|e| {
+                // Our own messages already name the directory.
+                if e.raw_os_error().is_some() {
+                    MountError(format!("workdir {}: {e}", w.display()))
+                } else {
+                    MountError(e.to_string())
+                }
+            })?)
+        }
         _ => None,
     };
+    if let Some(w) = &work {
+        if fs_opts.metacopy && w.xattr_ns() == crate::whiteout::XattrNs::User {
+            // Kernel overlayfs refuses metacopy with userxattr too: anyone
+            // could forge a user.overlay.metacopy pointing at other data.
+            return Err(MountError(
+                "metacopy=on needs trusted.overlay.* xattrs (root, without userxattr)".into(),
+            ));
+        }
+    }
 
     let mut notify: Option<UnixStream> = None;
     if !req.foreground {

@@ -19,7 +19,7 @@ use crate::inode::{Inode, InodeState, RealEntry, ROOT_INO};
 use crate::lookup::Resolved;
 use crate::ops::{check_name, errno, has_xattr_whiteout, LayerFs};
 use crate::sys;
-use crate::whiteout::{self, Redirect};
+use crate::whiteout::{self, Redirect, XattrNs};
 use crate::workdir::Staged;
 
 /// Name of the whiteout inode in the work dir that whiteouts link to.
@@ -93,22 +93,22 @@ impl LayerFs {
     /// the xattr whiteout kernel overlayfs reads, marking `dir`'s upper part
     /// `opaque=x` so readers know to look for it.
     fn make_whiteout(&self, at: BorrowedFd<'_>, name: &OsStr, dir: &Inode) -> io::Result<()> {
-        // As kernel overlayfs does: every whiteout is a link to one shared
-        // whiteout inode in the work dir, which is far cheaper than a new
-        // inode each (an `rm -rf` of a lower tree makes thousands).
-        if self.link_shared_whiteout(at, name).is_ok() {
-            return Ok(());
-        }
-        match sys::mknodat(at, name, libc::S_IFCHR, 0) {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                let up = self.upper_ctx()?;
-                let f = sys::openat(at, name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0)?;
-                sys::setxattr_fd(f.as_fd(), &up.ns.name("whiteout"), b"", 0)?;
-                self.mark_xwhiteouts(dir)
+        let up = self.upper_ctx()?;
+        if !up.xattr_whiteouts {
+            // As kernel overlayfs does: every whiteout is a link to one shared
+            // whiteout inode in the work dir, which is far cheaper than a new
+            // inode each (an `rm -rf` of a lower tree makes thousands).
+            if self.link_shared_whiteout(at, name).is_ok() {
+                return Ok(());
             }
-            Err(e) => Err(e),
+            match sys::mknodat(at, name, libc::S_IFCHR, 0) {
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                r => return r,
+            }
         }
+        let f = sys::openat(at, name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0)?;
+        sys::setxattr_fd(f.as_fd(), &up.ns.name("whiteout"), b"", 0)?;
+        self.mark_xwhiteouts(dir)
     }
 
     fn link_shared_whiteout(&self, at: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
@@ -214,7 +214,7 @@ impl LayerFs {
         let finish = |dir: BorrowedFd<'_>, n: &OsStr| -> io::Result<OwnedFd> {
             let fd = sys::openat(dir, n, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
             if let Some(o) = owner {
-                sys::fchown_fd(fd.as_fd(), o.uid, o.gid)?;
+                self.chown_upper(fd.as_fd(), o.uid, o.gid)?;
             }
             if let Some(m) = mode {
                 sys::fchmod_fd(fd.as_fd(), m)?;
@@ -647,6 +647,12 @@ impl LayerFs {
     ) -> io::Result<()> {
         let up = self.upper_ctx()?;
         if inode.is_dir && self.has_lower_parts(inode) {
+            if up.ns == XattrNs::User {
+                // As kernel overlayfs with userxattr: no redirects, since
+                // anyone could forge a user.overlay.redirect; rename(2)
+                // callers copy instead (mv does).
+                return Err(errno(libc::EXDEV));
+            }
             // Compute before copy-up changes nothing of it, but the upper
             // part must exist to carry the xattr.
             let path = self.lower_path(inode)?;
@@ -738,9 +744,18 @@ impl LayerFs {
                 if !src.is_dir && d.is_dir {
                     return Err(errno(libc::EISDIR));
                 }
-                if d.is_dir && self.current_listing(d)?.1.len() > 2 {
-                    return Err(errno(libc::ENOTEMPTY));
-                }
+            }
+        }
+        if self.upper_ctx()?.ns == XattrNs::User {
+            // Checked before emptiness, in the kernel's order.
+            let immovable = |i: &Arc<Inode>| i.is_dir && self.has_lower_parts(i);
+            if immovable(&src) || (exchange && dst.as_ref().is_some_and(immovable)) {
+                return Err(errno(libc::EXDEV));
+            }
+        }
+        if let Some(d) = &dst {
+            if !exchange && d.is_dir && self.current_listing(d)?.1.len() > 2 {
+                return Err(errno(libc::ENOTEMPTY));
             }
         }
         let src_lower = self.lower_positive(&sdir, name)?;
@@ -805,13 +820,21 @@ impl LayerFs {
                 }
                 _ if src_lower => {
                     let nr = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
+                    let wh = if self.upper_ctx()?.xattr_whiteouts {
+                        0
+                    } else {
+                        libc::RENAME_WHITEOUT
+                    };
                     match sys::renameat2(
                         spu.fd.get()?.as_fd(),
                         name,
                         dpu.fd.get()?.as_fd(),
                         newname,
-                        nr | libc::RENAME_WHITEOUT,
+                        nr | wh,
                     ) {
+                        Ok(()) if wh == 0 => {
+                            self.make_whiteout(spu.fd.get()?.as_fd(), name, &sdir)?;
+                        }
                         Ok(()) => {}
                         Err(e)
                             if matches!(

@@ -43,6 +43,12 @@ pub struct FsOptions {
     pub metacopy: bool,
     /// Try FUSE passthrough for regular files.
     pub passthrough: bool,
+    /// Ids shown to the kernel versus ids stored (applied in `fs`).
+    pub ids: crate::idmap::IdMapping,
+    /// Whiteouts as xattr-marked files (kernel 6.7+ reads them) instead of
+    /// char 0/0 devices, for uppers that will be used where device nodes
+    /// cannot be made; fuse-overlayfs' FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT.
+    pub xattr_whiteouts: bool,
 }
 
 impl Default for FsOptions {
@@ -53,6 +59,8 @@ impl Default for FsOptions {
             read_only: false,
             metacopy: false,
             passthrough: true,
+            ids: Default::default(),
+            xattr_whiteouts: false,
         }
     }
 }
@@ -65,6 +73,8 @@ pub struct UpperCtx {
     /// Namespace of the overlay xattrs written: trusted when privileged.
     pub ns: XattrNs,
     pub fsync: bool,
+    /// Write xattr whiteouts instead of char 0/0 devices.
+    pub xattr_whiteouts: bool,
 }
 
 /// An open regular file.
@@ -181,6 +191,7 @@ impl LayerFs {
                 ns: work.xattr_ns(),
                 work,
                 fsync: opts.fsync,
+                xattr_whiteouts: opts.xattr_whiteouts,
             }),
             _ => None,
         };

@@ -5,6 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::idmap::{overflow_id, parse_ranges, IdMap, IdMapping, IdRange};
+
 /// A mount option the user gave that layerfs cannot take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OptionError(pub String);
@@ -59,20 +61,24 @@ pub struct MountOptions {
     pub subtype: Option<String>,
     /// Options layerfs accepts for compatibility without acting on them.
     pub ignored: Vec<String>,
-    /// Any other option, passed on as fuse-overlayfs would (uidmapping…):
-    /// kept so later features can read them.
+    /// `uidmapping=` / `gidmapping=`: ids shown differently from how they
+    /// are stored (see `idmap`).
+    pub uid_ranges: Vec<IdRange>,
+    pub gid_ranges: Vec<IdRange>,
+    /// `squash_to_uid=` / `squash_to_gid=` (`squash_to_root` sets both to 0
+    /// unless they are given).
+    pub squash_uid: Option<u32>,
+    pub squash_gid: Option<u32>,
+    pub squash_to_root: bool,
+    /// `userxattr`: write `user.overlay.*` xattrs, as kernel overlayfs
+    /// does with this option (and as layerfs does anyway without root).
+    pub userxattr: bool,
+    /// Other options with a value that a later step reads (`logfile=`).
     pub extra: Vec<(String, String)>,
 }
 
-/// fuse-overlayfs options accepted with a value that layerfs keeps for
-/// features that read them (id mapping, logging).
-const KEPT: &[&str] = &[
-    "uidmapping",
-    "gidmapping",
-    "squash_to_uid",
-    "squash_to_gid",
-    "logfile",
-];
+/// Options with a value that a later step reads.
+const KEPT: &[&str] = &["logfile"];
 
 /// Options accepted and ignored: the generic ones mount(8) passes along,
 /// and fuse-overlayfs / kernel overlayfs tunables whose behaviour layerfs has
@@ -106,7 +112,6 @@ const IGNORED: &[&str] = &[
     "ino32_t",
     "redirect_dir",
     "index",
-    "userxattr",
     "nfs_export",
     "fast_ino",
     "static_nlink",
@@ -114,7 +119,6 @@ const IGNORED: &[&str] = &[
     "xattr_permissions",
     "writeback",
     "noxattrs",
-    "squash_to_root",
     "plugins",
     "comment",
     "uuid",
@@ -261,6 +265,29 @@ impl MountOptions {
             "sync" => self.sync = true,
             "async" => self.sync = false,
             "dirsync" => self.dirsync = true,
+            "uidmapping" | "gidmapping" => {
+                let v = need("CONTAINER-ID:HOST-ID:SIZE[:...]")?;
+                let ranges =
+                    parse_ranges(&v).map_err(|e| OptionError(format!("{name}={v}: {e}")))?;
+                if name == "uidmapping" {
+                    self.uid_ranges = ranges;
+                } else {
+                    self.gid_ranges = ranges;
+                }
+            }
+            "squash_to_uid" | "squash_to_gid" => {
+                let v = need("ID")?;
+                let id: u32 = v
+                    .parse()
+                    .map_err(|_| OptionError(format!("{name}={v}: not a numeric id")))?;
+                if name == "squash_to_uid" {
+                    self.squash_uid = Some(id);
+                } else {
+                    self.squash_gid = Some(id);
+                }
+            }
+            "squash_to_root" => self.squash_to_root = true,
+            "userxattr" => self.userxattr = true,
             "fsname" => self.fsname = Some(need("NAME")?),
             "subtype" => self.subtype = Some(need("NAME")?),
             n if KEPT.contains(&n) => self.extra.push((n.to_string(), need("VALUE")?)),
@@ -272,6 +299,25 @@ impl MountOptions {
             }
         }
         Ok(())
+    }
+}
+
+impl MountOptions {
+    /// The id translation these options ask for.
+    pub fn id_mapping(&self) -> IdMapping {
+        let root = self.squash_to_root.then_some(0);
+        IdMapping {
+            uid: IdMap::new(
+                self.uid_ranges.clone(),
+                self.squash_uid.or(root),
+                overflow_id("u"),
+            ),
+            gid: IdMap::new(
+                self.gid_ranges.clone(),
+                self.squash_gid.or(root),
+                overflow_id("g"),
+            ),
+        }
     }
 }
 
@@ -334,11 +380,24 @@ mod tests {
     }
 
     #[test]
-    fn kept_options() {
-        let o = MountOptions::parse(&["uidmapping=0:1000:1,squash_to_root"]).unwrap();
-        assert_eq!(
-            o.extra,
-            vec![("uidmapping".to_string(), "0:1000:1".to_string())]
+    fn id_mapping_options() {
+        let o = MountOptions::parse(&["uidmapping=:0:1000:1,gidmapping=0:2000:5,squash_to_root"])
+            .unwrap();
+        let m = o.id_mapping();
+        assert_eq!(m.uid.stored(1000), 0);
+        assert_eq!(m.gid.stored(2004), 4);
+        assert_eq!(m.uid.shown(0), 0, "squash_to_root shows root");
+        let o = MountOptions::parse(&["squash_to_root,squash_to_uid=5"]).unwrap();
+        assert_eq!(o.id_mapping().uid.shown(9), 5);
+        assert_eq!(o.id_mapping().gid.shown(9), 0);
+        assert!(MountOptions::parse(&["uidmapping=0:1"]).is_err());
+        assert!(MountOptions::parse(&["squash_to_uid=me"]).is_err());
+        assert!(
+            MountOptions::parse(&["logfile=/tmp/x"])
+                .unwrap()
+                .extra
+                .len()
+                == 1
         );
     }
 }

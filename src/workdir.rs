@@ -51,8 +51,9 @@ pub struct WorkDir {
 impl WorkDir {
     /// Locks `upperdir` and `workdir` against a second mount, creates
     /// `workdir/work` if needed, empties it, and checks the filesystem has
-    /// what overlay metadata needs (xattrs, d_type).
-    pub fn prepare(workdir: &Path, upperdir: &Path) -> io::Result<WorkDir> {
+    /// what overlay metadata needs (xattrs, d_type). `userxattr` asks for
+    /// `user.overlay.*` xattrs even where `trusted.` could be written.
+    pub fn prepare(workdir: &Path, upperdir: &Path, userxattr: bool) -> io::Result<WorkDir> {
         let upper_lock = lock_dir(upperdir, "upperdir")?;
         let lock = lock_dir(workdir, "workdir")?;
         let path = workdir.join("work");
@@ -95,7 +96,7 @@ impl WorkDir {
             next: AtomicU64::new(1),
         };
         wd.clean()?;
-        wd.ns = wd.probe_features(upperdir)?;
+        wd.ns = wd.probe_features(upperdir, userxattr)?;
         Ok(wd)
     }
 
@@ -103,7 +104,7 @@ impl WorkDir {
     /// process may (real root), else `user.` (as kernel overlayfs'
     /// `userxattr`). Fails, naming the problem, on a filesystem without
     /// xattrs or without d_type in directory entries.
-    fn probe_features(&self, upperdir: &Path) -> io::Result<XattrNs> {
+    fn probe_features(&self, upperdir: &Path, userxattr: bool) -> io::Result<XattrNs> {
         let staged = Staged::new(self);
         let f = sys::openat(
             self.fd(),
@@ -112,7 +113,12 @@ impl WorkDir {
             0o600,
         )?;
         let mut chosen = None;
-        for ns in [XattrNs::Trusted, XattrNs::User] {
+        let order: &[XattrNs] = if userxattr {
+            &[XattrNs::User]
+        } else {
+            &[XattrNs::Trusted, XattrNs::User]
+        };
+        for &ns in order {
             match sys::setxattr_fd(f.as_fd(), &ns.name("probe"), b"1", 0) {
                 Ok(()) => {
                     chosen = Some(ns);

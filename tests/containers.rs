@@ -78,25 +78,7 @@ fn run_container(t: &Path, lowers: &[PathBuf], format: &str, runtime: &str) -> (
     let b = t.join(format!("bundle-{tag}"));
     oci_bundle(&b, &m.dir, script, runtime);
     let id = format!("layerfs-test-{tag}-{}", std::process::id());
-    let out = if runtime == "crun" {
-        // Debian's crun 1.8 refuses a hybrid cgroup layout: run it in a
-        // private mount namespace without the cgroup2 mount.
-        Command::new("unshare")
-            .args(["-m", "sh", "-c"])
-            .arg(format!(
-                "umount /sys/fs/cgroup/unified 2>/dev/null; exec crun run --bundle {} {id}",
-                b.display()
-            ))
-            .output()
-            .unwrap()
-    } else {
-        Command::new(runtime)
-            .args(["run", "--bundle"])
-            .arg(&b)
-            .arg(&id)
-            .output()
-            .unwrap()
-    };
+    let out = run_oci(runtime, &b, &id);
     let text = output_text(&out);
     assert!(out.status.success(), "{runtime} failed:\n{text}");
     drop(m);
@@ -184,14 +166,7 @@ impl Podman {
             ),
         )
         .unwrap();
-        // No systemd, no CAP_SYS_RESOURCE, hybrid cgroups on these
-        // machines: cgroupfs, file events, fixed ulimits, runc.
-        fs::write(
-            conf.join("containers.conf"),
-            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
-             [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nruntime = \"runc\"\n",
-        )
-        .unwrap();
+        fs::write(conf.join("containers.conf"), CONTAINERS_CONF).unwrap();
         Podman {
             dir: dir.to_path_buf(),
         }
@@ -246,39 +221,7 @@ fn saved_layers(p: &Podman, image: &str) -> Vec<Vec<String>> {
         tar.to_str().unwrap(),
         image,
     ]);
-    let x = p.dir.join(format!("{image}-x"));
-    mkdir(&x);
-    assert!(Command::new("tar")
-        .arg("xf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(&x)
-        .status()
-        .unwrap()
-        .success());
-    let manifest = fs::read_to_string(x.join("manifest.json")).unwrap();
-    let layers = manifest
-        .split("\"Layers\":[")
-        .nth(1)
-        .unwrap()
-        .split(']')
-        .next()
-        .unwrap();
-    layers
-        .split(',')
-        .map(|l| l.trim_matches('"'))
-        .map(|l| {
-            let out = Command::new("tar")
-                .arg("tf")
-                .arg(x.join(l))
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(|s| s.trim_start_matches("./").to_string())
-                .collect()
-        })
-        .collect()
+    archive_layers(&tar, &p.dir.join(format!("{image}-x")))
 }
 
 #[test]

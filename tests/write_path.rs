@@ -10,14 +10,19 @@ use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
 
 fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("lfsw").tempdir().unwrap()
+    let mut t = tempfile::Builder::new().prefix("lfsw").tempdir().unwrap();
+    // To look at a failed run's layers afterwards.
+    if std::env::var_os("LAYERFS_KEEP_TEST_DIRS").is_some() {
+        t.disable_cleanup(true);
+    }
+    t
 }
 
 /// layerfs and kernel overlayfs over the same lowers, each with its own
@@ -26,6 +31,8 @@ struct Pair {
     base: PathBuf,
     lowers: Vec<PathBuf>,
     kernel_opts: String,
+    /// layerfs options besides the layers.
+    ours_extra: String,
     ours: Option<Mounted>,
     kernel: Option<Mounted>,
 }
@@ -46,20 +53,43 @@ impl Pair {
     }
 
     fn with_metacopy(base: &Path, lowers: Vec<PathBuf>, metacopy: bool) -> Pair {
-        let mc = if metacopy { "on" } else { "off" };
+        Pair::with(
+            base,
+            lowers,
+            Variant {
+                metacopy,
+                ..Variant::default()
+            },
+        )
+    }
+
+    fn with(base: &Path, lowers: Vec<PathBuf>, v: Variant) -> Pair {
+        let mc = if v.metacopy { "on" } else { "off" };
+        let mut ours_extra = format!("metacopy={mc}");
+        // userxattr: no redirects (the kernel refuses the option with one).
+        let mut kernel_opts = format!("redirect_dir=on,index=off,metacopy={mc}");
+        if v.userxattr {
+            ours_extra += ",userxattr";
+            kernel_opts = "userxattr,index=off".to_string();
+        }
         let ours_opts = format!(
-            "{},{},metacopy={mc}",
+            "{},{},{ours_extra}",
             lowerdir_opt(&lowers),
             upper_opts(base, "ours")
         );
-        let ours = try_mount_layerfs(&ours_opts, &base.join("m-ours")).unwrap();
-        let kernel_opts = format!("redirect_dir=on,index=off,metacopy={mc}");
+        let env: &[(&str, &str)] = if v.xattr_whiteouts {
+            &[("FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT", "1")]
+        } else {
+            &[]
+        };
+        let ours = try_mount_layerfs_env(&ours_opts, &base.join("m-ours"), env).unwrap();
         let kopts = format!("{},{kernel_opts}", upper_opts(base, "kernel"));
         let kernel = mount_kernel(&lowers, &base.join("m-kernel"), &kopts);
         Pair {
             base: base.to_path_buf(),
             lowers,
             kernel_opts,
+            ours_extra,
             ours: Some(ours),
             kernel: Some(kernel),
         }
@@ -84,15 +114,11 @@ impl Pair {
     fn assert_kernel_upper_reads_back_under_layerfs(&mut self) {
         let before = snapshot(self.kernel());
         self.kernel.take().unwrap().unmount();
-        let mc = if self.kernel_opts.contains("metacopy=on") {
-            "on"
-        } else {
-            "off"
-        };
         let opts = format!(
-            "{},{},metacopy={mc}",
+            "{},{},{}",
             lowerdir_opt(&self.lowers),
-            upper_opts(&self.base, "kernel")
+            upper_opts(&self.base, "kernel"),
+            self.ours_extra
         );
         let m = try_mount_layerfs(&opts, &self.base.join("m-reverse")).unwrap();
         let d = diff(&before, &snapshot(&m.dir), WRITE_CMP);
@@ -341,12 +367,37 @@ fn random_op(rng: &mut Rng) -> Op {
     }
 }
 
+/// How the two mounts of a differential run are set up.
+#[derive(Debug, Clone, Copy, Default)]
+struct Variant {
+    metacopy: bool,
+    /// layerfs writes xattr whiteouts (as where mknod is refused).
+    xattr_whiteouts: bool,
+    /// Both use `user.overlay.*` xattrs (`userxattr`), as rootless mounts do.
+    userxattr: bool,
+}
+
 fn run_differential(seed: u64, ops: usize, metacopy: bool) {
+    run_differential_with(
+        seed,
+        ops,
+        Variant {
+            metacopy,
+            ..Variant::default()
+        },
+    )
+}
+
+fn run_differential_with(seed: u64, ops: usize, v: Variant) {
     let t = tmp();
     let n = 2 + (seed % 3) as usize;
     let lowers = random_stack(seed, n, &t.path().join("lower"));
+    if v.userxattr {
+        // With userxattr the kernel reads only user.overlay.* marks.
+        lowers.iter().for_each(|l| to_user_xattrs(l));
+    }
     let before: Vec<_> = lowers.iter().map(|l| fingerprint(l)).collect();
-    let mut pair = Pair::with_metacopy(t.path(), lowers.clone(), metacopy);
+    let mut pair = Pair::with(t.path(), lowers.clone(), v);
     pair.assert_same(&format!("seed {seed}: before any operation"));
     let mut rng = Rng::new(seed ^ 0xabcdef);
     let mut history: Vec<String> = Vec::new();
@@ -379,6 +430,13 @@ fn run_differential(seed: u64, ops: usize, metacopy: bool) {
         }
     }
     pair.assert_same(&format!("seed {seed}: after {ops} operations"));
+    if v.xattr_whiteouts {
+        let devices = walk_upper_devices(&t.path().join("upper-ours"));
+        assert!(
+            devices.is_empty(),
+            "seed {seed}: device whiteouts with FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT: {devices:?}"
+        );
+    }
     pair.assert_upper_reads_back_under_kernel();
     pair.assert_kernel_upper_reads_back_under_layerfs();
     for (l, b) in lowers.iter().zip(&before) {
@@ -396,6 +454,50 @@ fn random_operations_match_kernel_overlayfs() {
     require_root!();
     for seed in [1u64, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12] {
         run_differential(seed, 300, false);
+    }
+}
+
+/// Char 0/0 devices (device whiteouts) in an upper tree.
+fn walk_upper_devices(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let ft = e.file_type().unwrap();
+        if ft.is_dir() {
+            found.extend(walk_upper_devices(&e.path()));
+        } else if ft.is_char_device() && e.metadata().unwrap().rdev() == 0 {
+            found.push(e.path());
+        }
+    }
+    found
+}
+
+#[test]
+fn random_operations_match_kernel_overlayfs_with_xattr_whiteouts() {
+    require_root!();
+    // Where mknod is refused, whiteouts are the xattr kind kernel overlayfs
+    // (6.7+) reads; fuse-overlayfs' switch forces that here.
+    for seed in [31u64, 32, 33, 34] {
+        let v = Variant {
+            xattr_whiteouts: true,
+            ..Variant::default()
+        };
+        run_differential_with(seed, 300, v);
+    }
+}
+
+#[test]
+fn random_operations_match_kernel_overlayfs_with_userxattr() {
+    require_root!();
+    // The rootless format: user.overlay.* xattrs, no redirects (renaming a
+    // lower directory is EXDEV, as in the kernel), plus xattr whiteouts.
+    for (seed, xattr_whiteouts) in [(41u64, false), (42, false), (43, true), (44, true)] {
+        let v = Variant {
+            userxattr: true,
+            xattr_whiteouts,
+            ..Variant::default()
+        };
+        run_differential_with(seed, 300, v);
     }
 }
 
@@ -762,21 +864,7 @@ fn file_locks_work_across_processes() {
 }
 
 fn rw_opts(base: &Path, lowers: &[PathBuf], extra: &str) -> (String, PathBuf, PathBuf) {
-    let u = base.join("u");
-    let w = base.join("w");
-    mkdir(&u);
-    mkdir(&w);
-    let mut o = format!(
-        "{},upperdir={},workdir={}",
-        lowerdir_opt(lowers),
-        u.display(),
-        w.display()
-    );
-    if !extra.is_empty() {
-        o.push(',');
-        o.push_str(extra);
-    }
-    (o, u, w)
+    rw_opts_tagged(base, "", lowers, extra)
 }
 
 #[test]

@@ -119,6 +119,11 @@ impl Drop for Mounted {
 
 /// Runs `layerfs` with `opts` on `mnt`; it returns once the mount is up.
 pub fn try_mount_layerfs(opts: &str, mnt: &Path) -> io::Result<Mounted> {
+    try_mount_layerfs_env(opts, mnt, &[])
+}
+
+/// As `try_mount_layerfs`, with extra environment for the daemon.
+pub fn try_mount_layerfs_env(opts: &str, mnt: &Path, env: &[(&str, &str)]) -> io::Result<Mounted> {
     // A dead mount there answers ENOTCONN: leave it for layerfs to clear.
     if let Err(e) = fs::symlink_metadata(mnt) {
         if e.kind() == io::ErrorKind::NotFound {
@@ -129,6 +134,7 @@ pub fn try_mount_layerfs(opts: &str, mnt: &Path) -> io::Result<Mounted> {
         .arg("-o")
         .arg(opts)
         .arg(mnt)
+        .envs(env.iter().copied())
         .output()?;
     if !out.status.success() {
         return Err(io::Error::other(format!(
@@ -475,12 +481,7 @@ fn convert_dir(dir: &Path) {
             .unwrap_or(false)
     };
     if opaque {
-        let st = Command::new("setfattr")
-            .args(["-x", "trusted.overlay.opaque"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        remove_opaque_xattr(dir);
         fs::write(dir.join(".wh..wh..opq"), b"").unwrap();
     }
     for e in fs::read_dir(dir).unwrap() {
@@ -607,4 +608,123 @@ pub fn oci_bundle(dir: &Path, rootfs: &Path, script: &str, runtime: &str) {
         "runc spec changed its layout:\n{spec}"
     );
     fs::write(dir.join("config.json"), spec).unwrap();
+}
+
+/// The entries of each layer of a `docker-archive` image tarball, bottom
+/// layer first (unpacked into `scratch`).
+pub fn archive_layers(tar: &Path, scratch: &Path) -> Vec<Vec<String>> {
+    mkdir(scratch);
+    assert!(Command::new("tar")
+        .arg("xf")
+        .arg(tar)
+        .arg("-C")
+        .arg(scratch)
+        .status()
+        .unwrap()
+        .success());
+    let manifest = fs::read_to_string(scratch.join("manifest.json")).unwrap();
+    let layers = manifest
+        .split("\"Layers\":[")
+        .nth(1)
+        .unwrap()
+        .split(']')
+        .next()
+        .unwrap();
+    layers
+        .split(',')
+        .map(|l| l.trim_matches('"'))
+        .map(|l| {
+            let out = Command::new("tar")
+                .arg("tf")
+                .arg(scratch.join(l))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|s| s.trim_start_matches("./").to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// Rewrites a layer's `trusted.overlay.opaque` marks as
+/// `user.overlay.opaque`, the form a rootless (`userxattr`) stack has.
+pub fn to_user_xattrs(dir: &Path) {
+    let fd = layerfs::sys::open_path(dir, libc::O_PATH).unwrap();
+    let opaque =
+        layerfs::sys::getxattr_fd(std::os::fd::AsFd::as_fd(&fd), c"trusted.overlay.opaque");
+    if let Ok(v) = opaque {
+        remove_opaque_xattr(dir);
+        setxattr(dir, "user.overlay.opaque", &v);
+    }
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            to_user_xattrs(&e.path());
+        }
+    }
+}
+
+/// Runs the OCI bundle `bundle` as container `id` with `runtime` (runc or
+/// crun) and returns its output.
+pub fn run_oci(runtime: &str, bundle: &Path, id: &str) -> std::process::Output {
+    if runtime == "crun" {
+        // Debian's crun 1.8 refuses a hybrid cgroup layout: run it in a
+        // private mount namespace without the cgroup2 mount.
+        Command::new("unshare")
+            .args(["-m", "sh", "-c"])
+            .arg(format!(
+                "umount /sys/fs/cgroup/unified 2>/dev/null; exec crun run --bundle '{}' '{id}'",
+                bundle.display()
+            ))
+            .output()
+            .unwrap()
+    } else {
+        Command::new(runtime)
+            .args(["run", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .output()
+            .unwrap()
+    }
+}
+
+/// Mount options for `lowers` with a new upper and work dir in `base`
+/// (named `u{tag}` and `w{tag}`), plus `extra`; returns them and the dirs.
+pub fn rw_opts_tagged(
+    base: &Path,
+    tag: &str,
+    lowers: &[PathBuf],
+    extra: &str,
+) -> (String, PathBuf, PathBuf) {
+    let u = base.join(format!("u{tag}"));
+    let w = base.join(format!("w{tag}"));
+    mkdir(&u);
+    mkdir(&w);
+    let mut o = format!(
+        "{},upperdir={},workdir={}",
+        lowerdir_opt(lowers),
+        u.display(),
+        w.display()
+    );
+    if !extra.is_empty() {
+        o.push(',');
+        o.push_str(extra);
+    }
+    (o, u, w)
+}
+
+/// containers.conf for these machines: no systemd, no CAP_SYS_RESOURCE,
+/// hybrid cgroups (cgroupfs, file events, fixed ulimits, runc).
+pub const CONTAINERS_CONF: &str =
+    "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
+     [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nruntime = \"runc\"\n";
+
+fn remove_opaque_xattr(dir: &Path) {
+    let st = Command::new("setfattr")
+        .args(["-x", "trusted.overlay.opaque"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
 }

@@ -1,0 +1,312 @@
+//! Rootless podman on layerfs: an unprivileged user (made by the test, in a
+//! private mount namespace so the host's /etc stays untouched) runs podman
+//! with layerfs as containers-storage's mount_program. podman puts itself
+//! in a user namespace (newuidmap), where layerfs mounts with mount(2) and
+//! writes `user.overlay.*` xattrs (trusted.* is refused there), with no
+//! directory redirects, exactly as kernel overlayfs' `userxattr`. A container
+//! with its own `--uidmap` gets `uidmapping=`/`gidmapping=` from
+//! containers-storage. Everything is checked on disk afterwards, and the
+//! upper dirs are read back by kernel overlayfs in `userxattr` mode.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+
+/// Host ids of the test user and of its subordinate range.
+const SUBID_BASE: u32 = 300000;
+const SUBID_COUNT: u32 = 65536;
+
+fn busybox() -> Option<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// A uid (and gid of the same number) no account on this host uses.
+fn free_id() -> u32 {
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group = fs::read_to_string("/etc/group").unwrap_or_default();
+    let used = |text: &str, id: u32| {
+        text.lines()
+            .any(|l| l.split(':').nth(2) == Some(id.to_string().as_str()))
+    };
+    (1500..60000)
+        .find(|&id| !used(&passwd, id) && !used(&group, id))
+        .expect("a free uid")
+}
+
+/// Kills every process of the test user (podman's pause process, layerfs
+/// daemons, containers), which also ends the namespaces holding their
+/// mounts.
+struct UserProcesses(u32);
+
+impl Drop for UserProcesses {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-U", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// Lines `KEY=value` printed by the script.
+fn value<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} not printed:\n{out}"))
+}
+
+#[test]
+fn rootless_podman_with_layerfs_as_mount_program() {
+    require_root!();
+    let missing: Vec<_> = [
+        "podman",
+        "runc",
+        "newuidmap",
+        "newgidmap",
+        "setpriv",
+        "unshare",
+    ]
+    .into_iter()
+    .filter(|c| !have(c))
+    .collect();
+    if !missing.is_empty() || busybox().is_none() {
+        eprintln!("SKIP: not installed: {missing:?} (or busybox-static)");
+        return;
+    }
+    let id = free_id();
+    let _cleanup = UserProcesses(id);
+    let t = tempfile::Builder::new().prefix("lfsrl").tempdir().unwrap();
+    let base = t.path();
+    fs::set_permissions(base, fs::Permissions::from_mode(0o755)).unwrap();
+    let home = base.join("home");
+    let run = base.join("run");
+    let etc = base.join("etc");
+    for d in [&home, &run, &etc] {
+        mkdir(d);
+    }
+
+    // The user, only inside the test's mount namespace.
+    let mut passwd = fs::read_to_string("/etc/passwd").unwrap();
+    passwd += &format!("lfsrootless:x:{id}:{id}::{}:/bin/sh\n", home.display());
+    let mut group = fs::read_to_string("/etc/group").unwrap();
+    group += &format!("lfsrootless:x:{id}:\n");
+    fs::write(etc.join("passwd"), passwd).unwrap();
+    fs::write(etc.join("group"), group).unwrap();
+    let sub = format!("lfsrootless:{SUBID_BASE}:{SUBID_COUNT}\n");
+    fs::write(etc.join("subuid"), &sub).unwrap();
+    fs::write(etc.join("subgid"), &sub).unwrap();
+
+    // The binary where the user can run it.
+    let bin = base.join("bin");
+    mkdir(&bin);
+    fs::copy(layerfs_bin(), bin.join("layerfs")).unwrap();
+    chmod(&bin.join("layerfs"), 0o755);
+
+    let conf = home.join("conf");
+    mkdir(&conf);
+    fs::write(
+        conf.join("storage.conf"),
+        format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n\
+             [storage.options.overlay]\nmount_program = \"{}\"\n",
+            home.join("storage").display(),
+            run.join("storage").display(),
+            bin.join("layerfs").display()
+        ),
+    )
+    .unwrap();
+    fs::write(conf.join("containers.conf"), CONTAINERS_CONF).unwrap();
+
+    // The image: busybox, plus a file owned by a non-root user.
+    let rootfs = base.join("rootfs");
+    mkdir(&rootfs.join("bin"));
+    fs::copy(busybox().unwrap(), rootfs.join("bin/busybox")).unwrap();
+    for tool in [
+        "sh", "cat", "ls", "rm", "mv", "mkdir", "echo", "grep", "id", "touch", "chown", "stat",
+    ] {
+        link_sym("busybox", &rootfs.join("bin").join(tool));
+    }
+    write(&rootfs.join("etc/os-release"), b"ID=layerfs-rootless\n");
+    write(&rootfs.join("srv/owned-by-33"), b"www");
+    chown(&rootfs.join("srv/owned-by-33"), 33, 33);
+    assert!(Command::new("tar")
+        .arg("cf")
+        .arg(home.join("rootfs.tar"))
+        .args(["--numeric-owner", "-C"])
+        .arg(&rootfs)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    write(
+        &home.join("ctx/Containerfile"),
+        b"FROM base\n\
+          RUN mkdir -p /opt/app/sub && echo v1 > /opt/app/sub/file && echo keep > /etc/keep\n\
+          RUN echo v2 > /opt/app/sub/file && rm /etc/os-release && mv /opt/app /opt/app2 \
+              && chown 5:6 /etc/keep\n",
+    );
+    assert!(Command::new("chown")
+        .args(["-R", &format!("{id}:{id}")])
+        .arg(&home)
+        .arg(&run)
+        .status()
+        .unwrap()
+        .success());
+    chmod(&run, 0o700);
+
+    // What the user runs; `podman unshare` prints paths as podman sees them.
+    let user_script = r#"
+set -e
+cd "$HOME"
+podman import rootfs.tar base >/dev/null
+podman run --rm --network none base sh -c 'grep " / " /proc/mounts; id -u; cat /etc/os-release; stat -c "srv=%u:%g" /srv/owned-by-33'
+podman build --network none -t built ctx >/dev/null
+podman run --name c1 --network none built sh -c 'cat /opt/app2/sub/file; stat -c "keep=%u:%g" /etc/keep; rm /etc/keep /srv/owned-by-33; echo new > /newfile; mv /opt/app2 /opt/app3'
+podman diff c1 | sed 's/^/DIFF /'
+echo "C1_UPPER=$(podman inspect --format '{{.GraphDriver.Data.UpperDir}}' c1)"
+echo "C1_LOWER=$(podman inspect --format '{{.GraphDriver.Data.LowerDir}}' c1)"
+podman commit c1 committed >/dev/null
+podman save --format docker-archive -o committed.tar committed
+podman run --name c2 --network none --uidmap 0:100:5000 --gidmap 0:100:5000 built sh -c 'cat /proc/self/uid_map; stat -c "mapped-keep=%u:%g" /etc/keep; stat -c "mapped-srv=%u:%g" /srv/owned-by-33; touch /by-root; touch /by-seven; chown 7:8 /by-seven; rm /etc/keep'
+echo "C2_UPPER=$(podman inspect --format '{{.GraphDriver.Data.UpperDir}}' c2)"
+podman run --rm --network none committed sh -c 'ls /etc /opt /; cat /newfile'
+echo ROOTLESS-FLOW-DONE
+"#;
+    fs::write(home.join("flow.sh"), user_script).unwrap();
+    // As root in a private mount namespace: the user's passwd/subuid
+    // entries, and a /dev/fuse the user may open (this machine's is 0600;
+    // the host node is not touched), then drop to the user.
+    let root_script = format!(
+        r#"
+set -e
+for f in passwd group subuid subgid; do mount --bind {etc}/$f /etc/$f; done
+mkdir -p {base}/dev && mount -t tmpfs tmpfs {base}/dev
+mknod -m 666 {base}/dev/fuse c 10 229 && mount --bind {base}/dev/fuse /dev/fuse
+exec setpriv --reuid={id} --regid={id} --clear-groups env -i HOME={home} \
+  XDG_RUNTIME_DIR={run} USER=lfsrootless LOGNAME=lfsrootless \
+  PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
+  CONTAINERS_STORAGE_CONF={home}/conf/storage.conf \
+  CONTAINERS_CONF={home}/conf/containers.conf sh {home}/flow.sh
+"#,
+        etc = etc.display(),
+        base = base.display(),
+        home = home.display(),
+        run = run.display(),
+    );
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &root_script,
+        ])
+        .current_dir(base)
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(
+        out.status.success() && text.contains("ROOTLESS-FLOW-DONE"),
+        "rootless flow failed:\n{text}"
+    );
+
+    // The container's root was layerfs, seen as root inside.
+    assert!(text.contains("fuse.layerfs"), "{text}");
+    assert!(text.contains("ID=layerfs-rootless"), "{text}");
+    assert!(text.contains("srv=33:33"), "{text}");
+    assert!(text.contains("keep=5:6") && text.contains("v2"), "{text}");
+    for d in ["D /etc/keep", "A /newfile", "D /srv/owned-by-33"] {
+        assert!(
+            text.contains(&format!("DIFF {d}")),
+            "no '{d}' in diff:\n{text}"
+        );
+    }
+
+    // c1's upper on disk: ids as the host sees them (container root is the
+    // user), and kernel-format whiteouts.
+    let c1_upper = PathBuf::from(value(&text, "C1_UPPER"));
+    let nf = fs::symlink_metadata(c1_upper.join("newfile")).unwrap();
+    assert_eq!((nf.uid(), nf.gid()), (id, id));
+    for wh in ["etc/keep", "srv/owned-by-33", "opt/app2"] {
+        let m = fs::symlink_metadata(c1_upper.join(wh)).unwrap();
+        assert!(
+            m.file_type().is_char_device() && m.rdev() == 0,
+            "{wh} is not a whiteout"
+        );
+    }
+    // No redirect in this mode (kernel overlayfs refuses user.overlay
+    // redirects): renaming the lower directory was EXDEV and mv copied it.
+    let app3 = fs::File::open(c1_upper.join("opt/app3")).unwrap();
+    let name = std::ffi::CString::new("user.overlay.redirect").unwrap();
+    let redirect = layerfs::sys::getxattr_fd(std::os::fd::AsFd::as_fd(&app3), &name);
+    assert!(redirect.is_err(), "opt/app3 has a redirect: {redirect:?}");
+    assert_eq!(
+        fs::read(c1_upper.join("opt/app3/sub/file")).unwrap(),
+        b"v2\n"
+    );
+
+    // Kernel overlayfs in userxattr mode reads c1's upper as layerfs does.
+    // (Only the upper's part is compared: the image layers below were
+    // unpacked by containers-storage with OCI `.wh.` files, which the kernel
+    // does not read.)
+    let lowers: Vec<PathBuf> = std::iter::once(c1_upper.clone())
+        .chain(value(&text, "C1_LOWER").split(':').map(PathBuf::from))
+        .collect();
+    let k = mount_kernel(&lowers, &base.join("kernel-view"), "userxattr");
+    let ours = try_mount_layerfs(&lowerdir_opt(&lowers), &base.join("layerfs-view")).unwrap();
+    for gone in ["etc/keep", "srv/owned-by-33", "opt/app2"] {
+        assert!(
+            fs::symlink_metadata(k.path(gone)).is_err(),
+            "kernel shows {gone}"
+        );
+        assert!(
+            fs::symlink_metadata(ours.path(gone)).is_err(),
+            "layerfs shows {gone}"
+        );
+    }
+    for (file, content) in [("opt/app3/sub/file", &b"v2\n"[..]), ("newfile", b"new\n")] {
+        assert_eq!(fs::read(k.path(file)).unwrap(), content);
+        assert_eq!(fs::read(ours.path(file)).unwrap(), content);
+    }
+    drop(ours);
+    drop(k);
+
+    // The committed layer carries the deletions as OCI whiteouts.
+    let layers = archive_layers(&home.join("committed.tar"), &base.join("committed-x"));
+    let top = layers.last().unwrap();
+    for wh in [
+        "etc/.wh.keep",
+        "srv/.wh.owned-by-33",
+        "opt/.wh.app2",
+        "newfile",
+    ] {
+        assert!(top.iter().any(|e| e == wh), "no {wh} in {top:?}");
+    }
+    assert!(
+        text.contains("ID=layerfs-rootless") && text.contains("new\n"),
+        "{text}"
+    );
+
+    // c2 ran with its own id mapping: layerfs showed stored id N as 100+N,
+    // which the container's namespace turned back into N.
+    assert!(text.contains("mapped-keep=5:6"), "{text}");
+    assert!(text.contains("mapped-srv=33:33"), "{text}");
+    let c2_upper = PathBuf::from(value(&text, "C2_UPPER"));
+    let host = |p: &str| {
+        let m = fs::symlink_metadata(c2_upper.join(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(host("by-root"), (id, id), "container root is the user");
+    assert_eq!(
+        host("by-seven"),
+        (SUBID_BASE + 6, SUBID_BASE + 7),
+        "container uid 7 / gid 8 are the user's 7th and 8th subordinate ids"
+    );
+}
