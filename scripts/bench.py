@@ -96,6 +96,7 @@ class Env:
         self.base = base
         self.layers = layers
         self.layerfs = layerfs
+        self.layerfs_opts = ""
         self.mnt = {}
         for t in TARGETS:
             self.mnt[t] = os.path.join(base, "mnt-" + t)
@@ -132,7 +133,8 @@ class Env:
         elif t == "fuse-overlayfs":
             sh(f"fuse-overlayfs -o {opts} {mnt}", stderr=subprocess.DEVNULL)
         else:
-            sh(f"{self.layerfs} -o {opts} {mnt}")
+            more = f",{self.layerfs_opts}" if self.layerfs_opts else ""
+            sh(f"{self.layerfs} -o {opts}{more} {mnt}")
 
     def umount(self, t):
         if t == "native":
@@ -316,7 +318,9 @@ WORKLOADS = [
     ("find -type f (cold)", cold("find . -type f | wc -l")),
     ("lstat every file x2 (warm)", stat_all),
     ("du -s (warm)", warm("du -s .")),
+    ("du -s (cold)", cold("du -s .")),
     ("ls -lR (warm)", warm("ls -lR .")),
+    ("ls -lR (cold)", cold("ls -lR .")),
     ("readdir 10k entries (warm)", warm("ls -f bigdir | wc -l")),
     ("read all small files (warm)", warm("tar cf - usr | cat >/dev/null")),
     ("read all small files (cold)", cold("tar cf - usr | cat >/dev/null")),
@@ -341,6 +345,7 @@ def main():
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--layerfs", required=True)
     ap.add_argument("--only", default="", help="comma-separated workload name prefixes")
+    ap.add_argument("--layerfs-opts", default="", help="extra -o options for layerfs (experiments)")
     args = ap.parse_args()
     scale, big_mib, reps = (0.15, 64, 5) if args.quick else (1.0, 512, 5)
     if args.reps:
@@ -351,6 +356,7 @@ def main():
         print(f"building the image in {base} (scale {scale}, big file {big_mib} MiB)...", flush=True)
         layers = build_image(base, scale, big_mib)
         env = Env(base, layers, args.layerfs)
+        env.layerfs_opts = args.layerfs_opts
         env.big_mib = big_mib
         env.many = {n: many_layers(base, n) for n in (10, 50)}
         for t in TARGETS:

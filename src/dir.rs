@@ -1,7 +1,7 @@
 //! Merged readdir: the union of a directory's contributing layers, top first,
 //! minus whiteouts and markers, each name once.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 /// One raw entry of one layer, already classified by the caller (which may
 /// need a stat or an xattr to tell a whiteout from a file).
@@ -28,6 +28,14 @@ pub struct MergedEntry {
     /// Index of the contributing layer (in the directory's own list) it came
     /// from, to turn `d_ino` into the mount's inode number.
     pub layer_pos: usize,
+    /// Bit i set when the name appears (as an entry or a whiteout) in
+    /// layer i of the list; positions past 63 are all folded into bit 63.
+    /// A lookup of the name need not probe the other layers.
+    pub present: u64,
+}
+
+fn position_bit(pos: usize) -> u64 {
+    1 << pos.min(63)
 }
 
 /// Merges per-layer listings, top layer first. Within one layer, an entry
@@ -37,9 +45,11 @@ pub fn merge_listings<I>(layers: I) -> Vec<MergedEntry>
 where
     I: IntoIterator<Item = Vec<LayerEntry>>,
 {
-    let mut seen: HashSet<Vec<u8>> = HashSet::new();
-    let mut out = Vec::new();
+    // Name -> index in `out` (None: hidden by a whiteout).
+    let mut seen: HashMap<Vec<u8>, Option<usize>> = HashMap::new();
+    let mut out: Vec<MergedEntry> = Vec::new();
     for (pos, entries) in layers.into_iter().enumerate() {
+        let bit = position_bit(pos);
         let mut hidden_below = Vec::new();
         for e in entries {
             match e {
@@ -47,20 +57,31 @@ where
                     name,
                     d_type,
                     d_ino,
-                } => {
-                    if seen.insert(name.clone()) {
+                } => match seen.get(&name) {
+                    Some(Some(i)) => out[*i].present |= bit,
+                    Some(None) => {}
+                    None => {
+                        seen.insert(name.clone(), Some(out.len()));
                         out.push(MergedEntry {
                             name,
                             d_type,
                             d_ino,
                             layer_pos: pos,
+                            present: bit,
                         });
                     }
+                },
+                LayerEntry::Whiteout { name } => {
+                    if let Some(Some(i)) = seen.get(&name) {
+                        out[*i].present |= bit;
+                    }
+                    hidden_below.push(name);
                 }
-                LayerEntry::Whiteout { name } => hidden_below.push(name),
             }
         }
-        seen.extend(hidden_below);
+        for name in hidden_below {
+            seen.entry(name).or_insert(None);
+        }
     }
     out
 }
@@ -85,6 +106,19 @@ mod tests {
         m.iter()
             .map(|e| (String::from_utf8(e.name.clone()).unwrap(), e.layer_pos))
             .collect()
+    }
+
+    #[test]
+    fn presence_masks_name_every_layer_holding_the_name() {
+        let m = merge_listings(vec![
+            vec![v("d", 4), w("gone")],
+            vec![v("x", 8)],
+            vec![v("d", 4), v("gone", 8), w("x")],
+        ]);
+        let mask = |n: &str| m.iter().find(|e| e.name == n.as_bytes()).unwrap().present;
+        assert_eq!(mask("d"), 0b101);
+        assert_eq!(mask("x"), 0b110);
+        assert!(m.iter().all(|e| e.name != b"gone"));
     }
 
     #[test]

@@ -88,7 +88,7 @@ impl Fuse {
         &self,
         ino: u64,
         fh: u64,
-        upper: bool,
+        may_pass: bool,
         open_backing: impl FnOnce(&std::os::fd::OwnedFd) -> io::Result<fuser::BackingId>,
     ) -> Passthrough {
         let Ok(file) = self.fs.file(fh) else {
@@ -100,7 +100,7 @@ impl Fuse {
         };
         let p = self
             .backings
-            .open(ino, key, upper, || open_backing(&file.fd));
+            .open(ino, key, may_pass, || open_backing(&file.fd));
         if let Passthrough::Use(id) = &p {
             let _ = file.backing.set(Arc::clone(id));
         }
@@ -210,7 +210,10 @@ impl Filesystem for Fuse {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, flags.0) {
             Ok((fh, immutable)) => {
-                match self.serve_mode(ino.0, fh, !immutable, |fd| reply.open_backing(fd)) {
+                // Without a writable upper nothing is ever copied up, so a
+                // lower file can pass through too.
+                let may_pass = !immutable || !self.fs.is_writable();
+                match self.serve_mode(ino.0, fh, may_pass, |fd| reply.open_backing(fd)) {
                     Passthrough::Use(id) => {
                         reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id)
                     }
@@ -341,7 +344,7 @@ impl Filesystem for Fuse {
             }
             // Each entry returned counts as a lookup; one that does not fit
             // in the buffer is given back at once.
-            let Ok((inode, attr)) = self.fs.lookup(ino.0, &e.name) else {
+            let Ok((inode, attr)) = self.fs.lookup_hinted(ino.0, &e.name, e.layers) else {
                 continue;
             };
             let attr = self.shown(attr);

@@ -5,8 +5,9 @@
 //! passthrough handle is open, every other open must pass through to the
 //! same backing file. So passthrough is used for upper files only (a lower
 //! file may be copied up while open, which would need a second backing
-//! file), and only while no cached handle of the inode is open; one backing
-//! id per inode lives as long as any handle holds it.
+//! file) — and for lower files on mounts without a writable upper, where
+//! nothing is copied up — and only while no cached handle of the inode is
+//! open; one backing id per inode lives as long as any handle holds it.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,14 +56,14 @@ impl Backings {
         self.enabled.store(false, Ordering::Relaxed);
     }
 
-    /// Decides how a new handle of `ino` (on real file `real`, an upper
-    /// file when `upper`) is served; registers a backing id with `open`
+    /// Decides how a new handle of `ino` (on real file `real`; `may_pass`: a
+    /// file that may pass through) is served; registers a backing id with `open`
     /// when it is the first passthrough handle.
     pub fn open(
         &self,
         ino: u64,
         real: RealKey,
-        upper: bool,
+        may_pass: bool,
         open: impl FnOnce() -> io::Result<BackingId>,
     ) -> Passthrough {
         let mut st = self.map.entry(ino).or_default();
@@ -73,7 +74,7 @@ impl Backings {
                 }
             }
         }
-        if !upper || st.cached > 0 || !self.enabled() {
+        if !may_pass || st.cached > 0 || !self.enabled() {
             st.cached += 1;
             return Passthrough::Cached;
         }

@@ -315,7 +315,7 @@ fn default_threads() -> usize {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    (cpus * 2).clamp(4, 16)
+    (cpus * 8).clamp(4, 16)
 }
 
 /// Unmounts `mountpoint`: a plain umount, lazily if busy, and through

@@ -92,7 +92,15 @@ pub struct DirEntryOut {
     pub name: OsString,
     pub kind: FileType,
     pub ino: u64,
+    /// Lower layers (bit = layer index) whose part of the directory holds
+    /// the name, as an entry or a whiteout: a lookup from the listing
+    /// (readdirplus) probes only those, plus the upper. `ALL_LAYERS` when
+    /// unknown.
+    pub layers: u128,
 }
+
+/// Every layer may hold the name: probe them all.
+pub const ALL_LAYERS: u128 = u128::MAX;
 
 /// Part of a directory listing for one readdir request.
 #[derive(Debug)]
@@ -442,6 +450,18 @@ impl LayerFs {
     /// Looks `name` up in directory `parent`; on success the returned inode
     /// carries one more lookup reference, which the kernel will forget.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<(Arc<Inode>, FileAttr)> {
+        self.lookup_hinted(parent, name, ALL_LAYERS)
+    }
+
+    /// `lookup`, probing only the lower layers in `layers` (and the upper):
+    /// what a directory listing saw there (`DirEntryOut::layers`). Lower
+    /// layers never change, so the hint stays true.
+    pub fn lookup_hinted(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        layers: u128,
+    ) -> io::Result<(Arc<Inode>, FileAttr)> {
         check_name(name)?;
         let dir = self.inode(parent)?;
         if !dir.is_dir {
@@ -450,7 +470,7 @@ impl LayerFs {
         if whiteout::is_oci_marker(name.as_bytes()) {
             return Err(errno(libc::ENOENT));
         }
-        let mut hits = match self.resolve_name(&dir, name)? {
+        let mut hits = match self.resolve_name(&dir, name, layers)? {
             Resolved::Absent => return Err(errno(libc::ENOENT)),
             Resolved::NonDir(h) => vec![h],
             Resolved::Dir(hs) => hs,
@@ -541,13 +561,18 @@ impl LayerFs {
     /// `overlay.redirect` on directories: a relative redirect renames the
     /// entry in the lower layers, an absolute one restarts the lookup from
     /// the lower layers' roots.
-    pub(crate) fn resolve_name(&self, dir: &Inode, name: &OsStr) -> io::Result<Resolved<Hit>> {
+    pub(crate) fn resolve_name(
+        &self,
+        dir: &Inode,
+        name: &OsStr,
+        layers: u128,
+    ) -> io::Result<Resolved<Hit>> {
         let reals = dir.reals();
         let clean = dir
             .cache
             .oci_clean
             .load(std::sync::atomic::Ordering::Relaxed);
-        self.resolve_masked(&reals, name, clean)
+        self.resolve_masked(&reals, name, clean, layers)
     }
 
     pub(crate) fn resolve_in(
@@ -555,7 +580,7 @@ impl LayerFs {
         reals: &[RealEntry],
         name: &OsStr,
     ) -> io::Result<Resolved<Hit>> {
-        self.resolve_masked(reals, name, 0)
+        self.resolve_masked(reals, name, 0, ALL_LAYERS)
     }
 
     /// `clean`: bit i set when layer i's part of the directory is known to
@@ -566,6 +591,7 @@ impl LayerFs {
         reals: &[RealEntry],
         name: &OsStr,
         clean: u64,
+        mut layers: u128,
     ) -> io::Result<Resolved<Hit>> {
         let n = reals.len();
         let mut pos = 0;
@@ -587,11 +613,17 @@ impl LayerFs {
                 }
                 let r = &reals[pos];
                 pos += 1;
+                let skip = r.layer.0 < 128 && layers & (1 << r.layer.0) == 0;
+                if skip && !self.is_upper(r.layer) {
+                    return Some(Ok(Probe::Absent));
+                }
                 let known_clean = r.layer.0 < 64 && clean & (1 << r.layer.0) != 0;
                 probe_layer_with(r, OsStr::from_bytes(&cur_name), pos < n, !known_clean)
             };
             if let Ok(Probe::Dir(hit, false)) = &result {
                 if hit.marks.redirect {
+                    // The name changes below: the listing says nothing.
+                    layers = ALL_LAYERS;
                     match self.read_redirect(hit) {
                         Some(Redirect::Relative(new)) => cur_name = new,
                         Some(Redirect::Absolute(path)) => {
@@ -819,11 +851,13 @@ impl LayerFs {
             name: ".".into(),
             kind: FileType::Directory,
             ino: inode.st_ino,
+            layers: ALL_LAYERS,
         });
         entries.push(DirEntryOut {
             name: "..".into(),
             kind: FileType::Directory,
             ino: parent_ino,
+            layers: ALL_LAYERS,
         });
         let merged_dir = reals.len() > 1;
         for e in merged {
@@ -841,6 +875,7 @@ impl LayerFs {
                 ino,
                 kind: attr::file_type_of_dtype(e.d_type),
                 name: OsString::from_vec(e.name),
+                layers: global_layers(e.present, &reals),
             });
         }
         Ok(entries)
@@ -1065,6 +1100,23 @@ impl LayerFs {
             Err(errno(libc::EACCES))
         }
     }
+}
+
+/// The global layer mask of a listing's positional presence mask.
+fn global_layers(present: u64, reals: &[RealEntry]) -> u128 {
+    if present & (1 << 63) != 0 {
+        return ALL_LAYERS;
+    }
+    let mut mask = 0u128;
+    for (pos, r) in reals.iter().enumerate().take(63) {
+        if present & (1 << pos) != 0 {
+            if r.layer.0 >= 128 {
+                return ALL_LAYERS;
+            }
+            mask |= 1 << r.layer.0;
+        }
+    }
+    mask
 }
 
 /// What an upper file's overlay xattrs say.

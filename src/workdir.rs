@@ -18,16 +18,32 @@ use crate::whiteout::XattrNs;
 /// Opens and flock's a directory, refusing if another mount holds it.
 fn lock_dir(dir: &Path, what: &str) -> io::Result<OwnedFd> {
     let fd = sys::open_path(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
-    match sys::flock(fd.as_fd(), libc::LOCK_EX | libc::LOCK_NB) {
-        Ok(()) => Ok(fd),
-        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Err(io::Error::new(
+    // umount(8) returns before the previous daemon has exited: give a
+    // mount that is going away a moment to let go.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sys::flock(fd.as_fd(), libc::LOCK_EX | libc::LOCK_NB) {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => break r.map(|()| fd).map_err(|e| busy(e, dir, what)),
+        }
+    }
+}
+
+fn busy(e: io::Error, dir: &Path, what: &str) -> io::Error {
+    match e {
+        e if e.raw_os_error() == Some(libc::EWOULDBLOCK) => io::Error::new(
             io::ErrorKind::ResourceBusy,
             format!(
                 "{what} {} is in use by another layerfs mount",
                 dir.display()
             ),
-        )),
-        Err(e) => Err(e),
+        ),
+        e => e,
     }
 }
 
