@@ -94,6 +94,12 @@ impl Fuse {
         let Ok(file) = self.fs.file(fh) else {
             return Passthrough::Cached;
         };
+        if !may_pass || !self.backings.enabled() {
+            // Still counted: a cached handle rules out passthrough opens.
+            return self.backings.open(ino, (0, 0), false, || {
+                Err(io::Error::from_raw_os_error(libc::EINVAL))
+            });
+        }
         let key = match crate::sys::fstat(std::os::fd::AsFd::as_fd(&file.fd)) {
             Ok(st) => (st.st_dev, st.st_ino),
             Err(_) => (0, 0),

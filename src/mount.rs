@@ -272,7 +272,13 @@ fn mount_direct(s: &MountSettings, mountpoint: &Path) -> io::Result<Option<std::
         // Only fusermount3 can watch for our exit.
         return Ok(None);
     }
-    let dev = sys::open_path(Path::new("/dev/fuse"), libc::O_RDWR)?;
+    let dev = sys::open_path(Path::new("/dev/fuse"), libc::O_RDWR).map_err(|e| {
+        // fusermount3 (and libfuse) need it too: say what to fix.
+        io::Error::new(
+            e.kind(),
+            format!("cannot open /dev/fuse: {e} (FUSE mounts need it readable and writable by the mounting user; it is usually mode 0666)"),
+        )
+    })?;
     let root_mode = sys::stat_path(mountpoint)?.st_mode & libc::S_IFMT;
     let (uid, gid) = sys::getuid_gid();
     let mut data = format!(
@@ -398,7 +404,10 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
     }
     let result = serve(&req, &plan, stack, fs_opts, work, &mut notify);
     if let (Err(e), Some(mut n)) = (&result, notify.take()) {
+        // The parent reports it; the daemon child just leaves.
         let _ = n.write_all(format!("{e}").as_bytes());
+        drop(n);
+        std::process::exit(1);
     }
     result
 }

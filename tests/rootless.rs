@@ -28,15 +28,17 @@ fn busybox() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// A uid (and gid of the same number) no account on this host uses.
-fn free_id() -> u32 {
+/// A uid (and gid of the same number) from `from` on that no account on
+/// this host uses. Each test starts elsewhere: tests run in parallel and
+/// each kills its user's processes at the end.
+fn free_id(from: u32) -> u32 {
     let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
     let group = fs::read_to_string("/etc/group").unwrap_or_default();
     let used = |text: &str, id: u32| {
         text.lines()
             .any(|l| l.split(':').nth(2) == Some(id.to_string().as_str()))
     };
-    (1500..60000)
+    (from..60000)
         .find(|&id| !used(&passwd, id) && !used(&group, id))
         .expect("a free uid")
 }
@@ -79,7 +81,7 @@ fn rootless_podman_with_layerfs_as_mount_program() {
         eprintln!("SKIP: not installed: {missing:?} (or busybox-static)");
         return;
     }
-    let id = free_id();
+    let id = free_id(1500);
     let _cleanup = UserProcesses(id);
     let t = tempfile::Builder::new().prefix("lfsrl").tempdir().unwrap();
     let base = t.path();
@@ -308,5 +310,121 @@ exec setpriv --reuid={id} --regid={id} --clear-groups env -i HOME={home} \
         host("by-seven"),
         (SUBID_BASE + 6, SUBID_BASE + 7),
         "container uid 7 / gid 8 are the user's 7th and 8th subordinate ids"
+    );
+}
+
+#[test]
+fn unprivileged_user_mounts_through_fusermount3() {
+    require_root!();
+    if !have("fusermount3") || !have("setpriv") || !have("unshare") {
+        eprintln!("SKIP: fusermount3, setpriv or unshare is not installed");
+        return;
+    }
+    let id = free_id(1700);
+    let _cleanup = UserProcesses(id);
+    let t = tempfile::Builder::new().prefix("lfsfm").tempdir().unwrap();
+    let base = t.path();
+    fs::set_permissions(base, fs::Permissions::from_mode(0o755)).unwrap();
+    let (lower, upper, work, mnt) = (
+        base.join("lower"),
+        base.join("upper"),
+        base.join("work"),
+        base.join("mnt"),
+    );
+    write(&lower.join("dir/file"), b"lower data\n");
+    write(&lower.join("gone"), b"deleted through the mount\n");
+    write(&lower.join("root-owned"), b"read only\n");
+    for d in [&upper, &work, &mnt] {
+        mkdir(d);
+    }
+    let own = |p: &std::path::Path| {
+        assert!(Command::new("chown")
+            .args(["-R", &format!("{id}:{id}")])
+            .arg(p)
+            .status()
+            .unwrap()
+            .success());
+    };
+    for d in [&lower, &upper, &work, &mnt] {
+        own(d);
+    }
+    chown(&lower.join("root-owned"), 0, 0);
+    let bin = base.join("layerfs");
+    fs::copy(layerfs_bin(), &bin).unwrap();
+    chmod(&bin, 0o755);
+    let mut passwd = fs::read_to_string("/etc/passwd").unwrap();
+    passwd += &format!("lfsfuser:x:{id}:{id}::/nonexistent:/bin/sh\n");
+    fs::write(base.join("passwd"), passwd).unwrap();
+    mkdir(&base.join("dev"));
+
+    // fusermount3 needs the user in passwd and a /dev/fuse the user may
+    // open (0600 on this VM); both only inside this mount namespace.
+    let user = format!("setpriv --reuid={id} --regid={id} --clear-groups");
+    let script = format!(
+        r#"
+set -e
+mount --bind {base}/passwd /etc/passwd
+mount -t tmpfs tmpfs {base}/dev && mknod -m 666 {base}/dev/fuse c 10 229
+mount --bind {base}/dev/fuse /dev/fuse
+{user} {bin} -o lowerdir={lower},upperdir={upper},workdir={work} {mnt}
+grep " {mnt} " /proc/mounts
+{user} sh -c 'cd {mnt}; cat dir/file root-owned; echo new > new; rm gone; chmod 600 dir/file; mv dir moved; ls; cat moved/file'
+{user} fusermount3 -u {mnt}
+echo UNMOUNTED
+"#,
+        base = base.display(),
+        bin = bin.display(),
+        lower = lower.display(),
+        upper = upper.display(),
+        work = work.display(),
+        mnt = mnt.display(),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(
+        out.status.success() && text.contains("UNMOUNTED"),
+        "unprivileged mount failed:\n{text}"
+    );
+    // mount(2) is refused to a plain user: fusermount3 made this mount.
+    assert!(
+        text.contains(&format!("user_id={id}")) && text.contains("fuse.layerfs"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lower data") && text.contains("read only"),
+        "{text}"
+    );
+    assert!(text.contains("moved") && !text.contains("gone\n"), "{text}");
+
+    // On disk: the user's files, a device whiteout, user.overlay xattrs.
+    let m = fs::symlink_metadata(upper.join("new")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (id, id));
+    let wh = fs::symlink_metadata(upper.join("gone")).unwrap();
+    assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
+    assert_eq!(fs::read(upper.join("moved/file")).unwrap(), b"lower data\n");
+    assert_eq!(
+        fs::symlink_metadata(upper.join("moved/file"))
+            .unwrap()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    // Kernel overlayfs in userxattr mode shows the same tree.
+    let lowers = vec![upper.clone(), lower.clone()];
+    let k = mount_kernel(&lowers, &base.join("kernel-view"), "userxattr");
+    let ours = try_mount_layerfs(&lowerdir_opt(&lowers), &base.join("layerfs-view")).unwrap();
+    assert_same(&k.dir, &ours.dir, Compare::ALL);
+    assert!(
+        fs::symlink_metadata(k.path("gone")).is_err()
+            && fs::symlink_metadata(k.path("dir")).is_err()
+    );
+    drop(ours);
+    drop(k);
+    assert_eq!(
+        fs::read(lower.join("gone")).unwrap(),
+        b"deleted through the mount\n"
     );
 }
