@@ -72,6 +72,8 @@ pub struct Fuse {
     fs: Arc<LayerFs>,
     ttl: Duration,
     backings: Backings,
+    /// Set once the session exists (see `notifier_slot`).
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 impl Fuse {
@@ -79,7 +81,27 @@ impl Fuse {
         let ttl = fs.opts.timeout;
         // Registering backing files needs CAP_SYS_ADMIN.
         let backings = Backings::new(fs.opts.passthrough && crate::sys::geteuid() == 0);
-        Fuse { fs, ttl, backings }
+        Fuse {
+            fs,
+            ttl,
+            backings,
+            notifier: Default::default(),
+        }
+    }
+
+    /// Where the session's notifier goes once the session is made.
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        Arc::clone(&self.notifier)
+    }
+
+    /// Drops the kernel's cached attributes of `ino` (after a change it
+    /// cannot see, such as setuid cleared by a write).
+    fn attributes_changed(&self, ino: u64) {
+        if let Some(n) = self.notifier.get() {
+            if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
+                log::debug!("inval_inode {ino}: {e}");
+            }
+        }
     }
 
     /// How to serve an open file: passthrough to its real file when the
@@ -100,10 +122,17 @@ impl Fuse {
                 Err(io::Error::from_raw_os_error(libc::EINVAL))
             });
         }
-        let key = match crate::sys::fstat(std::os::fd::AsFd::as_fd(&file.fd)) {
-            Ok(st) => (st.st_dev, st.st_ino),
-            Err(_) => (0, 0),
+        let (key, mode) = match crate::sys::fstat(std::os::fd::AsFd::as_fd(&file.fd)) {
+            Ok(st) => ((st.st_dev, st.st_ino), st.st_mode),
+            Err(_) => ((0, 0), 0),
         };
+        if crate::modify::has_suidgid(mode) {
+            // A passthrough write never reaches the daemon, which must clear
+            // these bits (FUSE_HANDLE_KILLPRIV_V2): serve it here instead.
+            return self.backings.open(ino, key, false, || {
+                Err(io::Error::from_raw_os_error(libc::EINVAL))
+            });
+        }
         let p = self
             .backings
             .open(ino, key, may_pass, || open_backing(&file.fd));
@@ -177,6 +206,11 @@ impl Filesystem for Fuse {
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_POSIX_ACL,
+            // The kernel then stops asking for security.capability before
+            // every write (one round trip each) and refreshing attributes
+            // before chown; setuid/setgid clearing is done here (write,
+            // setattr) and passthrough is kept off for such files.
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             if config.add_capabilities(cap).is_err() {
                 log::debug!("kernel lacks {cap:?}");
@@ -400,7 +434,7 @@ impl Filesystem for Fuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -425,6 +459,9 @@ impl Filesystem for Fuse {
             atime: atime.map(time_spec),
             mtime: mtime.map(time_spec),
             fh: fh.map(|f| f.0),
+            // FATTR_KILL_SUIDGID is not passed on by fuser: a truncate by
+            // anyone but root stands for a caller without CAP_FSETID.
+            kill_suidgid: (req.uid() != 0).then(|| self.caller(req).1),
         };
         match self.fs.setattr(ino.0, a) {
             Ok(attr) => reply.attr(&self.ttl, &self.shown(attr)),
@@ -515,18 +552,26 @@ impl Filesystem for Fuse {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(fh.0, offset, data) {
-            Ok(n) => reply.written(n),
+        let kill = write_flags
+            .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            .then(|| self.caller(req).1);
+        match self.fs.write(fh.0, offset, data, kill) {
+            Ok((n, killed)) => {
+                if killed {
+                    self.attributes_changed(ino.0);
+                }
+                reply.written(n)
+            }
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -24,6 +24,34 @@ pub struct SetAttr {
     pub atime: Option<TimeSpec>,
     pub mtime: Option<TimeSpec>,
     pub fh: Option<u64>,
+    /// A size change by a caller without CAP_FSETID, of this group: clear
+    /// setuid/setgid (the kernel leaves it to us under
+    /// FUSE_HANDLE_KILLPRIV_V2).
+    pub kill_suidgid: Option<u32>,
+}
+
+/// Whether a file with this mode may need bits cleared by a write or
+/// truncate: setuid or setgid set.
+pub fn has_suidgid(mode: u32) -> bool {
+    mode & (libc::S_ISUID | libc::S_ISGID) != 0
+}
+
+/// Clears what the VFS clears when a caller without CAP_FSETID (group
+/// `caller_gid`) writes or truncates: setuid, and setgid when the file is
+/// group-executable or the caller is not in its group (only the caller's
+/// primary group is known here). True when the mode changed.
+fn kill_suidgid(fd: BorrowedFd<'_>, caller_gid: u32) -> io::Result<bool> {
+    let st = sys::fstat(fd)?;
+    let mode = st.st_mode & 0o7777;
+    let mut keep = mode & !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 || st.st_gid != caller_gid {
+        keep &= !libc::S_ISGID;
+    }
+    if keep == mode {
+        return Ok(false);
+    }
+    sys::fchmod_fd(fd, keep)?;
+    Ok(true)
 }
 
 impl LayerFs {
@@ -61,6 +89,8 @@ impl LayerFs {
         }
         if let Some(mode) = a.mode {
             sys::fchmod_fd(fd, mode & 0o7777)?;
+        } else if let (Some(gid), Some(_)) = (a.kill_suidgid, a.size) {
+            kill_suidgid(fd, gid)?;
         }
         if a.atime.is_some() || a.mtime.is_some() {
             sys::utimens_at(
@@ -73,8 +103,21 @@ impl LayerFs {
         self.attr_of(&inode)
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<u32> {
+    /// Writes `data`; with `kill` (the group of a caller without
+    /// CAP_FSETID) also clears setuid/setgid, saying whether the mode
+    /// changed.
+    pub fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill: Option<u32>,
+    ) -> io::Result<(u32, bool)> {
         let file = self.file(fh)?;
+        let killed = match kill {
+            Some(gid) => kill_suidgid(file.fd.as_fd(), gid)?,
+            None => false,
+        };
         let mut done = 0;
         while done < data.len() {
             match sys::pwrite(file.fd.as_fd(), &data[done..], offset + done as u64) {
@@ -88,7 +131,7 @@ impl LayerFs {
                 Err(e) => return Err(e),
             }
         }
-        Ok(done as u32)
+        Ok((done as u32, killed))
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {

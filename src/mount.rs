@@ -446,6 +446,7 @@ fn serve(
     let ms = settings(req, plan);
     let config = fuse_config(&ms);
     let fuse = crate::fs::Fuse::new(fs);
+    let notifier = fuse.notifier_slot();
     let mount_err = |e: io::Error| {
         MountError(format!(
             "cannot mount on {}: {e}",
@@ -459,6 +460,7 @@ fn serve(
         })?,
         None => fuser::Session::new(fuse, &plan.mountpoint, &config).map_err(mount_err)?,
     };
+    let _ = notifier.set(session.notifier());
     if let Some(mut n) = notify.take() {
         let _ = n.write_all(b"ok");
         drop(n);

@@ -27,7 +27,7 @@ fn lock_dir(dir: &Path, what: &str) -> io::Result<OwnedFd> {
                 if e.raw_os_error() == Some(libc::EWOULDBLOCK)
                     && std::time::Instant::now() < deadline =>
             {
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
             r => break r.map(|()| fd).map_err(|e| busy(e, dir, what)),
         }

@@ -778,6 +778,89 @@ fn new_files_get_the_callers_owner_and_setgid_group() {
 }
 
 #[test]
+fn writes_clear_setuid_and_capabilities_as_the_kernel_does() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    mkdir(&l1);
+    // name, mode, who writes (uid), how ("append" or "truncate")
+    let cases: &[(&str, u32, u32, &str)] = &[
+        ("suid-by-user", 0o4777, 1000, "append"),
+        ("sgid-gx-by-user", 0o2777, 1000, "append"),
+        ("sgid-no-gx-by-user", 0o2767, 1000, "append"),
+        ("sgid-no-gx-by-member", 0o2767, 1000, "append"),
+        ("suid-by-root", 0o4777, 0, "append"),
+        ("suid-truncated-by-user", 0o4777, 1000, "truncate"),
+    ];
+    for (name, mode, _, _) in cases {
+        write(&l0.join(name), b"lower\n");
+        chmod(&l0.join(name), *mode);
+    }
+    chown(&l0.join("sgid-no-gx-by-member"), 0, 1000);
+    // security.capability (v2: all-zero sets) goes with any write.
+    write(&l0.join("capable"), b"lower\n");
+    let mut cap = 0x0200_0000u32.to_le_bytes().to_vec();
+    cap.resize(20, 0);
+    setxattr(&l0.join("capable"), "security.capability", &cap);
+    let pair = Pair::new(t.path(), vec![l0, l1]);
+    for root in [pair.ours(), pair.kernel()] {
+        // An upper file made setuid through the mount, then written.
+        let up = root.join("upper-suid");
+        write(&up, b"upper\n");
+        chmod(&up, 0o4777);
+        let mut script = format!("echo more >> {}\n", up.display());
+        for (name, _, uid, how) in cases {
+            let p = root.join(name);
+            let cmd = match *how {
+                "append" => format!("echo more >> {}", p.display()),
+                _ => format!("truncate -s 0 {}", p.display()),
+            };
+            script +=
+                &format!("setpriv --reuid={uid} --regid={uid} --clear-groups sh -c '{cmd}'\n");
+        }
+        script += &format!("echo more >> {}\n", root.join("capable").display());
+        // The user part of the first line runs as root: redo it as a user.
+        let script = script.replacen(
+            &format!("echo more >> {}", up.display()),
+            &format!(
+                "setpriv --reuid=1000 --regid=1000 --clear-groups sh -c 'echo more >> {}'",
+                up.display()
+            ),
+            1,
+        );
+        let out = Command::new("sh").arg("-ec").arg(&script).output().unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    // Modes as the mount shows them right away (the kernel's cached
+    // attributes must have been refreshed), against kernel overlayfs.
+    let mode = |root: &Path, name: &str| fs::metadata(root.join(name)).unwrap().mode() & 0o7777;
+    for name in cases.iter().map(|c| c.0).chain(["upper-suid", "capable"]) {
+        assert_eq!(
+            mode(pair.ours(), name),
+            mode(pair.kernel(), name),
+            "{name}: layerfs vs kernel overlayfs"
+        );
+    }
+    assert_eq!(mode(pair.ours(), "suid-by-user"), 0o777);
+    // Setgid without group execute stays only for a member of the group.
+    assert_eq!(mode(pair.ours(), "sgid-no-gx-by-user"), 0o767);
+    assert_eq!(mode(pair.ours(), "sgid-no-gx-by-member"), 0o2767);
+    assert_eq!(mode(pair.ours(), "suid-by-root"), 0o4777);
+    assert_eq!(mode(pair.ours(), "upper-suid"), 0o777);
+    let caps = |root: &Path| {
+        let f = fs::File::open(root.join("capable")).unwrap();
+        let name = CString::new("security.capability").unwrap();
+        layerfs::sys::getxattr_fd(std::os::fd::AsFd::as_fd(&f), &name).is_ok()
+    };
+    assert!(
+        !caps(pair.kernel()),
+        "the kernel drops capabilities on write"
+    );
+    assert!(!caps(pair.ours()), "so must layerfs");
+    pair.assert_same("after writes that drop privileges");
+}
+
+#[test]
 fn crash_during_copy_up_leaves_old_or_new_content() {
     require_root!();
     let t = tmp();
