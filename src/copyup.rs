@@ -305,12 +305,16 @@ impl LayerFs {
                     CopyMode::Full => {
                         let srcf = sys::reopen(src.fd.get()?.as_fd(), libc::O_RDONLY)?;
                         copy_data(srcf.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                        // Only copied data needs an fsync before the rename,
+                        // as with kernel overlayfs (metadata is journaled).
+                        if st.st_size > 0 {
+                            data_fd = Some(dst);
+                        }
                     }
                     // Same size, no blocks: reads go to the lower file.
                     CopyMode::MetaOnly => sys::ftruncate(dst.as_fd(), st.st_size as u64)?,
                     CopyMode::Truncated => {}
                 }
-                data_fd = Some(dst);
             }
             libc::S_IFDIR => sys::mkdirat(work.fd(), &staged.name, 0o700)?,
             libc::S_IFLNK => {
