@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::inode::{Inode, RealEntry};
+use crate::inode::{Inode, RealEntry, RealFd};
 use crate::ops::{errno, LayerFs};
 use crate::origin;
 use crate::sys::{self, TimeSpec};
@@ -206,7 +206,14 @@ impl LayerFs {
             }
             return self.complete_metacopy(inode, mode);
         }
-        let st = sys::fstat(top.fd.get()?.as_fd())?;
+        // One fd of the source for the whole copy (a lower file is
+        // otherwise reopened by name at every use).
+        let src_fd = top.fd.get()?;
+        let top = RealEntry {
+            fd: RealFd::Held(Arc::clone(&src_fd)),
+            ..top
+        };
+        let st = sys::fstat(src_fd.as_fd())?;
         let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
         let mode = match mode {
             CopyMode::MetaOnly if !(self.opts.metacopy && regular && st.st_nlink == 1) => {
