@@ -116,23 +116,16 @@ impl Fuse {
         let Ok(file) = self.fs.file(fh) else {
             return Passthrough::Cached;
         };
-        if !may_pass || !self.backings.enabled() {
-            // Still counted: a cached handle rules out passthrough opens.
-            return self.backings.open(ino, (0, 0), false, || {
-                Err(io::Error::from_raw_os_error(libc::EINVAL))
-            });
-        }
-        let (key, mode) = match crate::sys::fstat(std::os::fd::AsFd::as_fd(&file.fd)) {
-            Ok(st) => ((st.st_dev, st.st_ino), st.st_mode),
-            Err(_) => ((0, 0), 0),
-        };
-        if crate::modify::has_suidgid(mode) {
-            // A passthrough write never reaches the daemon, which must clear
-            // these bits (FUSE_HANDLE_KILLPRIV_V2): serve it here instead.
-            return self.backings.open(ino, key, false, || {
-                Err(io::Error::from_raw_os_error(libc::EINVAL))
-            });
-        }
+        // The real file's identity, which a live backing id must match; not
+        // needed (nor fetched) for a handle that cannot pass through.
+        let st = (may_pass && self.backings.enabled())
+            .then(|| crate::sys::fstat(std::os::fd::AsFd::as_fd(&file.fd)).ok())
+            .flatten();
+        let key = st.as_ref().map_or((0, 0), |s| (s.st_dev, s.st_ino));
+        // A passthrough write never reaches the daemon, which must clear
+        // setuid/setgid (FUSE_HANDLE_KILLPRIV_V2): such files are served here.
+        let may_pass = st.is_some_and(|s| !crate::modify::has_suidgid(s.st_mode));
+        // Cached handles are counted too: one rules out passthrough opens.
         let p = self
             .backings
             .open(ino, key, may_pass, || open_backing(&file.fd));

@@ -36,7 +36,8 @@ pub struct Owner {
 enum UpperSlot {
     Empty,
     Whiteout,
-    Entry,
+    /// An object, with an O_PATH fd and its stat.
+    Entry(OwnedFd, sys::Stat),
 }
 
 /// Decodes the 32-bit device number FUSE carries (`new_decode_dev`).
@@ -71,7 +72,7 @@ impl LayerFs {
         {
             return Ok(UpperSlot::Whiteout);
         }
-        Ok(UpperSlot::Entry)
+        Ok(UpperSlot::Entry(fd, st))
     }
 
     /// Whether `name` exists in `dir`'s lower layers: if so, removing or
@@ -222,7 +223,7 @@ impl LayerFs {
             Ok(fd)
         };
         match self.upper_slot(&pu, name)? {
-            UpperSlot::Entry => Err(errno(libc::EEXIST)),
+            UpperSlot::Entry(..) => Err(errno(libc::EEXIST)),
             UpperSlot::Empty => {
                 let fd = build(pu.fd.get()?.as_fd(), name)?;
                 match finish(pu.fd.get()?.as_fd(), name) {
@@ -260,7 +261,7 @@ impl LayerFs {
         let up = self.upper_ctx()?;
         let st = sys::fstat(path.as_fd())?;
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-        let mut number = self.number_of_new(st.st_dev, st.st_ino);
+        let mut number = self.number_for(st.st_dev, st.st_ino);
         if self.inodes.get(number).is_some_and(|i| i.is_unlinked()) {
             number = self.inodes.fresh_number();
             self.remember_number(st.st_dev, st.st_ino, number);
@@ -409,8 +410,8 @@ impl LayerFs {
         // The name is looked at directly, layer by layer, rather than
         // through a full lookup of the child: the kernel checked it exists
         // and is not a directory.
-        match self.upper_entry(&pu, name)? {
-            Some((fd, st)) => {
+        match self.upper_slot(&pu, name)? {
+            UpperSlot::Entry(fd, st) => {
                 if self.lower_positive(&dir, name)? {
                     self.replace_with_whiteout(&pu, name, &dir)?;
                 } else {
@@ -423,7 +424,7 @@ impl LayerFs {
                     self.mark_gone(&st, fd);
                 }
             }
-            None => {
+            UpperSlot::Empty | UpperSlot::Whiteout => {
                 let lowers: Vec<RealEntry> = dir
                     .reals()
                     .into_iter()
@@ -447,38 +448,10 @@ impl LayerFs {
         Ok(())
     }
 
-    /// The object at `name` in upper directory `pu`, unless absent or a
-    /// whiteout.
-    fn upper_entry(
-        &self,
-        pu: &RealEntry,
-        name: &OsStr,
-    ) -> io::Result<Option<(OwnedFd, sys::Stat)>> {
-        let fd = match sys::openat(
-            pu.fd.get()?.as_fd(),
-            name,
-            libc::O_PATH | libc::O_NOFOLLOW,
-            0,
-        ) {
-            Ok(fd) => fd,
-            Err(e) if is_enoent(&e) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let st = sys::fstat(fd.as_fd())?;
-        if whiteout::is_chardev_whiteout(&st)
-            || (pu.marks.xwhiteouts
-                && whiteout::may_be_xattr_whiteout(&st)
-                && has_xattr_whiteout(&fd)?)
-        {
-            return Ok(None);
-        }
-        Ok(Some((fd, st)))
-    }
-
     /// The live inode whose number comes from the real object `st`, if the
     /// kernel holds one.
     fn live_inode_of(&self, st: &sys::Stat) -> Option<Arc<Inode>> {
-        let n = self.number_of_new(st.st_dev, st.st_ino);
+        let n = self.number_for(st.st_dev, st.st_ino);
         self.inodes.get(n)
     }
 
@@ -529,8 +502,8 @@ impl LayerFs {
         let lower = self.lower_positive(&dir, name)?;
         dir.dir_changed();
         match self.upper_slot(&pu, name)? {
-            UpperSlot::Entry if lower => self.replace_with_whiteout(&pu, name, &dir)?,
-            UpperSlot::Entry => self.remove_upper(&pu, name)?,
+            UpperSlot::Entry(..) if lower => self.replace_with_whiteout(&pu, name, &dir)?,
+            UpperSlot::Entry(..) => self.remove_upper(&pu, name)?,
             UpperSlot::Empty if lower => self.make_whiteout(pu.fd.get()?.as_fd(), name, &dir)?,
             UpperSlot::Empty | UpperSlot::Whiteout => return Err(errno(libc::ENOENT)),
         }
@@ -788,82 +761,58 @@ impl LayerFs {
                 libc::RENAME_EXCHANGE,
             )?;
         } else {
+            let mut slot = self.upper_slot(&dpu, newname)?;
             if let Some(d) = &dst {
-                if !d.is_dir && !matches!(self.upper_slot(&dpu, newname)?, UpperSlot::Entry) {
+                let in_upper = matches!(slot, UpperSlot::Entry(..));
+                if !d.is_dir && !in_upper {
                     // The target name lived only below: it disappears.
                     self.adjust_nlink_delta(d, -1)?;
                 }
                 // An empty merged directory may still hold whiteouts in its
                 // upper part; the rename needs it truly empty.
-                if d.is_dir && matches!(self.upper_slot(&dpu, newname)?, UpperSlot::Entry) {
+                if d.is_dir && in_upper {
                     self.remove_upper(&dpu, newname)?;
+                    slot = self.upper_slot(&dpu, newname)?;
                 }
             }
-            match self.upper_slot(&dpu, newname)? {
+            let (sfd, dfd) = (spu.fd.get()?, dpu.fd.get()?);
+            let rename = |flags| sys::renameat2(sfd.as_fd(), name, dfd.as_fd(), newname, flags);
+            let nr = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
+            match slot {
                 UpperSlot::Whiteout => {
                     // As kernel overlayfs: exchange with the whiteout (a
                     // directory cannot replace a device node), which then
                     // serves as the source's whiteout or is removed.
-                    sys::renameat2(
-                        spu.fd.get()?.as_fd(),
-                        name,
-                        dpu.fd.get()?.as_fd(),
-                        newname,
-                        libc::RENAME_EXCHANGE,
-                    )?;
+                    rename(libc::RENAME_EXCHANGE)?;
                     if !src_lower {
-                        sys::unlinkat(spu.fd.get()?.as_fd(), name, 0)?;
-                    } else if !matches!(sys::lstatat(spu.fd.get()?.as_fd(), name), Ok(st) if whiteout::is_chardev_whiteout(&st))
+                        sys::unlinkat(sfd.as_fd(), name, 0)?;
+                    } else if !matches!(sys::lstatat(sfd.as_fd(), name), Ok(st) if whiteout::is_chardev_whiteout(&st))
                     {
                         self.mark_xwhiteouts(&sdir)?;
                     }
                 }
                 _ if src_lower => {
-                    let nr = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
-                    let wh = if self.upper_ctx()?.xattr_whiteouts {
-                        0
-                    } else {
-                        libc::RENAME_WHITEOUT
-                    };
-                    match sys::renameat2(
-                        spu.fd.get()?.as_fd(),
-                        name,
-                        dpu.fd.get()?.as_fd(),
-                        newname,
-                        nr | wh,
-                    ) {
-                        Ok(()) if wh == 0 => {
-                            self.make_whiteout(spu.fd.get()?.as_fd(), name, &sdir)?;
-                        }
-                        Ok(()) => {}
-                        Err(e)
-                            if matches!(
-                                e.raw_os_error(),
-                                Some(libc::EPERM) | Some(libc::EINVAL)
-                            ) =>
-                        {
-                            sys::renameat2(
-                                spu.fd.get()?.as_fd(),
-                                name,
-                                dpu.fd.get()?.as_fd(),
-                                newname,
-                                nr,
-                            )?;
-                            self.make_whiteout(spu.fd.get()?.as_fd(), name, &sdir)?;
-                        }
-                        Err(e) => return Err(e),
+                    // The kernel leaves the whiteout in the same rename where
+                    // it can; else the name is whited out right after.
+                    let with_whiteout = !self.upper_ctx()?.xattr_whiteouts
+                        && match rename(nr | libc::RENAME_WHITEOUT) {
+                            Ok(()) => true,
+                            Err(e)
+                                if matches!(
+                                    e.raw_os_error(),
+                                    Some(libc::EPERM) | Some(libc::EINVAL)
+                                ) =>
+                            {
+                                false
+                            }
+                            Err(e) => return Err(e),
+                        };
+                    if !with_whiteout {
+                        rename(nr)?;
+                        self.make_whiteout(sfd.as_fd(), name, &sdir)?;
                     }
                 }
-                _ => {
-                    let nr = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
-                    sys::renameat2(
-                        spu.fd.get()?.as_fd(),
-                        name,
-                        dpu.fd.get()?.as_fd(),
-                        newname,
-                        nr,
-                    )?;
-                }
+                _ => rename(nr)?,
             }
         }
         // A directory with no lower parts of its own must not merge with
@@ -896,7 +845,7 @@ impl LayerFs {
             } else if d.is_dir {
                 d.mark_unlinked();
             } else {
-                self.note_removed(d, dst_held.clone());
+                self.note_removed(d, dst_held);
             }
         }
         Ok(())

@@ -282,13 +282,8 @@ impl LayerFs {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The number of an object this mount just created in the upper layer.
-    pub(crate) fn number_of_new(&self, dev: u64, ino: u64) -> u64 {
-        self.number_for(dev, ino)
-    }
-
     /// The number shown for a real object of identity (dev, ino).
-    fn number_for(&self, dev: u64, ino: u64) -> u64 {
+    pub(crate) fn number_for(&self, dev: u64, ino: u64) -> u64 {
         if let Some(n) = self.numbers.get(&(dev, ino)) {
             return *n;
         }
@@ -983,35 +978,27 @@ impl LayerFs {
     /// reads one snapshot even while the directory changes.
     pub fn readdir(&self, ino: u64, offset: u64) -> io::Result<DirPage> {
         let inode = self.inode(ino)?;
-        if offset != 0 {
-            let (gen, index) = split_cookie(offset);
-            let kept = inode
+        let (gen, index) = split_cookie(offset);
+        let kept = if offset == 0 {
+            None
+        } else {
+            inode
                 .cache
                 .listings
                 .lock()
                 .iter()
                 .find(|(g, _)| g & COOKIE_GEN_MASK == gen)
-                .map(|(g, l)| (*g, Arc::clone(l)));
-            if let Some((g, entries)) = kept {
-                return Ok(DirPage {
-                    start: index.min(entries.len()),
-                    gen: g,
-                    entries,
-                });
-            }
-            // A snapshot this old is gone: continue in the current one.
-            let (g, entries) = self.current_listing(&inode)?;
-            return Ok(DirPage {
-                start: index.min(entries.len()),
-                gen: g,
-                entries,
-            });
-        }
-        let (gen, entries) = self.current_listing(&inode)?;
+                .map(|(g, l)| (*g, Arc::clone(l)))
+        };
+        // A new iteration, or a snapshot this old is gone: the current one.
+        let (gen, entries) = match kept {
+            Some(k) => k,
+            None => self.current_listing(&inode)?,
+        };
         Ok(DirPage {
-            entries,
+            start: index.min(entries.len()),
             gen,
-            start: 0,
+            entries,
         })
     }
 

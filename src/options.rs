@@ -203,6 +203,23 @@ impl MountOptions {
         Ok(o)
     }
 
+    /// The id translation these options ask for.
+    pub fn id_mapping(&self) -> IdMapping {
+        let root = self.squash_to_root.then_some(0);
+        IdMapping {
+            uid: IdMap::new(
+                self.uid_ranges.clone(),
+                self.squash_uid.or(root),
+                overflow_id("u"),
+            ),
+            gid: IdMap::new(
+                self.gid_ranges.clone(),
+                self.squash_gid.or(root),
+                overflow_id("g"),
+            ),
+        }
+    }
+
     fn apply(&mut self, item: &str) -> Result<(), OptionError> {
         let (name, value) = match item.split_once('=') {
             Some((n, v)) => (n, Some(v)),
@@ -302,25 +319,6 @@ impl MountOptions {
     }
 }
 
-impl MountOptions {
-    /// The id translation these options ask for.
-    pub fn id_mapping(&self) -> IdMapping {
-        let root = self.squash_to_root.then_some(0);
-        IdMapping {
-            uid: IdMap::new(
-                self.uid_ranges.clone(),
-                self.squash_uid.or(root),
-                overflow_id("u"),
-            ),
-            gid: IdMap::new(
-                self.gid_ranges.clone(),
-                self.squash_gid.or(root),
-                overflow_id("g"),
-            ),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,12 +390,12 @@ mod tests {
         assert_eq!(o.id_mapping().gid.shown(9), 0);
         assert!(MountOptions::parse(&["uidmapping=0:1"]).is_err());
         assert!(MountOptions::parse(&["squash_to_uid=me"]).is_err());
-        assert!(
+        assert_eq!(
             MountOptions::parse(&["logfile=/tmp/x"])
                 .unwrap()
                 .extra
-                .len()
-                == 1
+                .len(),
+            1
         );
     }
 }

@@ -9,6 +9,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use std::os::unix::ffi::OsStrExt;
 
@@ -20,30 +21,24 @@ fn lock_dir(dir: &Path, what: &str) -> io::Result<OwnedFd> {
     let fd = sys::open_path(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
     // umount(8) returns before the previous daemon has exited: give a
     // mount that is going away a moment to let go.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         match sys::flock(fd.as_fd(), libc::LOCK_EX | libc::LOCK_NB) {
-            Err(e)
-                if e.raw_os_error() == Some(libc::EWOULDBLOCK)
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(1));
+            Ok(()) => return Ok(fd),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                if Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ResourceBusy,
+                        format!(
+                            "{what} {} is in use by another layerfs mount",
+                            dir.display()
+                        ),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(1));
             }
-            r => break r.map(|()| fd).map_err(|e| busy(e, dir, what)),
+            Err(e) => return Err(e),
         }
-    }
-}
-
-fn busy(e: io::Error, dir: &Path, what: &str) -> io::Error {
-    match e {
-        e if e.raw_os_error() == Some(libc::EWOULDBLOCK) => io::Error::new(
-            io::ErrorKind::ResourceBusy,
-            format!(
-                "{what} {} is in use by another layerfs mount",
-                dir.display()
-            ),
-        ),
-        e => e,
     }
 }
 

@@ -13,14 +13,6 @@ use std::process::Command;
 
 use common::*;
 
-/// Where Debian's busybox-static puts its binary.
-fn busybox() -> Option<PathBuf> {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
 /// The three layers of a small image, in the kernel's whiteout format.
 fn image_layers(base: &Path, bb: &Path) -> Vec<PathBuf> {
     let (top, mid, bottom) = (base.join("l2"), base.join("l1"), base.join("l0"));
@@ -128,12 +120,8 @@ fn runc_and_crun_run_a_container_on_layerfs_in_both_whiteout_formats() {
         assert!(fs::read_to_string(upper.join("etc/os-release"))
             .unwrap()
             .ends_with("changed\n"));
-        let redirect = Command::new("getfattr")
-            .args(["-n", "trusted.overlay.redirect", "--only-values"])
-            .arg(upper.join("opt/tool-renamed"))
-            .output()
-            .unwrap();
-        assert_eq!(redirect.stdout, b"/opt/tool", "{format}: redirect");
+        let redirect = getxattr(&upper.join("opt/tool-renamed"), "trusted.overlay.redirect");
+        assert_eq!(redirect.unwrap(), b"/opt/tool", "{format}: redirect");
         for (l, b) in lowers.iter().zip(&before) {
             let d = diff(b, &fingerprint(l), Compare::ALL);
             assert!(

@@ -278,12 +278,11 @@ fn runc_and_crun_install_a_package_on_a_layered_debian() {
             assert!(fs::read_to_string(u.join("var/lib/dpkg/status"))
                 .unwrap()
                 .contains("Package: layerfs-probe"));
-            let redirect = Command::new("getfattr")
-                .args(["-n", "trusted.overlay.redirect", "--only-values"])
-                .arg(u.join("usr/share/doc/apt-moved"))
-                .output()
-                .unwrap();
-            assert_eq!(redirect.stdout, b"/usr/share/doc/apt", "{tag}: redirect");
+            let redirect = getxattr(
+                &u.join("usr/share/doc/apt-moved"),
+                "trusted.overlay.redirect",
+            );
+            assert_eq!(redirect.unwrap(), b"/usr/share/doc/apt", "{tag}: redirect");
             for gone in [
                 "usr/share/doc/adduser",
                 "usr/share/doc/apt",

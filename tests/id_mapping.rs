@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::fs;
-use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
@@ -60,9 +58,7 @@ fn acl_ids(v: &[u8]) -> (u32, u32) {
 }
 
 fn get_acl(p: &Path) -> Vec<u8> {
-    let f = fs::File::open(p).unwrap();
-    let name = CString::new("system.posix_acl_access").unwrap();
-    layerfs::sys::getxattr_fd(f.as_fd(), &name).unwrap()
+    getxattr(p, "system.posix_acl_access").unwrap()
 }
 
 #[test]

@@ -12,7 +12,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
@@ -20,13 +20,6 @@ use common::*;
 /// Host ids of the test user and of its subordinate range.
 const SUBID_BASE: u32 = 300000;
 const SUBID_COUNT: u32 = 65536;
-
-fn busybox() -> Option<PathBuf> {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
 
 /// A uid (and gid of the same number) from `from` on that no account on
 /// this host uses. Each test starts elsewhere: tests run in parallel and
@@ -56,6 +49,84 @@ impl Drop for UserProcesses {
     }
 }
 
+/// An unprivileged user that exists only inside a test's private mount
+/// namespace: its passwd, group and subuid/subgid entries and a /dev/fuse it
+/// may open (this VM's is 0600) are bind-mounted there by `setup_script`,
+/// so the host's /etc and /dev stay untouched. Its processes are killed
+/// when it is dropped.
+struct TestUser {
+    id: u32,
+    name: &'static str,
+    /// World-traversable scratch dir holding the user's files.
+    base: PathBuf,
+    /// A copy of layerfs the user can run.
+    bin: PathBuf,
+    _processes: UserProcesses,
+}
+
+impl TestUser {
+    fn new(base: &Path, name: &'static str, first_id: u32, home: &Path) -> TestUser {
+        let id = free_id(first_id);
+        fs::set_permissions(base, fs::Permissions::from_mode(0o755)).unwrap();
+        let etc = base.join("etc");
+        mkdir(&etc);
+        let mut passwd = fs::read_to_string("/etc/passwd").unwrap();
+        passwd += &format!("{name}:x:{id}:{id}::{}:/bin/sh\n", home.display());
+        let mut group = fs::read_to_string("/etc/group").unwrap();
+        group += &format!("{name}:x:{id}:\n");
+        fs::write(etc.join("passwd"), passwd).unwrap();
+        fs::write(etc.join("group"), group).unwrap();
+        let sub = format!("{name}:{SUBID_BASE}:{SUBID_COUNT}\n");
+        fs::write(etc.join("subuid"), &sub).unwrap();
+        fs::write(etc.join("subgid"), &sub).unwrap();
+        mkdir(&base.join("dev"));
+        let bin = base.join("bin/layerfs");
+        mkdir(&base.join("bin"));
+        fs::copy(layerfs_bin(), &bin).unwrap();
+        chmod(&bin, 0o755);
+        TestUser {
+            id,
+            name,
+            base: base.to_path_buf(),
+            bin,
+            _processes: UserProcesses(id),
+        }
+    }
+
+    /// Makes `paths` (recursively) the user's.
+    fn own(&self, paths: &[&Path]) {
+        assert!(Command::new("chown")
+            .args(["-R", &format!("{0}:{0}", self.id)])
+            .args(paths)
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Shell lines that, run as root in the private mount namespace, make
+    /// the user exist there.
+    fn setup_script(&self) -> String {
+        format!(
+            "for f in passwd group subuid subgid; do mount --bind {b}/etc/$f /etc/$f; done\n\
+             mount -t tmpfs tmpfs {b}/dev && mknod -m 666 {b}/dev/fuse c 10 229\n\
+             mount --bind {b}/dev/fuse /dev/fuse\n",
+            b = self.base.display()
+        )
+    }
+
+    /// Runs `script` (sh) as root in a new private mount namespace after
+    /// `setup_script`; its combined output and whether it succeeded.
+    fn run_in_namespace(&self, script: &str) -> (bool, String) {
+        let script = format!("set -e\n{}{script}", self.setup_script());
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .current_dir(&self.base)
+            .output()
+            .unwrap();
+        (out.status.success(), output_text(&out))
+    }
+}
+
 /// Lines `KEY=value` printed by the script.
 fn value<'a>(out: &'a str, key: &str) -> &'a str {
     out.lines()
@@ -81,34 +152,14 @@ fn rootless_podman_with_layerfs_as_mount_program() {
         eprintln!("SKIP: not installed: {missing:?} (or busybox-static)");
         return;
     }
-    let id = free_id(1500);
-    let _cleanup = UserProcesses(id);
     let t = tempfile::Builder::new().prefix("lfsrl").tempdir().unwrap();
     let base = t.path();
-    fs::set_permissions(base, fs::Permissions::from_mode(0o755)).unwrap();
     let home = base.join("home");
     let run = base.join("run");
-    let etc = base.join("etc");
-    for d in [&home, &run, &etc] {
-        mkdir(d);
-    }
-
-    // The user, only inside the test's mount namespace.
-    let mut passwd = fs::read_to_string("/etc/passwd").unwrap();
-    passwd += &format!("lfsrootless:x:{id}:{id}::{}:/bin/sh\n", home.display());
-    let mut group = fs::read_to_string("/etc/group").unwrap();
-    group += &format!("lfsrootless:x:{id}:\n");
-    fs::write(etc.join("passwd"), passwd).unwrap();
-    fs::write(etc.join("group"), group).unwrap();
-    let sub = format!("lfsrootless:{SUBID_BASE}:{SUBID_COUNT}\n");
-    fs::write(etc.join("subuid"), &sub).unwrap();
-    fs::write(etc.join("subgid"), &sub).unwrap();
-
-    // The binary where the user can run it.
-    let bin = base.join("bin");
-    mkdir(&bin);
-    fs::copy(layerfs_bin(), bin.join("layerfs")).unwrap();
-    chmod(&bin.join("layerfs"), 0o755);
+    mkdir(&home);
+    mkdir(&run);
+    let user = TestUser::new(base, "lfsrootless", 1500, &home);
+    let id = user.id;
 
     let conf = home.join("conf");
     mkdir(&conf);
@@ -119,7 +170,7 @@ fn rootless_podman_with_layerfs_as_mount_program() {
              [storage.options.overlay]\nmount_program = \"{}\"\n",
             home.join("storage").display(),
             run.join("storage").display(),
-            bin.join("layerfs").display()
+            user.bin.display()
         ),
     )
     .unwrap();
@@ -153,13 +204,7 @@ fn rootless_podman_with_layerfs_as_mount_program() {
           RUN echo v2 > /opt/app/sub/file && rm /etc/os-release && mv /opt/app /opt/app2 \
               && chown 5:6 /etc/keep\n",
     );
-    assert!(Command::new("chown")
-        .args(["-R", &format!("{id}:{id}")])
-        .arg(&home)
-        .arg(&run)
-        .status()
-        .unwrap()
-        .success());
+    user.own(&[&home, &run]);
     chmod(&run, 0o700);
 
     // What the user runs; `podman unshare` prints paths as podman sees them.
@@ -181,41 +226,18 @@ podman run --rm --network none committed sh -c 'ls /etc /opt /; cat /newfile'
 echo ROOTLESS-FLOW-DONE
 "#;
     fs::write(home.join("flow.sh"), user_script).unwrap();
-    // As root in a private mount namespace: the user's passwd/subuid
-    // entries, and a /dev/fuse the user may open (this machine's is 0600;
-    // the host node is not touched), then drop to the user.
-    let root_script = format!(
-        r#"
-set -e
-for f in passwd group subuid subgid; do mount --bind {etc}/$f /etc/$f; done
-mkdir -p {base}/dev && mount -t tmpfs tmpfs {base}/dev
-mknod -m 666 {base}/dev/fuse c 10 229 && mount --bind {base}/dev/fuse /dev/fuse
-exec setpriv --reuid={id} --regid={id} --clear-groups env -i HOME={home} \
-  XDG_RUNTIME_DIR={run} USER=lfsrootless LOGNAME=lfsrootless \
-  PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
-  CONTAINERS_STORAGE_CONF={home}/conf/storage.conf \
-  CONTAINERS_CONF={home}/conf/containers.conf sh {home}/flow.sh
-"#,
-        etc = etc.display(),
-        base = base.display(),
+    let (ok, text) = user.run_in_namespace(&format!(
+        "exec setpriv --reuid={id} --regid={id} --clear-groups env -i HOME={home} \\
+           XDG_RUNTIME_DIR={run} USER={name} LOGNAME={name} \\
+           PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \\
+           CONTAINERS_STORAGE_CONF={home}/conf/storage.conf \\
+           CONTAINERS_CONF={home}/conf/containers.conf sh {home}/flow.sh\n",
+        name = user.name,
         home = home.display(),
         run = run.display(),
-    );
-    let out = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &root_script,
-        ])
-        .current_dir(base)
-        .output()
-        .unwrap();
-    let text = output_text(&out);
+    ));
     assert!(
-        out.status.success() && text.contains("ROOTLESS-FLOW-DONE"),
+        ok && text.contains("ROOTLESS-FLOW-DONE"),
         "rootless flow failed:\n{text}"
     );
 
@@ -245,9 +267,7 @@ exec setpriv --reuid={id} --regid={id} --clear-groups env -i HOME={home} \
     }
     // No redirect in this mode (kernel overlayfs refuses user.overlay
     // redirects): renaming the lower directory was EXDEV and mv copied it.
-    let app3 = fs::File::open(c1_upper.join("opt/app3")).unwrap();
-    let name = std::ffi::CString::new("user.overlay.redirect").unwrap();
-    let redirect = layerfs::sys::getxattr_fd(std::os::fd::AsFd::as_fd(&app3), &name);
+    let redirect = getxattr(&c1_upper.join("opt/app3"), "user.overlay.redirect");
     assert!(redirect.is_err(), "opt/app3 has a redirect: {redirect:?}");
     assert_eq!(
         fs::read(c1_upper.join("opt/app3/sub/file")).unwrap(),
@@ -320,11 +340,10 @@ fn unprivileged_user_mounts_through_fusermount3() {
         eprintln!("SKIP: fusermount3, setpriv or unshare is not installed");
         return;
     }
-    let id = free_id(1700);
-    let _cleanup = UserProcesses(id);
     let t = tempfile::Builder::new().prefix("lfsfm").tempdir().unwrap();
     let base = t.path();
-    fs::set_permissions(base, fs::Permissions::from_mode(0o755)).unwrap();
+    let user = TestUser::new(base, "lfsfuser", 1700, Path::new("/nonexistent"));
+    let id = user.id;
     let (lower, upper, work, mnt) = (
         base.join("lower"),
         base.join("upper"),
@@ -337,55 +356,28 @@ fn unprivileged_user_mounts_through_fusermount3() {
     for d in [&upper, &work, &mnt] {
         mkdir(d);
     }
-    let own = |p: &std::path::Path| {
-        assert!(Command::new("chown")
-            .args(["-R", &format!("{id}:{id}")])
-            .arg(p)
-            .status()
-            .unwrap()
-            .success());
-    };
-    for d in [&lower, &upper, &work, &mnt] {
-        own(d);
-    }
+    user.own(&[&lower, &upper, &work, &mnt]);
     chown(&lower.join("root-owned"), 0, 0);
-    let bin = base.join("layerfs");
-    fs::copy(layerfs_bin(), &bin).unwrap();
-    chmod(&bin, 0o755);
-    let mut passwd = fs::read_to_string("/etc/passwd").unwrap();
-    passwd += &format!("lfsfuser:x:{id}:{id}::/nonexistent:/bin/sh\n");
-    fs::write(base.join("passwd"), passwd).unwrap();
-    mkdir(&base.join("dev"));
 
     // fusermount3 needs the user in passwd and a /dev/fuse the user may
-    // open (0600 on this VM); both only inside this mount namespace.
-    let user = format!("setpriv --reuid={id} --regid={id} --clear-groups");
-    let script = format!(
+    // open: `TestUser` provides both inside the namespace.
+    let as_user = format!("setpriv --reuid={id} --regid={id} --clear-groups");
+    let (ok, text) = user.run_in_namespace(&format!(
         r#"
-set -e
-mount --bind {base}/passwd /etc/passwd
-mount -t tmpfs tmpfs {base}/dev && mknod -m 666 {base}/dev/fuse c 10 229
-mount --bind {base}/dev/fuse /dev/fuse
-{user} {bin} -o lowerdir={lower},upperdir={upper},workdir={work} {mnt}
+{as_user} {bin} -o lowerdir={lower},upperdir={upper},workdir={work} {mnt}
 grep " {mnt} " /proc/mounts
-{user} sh -c 'cd {mnt}; cat dir/file root-owned; echo new > new; rm gone; chmod 600 dir/file; mv dir moved; ls; cat moved/file'
-{user} fusermount3 -u {mnt}
+{as_user} sh -c 'cd {mnt}; cat dir/file root-owned; echo new > new; rm gone; chmod 600 dir/file; mv dir moved; ls; cat moved/file'
+{as_user} fusermount3 -u {mnt}
 echo UNMOUNTED
 "#,
-        base = base.display(),
-        bin = bin.display(),
+        bin = user.bin.display(),
         lower = lower.display(),
         upper = upper.display(),
         work = work.display(),
         mnt = mnt.display(),
-    );
-    let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .unwrap();
-    let text = output_text(&out);
+    ));
     assert!(
-        out.status.success() && text.contains("UNMOUNTED"),
+        ok && text.contains("UNMOUNTED"),
         "unprivileged mount failed:\n{text}"
     );
     // mount(2) is refused to a plain user: fusermount3 made this mount.

@@ -847,11 +847,7 @@ fn writes_clear_setuid_and_capabilities_as_the_kernel_does() {
     assert_eq!(mode(pair.ours(), "sgid-no-gx-by-member"), 0o2767);
     assert_eq!(mode(pair.ours(), "suid-by-root"), 0o4777);
     assert_eq!(mode(pair.ours(), "upper-suid"), 0o777);
-    let caps = |root: &Path| {
-        let f = fs::File::open(root.join("capable")).unwrap();
-        let name = CString::new("security.capability").unwrap();
-        layerfs::sys::getxattr_fd(std::os::fd::AsFd::as_fd(&f), &name).is_ok()
-    };
+    let caps = |root: &Path| getxattr(&root.join("capable"), "security.capability").is_ok();
     assert!(
         !caps(pair.kernel()),
         "the kernel drops capabilities on write"

@@ -416,6 +416,21 @@ pub fn setxattr(p: &Path, name: &str, value: &[u8]) {
         .unwrap_or_else(|e| panic!("setxattr {name} on {p:?}: {e}"));
 }
 
+/// The value of xattr `name` of `p` (not following a symlink).
+pub fn getxattr(p: &Path, name: &str) -> io::Result<Vec<u8>> {
+    let fd = layerfs::sys::open_path(p, libc::O_PATH | libc::O_NOFOLLOW)?;
+    let c = std::ffi::CString::new(name).unwrap();
+    layerfs::sys::getxattr_fd(std::os::fd::AsFd::as_fd(&fd), &c)
+}
+
+/// Where Debian's busybox-static puts its binary, if installed.
+pub fn busybox() -> Option<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
 pub fn set_opaque(p: &Path) {
     setxattr(p, "trusted.overlay.opaque", b"y");
 }
@@ -650,10 +665,7 @@ pub fn archive_layers(tar: &Path, scratch: &Path) -> Vec<Vec<String>> {
 /// Rewrites a layer's `trusted.overlay.opaque` marks as
 /// `user.overlay.opaque`, the form a rootless (`userxattr`) stack has.
 pub fn to_user_xattrs(dir: &Path) {
-    let fd = layerfs::sys::open_path(dir, libc::O_PATH).unwrap();
-    let opaque =
-        layerfs::sys::getxattr_fd(std::os::fd::AsFd::as_fd(&fd), c"trusted.overlay.opaque");
-    if let Ok(v) = opaque {
+    if let Ok(v) = getxattr(dir, "trusted.overlay.opaque") {
         remove_opaque_xattr(dir);
         setxattr(dir, "user.overlay.opaque", &v);
     }
