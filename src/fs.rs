@@ -354,6 +354,7 @@ impl Filesystem for Fuse {
             Ok(p) => p,
             Err(e) => return reply.error(errno(e)),
         };
+        let mut added = 0usize;
         for (i, e) in page.entries.iter().enumerate().skip(page.start) {
             let off = page.cookie_after(i);
             if e.name == "." || e.name == ".." {
@@ -373,18 +374,30 @@ impl Filesystem for Fuse {
                 ) {
                     break;
                 }
+                added += 1;
                 continue;
             }
             // Each entry returned counts as a lookup; one that does not fit
             // in the buffer is given back at once.
-            let Ok((inode, attr)) = self.fs.lookup_hinted(ino.0, &e.name, e.layers) else {
-                continue;
+            let (inode, attr) = match self.fs.lookup_hinted(ino.0, &e.name, e.layers) {
+                Ok(found) => found,
+                // Gone since the listing was made: not an entry any more.
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
+                // A name must not silently drop out of a listing: the page
+                // ends before it, and the next readdir, starting at it,
+                // reports the error.
+                Err(err) if added == 0 => {
+                    log::warn!("readdirplus of {:?} in node {}: {err}", e.name, ino.0);
+                    return reply.error(errno(err));
+                }
+                Err(_) => break,
             };
             let attr = self.shown(attr);
             if reply.add(attr.ino, off, &e.name, &self.ttl, &attr, Generation(0)) {
                 self.fs.forget(inode.ino, 1);
                 break;
             }
+            added += 1;
         }
         reply.ok();
     }

@@ -101,6 +101,31 @@ pub struct InodeState {
     /// One name it is reachable by: its parent's node id and its name there.
     pub parent: u64,
     pub name: OsString,
+    /// The other names a non-directory with several links is known by
+    /// (lower hardlinks, links made through the mount). Copy-up places the
+    /// copy at a name that still exists, so when one name goes, another
+    /// takes its place.
+    pub other_names: Vec<(u64, OsString)>,
+}
+
+impl InodeState {
+    /// A state reachable by one name.
+    pub fn new(reals: Vec<RealEntry>, parent: u64, name: &std::ffi::OsStr) -> InodeState {
+        InodeState {
+            reals,
+            parent,
+            name: name.to_os_string(),
+            other_names: Vec::new(),
+        }
+    }
+
+    fn is_named(&self, parent: u64, name: &std::ffi::OsStr) -> bool {
+        (self.parent == parent && self.name == name)
+            || self
+                .other_names
+                .iter()
+                .any(|(p, n)| *p == parent && n == name)
+    }
 }
 
 #[derive(Debug)]
@@ -190,6 +215,61 @@ impl Inode {
 
     pub fn mark_unlinked(&self) {
         self.unlinked.store(true, Ordering::Relaxed);
+    }
+
+    /// `name` in `parent` was found to lead to this inode (a non-directory
+    /// can have several names).
+    pub fn name_seen(&self, parent: u64, name: &std::ffi::OsStr) {
+        if self.is_dir || self.state.read().is_named(parent, name) {
+            return;
+        }
+        let mut s = self.state.write();
+        if !s.is_named(parent, name) {
+            s.other_names.push((parent, name.to_os_string()));
+        }
+    }
+
+    /// `name` in `parent` no longer leads to this inode: another of its
+    /// names, if it has one, becomes the one it is reached by.
+    pub fn name_gone(&self, parent: u64, name: &std::ffi::OsStr) {
+        let mut s = self.state.write();
+        if s.parent == parent && s.name == name {
+            if let Some((p, n)) = s.other_names.pop() {
+                s.parent = p;
+                s.name = n;
+            }
+        } else {
+            s.other_names.retain(|(p, n)| !(*p == parent && n == name));
+        }
+    }
+
+    /// The name `from` of this inode is now `to` (a rename).
+    pub fn name_moved(&self, from: (u64, &std::ffi::OsStr), to: (u64, &std::ffi::OsStr)) {
+        let mut s = self.state.write();
+        let to_owned = (to.0, to.1.to_os_string());
+        if let Some(other) = s
+            .other_names
+            .iter_mut()
+            .find(|(p, n)| *p == from.0 && n == from.1)
+        {
+            *other = to_owned;
+        } else {
+            // The primary name, or one never seen (a rename is always of a
+            // name that leads here): it is the name to reach it by now.
+            s.parent = to_owned.0;
+            s.name = to_owned.1;
+        }
+        // Renaming onto another of its own names leaves one name.
+        let (p, n) = (s.parent, s.name.clone());
+        let mut seen = vec![(p, n)];
+        s.other_names.retain(|e| {
+            if seen.contains(e) {
+                false
+            } else {
+                seen.push(e.clone());
+                true
+            }
+        });
     }
 
     /// A snapshot of the real entries, cheap to take (Arc clones).
@@ -293,15 +373,51 @@ mod tests {
 
     fn state() -> InodeState {
         let fd = std::fs::File::open("/").unwrap();
-        InodeState {
-            reals: vec![RealEntry {
+        InodeState::new(
+            vec![RealEntry {
                 layer: LayerIdx(0),
                 fd: fd.as_fd().try_clone_to_owned().unwrap().into(),
                 marks: DirMarks::default(),
             }],
-            parent: ROOT_INO,
-            name: "x".into(),
-        }
+            ROOT_INO,
+            std::ffi::OsStr::new("x"),
+        )
+    }
+
+    fn names(i: &Inode) -> (u64, OsString, Vec<(u64, OsString)>) {
+        let s = i.state.read();
+        (s.parent, s.name.clone(), s.other_names.clone())
+    }
+
+    #[test]
+    fn names_of_a_hardlink_follow_unlink_and_rename() {
+        use std::ffi::OsStr;
+        let i = Inode::new(10, 10, false, state());
+        i.name_seen(ROOT_INO, OsStr::new("x"));
+        i.name_seen(5, OsStr::new("y"));
+        i.name_seen(5, OsStr::new("y"));
+        assert_eq!(names(&i), (ROOT_INO, "x".into(), vec![(5, "y".into())]));
+        // The primary name goes: the other one takes its place.
+        i.name_gone(ROOT_INO, OsStr::new("x"));
+        assert_eq!(names(&i), (5, "y".into(), vec![]));
+        i.name_seen(6, OsStr::new("z"));
+        i.name_moved((6, OsStr::new("z")), (7, OsStr::new("w")));
+        assert_eq!(names(&i), (5, "y".into(), vec![(7, "w".into())]));
+        i.name_moved((5, OsStr::new("y")), (8, OsStr::new("v")));
+        assert_eq!(names(&i), (8, "v".into(), vec![(7, "w".into())]));
+        // Renamed onto its other name: one name is left.
+        i.name_moved((8, OsStr::new("v")), (7, OsStr::new("w")));
+        assert_eq!(names(&i), (7, "w".into(), vec![]));
+        // Its last name gone: it keeps the stale one (nothing reaches it).
+        i.name_gone(7, OsStr::new("w"));
+        assert_eq!(names(&i).1, OsString::from("w"));
+    }
+
+    #[test]
+    fn directories_have_one_name() {
+        let i = Inode::new(10, 10, true, state());
+        i.name_seen(5, std::ffi::OsStr::new("y"));
+        assert!(names(&i).2.is_empty());
     }
 
     fn table() -> InodeTable {

@@ -7,7 +7,7 @@
 //! The VFS holds the parent directories' locks around each of these calls,
 //! so two name operations never race inside one directory.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -261,8 +261,18 @@ impl LayerFs {
         let up = self.upper_ctx()?;
         let st = sys::fstat(path.as_fd())?;
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        // A new object is numbered by its own identity. A number remembered
+        // for that identity belonged to a deleted object whose inode the
+        // upper filesystem has reused; it must not follow the new one
+        // (whose number would then change at the next mount).
+        self.forget_number(st.st_dev, st.st_ino);
         let mut number = self.number_for(st.st_dev, st.st_ino);
-        if self.inodes.get(number).is_some_and(|i| i.is_unlinked()) {
+        if let Some(old) = self.inodes.get(number) {
+            // Whatever the kernel still holds under this number is not the
+            // object just made: it was deleted (perhaps behind the node's
+            // back, as whiteouts inside a removed directory are), so it
+            // keeps the number and the new object gets a fresh one.
+            old.mark_unlinked();
             number = self.inodes.fresh_number();
             self.remember_number(st.st_dev, st.st_ino, number);
         }
@@ -272,15 +282,15 @@ impl LayerFs {
                 number,
                 number,
                 is_dir,
-                InodeState {
-                    reals: vec![RealEntry {
+                InodeState::new(
+                    vec![RealEntry {
                         layer: up.idx,
                         fd: self.upper_ref(path, is_dir),
                         marks: Default::default(),
                     }],
                     parent,
-                    name: name.to_os_string(),
-                },
+                    name,
+                ),
             )
         });
         Ok((inode, attr))
@@ -331,9 +341,14 @@ impl LayerFs {
         uid: u32,
         gid: u32,
     ) -> io::Result<(Arc<Inode>, FileAttr)> {
+        let dev = decode_rdev(rdev);
+        if whiteout::is_whiteout_dev(mode, dev) {
+            // As kernel overlayfs: a char 0/0 device is the whiteout, and
+            // would vanish the moment it was made.
+            return Err(errno(libc::EPERM));
+        }
         let dir = self.inode(parent)?;
         let (owner, _) = self.owner_for(&dir, uid, gid)?;
-        let dev = decode_rdev(rdev);
         let (_, path) = self.place(
             &dir,
             name,
@@ -406,6 +421,7 @@ impl LayerFs {
     pub fn unlink(&self, parent: u64, name: &OsStr) -> io::Result<()> {
         let dir = self.inode(parent)?;
         let pu = self.upper_dir(&dir)?;
+        self.index_before_removal(&dir, parent, name)?;
         dir.dir_changed();
         // The name is looked at directly, layer by layer, rather than
         // through a full lookup of the child: the kernel checked it exists
@@ -417,10 +433,13 @@ impl LayerFs {
                 } else {
                     sys::unlinkat(pu.fd.get()?.as_fd(), name, 0)?;
                 }
-                if sys::fstat(fd.as_fd())
+                let gone = sys::fstat(fd.as_fd())
                     .map(|s| s.st_nlink == 0)
-                    .unwrap_or(true)
-                {
+                    .unwrap_or(true);
+                if let Some(i) = self.live_inode_of(&st) {
+                    i.name_gone(parent, name);
+                }
+                if gone {
                     self.mark_gone(&st, fd);
                 }
             }
@@ -439,12 +458,47 @@ impl LayerFs {
                 // One name of a copied-up lower hardlink set went away.
                 if hit.st.st_nlink > 1 {
                     if let Some(i) = self.live_inode_of(&hit.st) {
+                        i.name_gone(parent, name);
                         self.adjust_nlink_delta(&i, -1)?;
                     }
                 }
             }
         }
         dir.dir_changed();
+        Ok(())
+    }
+
+    /// Before a name of a lower file with several names is removed or
+    /// renamed over, the file is copied up into the index, as kernel
+    /// overlayfs does with `index=on` (`ovl_nlink_start`): the index entry
+    /// then carries the link count (`overlay.nlink`) the other names show.
+    fn index_before_removal(&self, dir: &Arc<Inode>, parent: u64, name: &OsStr) -> io::Result<()> {
+        let up = self.upper_ctx()?;
+        if up.work.index_fd().is_none() {
+            return Ok(());
+        }
+        let lowers: Vec<RealEntry> = dir
+            .reals()
+            .into_iter()
+            .filter(|r| !self.is_upper(r.layer))
+            .collect();
+        if lowers.is_empty() {
+            return Ok(());
+        }
+        // Only a name that lives below and nowhere above is concerned.
+        let pu = self.upper_dir(dir)?;
+        if let UpperSlot::Entry(..) = self.upper_slot(&pu, name)? {
+            return Ok(());
+        }
+        match self.resolve_in(&lowers, name)? {
+            Resolved::NonDir(h)
+                if h.st.st_nlink > 1 && h.st.st_mode & libc::S_IFMT == libc::S_IFREG => {}
+            _ => return Ok(()),
+        }
+        let inode = self.child(parent, name)?;
+        if !self.is_upper(inode.top().layer) {
+            self.copy_up(&inode)?;
+        }
         Ok(())
     }
 
@@ -731,6 +785,11 @@ impl LayerFs {
                 return Err(errno(libc::ENOTEMPTY));
             }
         }
+        if let Some(d) = &dst {
+            if !exchange && !d.is_dir {
+                self.index_before_removal(&ddir, newparent, newname)?;
+            }
+        }
         let src_lower = self.lower_positive(&sdir, name)?;
         // The object a rename may unlink, held open across it.
         let dst_held = match &dst {
@@ -832,19 +891,14 @@ impl LayerFs {
         if let Some(d) = &dst {
             d.dir_changed();
         }
-        {
-            let mut s = src.state.write();
-            s.parent = newparent;
-            s.name = OsString::from(newname);
-        }
+        src.name_moved((parent, name), (newparent, newname));
         if let Some(d) = &dst {
             if exchange {
-                let mut s = d.state.write();
-                s.parent = parent;
-                s.name = OsString::from(name);
+                d.name_moved((newparent, newname), (parent, name));
             } else if d.is_dir {
                 d.mark_unlinked();
             } else {
+                d.name_gone(newparent, newname);
                 self.note_removed(d, dst_held);
             }
         }

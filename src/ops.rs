@@ -209,11 +209,7 @@ impl LayerFs {
             ROOT_INO,
             st_ino,
             true,
-            InodeState {
-                reals,
-                parent: ROOT_INO,
-                name: OsString::new(),
-            },
+            InodeState::new(reals, ROOT_INO, OsStr::new("")),
         );
         let upper_handles = upper.as_ref().is_some_and(|u| {
             handle_roots[u.idx.0].as_ref().is_some_and(|root| {
@@ -276,6 +272,12 @@ impl LayerFs {
 
     pub(crate) fn remember_number(&self, dev: u64, ino: u64, number: u64) {
         self.numbers.insert((dev, ino), number);
+    }
+
+    /// The upper object (dev, ino) is gone: a new object that gets its
+    /// inode number is numbered afresh.
+    pub(crate) fn forget_number(&self, dev: u64, ino: u64) {
+        self.numbers.remove(&(dev, ino));
     }
 
     pub(crate) fn new_fh(&self) -> u64 {
@@ -536,19 +538,11 @@ impl LayerFs {
                     marks: h.marks,
                 })
                 .collect();
-            let inode = Inode::new(
-                number,
-                number,
-                is_dir,
-                InodeState {
-                    reals,
-                    parent,
-                    name: name.to_os_string(),
-                },
-            );
+            let inode = Inode::new(number, number, is_dir, InodeState::new(reals, parent, name));
             inode.set_nlink_delta(delta);
             inode
         });
+        inode.name_seen(parent, name);
         Ok((inode, attr))
     }
 

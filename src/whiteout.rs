@@ -71,7 +71,12 @@ pub fn oci_whiteout_name(name: &[u8]) -> Vec<u8> {
 
 /// A character device with device number 0/0: the kernel's whiteout.
 pub fn is_chardev_whiteout(st: &Stat) -> bool {
-    (st.st_mode & libc::S_IFMT) == libc::S_IFCHR && st.st_rdev == 0
+    is_whiteout_dev(st.st_mode, st.st_rdev)
+}
+
+/// Whether a device of this mode and number would be a whiteout.
+pub fn is_whiteout_dev(mode: u32, rdev: u64) -> bool {
+    (mode & libc::S_IFMT) == libc::S_IFCHR && rdev == 0
 }
 
 /// A file that may be an xattr whiteout (its xattr still has to be checked,
