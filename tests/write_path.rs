@@ -77,12 +77,14 @@ impl Pair {
             lowerdir_opt(&lowers),
             upper_opts(base, "ours")
         );
-        let env: &[(&str, &str)] = if v.xattr_whiteouts {
-            &[("FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT", "1")]
-        } else {
-            &[]
-        };
-        let ours = try_mount_layerfs_env(&ours_opts, &base.join("m-ours"), env).unwrap();
+        let mut env: Vec<(&str, &str)> = Vec::new();
+        if v.xattr_whiteouts {
+            env.push(("FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT", "1"));
+        }
+        if !v.disabled_features.is_empty() {
+            env.push(("LAYERFS_DISABLE_FEATURES", v.disabled_features));
+        }
+        let ours = try_mount_layerfs_env(&ours_opts, &base.join("m-ours"), &env).unwrap();
         let kopts = format!("{},{kernel_opts}", upper_opts(base, "kernel"));
         let kernel = mount_kernel(&lowers, &base.join("m-kernel"), &kopts);
         Pair {
@@ -375,6 +377,9 @@ struct Variant {
     xattr_whiteouts: bool,
     /// Both use `user.overlay.*` xattrs (`userxattr`), as rootless mounts do.
     userxattr: bool,
+    /// Upper features layerfs must do without (`LAYERFS_DISABLE_FEATURES`),
+    /// as on network filesystems.
+    disabled_features: &'static str,
 }
 
 fn run_differential(seed: u64, ops: usize, metacopy: bool) {
@@ -495,6 +500,30 @@ fn random_operations_match_kernel_overlayfs_with_userxattr() {
         let v = Variant {
             userxattr: true,
             xattr_whiteouts,
+            ..Variant::default()
+        };
+        run_differential_with(seed, 300, v);
+    }
+}
+
+#[test]
+fn random_operations_match_kernel_overlayfs_without_rename_flags_or_handles() {
+    require_root!();
+    // What GlusterFS and other network filesystems lack: RENAME_NOREPLACE,
+    // RENAME_EXCHANGE and RENAME_WHITEOUT (emulated under the daemon's lock
+    // and through the work dir), file handles (upper files held open), and
+    // char 0/0 mknod (xattr whiteouts).
+    for (seed, features) in [
+        (51u64, "rename_noreplace,rename_exchange,rename_whiteout"),
+        (52, "rename_noreplace,rename_exchange,rename_whiteout"),
+        (
+            53,
+            "rename_noreplace,rename_exchange,rename_whiteout,file_handles",
+        ),
+        (54, "rename_exchange,whiteout_mknod,d_type"),
+    ] {
+        let v = Variant {
+            disabled_features: features,
             ..Variant::default()
         };
         run_differential_with(seed, 300, v);
