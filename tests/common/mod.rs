@@ -412,8 +412,15 @@ pub fn mkfifo(p: &Path) {
 }
 
 pub fn setxattr(p: &Path, name: &str, value: &[u8]) {
-    layerfs::sys::lsetxattr_path(p, name, value)
-        .unwrap_or_else(|e| panic!("setxattr {name} on {p:?}: {e}"));
+    lsetxattr(p, name, value).unwrap_or_else(|e| panic!("setxattr {name} on {p:?}: {e}"));
+}
+
+/// lsetxattr(2): sets xattr `name` of `p` itself, not of a symlink's
+/// target (through an O_PATH fd, which names the symlink).
+pub fn lsetxattr(p: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let fd = layerfs::sys::open_path(p, libc::O_PATH | libc::O_NOFOLLOW)?;
+    let c = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    layerfs::sys::setxattr_fd(std::os::fd::AsFd::as_fd(&fd), &c, value, 0)
 }
 
 /// The value of xattr `name` of `p` (not following a symlink).
