@@ -113,8 +113,85 @@ fn version_and_help() {
     ] {
         assert!(help.contains(word), "--help must mention {word}");
     }
-    let man = run(&["--man"]);
-    assert!(String::from_utf8_lossy(&man.stdout).starts_with(".TH LAYERFS 1"));
+}
+
+/// The usage line of --help, and of every command-line error.
+const USAGE: &str = "Usage: layerfs [-f] [-d] [-o OPTIONS]... [SOURCE] MOUNTPOINT";
+
+#[test]
+fn help_and_usage_errors_say_the_same() {
+    let help = String::from_utf8_lossy(&run(&["--help"]).stdout).into_owned();
+    assert!(help.contains(USAGE), "{help}");
+    assert!(help.contains("--man"), "--help must list --man: {help}");
+    assert!(
+        help.contains("MOUNTPOINT  the directory") && help.contains("SOURCE      optional"),
+        "--help must explain SOURCE and MOUNTPOINT: {help}"
+    );
+    for (args, expect) in [
+        (&[][..], "no MOUNTPOINT given"),
+        (&["-f", "-o", "lowerdir=/x"][..], "no MOUNTPOINT given"),
+        (&["a", "b", "c"][..], "unexpected argument 'c'"),
+        (&["--bogus", "m"][..], "--bogus"),
+    ] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(expect) && err.contains(USAGE),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !err.contains("<MOUNTPOINT>") && !err.contains("[PATHS]"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn man_page_is_a_section_8_page_listing_every_option() {
+    let man = String::from_utf8_lossy(&run(&["--man"]).stdout).into_owned();
+    assert!(man.contains(&format!(
+        ".TH LAYERFS 8 \"\" \"layerfs {}\"",
+        env!("CARGO_PKG_VERSION")
+    )));
+    for section in [
+        "NAME",
+        "SYNOPSIS",
+        "DESCRIPTION",
+        "OPTIONS",
+        "EXIT STATUS",
+        "SIGNALS",
+        "LOGGING",
+        "FILES",
+        "EXAMPLES",
+        "SEE ALSO",
+    ] {
+        assert!(man.contains(&format!("\n.SH {section}\n")), "no {section}");
+    }
+    // Every option --help lists is described in the manual too.
+    let help = String::from_utf8_lossy(&run(&["--help"]).stdout).into_owned();
+    let block = help.split("Mount options").nth(1).unwrap();
+    let block = block.split("Examples:").next().unwrap();
+    let words = block
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.len() > 1 && w.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+    let roff = man.replace("\\-", "-");
+    for w in words {
+        assert!(roff.contains(w), "the manual does not mention {w}");
+    }
+    // It renders without a warning.
+    if have("groff") {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{} --man | groff -man -ww -z", layerfs_bin()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{}",
+            output_text(&out)
+        );
+    }
 }
 
 #[test]
