@@ -195,6 +195,58 @@ fn man_page_is_a_section_8_page_listing_every_option() {
 }
 
 #[test]
+fn the_ci_switch_decides_whether_a_test_may_skip() {
+    assert!(!require_all(None, None));
+    assert!(require_all(None, Some("true")));
+    assert!(require_all(None, Some("1")));
+    assert!(!require_all(None, Some("false")));
+    assert!(!require_all(None, Some("")));
+    assert!(require_all(Some("1"), None));
+    assert!(!require_all(Some("0"), Some("true")), "an explicit 0 wins");
+    assert!(require_all(Some("1"), Some("false")));
+}
+
+/// The fixture of the next test: a test whose tool is missing everywhere.
+#[test]
+#[ignore = "run by a_test_that_cannot_run_fails_under_ci"]
+fn needs_a_tool_that_is_nowhere() {
+    require!("layerfs-no-such-tool");
+    panic!("ran without its tool");
+}
+
+/// A test that lacks a tool skips on a developer's machine and fails under
+/// CI, naming what it lacks.
+#[test]
+fn a_test_that_cannot_run_fails_under_ci() {
+    require_root!();
+    let run_fixture = |env: &[(&str, &str)]| {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "needs_a_tool_that_is_nowhere"])
+            .args(["--ignored", "--nocapture", "--test-threads=1"])
+            .env_remove("CI")
+            .env_remove("LAYERFS_REQUIRE_ALL")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (out.status.success(), output_text(&out))
+    };
+    let (ok, text) = run_fixture(&[]);
+    assert!(
+        ok && text.contains("SKIP: needs layerfs-no-such-tool") && text.contains("1 passed"),
+        "{text}"
+    );
+    for env in [("CI", "true"), ("LAYERFS_REQUIRE_ALL", "1")] {
+        let (ok, text) = run_fixture(&[env]);
+        assert!(
+            !ok && text.contains("cannot run: needs layerfs-no-such-tool"),
+            "{env:?}: {text}"
+        );
+    }
+    let (ok, text) = run_fixture(&[("CI", "true"), ("LAYERFS_REQUIRE_ALL", "0")]);
+    assert!(ok, "LAYERFS_REQUIRE_ALL=0 allows skips under CI: {text}");
+}
+
+#[test]
 fn every_mistake_gets_a_message_naming_it() {
     require_root!();
     let d = Dirs::new();
