@@ -93,9 +93,9 @@ pub fn missing(tools: &[&str]) -> Option<String> {
 pub fn cannot_run(why: &str) {
     if must_run_all() {
         panic!(
-            "cannot run: {why}. CI (CI or LAYERFS_REQUIRE_ALL is set) requires every \
-             test to run: run as root with /dev/fuse, after scripts/test.sh has \
-             installed the packages the tests use"
+            "cannot run: {why}. Every test must run when CI or LAYERFS_REQUIRE_ALL \
+             is set (LAYERFS_REQUIRE_ALL=0 allows skips): run the suite as root \
+             with scripts/test.sh, which installs the packages the tests use"
         );
     }
     eprintln!("SKIP: {why}");
