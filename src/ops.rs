@@ -1055,39 +1055,6 @@ impl LayerFs {
         *cached = Some(Arc::clone(&list));
         Ok(Some(list))
     }
-
-    /// access(2) for mounts without default_permissions: the classic
-    /// owner/group/other check against the merged attributes.
-    pub fn access(&self, ino: u64, mask: i32, uid: u32, gid: u32) -> io::Result<()> {
-        let attr = self.getattr(ino)?;
-        if mask == libc::F_OK {
-            return Ok(());
-        }
-        if mask & libc::W_OK != 0 && !self.is_writable() {
-            return Err(errno(libc::EROFS));
-        }
-        let perm = attr.perm as i32;
-        if uid == 0 {
-            let any_x = perm & 0o111 != 0 || attr.kind == FileType::Directory;
-            return if mask & libc::X_OK == 0 || any_x {
-                Ok(())
-            } else {
-                Err(errno(libc::EACCES))
-            };
-        }
-        let bits = if uid == attr.uid {
-            (perm >> 6) & 7
-        } else if gid == attr.gid {
-            (perm >> 3) & 7
-        } else {
-            perm & 7
-        };
-        if mask & bits == mask {
-            Ok(())
-        } else {
-            Err(errno(libc::EACCES))
-        }
-    }
 }
 
 /// The global layer mask of a listing's positional presence mask.

@@ -213,23 +213,6 @@ pub fn removexattr_fd(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     Ok(())
 }
 
-/// `lsetxattr(path, ...)` for test fixtures and mount-time set-up.
-pub fn lsetxattr_path(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let p = cstr(path.as_os_str())?;
-    let n = cstr(OsStr::new(name))?;
-    // SAFETY: all pointers valid for the given lengths.
-    cvt(unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    })?;
-    Ok(())
-}
-
 /// `fstatvfs(fd)`; works on O_PATH fds.
 pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
     let mut st = MaybeUninit::<libc::statvfs>::uninit();

@@ -264,7 +264,7 @@ fn apply(root: &Path, op: &Op) -> Outcome {
             .write(true)
             .open(p(f))
             .and_then(|h| h.set_len(*n))),
-        Op::SetXattr(f, v) => ok(layerfs::sys::lsetxattr_path(&p(f), "user.t", v.as_bytes())),
+        Op::SetXattr(f, v) => ok(lsetxattr(&p(f), "user.t", v.as_bytes())),
         Op::RemoveXattr(f) => {
             let st = Command::new("setfattr")
                 .args(["-x", "user.t"])
