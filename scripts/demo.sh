@@ -3,8 +3,16 @@
 # opaque directory), mounts it, shows the merge, and unmounts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q
-bin=$PWD/target/release/layerfs
+. scripts/toolchain.sh
+
+# What the demo needs besides the toolchain, checked before the long build.
+if [ "$(id -u)" != 0 ]; then
+  echo "error: run the demo as root (it makes a whiteout device and trusted.* xattrs)" >&2
+  exit 1
+fi
+[ -e /dev/fuse ] || { echo "error: /dev/fuse is missing (modprobe fuse)" >&2; exit 1; }
+command -v setfattr >/dev/null || { echo "error: setfattr is missing: apt-get install -y attr" >&2; exit 1; }
+build_release
 
 work=$(mktemp -d /tmp/layerfs-demo.XXXXXX)
 mnt=$work/merged
@@ -26,17 +34,27 @@ echo "app binary"      > "$work/top/app"
 
 fingerprint() { (cd "$work" && find base middle top -printf '%p %s %m %T@\n' | sort | md5sum); }
 before=$(fingerprint)
-echo "== layers (top first): top, middle, base"
+echo
+echo "== layers (top first): top, middle, base; writes go to upper"
 "$bin" -o "lowerdir=$work/top:$work/middle:$work/base,upperdir=$work/upper,workdir=$work/work" "$mnt"
 echo "== mounted: $(grep " $mnt " /proc/mounts)"
 echo "== merged tree:"
 (cd "$mnt" && find . -mindepth 1 | sort | sed 's/^/   /')
 echo "== config says: $(cat "$mnt/config")   (middle wins over base)"
 echo "== cache/ holds: $(ls "$mnt/cache")   (opaque: base's entry hidden)"
-echo "== tmpfile: $(ls "$mnt/tmpfile" 2>&1 | sed 's/^ls: //')"
+echo "== tmpfile: $(ls "$mnt/tmpfile" 2>&1 | sed 's/^ls: //')   (middle's whiteout hides base's tmpfile)"
 echo "hello" > "$mnt/created" && rm "$mnt/readme"
 echo "== after writing 'created' and removing 'readme', the upper dir holds:"
-(cd "$work/upper" && find . -mindepth 1 -printf '   %p (%y)\n' | sort)
+(cd "$work/upper" && find . -mindepth 1 | sort) | while read -r path; do
+  what=$(stat -c '%F' "$work/upper/$path")
+  case $what in
+    "regular file")
+      what="a regular file, written through the mount" ;;
+    "character special file")
+      what="a character device 0/0 (ls -l: c 0, 0): the whiteout that hides base's ${path#./}" ;;
+  esac
+  printf '   %-10s %s\n' "$path" "$what"
+done
 umount "$mnt"
 if [ "$(fingerprint)" = "$before" ]; then
   echo "== unmounted; the lower layers are unchanged"

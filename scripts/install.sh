@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs layerfs where mount(8) and mount.fuse3 find it, with its manual
-# page. PREFIX defaults to /usr/local.
+# page layerfs(8). PREFIX defaults to /usr/local.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/toolchain.sh
 prefix=${PREFIX:-/usr/local}
-cargo build --release -q
-install -D -m 0755 target/release/layerfs "$prefix/bin/layerfs"
-install -d "$prefix/share/man/man1"
-target/release/layerfs --man > "$prefix/share/man/man1/layerfs.1"
-echo "installed $prefix/bin/layerfs and $prefix/share/man/man1/layerfs.1"
+build_release
+install -D -m 0755 "$bin" "$prefix/bin/layerfs"
+install -d "$prefix/share/man/man8"
+"$bin" --man > "$prefix/share/man/man8/layerfs.8"
+# An older install put the page in section 1.
+rm -f "$prefix/share/man/man1/layerfs.1"
+echo "installed $prefix/bin/layerfs and $prefix/share/man/man8/layerfs.8 (man 8 layerfs)"

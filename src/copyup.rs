@@ -371,13 +371,8 @@ impl LayerFs {
         // Kernel overlayfs keeps the parent's times across a copy-up: the
         // directory did not change as the user sees it.
         let pst = sys::fstat(parent_upper)?;
-        sys::renameat2(
-            work.fd(),
-            &staged.name,
-            parent_upper,
-            name,
-            libc::RENAME_NOREPLACE,
-        )?;
+        up.renames
+            .noreplace(work.fd(), &staged.name, parent_upper, name)?;
         staged.commit();
         let _ = sys::utimens_at(
             parent_upper,

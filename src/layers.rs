@@ -16,8 +16,6 @@ pub struct LayerIdx(pub usize);
 /// One layer of the stack.
 #[derive(Debug)]
 pub struct Layer {
-    /// The directory as given at mount time (for messages only).
-    pub path: PathBuf,
     /// O_PATH fd of the layer's root directory. Every access to the layer's
     /// content is relative to this fd or to fds opened from it.
     pub root: OwnedFd,
@@ -50,7 +48,6 @@ impl LayerStack {
             let root = sys::open_path(path, libc::O_PATH | libc::O_DIRECTORY)?;
             let st = sys::fstat(root.as_fd())?;
             layers.push(Layer {
-                path: path.to_path_buf(),
                 root,
                 dev: st.st_dev,
                 writable,

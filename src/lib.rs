@@ -6,6 +6,7 @@
 pub mod attr;
 pub mod copyup;
 pub mod dir;
+pub mod features;
 pub mod fs;
 pub mod handles;
 pub mod idmap;

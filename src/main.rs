@@ -3,10 +3,53 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 
 use layerfs::mount::{self, MountRequest};
 use layerfs::options::MountOptions;
+
+/// What `--help` says before the options: the arguments, in words.
+const ARGUMENTS: &str = "\
+Arguments:
+  MOUNTPOINT  the directory the merged tree is mounted on
+  SOURCE      optional; only names the mount in /proc/mounts (default
+              \"layerfs\"). mount(8) passes it before MOUNTPOINT.";
+
+/// What `--help` says after the options.
+const AFTER_HELP: &str = "\
+Mount options (-o, comma-separated):
+  lowerdir=DIR[:DIR...]  lower layers, top first (\\: escapes a colon)
+  upperdir=DIR           writable layer (needs workdir)
+  workdir=DIR            empty dir on the upper's filesystem
+  timeout=SECONDS        kernel entry/attribute cache time (default 86400)
+  threaded=0, threads=N  one or N worker threads
+  fsync=0, volatile      skip fsync on the upper layer
+  metacopy=on            chmod/chown/xattr changes copy metadata only
+  passthrough=off        no FUSE passthrough (on by default as root)
+  userxattr              user.overlay.* xattrs (the default without root);
+                         no directory redirects, as in the kernel
+  uidmapping=C:H:N[:C:H:N...], gidmapping=...
+                         show ids stored as C..C+N-1 as H..H+N-1
+                         (containers-storage's id shifting)
+  squash_to_uid=ID, squash_to_gid=ID, squash_to_root
+                         show every file with this owner
+  logfile=PATH           log here instead of syslog once mounted
+  ro, allow_other, allow_root, auto_unmount, dev, nodev, suid, nosuid,
+  exec, noexec, atime, noatime, sync, async, dirsync, fsname=NAME,
+  subtype=NAME, debug, default_permissions (always on)
+  Accepted and ignored: rw, defaults, relatime, auto, noauto, user, users,
+  nofail, _netdev, x-*, max_read, blksize, context, static_nlink, noacl,
+  xattr_permissions, fast_ino, writeback, noxattrs, redirect_dir, index,
+  xino, ino32_t, and the like.
+
+Examples:
+  layerfs -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w /merged
+  layerfs -o lowerdir=/image/top:/image/base /mnt      (read-only)
+  mount -t fuse.layerfs layerfs /merged -o lowerdir=...,upperdir=...,workdir=...
+  umount /merged
+
+The whole manual: layerfs --man | man -l -";
 
 /// Mounts a stack of read-only lower directories under an optional writable
 /// upper directory, with the semantics of Linux kernel overlayfs.
@@ -15,7 +58,12 @@ use layerfs::options::MountOptions;
     name = "layerfs",
     version,
     about,
-    after_help = "Examples:\n  layerfs -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w /merged\n  layerfs -o lowerdir=/image/top:/image/base /mnt      (read-only)\n  mount -t fuse.layerfs layerfs /merged -o lowerdir=...,upperdir=...,workdir=...\n\nMount options (-o, comma-separated):\n  lowerdir=DIR[:DIR...]  lower layers, top first (\\: escapes a colon)\n  upperdir=DIR           writable layer (needs workdir)\n  workdir=DIR            empty dir on the upper's filesystem\n  timeout=SECONDS        kernel entry/attribute cache time (default 86400)\n  threaded=0|1, threads=N  worker threads\n  fsync=0, volatile      skip fsync on the upper layer\n  metacopy=on            chmod/chown/xattr changes copy metadata only\n  passthrough=off        no FUSE passthrough (on by default as root)\n  uidmapping=C:H:N[:C:H:N...], gidmapping=...  show ids stored as C..C+N\n                         as H..H+N (containers-storage's id shifting)\n  squash_to_uid=ID, squash_to_gid=ID, squash_to_root  show every file\n                         with this owner\n  userxattr              user.overlay.* xattrs (the default without root);\n                         no directory redirects, as in the kernel\n  ro, allow_other, allow_root, default_permissions, auto_unmount,\n  dev, nodev, suid, nosuid, exec, noexec, atime, noatime, sync, dirsync,\n  fsname=NAME, subtype=NAME, logfile=PATH\n  Accepted for compatibility: rw, defaults, relatime, auto, noauto, user,\n  users, nofail, _netdev, x-*, static_nlink, noacl, xattr_permissions,\n  fast_ino, writeback, noxattrs, redirect_dir, index, xino, ino32_t, context, max_read,\n  blksize."
+    // The positional arguments are described in ARGUMENTS: clap cannot
+    // show an optional SOURCE before a required MOUNTPOINT.
+    override_usage = "layerfs [-f] [-d] [-o OPTIONS]... [SOURCE] MOUNTPOINT\n       layerfs --man",
+    help_template = "{about-with-newline}\n{usage-heading} {usage}\n\n{before-help}{all-args}{after-help}",
+    before_help = ARGUMENTS,
+    after_help = AFTER_HELP
 )]
 struct Cli {
     /// Mount options, comma-separated; may be repeated.
@@ -27,78 +75,18 @@ struct Cli {
     /// Debug logging; implies -f.
     #[arg(short = 'd')]
     debug: bool,
-    /// Print the layerfs(1) manual page (roff) and exit.
-    #[arg(long, hide = true)]
+    /// Print the layerfs(8) manual page (roff) and exit.
+    #[arg(long)]
     man: bool,
-    /// [SOURCE] MOUNTPOINT: SOURCE, as mount(8) passes it, only names the
-    /// mount in /proc/mounts.
-    #[arg(value_name = "MOUNTPOINT", num_args = 1..=2, required_unless_present = "man")]
+    /// [SOURCE] MOUNTPOINT; counted in `main`, so that a mistake is
+    /// reported in the words of the usage line.
+    #[arg(hide = true)]
     paths: Vec<PathBuf>,
 }
 
-/// Escapes text for roff.
-fn roff(s: &str) -> String {
-    s.replace('\\', "\\e")
-        .replace('-', "\\-")
-        .lines()
-        .map(|l| {
-            if l.starts_with('.') || l.starts_with('\'') {
-                format!("\\&{l}")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// The manual page, generated from the same definitions as --help.
+/// The manual page, a roff source kept in `doc/layerfs.8`.
 fn man_page() -> String {
-    let cmd = Cli::command();
-    let mut out = String::new();
-    out.push_str(&format!(
-        ".TH LAYERFS 1 \"\" \"layerfs {}\" \"User Commands\"\n",
-        env!("CARGO_PKG_VERSION")
-    ));
-    out.push_str(".SH NAME\nlayerfs \\- ");
-    out.push_str(&roff(
-        &cmd.get_about().map(|a| a.to_string()).unwrap_or_default(),
-    ));
-    out.push_str("\n.SH SYNOPSIS\n\\fBlayerfs\\fR [\\fB\\-f\\fR] [\\fB\\-d\\fR] [\\fB\\-o\\fR \\fIOPTIONS\\fR] [\\fISOURCE\\fR] \\fIMOUNTPOINT\\fR\n");
-    out.push_str(".SH OPTIONS\n");
-    for arg in cmd.get_arguments() {
-        if arg.is_hide_set() || arg.get_id() == "paths" {
-            continue;
-        }
-        let mut flag = String::new();
-        if let Some(s) = arg.get_short() {
-            flag.push_str(&format!("\\fB\\-{s}\\fR"));
-        }
-        if let Some(l) = arg.get_long() {
-            if !flag.is_empty() {
-                flag.push_str(", ");
-            }
-            flag.push_str(&format!("\\fB\\-\\-{}\\fR", roff(l)));
-        }
-        if let Some(v) = arg.get_value_names().and_then(|v| v.first()) {
-            if arg.get_action().takes_values() {
-                flag.push_str(&format!(" \\fI{v}\\fR"));
-            }
-        }
-        let help = arg
-            .get_long_help()
-            .or(arg.get_help())
-            .map(|h| h.to_string())
-            .unwrap_or_default();
-        out.push_str(&format!(".TP\n{flag}\n{}\n", roff(&help)));
-    }
-    if let Some(after) = cmd.get_after_help() {
-        out.push_str(".SH MOUNT OPTIONS AND EXAMPLES\n.nf\n");
-        out.push_str(&roff(&after.to_string()));
-        out.push_str("\n.fi\n");
-    }
-    out.push_str(".SH SEE ALSO\n\\fBmount\\fR(8), \\fBmount.fuse3\\fR(8), \\fBfusermount3\\fR(1), \\fBfuse-overlayfs\\fR(1)\n");
-    out
+    include_str!("../doc/layerfs.8").replace("@VERSION@", env!("CARGO_PKG_VERSION"))
 }
 
 fn main() -> ExitCode {
@@ -125,7 +113,18 @@ fn main() -> ExitCode {
     let (source, mountpoint) = match cli.paths.as_slice() {
         [m] => (None, m.clone()),
         [s, m] => (Some(s.to_string_lossy().into_owned()), m.clone()),
-        _ => unreachable!("clap enforces one or two paths"),
+        [] => Cli::command()
+            .error(ErrorKind::MissingRequiredArgument, "no MOUNTPOINT given")
+            .exit(),
+        [_, _, extra, ..] => Cli::command()
+            .error(
+                ErrorKind::TooManyValues,
+                format!(
+                    "unexpected argument '{}': expected [SOURCE] MOUNTPOINT",
+                    extra.display()
+                ),
+            )
+            .exit(),
     };
     let req = MountRequest {
         source,

@@ -95,6 +95,7 @@ impl LayerFs {
     /// `opaque=x` so readers know to look for it.
     fn make_whiteout(&self, at: BorrowedFd<'_>, name: &OsStr, dir: &Inode) -> io::Result<()> {
         let up = self.upper_ctx()?;
+        let _naming = up.renames.name_guard();
         if !up.xattr_whiteouts {
             // As kernel overlayfs does: every whiteout is a link to one shared
             // whiteout inode in the work dir, which is far cheaper than a new
@@ -164,13 +165,9 @@ impl LayerFs {
         name: &OsStr,
     ) -> io::Result<()> {
         let up = self.upper_ctx()?;
-        sys::renameat2(
-            up.work.fd(),
-            &staged.name,
-            pu.fd.get()?.as_fd(),
-            name,
-            libc::RENAME_EXCHANGE,
-        )?;
+        up.renames
+            .replace_from_work(&up.work, &staged.name, pu.fd.get()?.as_fd(), name)?;
+        // What was at `name` is now staged: removed with it.
         drop(staged);
         Ok(())
     }
@@ -180,13 +177,8 @@ impl LayerFs {
     fn remove_upper(&self, pu: &RealEntry, name: &OsStr) -> io::Result<()> {
         let up = self.upper_ctx()?;
         let staged = Staged::new(&up.work);
-        sys::renameat2(
-            pu.fd.get()?.as_fd(),
-            name,
-            up.work.fd(),
-            &staged.name,
-            libc::RENAME_NOREPLACE,
-        )?;
+        up.renames
+            .noreplace(pu.fd.get()?.as_fd(), name, up.work.fd(), &staged.name)?;
         drop(staged);
         Ok(())
     }
@@ -225,7 +217,9 @@ impl LayerFs {
         match self.upper_slot(&pu, name)? {
             UpperSlot::Entry(..) => Err(errno(libc::EEXIST)),
             UpperSlot::Empty => {
+                let naming = up.renames.name_guard();
                 let fd = build(pu.fd.get()?.as_fd(), name)?;
+                drop(naming);
                 match finish(pu.fd.get()?.as_fd(), name) {
                     Ok(path) => Ok((fd, path)),
                     Err(e) => {
@@ -812,12 +806,13 @@ impl LayerFs {
         if exchange {
             let d = dst.as_ref().ok_or_else(|| errno(libc::ENOENT))?;
             self.prepare_rename_source(d, &ddir, newname)?;
-            sys::renameat2(
+            let up = self.upper_ctx()?;
+            up.renames.exchange(
+                &up.work,
                 spu.fd.get()?.as_fd(),
                 name,
                 dpu.fd.get()?.as_fd(),
                 newname,
-                libc::RENAME_EXCHANGE,
             )?;
         } else {
             let mut slot = self.upper_slot(&dpu, newname)?;
@@ -835,14 +830,22 @@ impl LayerFs {
                 }
             }
             let (sfd, dfd) = (spu.fd.get()?, dpu.fd.get()?);
-            let rename = |flags| sys::renameat2(sfd.as_fd(), name, dfd.as_fd(), newname, flags);
-            let nr = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
+            let up = self.upper_ctx()?;
+            let rename = || {
+                if noreplace {
+                    up.renames
+                        .noreplace(sfd.as_fd(), name, dfd.as_fd(), newname)
+                } else {
+                    sys::renameat2(sfd.as_fd(), name, dfd.as_fd(), newname, 0)
+                }
+            };
             match slot {
                 UpperSlot::Whiteout => {
                     // As kernel overlayfs: exchange with the whiteout (a
                     // directory cannot replace a device node), which then
                     // serves as the source's whiteout or is removed.
-                    rename(libc::RENAME_EXCHANGE)?;
+                    up.renames
+                        .exchange(&up.work, sfd.as_fd(), name, dfd.as_fd(), newname)?;
                     if !src_lower {
                         sys::unlinkat(sfd.as_fd(), name, 0)?;
                     } else if !matches!(sys::lstatat(sfd.as_fd(), name), Ok(st) if whiteout::is_chardev_whiteout(&st))
@@ -853,25 +856,23 @@ impl LayerFs {
                 _ if src_lower => {
                     // The kernel leaves the whiteout in the same rename where
                     // it can; else the name is whited out right after.
-                    let with_whiteout = !self.upper_ctx()?.xattr_whiteouts
-                        && match rename(nr | libc::RENAME_WHITEOUT) {
-                            Ok(()) => true,
-                            Err(e)
-                                if matches!(
-                                    e.raw_os_error(),
-                                    Some(libc::EPERM) | Some(libc::EINVAL)
-                                ) =>
-                            {
-                                false
-                            }
-                            Err(e) => return Err(e),
-                        };
+                    let with_whiteout = if up.xattr_whiteouts {
+                        rename()?;
+                        false
+                    } else {
+                        up.renames.with_whiteout(
+                            sfd.as_fd(),
+                            name,
+                            dfd.as_fd(),
+                            newname,
+                            noreplace,
+                        )?
+                    };
                     if !with_whiteout {
-                        rename(nr)?;
                         self.make_whiteout(sfd.as_fd(), name, &sdir)?;
                     }
                 }
-                _ => rename(nr)?,
+                _ => rename()?,
             }
         }
         // A directory with no lower parts of its own must not merge with

@@ -75,6 +75,8 @@ pub struct UpperCtx {
     pub fsync: bool,
     /// Write xattr whiteouts instead of char 0/0 devices.
     pub xattr_whiteouts: bool,
+    /// Renames, with the fallbacks the upper's filesystem needs.
+    pub renames: crate::features::UpperRenames,
 }
 
 /// An open regular file.
@@ -193,13 +195,17 @@ impl LayerFs {
         if reals.is_empty() {
             return Err(errno(libc::EINVAL));
         }
+        if let Some(w) = &work {
+            w.note_holder();
+        }
         let upper = match (layers.upper(), work) {
             (Some(idx), Some(work)) if !opts.read_only => Some(UpperCtx {
                 idx,
                 ns: work.xattr_ns(),
+                renames: crate::features::UpperRenames::new(*work.features()),
+                xattr_whiteouts: opts.xattr_whiteouts || !work.features().whiteout_mknod,
                 work,
                 fsync: opts.fsync,
-                xattr_whiteouts: opts.xattr_whiteouts,
             }),
             _ => None,
         };
@@ -212,11 +218,12 @@ impl LayerFs {
             InodeState::new(reals, ROOT_INO, OsStr::new("")),
         );
         let upper_handles = upper.as_ref().is_some_and(|u| {
-            handle_roots[u.idx.0].as_ref().is_some_and(|root| {
-                sys::name_to_handle(layers.root_fd(u.idx))
-                    .and_then(|h| sys::open_by_handle(root.as_fd(), &h))
-                    .is_ok()
-            })
+            u.work.features().file_handles
+                && handle_roots[u.idx.0].as_ref().is_some_and(|root| {
+                    sys::name_to_handle(layers.root_fd(u.idx))
+                        .and_then(|h| sys::open_by_handle(root.as_fd(), &h))
+                        .is_ok()
+                })
         });
         let inodes = InodeTable::new(root, layers.fallback_base());
         Ok(LayerFs {
@@ -1047,39 +1054,6 @@ impl LayerFs {
         let list = Arc::new(list);
         *cached = Some(Arc::clone(&list));
         Ok(Some(list))
-    }
-
-    /// access(2) for mounts without default_permissions: the classic
-    /// owner/group/other check against the merged attributes.
-    pub fn access(&self, ino: u64, mask: i32, uid: u32, gid: u32) -> io::Result<()> {
-        let attr = self.getattr(ino)?;
-        if mask == libc::F_OK {
-            return Ok(());
-        }
-        if mask & libc::W_OK != 0 && !self.is_writable() {
-            return Err(errno(libc::EROFS));
-        }
-        let perm = attr.perm as i32;
-        if uid == 0 {
-            let any_x = perm & 0o111 != 0 || attr.kind == FileType::Directory;
-            return if mask & libc::X_OK == 0 || any_x {
-                Ok(())
-            } else {
-                Err(errno(libc::EACCES))
-            };
-        }
-        let bits = if uid == attr.uid {
-            (perm >> 6) & 7
-        } else if gid == attr.gid {
-            (perm >> 3) & 7
-        } else {
-            perm & 7
-        };
-        if mask & bits == mask {
-            Ok(())
-        } else {
-            Err(errno(libc::EACCES))
-        }
     }
 }
 

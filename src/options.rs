@@ -47,7 +47,6 @@ pub struct MountOptions {
     pub debug: bool,
     pub allow_other: bool,
     pub allow_root: bool,
-    pub default_permissions: bool,
     pub auto_unmount: bool,
     /// Explicit `dev`/`nodev`, `suid`/`nosuid`, `exec`/`noexec`,
     /// `atime`/`noatime`: None keeps the default.
@@ -269,7 +268,9 @@ impl MountOptions {
             "ro" => self.read_only = true,
             "allow_other" => self.allow_other = true,
             "allow_root" => self.allow_root = true,
-            "default_permissions" => self.default_permissions = true,
+            // Always on (the kernel checks permissions against the merged
+            // attributes, as overlayfs does), so there is nothing to record.
+            "default_permissions" => {}
             "auto_unmount" => self.auto_unmount = true,
             "dev" => self.dev = Some(true),
             "nodev" => self.dev = Some(false),

@@ -213,23 +213,6 @@ pub fn removexattr_fd(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     Ok(())
 }
 
-/// `lsetxattr(path, ...)` for test fixtures and mount-time set-up.
-pub fn lsetxattr_path(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let p = cstr(path.as_os_str())?;
-    let n = cstr(OsStr::new(name))?;
-    // SAFETY: all pointers valid for the given lengths.
-    cvt(unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    })?;
-    Ok(())
-}
-
 /// `fstatvfs(fd)`; works on O_PATH fds.
 pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
     let mut st = MaybeUninit::<libc::statvfs>::uninit();
@@ -816,6 +799,34 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usiz
             offset as libc::off_t,
         )
     })
+}
+
+/// Takes (or, with `F_UNLCK`, drops) an open-file-description lock on the
+/// whole file, without waiting. Unlike flock, such a record lock is passed
+/// to network filesystems' servers (GlusterFS, NFS), so it excludes other
+/// hosts too; unlike a classic POSIX lock, it belongs to the open file, so
+/// it survives the daemon's fork and goes when the file is closed.
+pub fn ofd_setlk(fd: BorrowedFd<'_>, kind: i32) -> io::Result<()> {
+    // SAFETY: an all-zero flock is a valid value of this plain C struct.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: `fl` is a valid flock that outlives the call.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) })?;
+    Ok(())
+}
+
+/// This machine's host name, for lock holder notes.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length, and gethostname writes
+    // at most that many bytes.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if r != 0 {
+        return "unknown-host".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 #[cfg(test)]

@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use std::os::unix::ffi::OsStrExt;
-
+use crate::features::Features;
 use crate::sys;
 use crate::whiteout::XattrNs;
 
@@ -42,6 +41,72 @@ fn lock_dir(dir: &Path, what: &str) -> io::Result<OwnedFd> {
     }
 }
 
+/// The holder note and record lock of a work directory: a second mount of
+/// it, on this host or another that shares the filesystem, is refused with
+/// a message naming the holder. The lock goes with the holder's open file,
+/// so a killed daemon (or a lost host, once its filesystem client is gone)
+/// does not block the next mount. `None` where the filesystem has no record
+/// locks (the flock alone then guards this host).
+fn lock_holder(workdir: BorrowedFd<'_>, path: &Path) -> io::Result<Option<OwnedFd>> {
+    let fd = sys::openat(
+        workdir,
+        OsStr::new(HOLDER_FILE),
+        libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        0o600,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match sys::ofd_setlk(fd.as_fd(), libc::F_WRLCK) {
+            Ok(()) => break,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => {
+                if Instant::now() >= deadline {
+                    let mut held = vec![0u8; 512];
+                    let n = sys::pread(fd.as_fd(), &mut held, 0).unwrap_or(0);
+                    let who = String::from_utf8_lossy(&held[..n]).trim().to_string();
+                    return Err(io::Error::new(
+                        io::ErrorKind::ResourceBusy,
+                        format!(
+                            "workdir {} is in use by {}",
+                            path.display(),
+                            if who.is_empty() {
+                                "another layerfs mount"
+                            } else {
+                                &who
+                            }
+                        ),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => {
+                log::debug!(
+                    "workdir {}: no record locks ({e}); flock only",
+                    path.display()
+                );
+                return Ok(None);
+            }
+        }
+    }
+    write_holder_note(fd.as_fd())?;
+    Ok(Some(fd))
+}
+
+/// Who holds the work directory: this process on this host.
+fn write_holder_note(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let note = format!(
+        "layerfs pid {} on host {}\n",
+        std::process::id(),
+        sys::hostname()
+    );
+    sys::ftruncate(fd, 0)?;
+    sys::pwrite(fd, note.as_bytes(), 0)?;
+    Ok(())
+}
+
+/// Name of the holder note in WORKDIR (beside `work` and `index`, which
+/// kernel overlayfs ignores).
+const HOLDER_FILE: &str = "layerfs.lock";
+
 #[derive(Debug)]
 pub struct WorkDir {
     /// O_PATH fd of `WORKDIR/work`.
@@ -51,8 +116,13 @@ pub struct WorkDir {
     /// workdir is refused while this one lives.
     _lock: OwnedFd,
     _upper_lock: OwnedFd,
+    /// `WORKDIR/layerfs.lock`, record-locked for the life of the mount:
+    /// unlike flock, the lock other hosts see on a shared filesystem.
+    holder: Option<OwnedFd>,
     /// Where overlay xattrs are written (see `probe_features`).
     ns: XattrNs,
+    /// What the upper's filesystem offers.
+    features: Features,
     /// O_PATH fd of `WORKDIR/index`: one link per copied-up lower hardlink,
     /// named by the lower file's origin handle (kernel overlayfs' layout).
     index: Option<OwnedFd>,
@@ -97,50 +167,61 @@ impl WorkDir {
         } else {
             None
         };
+        let holder = lock_holder(lock.as_fd(), workdir)?;
         let mut wd = WorkDir {
             fd,
             path,
             _lock: lock,
             _upper_lock: upper_lock,
+            holder,
             index,
             ns: XattrNs::Trusted,
+            features: Features::ALL,
             next: AtomicU64::new(1),
         };
         wd.clean()?;
-        wd.ns = wd.probe_features(upperdir, userxattr)?;
+        let (features, ns) = wd.probe_features(upperdir, userxattr)?;
+        wd.features = features;
+        wd.ns = ns;
         Ok(wd)
     }
 
-    /// The namespace overlay xattrs are written in: `trusted.` where this
-    /// process may (real root), else `user.` (as kernel overlayfs'
-    /// `userxattr`). Fails, naming the problem, on a filesystem without
-    /// xattrs or without d_type in directory entries.
-    fn probe_features(&self, upperdir: &Path, userxattr: bool) -> io::Result<XattrNs> {
-        let staged = Staged::new(self);
-        let f = sys::openat(
+    /// Probes what the upper's filesystem offers (see `features`) in a
+    /// scratch directory of the work dir, says which fallbacks are in use,
+    /// and picks the namespace overlay xattrs are written in: `trusted.`
+    /// where this process may (real root), else `user.` (as kernel
+    /// overlayfs' `userxattr`). Fails, naming the problem, on a filesystem
+    /// without xattrs.
+    fn probe_features(&self, upperdir: &Path, userxattr: bool) -> io::Result<(Features, XattrNs)> {
+        let scratch = Staged::new(self);
+        sys::mkdirat(self.fd(), &scratch.name, 0o700)?;
+        let dir = sys::openat(
             self.fd(),
-            &staged.name,
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-            0o600,
+            &scratch.name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
         )?;
-        let mut chosen = None;
-        let order: &[XattrNs] = if userxattr {
-            &[XattrNs::User]
-        } else {
-            &[XattrNs::Trusted, XattrNs::User]
-        };
-        for &ns in order {
-            match sys::setxattr_fd(f.as_fd(), &ns.name("probe"), b"1", 0) {
-                Ok(()) => {
-                    chosen = Some(ns);
-                    break;
-                }
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => break,
-                Err(e) => return Err(e),
-            }
+        let (mut features, mut notes) = crate::features::probe(dir.as_fd())?;
+        crate::features::disable_from_env(&mut features, &mut notes);
+        drop(dir);
+        drop(scratch);
+        log::debug!(
+            "upperdir {}: probed {features:?}; missing: {notes}",
+            upperdir.display()
+        );
+        let fallbacks = features.fallbacks();
+        if !fallbacks.is_empty() {
+            log::warn!(
+                "upperdir {}: its filesystem lacks some features; fallbacks in use: {} (-d says why)",
+                upperdir.display(),
+                fallbacks.join(", ")
+            );
         }
-        let Some(ns) = chosen else {
+        let ns = if features.xattr_trusted && !userxattr {
+            XattrNs::Trusted
+        } else if features.xattr_user {
+            XattrNs::User
+        } else {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 format!(
@@ -149,21 +230,21 @@ impl WorkDir {
                 ),
             ));
         };
-        let dir = sys::reopen(self.fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
-        let entries = sys::read_dir_fd(dir.as_fd())?;
-        if entries
-            .iter()
-            .any(|e| e.name == staged.name.as_bytes() && e.d_type == libc::DT_UNKNOWN)
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!(
-                    "the filesystem of upperdir {} does not report file types in directory entries (d_type)",
-                    upperdir.display()
-                ),
-            ));
+        Ok((features, ns))
+    }
+
+    /// Names the calling process as the holder (the daemon, once it has
+    /// forked from the process that took the lock).
+    pub fn note_holder(&self) {
+        if let Some(fd) = &self.holder {
+            if let Err(e) = write_holder_note(fd.as_fd()) {
+                log::warn!("cannot update {HOLDER_FILE}: {e}");
+            }
         }
-        Ok(ns)
+    }
+
+    pub fn features(&self) -> &Features {
+        &self.features
     }
 
     pub fn xattr_ns(&self) -> XattrNs {

@@ -113,8 +113,139 @@ fn version_and_help() {
     ] {
         assert!(help.contains(word), "--help must mention {word}");
     }
-    let man = run(&["--man"]);
-    assert!(String::from_utf8_lossy(&man.stdout).starts_with(".TH LAYERFS 1"));
+}
+
+/// The usage line of --help, and of every command-line error.
+const USAGE: &str = "Usage: layerfs [-f] [-d] [-o OPTIONS]... [SOURCE] MOUNTPOINT";
+
+#[test]
+fn help_and_usage_errors_say_the_same() {
+    let help = String::from_utf8_lossy(&run(&["--help"]).stdout).into_owned();
+    assert!(help.contains(USAGE), "{help}");
+    assert!(help.contains("--man"), "--help must list --man: {help}");
+    assert!(
+        help.contains("MOUNTPOINT  the directory") && help.contains("SOURCE      optional"),
+        "--help must explain SOURCE and MOUNTPOINT: {help}"
+    );
+    for (args, expect) in [
+        (&[][..], "no MOUNTPOINT given"),
+        (&["-f", "-o", "lowerdir=/x"][..], "no MOUNTPOINT given"),
+        (&["a", "b", "c"][..], "unexpected argument 'c'"),
+        (&["--bogus", "m"][..], "--bogus"),
+    ] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(expect) && err.contains(USAGE),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !err.contains("<MOUNTPOINT>") && !err.contains("[PATHS]"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn man_page_is_a_section_8_page_listing_every_option() {
+    let man = String::from_utf8_lossy(&run(&["--man"]).stdout).into_owned();
+    assert!(man.contains(&format!(
+        ".TH LAYERFS 8 \"\" \"layerfs {}\"",
+        env!("CARGO_PKG_VERSION")
+    )));
+    for section in [
+        "NAME",
+        "SYNOPSIS",
+        "DESCRIPTION",
+        "OPTIONS",
+        "EXIT STATUS",
+        "SIGNALS",
+        "LOGGING",
+        "FILES",
+        "EXAMPLES",
+        "SEE ALSO",
+    ] {
+        assert!(man.contains(&format!("\n.SH {section}\n")), "no {section}");
+    }
+    // Every option --help lists is described in the manual too.
+    let help = String::from_utf8_lossy(&run(&["--help"]).stdout).into_owned();
+    let block = help.split("Mount options").nth(1).unwrap();
+    let block = block.split("Examples:").next().unwrap();
+    let words = block
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.len() > 1 && w.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+    let roff = man.replace("\\-", "-");
+    for w in words {
+        assert!(roff.contains(w), "the manual does not mention {w}");
+    }
+    // It renders without a warning (groff-base, which man-db needs).
+    if !have("groff") {
+        cannot_run("needs groff (package groff-base) to check the manual renders");
+    } else {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{} --man | groff -man -ww -z", layerfs_bin()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{}",
+            output_text(&out)
+        );
+    }
+}
+
+#[test]
+fn the_ci_switch_decides_whether_a_test_may_skip() {
+    assert!(!require_all(None, None));
+    assert!(require_all(None, Some("true")));
+    assert!(require_all(None, Some("1")));
+    assert!(!require_all(None, Some("false")));
+    assert!(!require_all(None, Some("")));
+    assert!(require_all(Some("1"), None));
+    assert!(!require_all(Some("0"), Some("true")), "an explicit 0 wins");
+    assert!(require_all(Some("1"), Some("false")));
+}
+
+/// The fixture of the next test: a test whose tool is missing everywhere.
+#[test]
+#[ignore = "run by a_test_that_cannot_run_fails_under_ci"]
+fn needs_a_tool_that_is_nowhere() {
+    require!("layerfs-no-such-tool");
+    panic!("ran without its tool");
+}
+
+/// A test that lacks a tool skips on a developer's machine and fails under
+/// CI, naming what it lacks.
+#[test]
+fn a_test_that_cannot_run_fails_under_ci() {
+    require_root!();
+    let run_fixture = |env: &[(&str, &str)]| {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "needs_a_tool_that_is_nowhere"])
+            .args(["--ignored", "--nocapture", "--test-threads=1"])
+            .env_remove("CI")
+            .env_remove("LAYERFS_REQUIRE_ALL")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (out.status.success(), output_text(&out))
+    };
+    let (ok, text) = run_fixture(&[]);
+    assert!(
+        ok && text.contains("SKIP: needs layerfs-no-such-tool") && text.contains("1 passed"),
+        "{text}"
+    );
+    for env in [("CI", "true"), ("LAYERFS_REQUIRE_ALL", "1")] {
+        let (ok, text) = run_fixture(&[env]);
+        assert!(
+            !ok && text.contains("cannot run: needs layerfs-no-such-tool"),
+            "{env:?}: {text}"
+        );
+    }
+    let (ok, text) = run_fixture(&[("CI", "true"), ("LAYERFS_REQUIRE_ALL", "0")]);
+    assert!(ok, "LAYERFS_REQUIRE_ALL=0 allows skips under CI: {text}");
 }
 
 #[test]

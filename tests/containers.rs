@@ -79,12 +79,11 @@ fn run_container(t: &Path, lowers: &[PathBuf], format: &str, runtime: &str) -> (
 
 #[test]
 fn runc_and_crun_run_a_container_on_layerfs_in_both_whiteout_formats() {
-    require_root!();
-    let runtimes: Vec<&str> = ["runc", "crun"].into_iter().filter(|r| have(r)).collect();
-    if runtimes.is_empty() || busybox().is_none() {
-        // CI installs runc, crun and busybox-static (see .ci/run); by hand,
-        // without them, there is nothing to run.
-        eprintln!("SKIP: no OCI runtime or busybox-static installed");
+    require!("busybox");
+    // CI installs runc, crun and busybox-static (see .ci/run); by hand,
+    // the test runs with the runtimes there are.
+    let runtimes = oci_runtimes();
+    if runtimes.is_empty() {
         return;
     }
     let t = tempfile::Builder::new().prefix("lfso").tempdir().unwrap();
@@ -214,11 +213,7 @@ fn saved_layers(p: &Podman, image: &str) -> Vec<Vec<String>> {
 
 #[test]
 fn podman_uses_layerfs_as_mount_program() {
-    require_root!();
-    if !have("podman") || !have("runc") || busybox().is_none() {
-        eprintln!("SKIP: podman, runc or busybox-static is not installed");
-        return;
-    }
+    require!("podman", "runc", "busybox");
     let t = tempfile::Builder::new().prefix("lfsp").tempdir().unwrap();
     let p = Podman::new(t.path());
     // A base image from a rootfs tarball.

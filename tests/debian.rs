@@ -106,11 +106,7 @@ fn apt_repo(dir: &Path, debs: &[PathBuf]) {
 
 #[test]
 fn dpkg_in_a_chroot_on_a_layerfs_debian() {
-    require_root!();
-    if !have("debootstrap") || !have("dpkg-deb") {
-        eprintln!("SKIP: debootstrap or dpkg-deb is not installed");
-        return;
-    }
+    require!("debootstrap", "dpkg-deb");
     let base = minbase();
     let t = tempfile::Builder::new().prefix("lfsd").tempdir().unwrap();
     // A layer above the base that adds a file and deletes one.
@@ -215,10 +211,9 @@ fn image_layers(t: &Path, format: &str) -> Vec<PathBuf> {
 
 #[test]
 fn runc_and_crun_install_a_package_on_a_layered_debian() {
-    require_root!();
-    let runtimes: Vec<&str> = ["runc", "crun"].into_iter().filter(|r| have(r)).collect();
-    if !have("debootstrap") || !have("dpkg-deb") || runtimes.is_empty() {
-        eprintln!("SKIP: debootstrap, dpkg-deb, runc or crun is not installed");
+    require!("debootstrap", "dpkg-deb");
+    let runtimes = oci_runtimes();
+    if runtimes.is_empty() {
         return;
     }
     let t = tempfile::Builder::new().prefix("lfsr").tempdir().unwrap();
@@ -364,11 +359,7 @@ fn daemon_fsyncs(mnt: &Path, work: impl FnOnce()) -> usize {
 
 #[test]
 fn dpkg_fsyncs_reach_the_upper_layer_unless_volatile() {
-    require_root!();
-    if !have("debootstrap") || !have("dpkg-deb") || !have("strace") {
-        eprintln!("SKIP: debootstrap, dpkg-deb or strace is not installed");
-        return;
-    }
+    require!("debootstrap", "dpkg-deb", "strace");
     let base = minbase();
     let t = tempfile::Builder::new().prefix("lfsf").tempdir().unwrap();
     let deb = build_deb(t.path());

@@ -136,22 +136,15 @@ fn value<'a>(out: &'a str, key: &str) -> &'a str {
 
 #[test]
 fn rootless_podman_with_layerfs_as_mount_program() {
-    require_root!();
-    let missing: Vec<_> = [
+    require!(
         "podman",
         "runc",
         "newuidmap",
         "newgidmap",
         "setpriv",
         "unshare",
-    ]
-    .into_iter()
-    .filter(|c| !have(c))
-    .collect();
-    if !missing.is_empty() || busybox().is_none() {
-        eprintln!("SKIP: not installed: {missing:?} (or busybox-static)");
-        return;
-    }
+        "busybox"
+    );
     let t = tempfile::Builder::new().prefix("lfsrl").tempdir().unwrap();
     let base = t.path();
     let home = base.join("home");
@@ -335,11 +328,7 @@ echo ROOTLESS-FLOW-DONE
 
 #[test]
 fn unprivileged_user_mounts_through_fusermount3() {
-    require_root!();
-    if !have("fusermount3") || !have("setpriv") || !have("unshare") {
-        eprintln!("SKIP: fusermount3, setpriv or unshare is not installed");
-        return;
-    }
+    require!("fusermount3", "setpriv", "unshare");
     let t = tempfile::Builder::new().prefix("lfsfm").tempdir().unwrap();
     let base = t.path();
     let user = TestUser::new(base, "lfsfuser", 1700, Path::new("/nonexistent"));

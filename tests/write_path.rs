@@ -80,12 +80,14 @@ impl Pair {
             lowerdir_opt(&lowers),
             upper_opts(&ours_base, "ours")
         );
-        let env: &[(&str, &str)] = if v.xattr_whiteouts {
-            &[("FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT", "1")]
-        } else {
-            &[]
-        };
-        let ours = try_mount_layerfs_env(&ours_opts, &base.join("m-ours"), env).unwrap();
+        let mut env: Vec<(&str, &str)> = Vec::new();
+        if v.xattr_whiteouts {
+            env.push(("FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT", "1"));
+        }
+        if !v.disabled_features.is_empty() {
+            env.push(("LAYERFS_DISABLE_FEATURES", v.disabled_features));
+        }
+        let ours = try_mount_layerfs_env(&ours_opts, &base.join("m-ours"), &env).unwrap();
         let kopts = format!("{},{kernel_opts}", upper_opts(base, "kernel"));
         let kernel = mount_kernel(&lowers, &base.join("m-kernel"), &kopts);
         Pair {
@@ -277,7 +279,7 @@ fn apply(root: &Path, op: &Op) -> Outcome {
             .write(true)
             .open(p(f))
             .and_then(|h| h.set_len(*n))),
-        Op::SetXattr(f, v) => ok(layerfs::sys::lsetxattr_path(&p(f), "user.t", v.as_bytes())),
+        Op::SetXattr(f, v) => ok(lsetxattr(&p(f), "user.t", v.as_bytes())),
         Op::RemoveXattr(f) => {
             let st = Command::new("setfattr")
                 .args(["-x", "user.t"])
@@ -393,6 +395,9 @@ struct Variant {
     /// layerfs' upper and work dir go in this dir (on another filesystem,
     /// e.g. GlusterFS) instead of beside the kernel's.
     upper_on: Option<&'static Path>,
+    /// Upper features layerfs must do without (`LAYERFS_DISABLE_FEATURES`),
+    /// as on network filesystems.
+    disabled_features: &'static str,
 }
 
 fn run_differential(seed: u64, ops: usize, metacopy: bool) {
@@ -551,6 +556,30 @@ fn random_operations_match_kernel_overlayfs_with_upper_on_glusterfs() {
         "random_operations_match_kernel_overlayfs_with_upper_on_glusterfs",
         "body",
     );
+}
+
+#[test]
+fn random_operations_match_kernel_overlayfs_without_rename_flags_or_handles() {
+    require_root!();
+    // What GlusterFS and other network filesystems lack: RENAME_NOREPLACE,
+    // RENAME_EXCHANGE and RENAME_WHITEOUT (emulated under the daemon's lock
+    // and through the work dir), file handles (upper files held open), and
+    // char 0/0 mknod (xattr whiteouts).
+    for (seed, features) in [
+        (51u64, "rename_noreplace,rename_exchange,rename_whiteout"),
+        (52, "rename_noreplace,rename_exchange,rename_whiteout"),
+        (
+            53,
+            "rename_noreplace,rename_exchange,rename_whiteout,file_handles",
+        ),
+        (54, "rename_exchange,whiteout_mknod,d_type"),
+    ] {
+        let v = Variant {
+            disabled_features: features,
+            ..Variant::default()
+        };
+        run_differential_with(seed, 300, v);
+    }
 }
 
 #[test]

@@ -32,16 +32,107 @@ pub fn is_root() -> bool {
     layerfs::sys::geteuid() == 0
 }
 
-/// Skips a test (with a message) when it cannot run here; the suite is meant
-/// to run as root with /dev/fuse, as CI does.
+/// Whether a test that cannot run here must fail rather than skip:
+/// `LAYERFS_REQUIRE_ALL` decides when set (`0` allows skips), else `CI`
+/// (which CI systems and `.ci/run` export) does. Nothing is green by
+/// accident in CI: a missing tool or privilege is a failure there.
+pub fn must_run_all() -> bool {
+    let var = |name| std::env::var(name).ok();
+    require_all(var("LAYERFS_REQUIRE_ALL").as_deref(), var("CI").as_deref())
+}
+
+/// The rule of `must_run_all`, given the two variables' values.
+pub fn require_all(layerfs_require_all: Option<&str>, ci: Option<&str>) -> bool {
+    let yes = |v: &str| !matches!(v.trim(), "" | "0" | "false" | "no");
+    match layerfs_require_all {
+        Some(v) if !v.trim().is_empty() => yes(v),
+        _ => ci.is_some_and(yes),
+    }
+}
+
+/// The Debian package that provides `tool`, for messages.
+fn package_of(tool: &str) -> &str {
+    match tool {
+        "fusermount3" => "fuse3",
+        "setfattr" | "getfattr" => "attr",
+        "newuidmap" | "newgidmap" => "uidmap",
+        "busybox" => "busybox-static",
+        "dpkg-deb" => "dpkg",
+        "setpriv" | "unshare" | "prlimit" => "util-linux",
+        other => other,
+    }
+}
+
+/// What this machine lacks to run a mounted test using `tools`, or None:
+/// root, /dev/fuse, and each tool on PATH (`busybox` means a busybox
+/// binary a container image can use, as `busybox()` finds it).
+pub fn missing(tools: &[&str]) -> Option<String> {
+    let mut lacks = Vec::new();
+    if !is_root() {
+        lacks.push("root".to_string());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        lacks.push("/dev/fuse".to_string());
+    }
+    for tool in tools {
+        let found = match *tool {
+            "busybox" => busybox().is_some(),
+            t => have(t),
+        };
+        if !found {
+            lacks.push(match package_of(tool) {
+                same if same == *tool => same.to_string(),
+                package => format!("{tool} (package {package})"),
+            });
+        }
+    }
+    (!lacks.is_empty()).then(|| format!("needs {}", lacks.join(", ")))
+}
+
+/// Reports a test that cannot run here: a SKIP line on a developer's
+/// machine (the caller then returns), a failure naming `why` when
+/// `must_run_all()`. Every skip of the suite goes through here.
+pub fn cannot_run(why: &str) {
+    if must_run_all() {
+        panic!(
+            "cannot run: {why}. Every test must run when CI or LAYERFS_REQUIRE_ALL \
+             is set (LAYERFS_REQUIRE_ALL=0 allows skips): run the suite as root \
+             with scripts/test.sh, which installs the packages the tests use"
+        );
+    }
+    eprintln!("SKIP: {why}");
+}
+
+/// Returns from the test unless it can run here (root, /dev/fuse and each
+/// tool named); fails instead under CI (see `cannot_run`).
 #[macro_export]
-macro_rules! require_root {
-    () => {
-        if !common::is_root() || !std::path::Path::new("/dev/fuse").exists() {
-            eprintln!("SKIP: needs root and /dev/fuse");
+macro_rules! require {
+    ($($tool:expr),* $(,)?) => {
+        if let Some(why) = common::missing(&[$($tool),*]) {
+            common::cannot_run(&why);
             return;
         }
     };
+}
+
+/// Returns from the test unless it runs as root with /dev/fuse, as the
+/// mounted tests need; fails instead under CI (see `cannot_run`).
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        $crate::require!()
+    };
+}
+
+/// The OCI runtimes installed here, of runc and crun: a developer's machine
+/// runs the tests with the ones it has, CI needs both.
+pub fn oci_runtimes() -> Vec<&'static str> {
+    let (found, lacking): (Vec<&str>, Vec<&str>) =
+        ["runc", "crun"].into_iter().partition(|r| have(r));
+    if found.is_empty() || (!lacking.is_empty() && must_run_all()) {
+        cannot_run(&format!("needs the OCI runtimes {}", lacking.join(" and ")));
+    }
+    found
 }
 
 pub fn is_mounted(dir: &Path) -> bool {
@@ -414,8 +505,15 @@ pub fn mkfifo(p: &Path) {
 }
 
 pub fn setxattr(p: &Path, name: &str, value: &[u8]) {
-    layerfs::sys::lsetxattr_path(p, name, value)
-        .unwrap_or_else(|e| panic!("setxattr {name} on {p:?}: {e}"));
+    lsetxattr(p, name, value).unwrap_or_else(|e| panic!("setxattr {name} on {p:?}: {e}"));
+}
+
+/// lsetxattr(2): sets xattr `name` of `p` itself, not of a symlink's
+/// target (through an O_PATH fd, which names the symlink).
+pub fn lsetxattr(p: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let fd = layerfs::sys::open_path(p, libc::O_PATH | libc::O_NOFOLLOW)?;
+    let c = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    layerfs::sys::setxattr_fd(std::os::fd::AsFd::as_fd(&fd), &c, value, 0)
 }
 
 /// The value of xattr `name` of `p` (not following a symlink).

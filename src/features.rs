@@ -1,0 +1,428 @@
+//! What the upper layer's filesystem offers, probed once at mount in the
+//! work directory, and the fallback used for each thing it lacks.
+//!
+//! Kernel overlayfs refuses uppers without `RENAME_WHITEOUT`, `O_TMPFILE`
+//! or xattrs (network filesystems such as GlusterFS); layerfs takes them,
+//! keeping its guarantees with what is there: the daemon is the only writer
+//! to its upper, so a check-then-rename under the daemon's own lock is a
+//! valid `RENAME_NOREPLACE`; a replacement of a directory by a file (or the
+//! reverse) without `RENAME_EXCHANGE` moves the old entry into the work
+//! directory first; a rename that must leave a whiteout without
+//! `RENAME_WHITEOUT` makes the whiteout right after.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::sys;
+use crate::workdir::WorkDir;
+
+/// What the upper's filesystem was seen to support.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    pub rename_noreplace: bool,
+    pub rename_exchange: bool,
+    pub rename_whiteout: bool,
+    pub tmpfile: bool,
+    pub file_handles: bool,
+    /// char 0/0 devices (the kernel's whiteout) can be made.
+    pub whiteout_mknod: bool,
+    pub xattr_trusted: bool,
+    pub xattr_user: bool,
+    /// getdents reports file types (else every entry costs an lstat).
+    pub d_type: bool,
+    pub flock: bool,
+    /// Open-file-description record locks (`F_OFD_SETLK`): on network
+    /// filesystems, the lock that other hosts see.
+    pub ofd_locks: bool,
+    pub reflink: bool,
+    pub copy_file_range: bool,
+}
+
+impl Features {
+    /// Everything: what a local filesystem such as ext4 or xfs offers.
+    pub const ALL: Features = Features {
+        rename_noreplace: true,
+        rename_exchange: true,
+        rename_whiteout: true,
+        tmpfile: true,
+        file_handles: true,
+        whiteout_mknod: true,
+        xattr_trusted: true,
+        xattr_user: true,
+        d_type: true,
+        flock: true,
+        ofd_locks: true,
+        reflink: true,
+        copy_file_range: true,
+    };
+
+    /// The fallbacks in use that change how layerfs keeps its guarantees
+    /// (missing reflink or copy_file_range only costs speed, and O_TMPFILE
+    /// is not used).
+    pub fn fallbacks(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self.rename_noreplace {
+            out.push("RENAME_NOREPLACE: check, then rename, under the daemon's lock");
+        }
+        if !self.rename_exchange {
+            out.push("RENAME_EXCHANGE: through the work directory");
+        }
+        if !self.rename_whiteout {
+            out.push("RENAME_WHITEOUT: whiteout made after the rename");
+        }
+        if !self.file_handles {
+            out.push("file handles: upper files held open, no origin xattrs");
+        }
+        if !self.whiteout_mknod {
+            out.push("char 0/0 whiteouts: xattr whiteouts");
+        }
+        if !self.xattr_trusted && self.xattr_user {
+            out.push("trusted.* xattrs: user.overlay.* (userxattr rules)");
+        }
+        if !self.d_type {
+            out.push("d_type: lstat of every listed entry");
+        }
+        if !self.ofd_locks {
+            out.push("record locks: flock only, which other hosts may not see");
+        }
+        out
+    }
+}
+
+/// Why each missing feature was judged missing (for `-d`).
+#[derive(Debug, Default)]
+pub struct ProbeNotes(Vec<(&'static str, String)>);
+
+impl fmt::Display for ProbeNotes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (what, why)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{what}: {why}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Probes the filesystem holding `dir` (a scratch directory of the work
+/// directory, empty, which the caller removes afterwards) for every
+/// feature in [`Features`]. Only a failure to set up the probe itself is
+/// an error; a feature that fails is recorded as missing, with why.
+pub fn probe(dir: BorrowedFd<'_>) -> io::Result<(Features, ProbeNotes)> {
+    let mut notes = ProbeNotes::default();
+    let mut f = Features::ALL;
+    let mut note = |what: &'static str, ok: &mut bool, r: io::Result<()>| match r {
+        Ok(()) => {}
+        Err(e) => {
+            *ok = false;
+            notes.0.push((what, e.to_string()));
+        }
+    };
+    let name = |s: &str| OsStr::new(s).to_os_string();
+    let (a, b, c) = (name("a"), name("b"), name("c"));
+    let create = |n: &OsStr| {
+        sys::openat(
+            dir,
+            n,
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    let fa = create(&a)?;
+    sys::pwrite(fa.as_fd(), b"layerfs probe", 0)?;
+    let fb = create(&b)?;
+
+    // A rename that must not replace: EEXIST where supported. A filesystem
+    // that ignores the flag and replaces is worse than one that refuses it.
+    let r = match sys::renameat2(dir, &a, dir, &b, libc::RENAME_NOREPLACE) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+        Ok(()) => {
+            sys::renameat2(dir, &b, dir, &a, 0)?;
+            drop(create(&b)?);
+            Err(io::Error::other("the flag was ignored"))
+        }
+    };
+    note("RENAME_NOREPLACE", &mut f.rename_noreplace, r);
+    let r = sys::renameat2(dir, &a, dir, &b, libc::RENAME_EXCHANGE).and_then(|()| {
+        // Swap back: the probes below expect `a` to hold the data.
+        sys::renameat2(dir, &a, dir, &b, libc::RENAME_EXCHANGE)
+    });
+    note("RENAME_EXCHANGE", &mut f.rename_exchange, r);
+    let r = sys::renameat2(dir, &b, dir, &c, libc::RENAME_WHITEOUT).and_then(|()| {
+        let st = sys::lstatat(dir, &b)?;
+        if !crate::whiteout::is_chardev_whiteout(&st) {
+            return Err(io::Error::other("no whiteout was left"));
+        }
+        sys::unlinkat(dir, &b, 0)?;
+        sys::renameat2(dir, &c, dir, &b, 0)
+    });
+    note("RENAME_WHITEOUT", &mut f.rename_whiteout, r);
+    let r = sys::openat(
+        dir,
+        OsStr::new("."),
+        libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
+        0o600,
+    )
+    .map(drop);
+    note("O_TMPFILE", &mut f.tmpfile, r);
+    let r = sys::reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY).and_then(|root| {
+        let h = sys::name_to_handle(fa.as_fd())?;
+        sys::open_by_handle(root.as_fd(), &h).map(drop)
+    });
+    note("file handles", &mut f.file_handles, r);
+    let w = name("w");
+    let r = sys::mknodat(dir, &w, libc::S_IFCHR | 0o600, 0);
+    note("char 0/0 mknod", &mut f.whiteout_mknod, r);
+    for (ns, ok, what) in [
+        ("trusted", &mut f.xattr_trusted, "trusted.* xattrs"),
+        ("user", &mut f.xattr_user, "user.* xattrs"),
+    ] {
+        let attr = sys::cstr(OsStr::new(&format!("{ns}.overlay.probe")))?;
+        let r = sys::setxattr_fd(fa.as_fd(), &attr, b"1", 0);
+        note(what, ok, r);
+    }
+    let r = sys::reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY).and_then(|d| {
+        let entries = sys::read_dir_fd(d.as_fd())?;
+        if entries
+            .iter()
+            .any(|e| e.name == b"a" && e.d_type == libc::DT_UNKNOWN)
+        {
+            return Err(io::Error::other("entries come as DT_UNKNOWN"));
+        }
+        Ok(())
+    });
+    note("d_type", &mut f.d_type, r);
+    let r = sys::flock(fa.as_fd(), libc::LOCK_EX | libc::LOCK_NB)
+        .and_then(|()| sys::flock(fa.as_fd(), libc::LOCK_UN));
+    note("flock", &mut f.flock, r);
+    let r = sys::ofd_setlk(fa.as_fd(), libc::F_WRLCK)
+        .and_then(|()| sys::ofd_setlk(fa.as_fd(), libc::F_UNLCK));
+    note("OFD record locks", &mut f.ofd_locks, r);
+    let r = sys::ficlone(fb.as_fd(), fa.as_fd());
+    note("reflink", &mut f.reflink, r);
+    let r = sys::copy_file_range(fa.as_fd(), 0, fb.as_fd(), 0, 4).map(drop);
+    note("copy_file_range", &mut f.copy_file_range, r);
+    Ok((f, notes))
+}
+
+/// Turns off the features named in `LAYERFS_DISABLE_FEATURES` (a comma
+/// separated list of [`Features`] field names), so that the fallbacks for a
+/// filesystem that lacks them can be exercised on one that has them.
+pub fn disable_from_env(f: &mut Features, notes: &mut ProbeNotes) {
+    let Some(list) = std::env::var_os("LAYERFS_DISABLE_FEATURES") else {
+        return;
+    };
+    for name in list.to_string_lossy().split(',').map(str::trim) {
+        let field = match name {
+            "rename_noreplace" => &mut f.rename_noreplace,
+            "rename_exchange" => &mut f.rename_exchange,
+            "rename_whiteout" => &mut f.rename_whiteout,
+            "file_handles" => &mut f.file_handles,
+            "whiteout_mknod" => &mut f.whiteout_mknod,
+            "d_type" => &mut f.d_type,
+            "" => continue,
+            other => {
+                log::warn!("LAYERFS_DISABLE_FEATURES: unknown feature {other:?}");
+                continue;
+            }
+        };
+        *field = false;
+        notes.0.push((
+            name_of(name),
+            "turned off by LAYERFS_DISABLE_FEATURES".into(),
+        ));
+    }
+}
+
+fn name_of(field: &str) -> &'static str {
+    match field {
+        "rename_noreplace" => "RENAME_NOREPLACE",
+        "rename_exchange" => "RENAME_EXCHANGE",
+        "rename_whiteout" => "RENAME_WHITEOUT",
+        "file_handles" => "file handles",
+        "whiteout_mknod" => "char 0/0 mknod",
+        _ => "d_type",
+    }
+}
+
+/// Renames in the upper layer, with the fallbacks its filesystem needs.
+#[derive(Debug)]
+pub struct UpperRenames {
+    features: Features,
+    /// Held from the check to the rename of an emulated NOREPLACE, and by
+    /// whoever makes a name in the upper meanwhile (see `name_guard`).
+    lock: Mutex<()>,
+}
+
+impl UpperRenames {
+    pub fn new(features: Features) -> UpperRenames {
+        UpperRenames {
+            features,
+            lock: Mutex::new(()),
+        }
+    }
+
+    pub fn features(&self) -> &Features {
+        &self.features
+    }
+
+    /// To be held while making a name in an upper directory where a
+    /// NOREPLACE rename may race (only needed, and only taken, while
+    /// NOREPLACE is emulated): the check-then-rename must not move over a
+    /// name made between its check and its rename.
+    pub fn name_guard(&self) -> Option<MutexGuard<'_, ()>> {
+        (!self.features.rename_noreplace).then(|| self.lock.lock())
+    }
+
+    /// `rename(2)` that fails with EEXIST rather than replace `new`.
+    pub fn noreplace(
+        &self,
+        olddir: BorrowedFd<'_>,
+        old: &OsStr,
+        newdir: BorrowedFd<'_>,
+        new: &OsStr,
+    ) -> io::Result<()> {
+        if self.features.rename_noreplace {
+            return sys::renameat2(olddir, old, newdir, new, libc::RENAME_NOREPLACE);
+        }
+        let _held = self.lock.lock();
+        match sys::lstatat(newdir, new) {
+            Ok(_) => Err(io::Error::from_raw_os_error(libc::EEXIST)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                sys::renameat2(olddir, old, newdir, new, 0)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Puts the entry `staged` of the work directory at `new`, whatever is
+    /// there, and leaves what was there (if anything) at `staged`, for the
+    /// caller to remove: one RENAME_EXCHANGE; without it, one rename where
+    /// the kinds allow (a file over a file is atomic), else — a directory
+    /// over a file or the reverse, which rename(2) refuses — by moving
+    /// what is at `new` to `staged`'s place first. In that last case the
+    /// name is briefly absent, and a crash right then leaves it so.
+    pub fn replace_from_work(
+        &self,
+        work: &WorkDir,
+        staged: &OsStr,
+        newdir: BorrowedFd<'_>,
+        new: &OsStr,
+    ) -> io::Result<()> {
+        if self.features.rename_exchange {
+            return sys::renameat2(work.fd(), staged, newdir, new, libc::RENAME_EXCHANGE);
+        }
+        match sys::renameat2(work.fd(), staged, newdir, new, 0) {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EISDIR)
+                        | Some(libc::ENOTDIR)
+                        | Some(libc::ENOTEMPTY)
+                        | Some(libc::EEXIST)
+                ) =>
+            {
+                let aside = work.temp_name();
+                sys::renameat2(newdir, new, work.fd(), &aside, 0)?;
+                let r = sys::renameat2(work.fd(), staged, newdir, new, 0);
+                if r.is_err() {
+                    // Put it back: nothing changed.
+                    sys::renameat2(work.fd(), &aside, newdir, new, 0)?;
+                    return r;
+                }
+                sys::renameat2(work.fd(), &aside, work.fd(), staged, 0)
+            }
+            r => r,
+        }
+    }
+
+    /// Swaps `a` and `b`: one RENAME_EXCHANGE, else three renames through
+    /// the work directory.
+    pub fn exchange(
+        &self,
+        work: &WorkDir,
+        adir: BorrowedFd<'_>,
+        a: &OsStr,
+        bdir: BorrowedFd<'_>,
+        b: &OsStr,
+    ) -> io::Result<()> {
+        if self.features.rename_exchange {
+            return sys::renameat2(adir, a, bdir, b, libc::RENAME_EXCHANGE);
+        }
+        let _held = self.lock.lock();
+        let tmp = work.temp_name();
+        sys::renameat2(bdir, b, work.fd(), &tmp, 0)?;
+        if let Err(e) = sys::renameat2(adir, a, bdir, b, 0) {
+            // Put `b` back: nothing changed.
+            sys::renameat2(work.fd(), &tmp, bdir, b, 0)?;
+            return Err(e);
+        }
+        sys::renameat2(work.fd(), &tmp, adir, a, 0)
+    }
+
+    /// Renames `old` to `new` (failing with EEXIST if `noreplace`) and
+    /// leaves a char 0/0 whiteout at `old` in the same rename where the
+    /// filesystem can. Returns whether it did; if not, the caller makes
+    /// the whiteout.
+    pub fn with_whiteout(
+        &self,
+        olddir: BorrowedFd<'_>,
+        old: &OsStr,
+        newdir: BorrowedFd<'_>,
+        new: &OsStr,
+        noreplace: bool,
+    ) -> io::Result<bool> {
+        if self.features.rename_whiteout && (self.features.rename_noreplace || !noreplace) {
+            let nr = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
+            match sys::renameat2(olddir, old, newdir, new, nr | libc::RENAME_WHITEOUT) {
+                Ok(()) => return Ok(true),
+                // Refused for this caller (unprivileged): the plain way.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EINVAL)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if noreplace {
+            self.noreplace(olddir, old, newdir, new)?;
+        } else {
+            sys::renameat2(olddir, old, newdir, new, 0)?;
+        }
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_filesystem_needs_no_fallback() {
+        let t = tempfile::tempdir().unwrap();
+        let d = sys::open_path(t.path(), libc::O_PATH | libc::O_DIRECTORY).unwrap();
+        let (f, notes) = probe(d.as_fd()).unwrap();
+        // trusted.* needs root, reflink a filesystem that shares extents:
+        // neither is a fallback of concern here.
+        assert!(f.rename_noreplace && f.rename_exchange, "{notes}");
+        assert!(f.d_type && f.flock && f.ofd_locks, "{notes}");
+        assert!(f
+            .fallbacks()
+            .iter()
+            .all(|s| !s.starts_with("RENAME_NOREPLACE")));
+    }
+
+    #[test]
+    fn fallbacks_are_listed() {
+        let f = Features {
+            rename_noreplace: false,
+            rename_exchange: false,
+            ..Features::ALL
+        };
+        assert_eq!(f.fallbacks().len(), 2);
+        assert!(Features::ALL.fallbacks().is_empty());
+    }
+}
