@@ -651,7 +651,8 @@ impl Host {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 eprintln!("  [{tag}] {line}");
-                if let Some(msg) = line.strip_prefix("GLUSTER-CHILD: ") {
+                // libtest may have printed "test NAME ... " on that line.
+                if let Some((_, msg)) = line.split_once("GLUSTER-CHILD: ") {
                     if tx.send(msg.to_string()).is_err() {
                         break;
                     }
