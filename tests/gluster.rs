@@ -340,8 +340,9 @@ fn a_second_host_takes_over_after_the_first_dies() {
     b.run_test_ok(NAME, "b-verify");
 }
 
-/// The size of a regular file under `dir` that is neither empty nor
-/// `full` bytes long.
+/// The size of a regular file under `dir` that is bigger than any
+/// bookkeeping file there (the lock file holds a pid and a host name) but
+/// not `full` bytes long: a copy-up being staged.
 fn partial_file(dir: &Path, full: u64) -> Option<u64> {
     for e in fs::read_dir(dir).ok()?.flatten() {
         let md = e.metadata().ok()?;
@@ -349,7 +350,7 @@ fn partial_file(dir: &Path, full: u64) -> Option<u64> {
             if let Some(n) = partial_file(&e.path(), full) {
                 return Some(n);
             }
-        } else if md.is_file() && md.len() > 0 && md.len() < full {
+        } else if md.is_file() && md.len() > 64 * 1024 && md.len() < full {
             return Some(md.len());
         }
     }
@@ -434,8 +435,10 @@ fn takeover_b() {
     );
     // The dead host's staging files are gone (recovered at mount).
     let leftovers: Vec<_> = fs::read_dir(lay.work().join("work"))
-        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+        .expect("the work dir's work/")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert!(leftovers.is_empty(), "work dir leftovers: {leftovers:?}");
 
     // And host B goes on writing.

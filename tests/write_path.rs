@@ -532,7 +532,7 @@ fn random_operations_match_kernel_overlayfs_with_userxattr() {
 fn random_operations_match_kernel_overlayfs_with_upper_on_glusterfs() {
     if common::gluster::role().is_some() {
         let gl = common::gluster::child_base().join("gl");
-        for seed in [1u64, 2, 3, 4, 5, 6] {
+        for seed in [1u64, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12] {
             let dir = tempfile::Builder::new()
                 .prefix(&format!("seed{seed}-"))
                 .tempdir_in(&gl)
