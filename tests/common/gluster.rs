@@ -319,6 +319,7 @@ impl Cluster {
 
     fn bring_up(&mut self) -> io::Result<()> {
         let t0 = Instant::now();
+        reap_stale_clusters();
         run(Command::new("ip").args(["netns", "add", &self.netns]))?;
         self.netns_ino = fs::metadata(format!("/run/netns/{}", self.netns))
             .ok()
@@ -485,6 +486,33 @@ impl Drop for Cluster {
         let _ = Command::new("ip")
             .args(["netns", "delete", &self.netns])
             .status();
+    }
+}
+
+/// Ends the clusters of test processes that died without their Drop (a
+/// test binary killed by a timeout): their processes by pid, then their
+/// network namespace, which is named after the dead pid.
+fn reap_stale_clusters() {
+    let Ok(rd) = fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(owner) = name
+            .strip_prefix("lfs-gl-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if owner == std::process::id() || alive(owner) {
+            continue;
+        }
+        if let Ok(md) = fs::metadata(e.path()) {
+            kill_and_wait(&pids_in_ns("net", md.ino()));
+        }
+        let _ = Command::new("ip").args(["netns", "delete", &name]).status();
+        eprintln!("gluster: removed the stale cluster {name}");
     }
 }
 
