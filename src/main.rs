@@ -27,6 +27,8 @@ Mount options (-o, comma-separated):
   fsync=0, volatile      skip fsync on the upper layer
   metacopy=on            chmod/chown/xattr changes copy metadata only
   passthrough=off        no FUSE passthrough (on by default as root)
+  writeback=0            no kernel writeback cache (on where passthrough
+                         is not used: rootless, passthrough=off)
   userxattr              user.overlay.* xattrs (the default without root);
                          no directory redirects, as in the kernel
   uidmapping=C:H:N[:C:H:N...], gidmapping=...
@@ -40,7 +42,7 @@ Mount options (-o, comma-separated):
   subtype=NAME, debug, default_permissions (always on)
   Accepted and ignored: rw, defaults, relatime, auto, noauto, user, users,
   nofail, _netdev, x-*, max_read, blksize, context, static_nlink, noacl,
-  xattr_permissions, fast_ino, writeback, noxattrs, redirect_dir, index,
+  xattr_permissions, fast_ino, noxattrs, redirect_dir, index,
   xino, ino32_t, and the like.
 
 Examples:

@@ -356,6 +356,7 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
         read_only: req.options.read_only,
         metacopy: req.options.metacopy,
         passthrough: !req.options.no_passthrough,
+        no_writeback: req.options.no_writeback,
         ids: req.options.id_mapping(),
         xattr_whiteouts: std::env::var_os("FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT").is_some(),
         ..FsOptions::default()

@@ -43,6 +43,8 @@ pub struct FsOptions {
     pub metacopy: bool,
     /// Try FUSE passthrough for regular files.
     pub passthrough: bool,
+    /// Do without the kernel's writeback cache (`writeback=0`).
+    pub no_writeback: bool,
     /// Ids shown to the kernel versus ids stored (applied in `fs`).
     pub ids: crate::idmap::IdMapping,
     /// Whiteouts as xattr-marked files (kernel 6.7+ reads them) instead of
@@ -59,6 +61,7 @@ impl Default for FsOptions {
             read_only: false,
             metacopy: false,
             passthrough: true,
+            no_writeback: false,
             ids: Default::default(),
             xattr_whiteouts: false,
         }

@@ -41,6 +41,9 @@ pub struct MountOptions {
     pub no_fsync: bool,
     /// `metacopy=on`: chmod/chown/utimens/xattr changes copy metadata only.
     pub metacopy: bool,
+    /// `writeback=0`: no kernel writeback cache where passthrough is not
+    /// used (fuse-overlayfs' option; on by default).
+    pub no_writeback: bool,
     /// `passthrough=off`: serve file data through the daemon even where the
     /// kernel could pass it through.
     pub no_passthrough: bool,
@@ -116,7 +119,6 @@ const IGNORED: &[&str] = &[
     "static_nlink",
     "noacl",
     "xattr_permissions",
-    "writeback",
     "noxattrs",
     "plugins",
     "comment",
@@ -264,6 +266,7 @@ impl MountOptions {
             "volatile" => self.no_fsync = true,
             "metacopy" => self.metacopy = parse_bool(name, value)?,
             "passthrough" => self.no_passthrough = !parse_bool(name, value)?,
+            "writeback" => self.no_writeback = !parse_bool(name, value)?,
             "debug" => self.debug = true,
             "ro" => self.read_only = true,
             "allow_other" => self.allow_other = true,
@@ -376,6 +379,8 @@ mod tests {
         );
         assert!(MountOptions::parse(&["fsync=maybe"]).is_err());
         assert!(MountOptions::parse(&["fsync=0"]).unwrap().no_fsync);
+        assert!(MountOptions::parse(&["writeback=0"]).unwrap().no_writeback);
+        assert!(!MountOptions::parse(&["writeback=1"]).unwrap().no_writeback);
     }
 
     #[test]

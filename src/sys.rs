@@ -816,6 +816,15 @@ pub fn ofd_setlk(fd: BorrowedFd<'_>, kind: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether this process runs in the initial user namespace (where root
+/// holds the capabilities FUSE passthrough needs), not in a container's.
+pub fn in_initial_user_ns() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| {
+        let f: Vec<&str> = m.split_whitespace().collect();
+        f == ["0", "0", "4294967295"]
+    })
+}
+
 /// This machine's host name, for lock holder notes.
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];

@@ -66,6 +66,9 @@ impl Pair {
     fn with(base: &Path, lowers: Vec<PathBuf>, v: Variant) -> Pair {
         let mc = if v.metacopy { "on" } else { "off" };
         let mut ours_extra = format!("metacopy={mc}");
+        if !v.extra.is_empty() {
+            ours_extra = format!("{ours_extra},{}", v.extra);
+        }
         // userxattr: no redirects (the kernel refuses the option with one).
         let mut kernel_opts = format!("redirect_dir=on,index=off,metacopy={mc}");
         if v.userxattr {
@@ -380,6 +383,9 @@ struct Variant {
     /// Upper features layerfs must do without (`LAYERFS_DISABLE_FEATURES`),
     /// as on network filesystems.
     disabled_features: &'static str,
+    /// More layerfs options (`passthrough=off`: the kernel's writeback
+    /// cache, as rootless mounts have).
+    extra: &'static str,
 }
 
 fn run_differential(seed: u64, ops: usize, metacopy: bool) {
@@ -528,6 +534,98 @@ fn random_operations_match_kernel_overlayfs_without_rename_flags_or_handles() {
         };
         run_differential_with(seed, 300, v);
     }
+}
+
+#[test]
+fn random_operations_match_kernel_overlayfs_with_writeback_cache() {
+    require_root!();
+    // Data through the daemon with the kernel's writeback cache, as on
+    // rootless mounts (FUSE passthrough needs CAP_SYS_ADMIN).
+    for seed in [61u64, 62, 63, 64] {
+        let v = Variant {
+            extra: "passthrough=off",
+            ..Variant::default()
+        };
+        run_differential_with(seed, 300, v);
+    }
+}
+
+/// With the writeback cache, the kernel owns size and mtime while it
+/// caches: appends from two descriptors, a shared writable mmap, a copy-up
+/// on first write, truncation and fsync must still give what kernel
+/// overlayfs gives, and fsync must reach the upper file on disk.
+#[test]
+fn writeback_cache_keeps_appends_mmap_and_fsync_right() {
+    require!("python3");
+    use std::os::unix::fs::FileExt;
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    mkdir(&l1);
+    write(&l0.join("log"), b"lower\n");
+    write(&l0.join("mapped"), &[b'.'; 8192]);
+    write(&l0.join("data"), &vec![7u8; 100_000]);
+    let pair = Pair::with(
+        t.path(),
+        vec![l0, l1],
+        Variant {
+            extra: "passthrough=off",
+            ..Variant::default()
+        },
+    );
+    for root in [pair.ours(), pair.kernel()] {
+        let open_append = || {
+            fs::OpenOptions::new()
+                .append(true)
+                .open(root.join("log"))
+                .unwrap()
+        };
+        let (mut a, mut b) = (open_append(), open_append());
+        for i in 0..50 {
+            writeln!(a, "a{i}").unwrap();
+            writeln!(b, "b{i}").unwrap();
+        }
+        drop((a, b));
+        // A write-only open of a lower file: copy-up, then a partial page.
+        let w = fs::OpenOptions::new()
+            .write(true)
+            .open(root.join("data"))
+            .unwrap();
+        w.write_at(b"middle", 50_001).unwrap();
+        w.set_len(80_000).unwrap();
+        w.sync_all().unwrap();
+        drop(w);
+        // A shared writable mapping of a lower file, written and synced.
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import mmap,sys\n\
+                 f=open(sys.argv[1],'r+b')\n\
+                 m=mmap.mmap(f.fileno(),8192)\n\
+                 m[100:105]=b'mmap!'\n\
+                 m.flush()\n",
+            )
+            .arg(root.join("mapped"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    for name in ["log", "data", "mapped"] {
+        assert_eq!(
+            fs::read(pair.ours().join(name)).unwrap(),
+            fs::read(pair.kernel().join(name)).unwrap(),
+            "{name}"
+        );
+        let (o, k) = (
+            fs::metadata(pair.ours().join(name)).unwrap(),
+            fs::metadata(pair.kernel().join(name)).unwrap(),
+        );
+        assert_eq!(o.len(), k.len(), "{name} size");
+    }
+    // fsync reached the upper file itself, before any unmount.
+    let on_disk = fs::read(t.path().join("upper-ours/data")).unwrap();
+    assert_eq!(on_disk.len(), 80_000);
+    assert_eq!(&on_disk[50_001..50_007], b"middle");
+    pair.assert_same("after writeback-cached writes");
 }
 
 #[test]
@@ -809,6 +907,19 @@ fn new_files_get_the_callers_owner_and_setgid_group() {
 #[test]
 fn writes_clear_setuid_and_capabilities_as_the_kernel_does() {
     require_root!();
+    writes_clear_privileges(Variant::default());
+}
+
+#[test]
+fn writes_clear_setuid_and_capabilities_with_the_writeback_cache() {
+    require_root!();
+    writes_clear_privileges(Variant {
+        extra: "passthrough=off",
+        ..Variant::default()
+    });
+}
+
+fn writes_clear_privileges(v: Variant) {
     let t = tmp();
     let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
     mkdir(&l1);
@@ -831,7 +942,7 @@ fn writes_clear_setuid_and_capabilities_as_the_kernel_does() {
     let mut cap = 0x0200_0000u32.to_le_bytes().to_vec();
     cap.resize(20, 0);
     setxattr(&l0.join("capable"), "security.capability", &cap);
-    let pair = Pair::new(t.path(), vec![l0, l1]);
+    let pair = Pair::with(t.path(), vec![l0, l1], v);
     for root in [pair.ours(), pair.kernel()] {
         // An upper file made setuid through the mount, then written.
         let up = root.join("upper-suid");
