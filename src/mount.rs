@@ -490,24 +490,23 @@ fn detach_stdio(o: &MountOptions) {
     };
     let _ = sys::dup2(null.as_fd(), 0);
     let _ = sys::dup2(null.as_fd(), 1);
-    let log = o
-        .extra
-        .iter()
-        .find(|(k, _)| k == "logfile")
-        .and_then(|(_, path)| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .ok()
-        });
+    let logfile = o.extra.iter().find(|(k, _)| k == "logfile").map(|(_, p)| p);
+    let log = logfile.map(|path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    });
     match log {
-        Some(f) => {
+        Some(Ok(f)) => {
             let _ = sys::dup2(f.as_fd(), 2);
         }
-        None => {
+        other => {
             let _ = sys::dup2(null.as_fd(), 2);
             crate::logging::to_syslog();
+            if let (Some(Err(e)), Some(path)) = (other, logfile) {
+                log::warn!("cannot open the log file {path}: {e}; logging to syslog");
+            }
         }
     }
     let _ = std::env::set_current_dir("/");
