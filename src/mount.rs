@@ -317,6 +317,11 @@ fn mount_direct(s: &MountSettings, mountpoint: &Path) -> io::Result<Option<std::
     }
 }
 
+/// How long a signalled daemon waits for its session to end after the
+/// unmount before it exits anyway (see `serve`). The session normally ends
+/// within milliseconds; this only bounds the wait for other holders.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn default_threads() -> usize {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -473,6 +478,25 @@ fn serve(
             let sig = sys::wait_termination_signal();
             log::info!("signal {sig}: unmounting {}", mountpoint.display());
             unmount(&mountpoint);
+            // The session ends by itself once the kernel tears the mount
+            // down, which it does within this unmount unless something
+            // else still holds the mount: a copy in a mount namespace made
+            // after the mount, or a busy mount's open files after the lazy
+            // unmount. Those can last forever, and with them this daemon and
+            // its locks on upper and work; the signal asks for an end. So
+            // after a grace period the process exits: closing its /dev/fuse
+            // fds makes the kernel abort the connection (the remaining
+            // copies answer ENOTCONN, as after any daemon's end), whatever
+            // holds the mount and with no privilege or fusectl needed. What
+            // was in flight is safe as after a crash: changes are staged in
+            // the work dir and renamed into place.
+            std::thread::sleep(SHUTDOWN_GRACE);
+            log::warn!(
+                "{} is still in use (open files, or another mount namespace) {}s after signal {sig}: ending the daemon; those uses now get ENOTCONN",
+                mountpoint.display(),
+                SHUTDOWN_GRACE.as_secs()
+            );
+            std::process::exit(0);
         })
         .map_err(|e| MountError(format!("cannot start the signal thread: {e}")))?;
     let result = session.run();
