@@ -75,13 +75,14 @@ fn gone(pid: u32) -> bool {
         .unwrap_or(true)
 }
 
-/// A script that unmounts the union and then, at once, the filesystem of
-/// its lower layer must not be told the lower is busy: the daemon's fds on
-/// the lower (layer roots, inodes, open files, passthrough backing files)
-/// must not pin the lower's mount once `umount` has returned. Read-only
-/// mounts (lower files pass through) and mounts with an upper alternate.
+/// A script that unmounts the union and then, at once, the filesystems of
+/// its layers must not be told they are busy: the daemon's fds on them
+/// (layer roots, inodes, open files, passthrough backing files) must not
+/// pin their mounts once `umount` has returned. Read-only mounts (lower
+/// files pass through) alternate with mounts whose upper and work dirs are
+/// on a filesystem of their own, written to (copy-up, new files).
 #[test]
-fn lower_can_be_unmounted_as_soon_as_umount_returns() {
+fn layers_can_be_unmounted_as_soon_as_umount_returns() {
     if !can_run() {
         return;
     }
@@ -89,9 +90,9 @@ fn lower_can_be_unmounted_as_soon_as_umount_returns() {
     let script = r#"
 set -u
 B=$1 T=$2
-low=$T/low m=$T/m u=$T/u w=$T/w
-mkdir -p "$low" "$m" "$u" "$w"
-trap 'umount -l "$m" 2>/dev/null; umount -l "$low" 2>/dev/null' EXIT
+low=$T/low up=$T/up m=$T/m
+mkdir -p "$low" "$up" "$m"
+trap 'umount -l "$m" "$low" "$up" 2>/dev/null' EXIT
 busy=0
 for i in $(seq 1 100); do
   mount -t tmpfs -o size=4m lower "$low" || exit 2
@@ -100,14 +101,24 @@ for i in $(seq 1 100); do
   if [ $((i % 2)) = 0 ]; then
     opts=lowerdir=$low
   else
-    opts=lowerdir=$low,upperdir=$u,workdir=$w
+    mount -t tmpfs -o size=4m upper "$up" && mkdir "$up/u" "$up/w" || exit 2
+    opts=lowerdir=$low,upperdir=$up/u,workdir=$up/w
   fi
   "$B" -o "$opts" "$m" || exit 3
   cat "$m/d/f" "$m/d/s" >/dev/null && ls -l "$m/d" >/dev/null || exit 4
+  if [ $((i % 2)) = 1 ]; then
+    echo more >> "$m/d/f" && echo new > "$m/d/n" && cat "$m/d/n" >/dev/null || exit 4
+  fi
   umount "$m" || exit 5
   if ! umount "$low" 2>/dev/null; then
     busy=$((busy + 1))
+    echo "lower busy in round $i"
     umount -l "$low"
+  fi
+  if [ $((i % 2)) = 1 ] && ! umount "$up" 2>/dev/null; then
+    busy=$((busy + 1))
+    echo "upper busy in round $i"
+    umount -l "$up"
   fi
 done
 echo "busy=$busy"
@@ -115,7 +126,7 @@ echo "busy=$busy"
     let text = in_private_ns(script, &[Path::new(layerfs_bin()), t.path()]);
     assert!(
         text.contains("busy=0"),
-        "the lower was busy after umount returned: {text}"
+        "a layer was busy after umount returned: {text}"
     );
 }
 
