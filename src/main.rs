@@ -105,13 +105,9 @@ fn main() -> ExitCode {
         }
     };
     let debug = cli.debug || options.debug;
-    let mut log =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(if debug {
-            "debug"
-        } else {
-            "warn"
-        }));
-    log.init();
+    // Records follow the daemon: stderr now, syslog or the log file once
+    // it has detached.
+    layerfs::logging::init(debug);
     let (source, mountpoint) = match cli.paths.as_slice() {
         [m] => (None, m.clone()),
         [s, m] => (Some(s.to_string_lossy().into_owned()), m.clone()),

@@ -15,9 +15,10 @@ use crate::features::Features;
 use crate::sys;
 use crate::whiteout::XattrNs;
 
-/// Opens and flock's a directory, refusing if another mount holds it.
-fn lock_dir(dir: &Path, what: &str) -> io::Result<OwnedFd> {
-    let fd = sys::open_path(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
+/// Opens (by `open`) and flock's a directory, refusing if another mount
+/// holds it; `dir` is its name for messages.
+fn lock_dir(open: &Path, dir: &Path, what: &str) -> io::Result<OwnedFd> {
+    let fd = sys::open_path(open, libc::O_RDONLY | libc::O_DIRECTORY)?;
     // umount(8) returns before the previous daemon has exited: give a
     // mount that is going away a moment to let go.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -135,9 +136,22 @@ impl WorkDir {
     /// what overlay metadata needs (xattrs, d_type). `userxattr` asks for
     /// `user.overlay.*` xattrs even where `trusted.` could be written.
     pub fn prepare(workdir: &Path, upperdir: &Path, userxattr: bool) -> io::Result<WorkDir> {
-        let upper_lock = lock_dir(upperdir, "upperdir")?;
-        let lock = lock_dir(workdir, "workdir")?;
-        let path = workdir.join("work");
+        WorkDir::prepare_at(workdir, upperdir, workdir, upperdir, userxattr)
+    }
+
+    /// As `prepare`, opening the two directories by other paths than the
+    /// names messages give them (the mount code reaches them through a
+    /// private copy of their mount).
+    pub fn prepare_at(
+        workdir: &Path,
+        upperdir: &Path,
+        open_work: &Path,
+        open_upper: &Path,
+        userxattr: bool,
+    ) -> io::Result<WorkDir> {
+        let upper_lock = lock_dir(open_upper, upperdir, "upperdir")?;
+        let lock = lock_dir(open_work, workdir, "workdir")?;
+        let path = open_work.join("work");
         // Kernel overlayfs makes it mode 0 (only the mounter's privileges get
         // in); an unprivileged mounter needs to reach it with its own rights.
         let mode = if sys::geteuid() == 0 { 0 } else { 0o700 };
