@@ -355,6 +355,7 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
         fsync: !req.options.no_fsync,
         read_only: req.options.read_only,
         metacopy: req.options.metacopy,
+        redirect_dir: req.options.redirect_mode(),
         passthrough: !req.options.no_passthrough,
         ids: req.options.id_mapping(),
         xattr_whiteouts: std::env::var_os("FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT").is_some(),
