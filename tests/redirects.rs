@@ -15,20 +15,6 @@ use std::process::Command;
 
 use common::*;
 
-/// Mounted tests need root, /dev/fuse and kernel overlayfs. Outside CI they
-/// are skipped with a message; under CI (`CI` set) that is a failure.
-fn can_run() -> bool {
-    let ok = is_root() && Path::new("/dev/fuse").exists();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI: these tests need root and /dev/fuse"
-        );
-        eprintln!("SKIP: needs root and /dev/fuse");
-    }
-    ok
-}
-
 fn tmp() -> tempfile::TempDir {
     let mut t = tempfile::Builder::new().prefix("lfsr").tempdir().unwrap();
     if std::env::var_os("LAYERFS_KEEP_TEST_DIRS").is_some() {
@@ -183,9 +169,7 @@ fn names(tree: &BTreeMap<Vec<u8>, Node>) -> Vec<String> {
 /// both.
 #[test]
 fn nested_redirects_across_remounts() {
-    if !can_run() {
-        return;
-    }
+    require!("mv");
     let t = tmp();
     let base = t.path();
     base_layer(&base.join("l0"));
@@ -221,9 +205,7 @@ fn nested_redirects_across_remounts() {
 /// absolute path `/a/dir2/pop` must follow on the way too.
 #[test]
 fn nested_relative_redirect_on_the_way() {
-    if !can_run() {
-        return;
-    }
+    require!("mv");
     let t = tmp();
     let base = t.path();
     base_layer(&base.join("l0"));
@@ -245,9 +227,7 @@ fn nested_relative_redirect_on_the_way() {
 /// parent only.
 #[test]
 fn relative_redirect_moved_to_another_directory() {
-    if !can_run() {
-        return;
-    }
+    require!("mv");
     let t = tmp();
     let base = t.path();
     base_layer(&base.join("l0"));
@@ -269,9 +249,7 @@ fn relative_redirect_moved_to_another_directory() {
 /// (`/a/dir`), as the kernel makes it, or the content is lost.
 #[test]
 fn relative_redirect_in_upper_moved_to_another_directory() {
-    if !can_run() {
-        return;
-    }
+    require!("mv");
     let t = tmp();
     let base = t.path();
     let l0 = base.join("l0");
@@ -343,9 +321,7 @@ fn relative_redirect_in_upper_moved_to_another_directory() {
 /// directory still renames. `on` keeps renaming with a redirect.
 #[test]
 fn redirect_dir_modes_rename_like_kernel() {
-    if !can_run() {
-        return;
-    }
+    require!("mv");
     let t = tmp();
     let base = t.path();
     let l0 = base.join("l0");
@@ -417,9 +393,7 @@ fn redirect_dir_modes_rename_like_kernel() {
 /// `follow` follow them.
 #[test]
 fn redirect_dir_modes_follow_like_kernel() {
-    if !can_run() {
-        return;
-    }
+    require!("mv");
     let t = tmp();
     let base = t.path();
     base_layer(&base.join("l0"));
@@ -476,9 +450,7 @@ fn redirect_dir_modes_follow_like_kernel() {
 /// Values the kernel refuses are refused at mount time, with a message.
 #[test]
 fn redirect_dir_bad_values_refused() {
-    if !can_run() {
-        return;
-    }
+    require!("mv");
     let t = tmp();
     let base = t.path();
     let l0 = base.join("l0");
