@@ -31,6 +31,9 @@ Mount options (-o, comma-separated):
                          is not used: rootless, passthrough=off)
   userxattr              user.overlay.* xattrs (the default without root);
                          no directory redirects, as in the kernel
+  redirect_dir=on|follow|nofollow|off
+                         directory renames write redirects (on, default)
+                         or fail with EXDEV; nofollow also refuses them
   uidmapping=C:H:N[:C:H:N...], gidmapping=...
                          show ids stored as C..C+N-1 as H..H+N-1
                          (containers-storage's id shifting)
@@ -42,8 +45,8 @@ Mount options (-o, comma-separated):
   subtype=NAME, debug, default_permissions (always on)
   Accepted and ignored: rw, defaults, relatime, auto, noauto, user, users,
   nofail, _netdev, x-*, max_read, blksize, context, static_nlink, noacl,
-  xattr_permissions, fast_ino, noxattrs, redirect_dir, index,
-  xino, ino32_t, and the like.
+  xattr_permissions, fast_ino, noxattrs, index, xino, ino32_t,
+  and the like.
 
 Examples:
   layerfs -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w /merged

@@ -370,6 +370,7 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
         fsync: !req.options.no_fsync,
         read_only: req.options.read_only,
         metacopy: req.options.metacopy,
+        redirect_dir: req.options.redirect_mode(),
         passthrough: !req.options.no_passthrough,
         no_writeback: req.options.no_writeback,
         ids: req.options.id_mapping(),

@@ -610,20 +610,11 @@ impl LayerFs {
         if inode.ino == ROOT_INO {
             return Ok(Vec::new());
         }
-        let (parent, name, upper) = {
+        let (parent, name) = {
             let s = inode.state.read();
-            let upper = s.reals.iter().find(|r| self.is_upper(r.layer)).cloned();
-            (s.parent, s.name.clone(), upper)
+            (s.parent, s.name.clone())
         };
-        let redirect = upper.and_then(|u| {
-            [whiteout::XattrNs::Trusted, whiteout::XattrNs::User]
-                .iter()
-                .find_map(|ns| {
-                    let f = u.fd.get().ok()?;
-                    sys::getxattr_fd(f.as_fd(), &ns.name("redirect")).ok()
-                })
-                .and_then(|v| Redirect::parse(&v))
-        });
+        let redirect = self.upper_redirect(inode);
         let parent_path = || -> io::Result<Vec<u8>> {
             let p = self.inode(parent)?;
             self.lower_path(&p)
@@ -652,6 +643,28 @@ impl LayerFs {
         })
     }
 
+    /// Whether renaming a directory with lower parts writes a redirect:
+    /// not with `redirect_dir=follow|nofollow|off`, and never in the
+    /// `user.overlay.*` namespace, as kernel overlayfs with userxattr
+    /// (anyone could forge a user.overlay.redirect). Otherwise rename(2)
+    /// answers EXDEV.
+    fn creates_redirects(&self) -> io::Result<bool> {
+        Ok(self.opts.redirect_dir.creates() && self.upper_ctx()?.ns != XattrNs::User)
+    }
+
+    /// The `overlay.redirect` on a directory's upper part, if any.
+    fn upper_redirect(&self, inode: &Inode) -> Option<Redirect> {
+        let upper = {
+            let s = inode.state.read();
+            s.reals.iter().find(|r| self.is_upper(r.layer)).cloned()
+        }?;
+        let f = upper.fd.get().ok()?;
+        [whiteout::XattrNs::Trusted, whiteout::XattrNs::User]
+            .iter()
+            .find_map(|ns| sys::getxattr_fd(f.as_fd(), &ns.name("redirect")).ok())
+            .and_then(|v| Redirect::parse(&v))
+    }
+
     fn has_lower_parts(&self, inode: &Inode) -> bool {
         inode.reals().iter().any(|r| !self.is_upper(r.layer))
     }
@@ -668,17 +681,21 @@ impl LayerFs {
     ) -> io::Result<()> {
         let up = self.upper_ctx()?;
         if inode.is_dir && self.has_lower_parts(inode) {
-            if up.ns == XattrNs::User {
-                // As kernel overlayfs with userxattr: no redirects, since
-                // anyone could forge a user.overlay.redirect; rename(2)
-                // callers copy instead (mv does).
+            if !self.creates_redirects()? {
+                // rename(2) callers copy instead (mv does).
                 return Err(errno(libc::EXDEV));
             }
             // Compute before copy-up changes nothing of it, but the upper
             // part must exist to carry the xattr.
             let path = self.lower_path(inode)?;
             let top = self.copy_up(inode)?;
-            if !top.marks.redirect {
+            // An absolute redirect stays true wherever the directory goes; a
+            // relative one (kernel overlayfs writes them for renames within
+            // one directory) names an entry of the old parent's lower parts
+            // only, so it is replaced, as the kernel does.
+            let absolute = top.marks.redirect
+                && matches!(self.upper_redirect(inode), Some(Redirect::Absolute(_)));
+            if !absolute {
                 sys::setxattr_fd(top.fd.get()?.as_fd(), &up.ns.name("redirect"), &path, 0)?;
                 let mut s = inode.state.write();
                 if let Some(r) = s.reals.iter_mut().find(|r| r.layer == up.idx) {
@@ -767,7 +784,7 @@ impl LayerFs {
                 }
             }
         }
-        if self.upper_ctx()?.ns == XattrNs::User {
+        if !self.creates_redirects()? {
             // Checked before emptiness, in the kernel's order.
             let immovable = |i: &Arc<Inode>| i.is_dir && self.has_lower_parts(i);
             if immovable(&src) || (exchange && dst.as_ref().is_some_and(immovable)) {
