@@ -84,6 +84,9 @@ pub struct UpperCtx {
     pub xattr_whiteouts: bool,
     /// Renames, with the fallbacks the upper's filesystem needs.
     pub renames: crate::features::UpperRenames,
+    /// Whiteouts and opaque marks as OCI `.wh.` files (an upper with no
+    /// xattrs: `Features::oci_format`).
+    pub oci_whiteouts: bool,
 }
 
 /// An open regular file.
@@ -189,8 +192,15 @@ impl LayerFs {
                 fd: fd.into(),
                 marks,
             });
+            // Handles of a FUSE filesystem name the kernel's node ids, which
+            // change from mount to mount: no origin is recorded or followed
+            // there (a stale one could name another file).
             let rd = sys::reopen(layer.root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
                 .ok()
+                .filter(|f| {
+                    sys::fstatfs_type(f.as_fd())
+                        .is_ok_and(|t| t != crate::features::FUSE_SUPER_MAGIC)
+                })
                 .map(Arc::new);
             uuids.push(
                 rd.as_ref()
@@ -210,7 +220,9 @@ impl LayerFs {
                 idx,
                 ns: work.xattr_ns(),
                 renames: crate::features::UpperRenames::new(*work.features()),
-                xattr_whiteouts: opts.xattr_whiteouts || !work.features().whiteout_mknod,
+                xattr_whiteouts: !work.features().oci_format()
+                    && (opts.xattr_whiteouts || !work.features().whiteout_mknod),
+                oci_whiteouts: work.features().oci_format(),
                 work,
                 fsync: opts.fsync,
             }),
@@ -278,6 +290,12 @@ impl LayerFs {
             }
         }
         fd.into()
+    }
+
+    /// The fd to open file handles of layer `idx` with, where its
+    /// filesystem's handles last.
+    pub(crate) fn handle_root(&self, idx: LayerIdx) -> Option<&Arc<OwnedFd>> {
+        self.handle_roots[idx.0].as_ref()
     }
 
     pub(crate) fn layer_uuid(&self, idx: LayerIdx) -> [u8; 16] {
@@ -974,7 +992,10 @@ impl LayerFs {
         let mut clean = 0u64;
         for r in reals {
             let (entries, markers) = self.list_layer_dir(r)?;
-            if !markers && r.layer.0 < 64 {
+            // An OCI-format upper gains markers as names are deleted.
+            let oci_upper =
+                self.is_upper(r.layer) && self.upper.as_ref().is_some_and(|u| u.oci_whiteouts);
+            if !markers && !oci_upper && r.layer.0 < 64 {
                 clean |= 1 << r.layer.0;
             }
             listings.push(entries);

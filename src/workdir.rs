@@ -149,6 +149,13 @@ impl WorkDir {
         open_upper: &Path,
         userxattr: bool,
     ) -> io::Result<WorkDir> {
+        // The record lock first: on a shared filesystem it is the one that
+        // names the holder on another host (which would also meet the
+        // flocks below, GlusterFS passing them on as record locks).
+        let holder = {
+            let root = sys::open_path(open_work, libc::O_RDONLY | libc::O_DIRECTORY)?;
+            lock_holder(root.as_fd(), workdir)?
+        };
         let upper_lock = lock_dir(open_upper, upperdir, "upperdir")?;
         let lock = lock_dir(open_work, workdir, "workdir")?;
         let path = open_work.join("work");
@@ -181,7 +188,6 @@ impl WorkDir {
         } else {
             None
         };
-        let holder = lock_holder(lock.as_fd(), workdir)?;
         let mut wd = WorkDir {
             fd,
             path,
@@ -195,6 +201,10 @@ impl WorkDir {
         };
         wd.clean()?;
         let (features, ns) = wd.probe_features(upperdir, userxattr)?;
+        if features.oci_format() {
+            // The index needs overlay.origin and overlay.nlink xattrs.
+            wd.index = None;
+        }
         wd.features = features;
         wd.ns = ns;
         Ok(wd)
@@ -231,19 +241,22 @@ impl WorkDir {
                 fallbacks.join(", ")
             );
         }
+        // Without any xattrs the upper takes fuse-overlayfs' format (see
+        // `Features::oci_format`); `user.` then only names what is absent.
         let ns = if features.xattr_trusted && !userxattr {
             XattrNs::Trusted
-        } else if features.xattr_user {
-            XattrNs::User
         } else {
+            XattrNs::User
+        };
+        if userxattr && !features.xattr_user && features.xattr_trusted {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 format!(
-                    "the filesystem of upperdir {} does not support extended attributes, which overlay whiteouts and copy-up need",
+                    "userxattr: the filesystem of upperdir {} does not take user.* xattrs",
                     upperdir.display()
                 ),
             ));
-        };
+        }
         Ok((features, ns))
     }
 

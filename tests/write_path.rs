@@ -75,6 +75,9 @@ impl Pair {
             ours_extra += ",userxattr";
             kernel_opts = "userxattr,index=off".to_string();
         }
+        if v.oci_upper {
+            kernel_opts = "redirect_dir=off,index=off,metacopy=off".to_string();
+        }
         let ours_opts = format!(
             "{},{},{ours_extra}",
             lowerdir_opt(&lowers),
@@ -86,6 +89,9 @@ impl Pair {
         }
         if !v.disabled_features.is_empty() {
             env.push(("LAYERFS_DISABLE_FEATURES", v.disabled_features));
+        }
+        if v.oci_upper {
+            env.push(("LAYERFS_DISABLE_FEATURES", "xattr_trusted,xattr_user"));
         }
         let ours = try_mount_layerfs_env(&ours_opts, &base.join("m-ours"), &env).unwrap();
         let kopts = format!("{},{kernel_opts}", upper_opts(base, "kernel"));
@@ -132,6 +138,46 @@ impl Pair {
             "kernel's upper under layerfs differs:\n{}",
             d.join("\n")
         );
+    }
+
+    /// Unmounts layerfs and mounts its OCI-format upper again: the view
+    /// must be the one layerfs showed, and the upper must hold `.wh.`
+    /// markers and no overlay xattrs.
+    fn assert_oci_upper_reads_back_under_layerfs(&mut self) {
+        let before = snapshot(self.ours());
+        self.ours.take().unwrap().unmount();
+        let opts = format!(
+            "{},{},{}",
+            lowerdir_opt(&self.lowers),
+            upper_opts(&self.base, "ours"),
+            self.ours_extra
+        );
+        let m = try_mount_layerfs_env(
+            &opts,
+            &self.base.join("m-oci-again"),
+            &[("LAYERFS_DISABLE_FEATURES", "xattr_trusted,xattr_user")],
+        )
+        .unwrap();
+        let d = diff(&before, &snapshot(&m.dir), WRITE_CMP);
+        assert!(
+            d.is_empty(),
+            "OCI upper read back differs:\n{}",
+            d.join("\n")
+        );
+        let upper = self.base.join("upper-ours");
+        for (path, node) in snapshot(&upper) {
+            assert!(
+                node.xattrs
+                    .keys()
+                    .all(|k| !k.windows(8).any(|w| w == b"overlay.")),
+                "overlay xattr on {:?}",
+                String::from_utf8_lossy(&path)
+            );
+            assert!(
+                node.kind != "chardev" || node.rdev != 0,
+                "device whiteout in an OCI upper"
+            );
+        }
     }
 
     /// Unmounts layerfs and mounts its upper under kernel overlayfs: the
@@ -386,6 +432,10 @@ struct Variant {
     /// More layerfs options (`passthrough=off`: the kernel's writeback
     /// cache, as rootless mounts have).
     extra: &'static str,
+    /// layerfs sees an upper without xattrs and writes OCI `.wh.` markers
+    /// (kernel overlayfs then runs with `redirect_dir=off`, the same rules,
+    /// and cannot read that upper back; layerfs must).
+    oci_upper: bool,
 }
 
 fn run_differential(seed: u64, ops: usize, metacopy: bool) {
@@ -407,6 +457,10 @@ fn run_differential_with(seed: u64, ops: usize, v: Variant) {
         // With userxattr the kernel reads only user.overlay.* marks.
         lowers.iter().for_each(|l| to_user_xattrs(l));
     }
+    if v.oci_upper {
+        // Copy-up to an upper without xattrs cannot keep them.
+        lowers.iter().for_each(|l| strip_user_xattrs(l));
+    }
     let before: Vec<_> = lowers.iter().map(|l| fingerprint(l)).collect();
     let mut pair = Pair::with(t.path(), lowers.clone(), v);
     pair.assert_same(&format!("seed {seed}: before any operation"));
@@ -414,6 +468,10 @@ fn run_differential_with(seed: u64, ops: usize, v: Variant) {
     let mut history: Vec<String> = Vec::new();
     for i in 0..ops {
         let op = random_op(&mut rng);
+        if v.oci_upper && matches!(op, Op::SetXattr(..) | Op::RemoveXattr(..)) {
+            // Such an upper keeps no xattrs (the kernel's would).
+            continue;
+        }
         let ours = apply(pair.ours(), &op);
         let kernel = apply(pair.kernel(), &op);
         history.push(format!("#{i} {op:?} -> {kernel:?}"));
@@ -448,7 +506,11 @@ fn run_differential_with(seed: u64, ops: usize, v: Variant) {
             "seed {seed}: device whiteouts with FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT: {devices:?}"
         );
     }
-    pair.assert_upper_reads_back_under_kernel();
+    if v.oci_upper {
+        pair.assert_oci_upper_reads_back_under_layerfs();
+    } else {
+        pair.assert_upper_reads_back_under_kernel();
+    }
     pair.assert_kernel_upper_reads_back_under_layerfs();
     for (l, b) in lowers.iter().zip(&before) {
         let d = diff(b, &fingerprint(l), Compare::ALL);
@@ -530,6 +592,33 @@ fn random_operations_match_kernel_overlayfs_without_rename_flags_or_handles() {
     ] {
         let v = Variant {
             disabled_features: features,
+            ..Variant::default()
+        };
+        run_differential_with(seed, 300, v);
+    }
+}
+
+/// Removes the user xattrs random layers carry.
+fn strip_user_xattrs(dir: &Path) {
+    let script = "find \"$1\" | while read -r p; do \
+                  setfattr -h -x user.test \"$p\" 2>/dev/null; \
+                  setfattr -h -x user.dir \"$p\" 2>/dev/null; done; true";
+    let st = Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn random_operations_match_kernel_overlayfs_with_an_upper_without_xattrs() {
+    require_root!();
+    // An upper whose filesystem has no xattrs at all: OCI `.wh.` whiteouts
+    // and `.wh..wh..opq` opaque marks, no redirects, as fuse-overlayfs.
+    for seed in [71u64, 72, 73, 74] {
+        let v = Variant {
+            oci_upper: true,
             ..Variant::default()
         };
         run_differential_with(seed, 300, v);
