@@ -17,9 +17,10 @@ $install_only || check_toolchain
 # coreutils, tar), the container tests (runc, crun, podman, uidmap for
 # rootless podman, busybox-static for the image), the Debian tests
 # (debootstrap, dpkg, strace), process control (procps: kill, pkill) and
-# the manual page check (groff-base).
+# the manual page check (groff-base), and a loop-mounted ext2 upper
+# (e2fsprogs).
 packages=(fuse3 attr coreutils util-linux procps tar runc crun podman uidmap
-          busybox-static debootstrap dpkg strace groff-base)
+          busybox-static debootstrap dpkg strace groff-base e2fsprogs)
 
 missing=()
 if command -v dpkg-query >/dev/null; then

@@ -337,7 +337,10 @@ impl LayerFs {
         if fmt != libc::S_IFLNK {
             sys::fchmod_fd(fd.as_fd(), st.st_mode & 0o7777)?;
         }
-        copy_xattrs(src.fd.get()?.as_fd(), fd.as_fd())?;
+        // An upper without xattrs (OCI format) cannot keep them.
+        if !up.oci_whiteouts {
+            copy_xattrs(src.fd.get()?.as_fd(), fd.as_fd())?;
+        }
         let origin = self.set_origin(src, fd.as_fd())?;
         if mode == CopyMode::MetaOnly {
             sys::setxattr_fd(fd.as_fd(), &up.ns.name("metacopy"), b"", 0)?;
@@ -386,6 +389,8 @@ impl LayerFs {
     /// The origin value (kernel format) of a lower object, if its
     /// filesystem can make file handles.
     pub(crate) fn origin_of(&self, src: &RealEntry) -> Option<Vec<u8>> {
+        // Only where handles can be opened again (see `handle_roots`).
+        self.handle_root(src.layer)?;
         let handle = sys::name_to_handle(src.fd.get().ok()?.as_fd()).ok()?;
         origin::encode(&self.layer_uuid(src.layer), &handle)
     }
@@ -395,6 +400,9 @@ impl LayerFs {
     /// kernel overlayfs.
     fn set_origin(&self, src: &RealEntry, dst: BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
         let up = self.upper_ctx()?;
+        if up.oci_whiteouts {
+            return Ok(None);
+        }
         let Some(v) = self.origin_of(src) else {
             return Ok(None);
         };

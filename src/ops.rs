@@ -43,12 +43,17 @@ pub struct FsOptions {
     pub metacopy: bool,
     /// Try FUSE passthrough for regular files.
     pub passthrough: bool,
+    /// Do without the kernel's writeback cache (`writeback=0`).
+    pub no_writeback: bool,
     /// Ids shown to the kernel versus ids stored (applied in `fs`).
     pub ids: crate::idmap::IdMapping,
     /// Whiteouts as xattr-marked files (kernel 6.7+ reads them) instead of
     /// char 0/0 devices, for uppers that will be used where device nodes
     /// cannot be made; fuse-overlayfs' FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT.
     pub xattr_whiteouts: bool,
+    /// `redirect_dir=`: whether directory renames write redirects and
+    /// lookups follow them.
+    pub redirect_dir: crate::options::RedirectDir,
 }
 
 impl Default for FsOptions {
@@ -59,8 +64,10 @@ impl Default for FsOptions {
             read_only: false,
             metacopy: false,
             passthrough: true,
+            no_writeback: false,
             ids: Default::default(),
             xattr_whiteouts: false,
+            redirect_dir: Default::default(),
         }
     }
 }
@@ -77,6 +84,9 @@ pub struct UpperCtx {
     pub xattr_whiteouts: bool,
     /// Renames, with the fallbacks the upper's filesystem needs.
     pub renames: crate::features::UpperRenames,
+    /// Whiteouts and opaque marks as OCI `.wh.` files (an upper with no
+    /// xattrs: `Features::oci_format`).
+    pub oci_whiteouts: bool,
 }
 
 /// An open regular file.
@@ -182,8 +192,15 @@ impl LayerFs {
                 fd: fd.into(),
                 marks,
             });
+            // Handles of a FUSE filesystem name the kernel's node ids, which
+            // change from mount to mount: no origin is recorded or followed
+            // there (a stale one could name another file).
             let rd = sys::reopen(layer.root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
                 .ok()
+                .filter(|f| {
+                    sys::fstatfs_type(f.as_fd())
+                        .is_ok_and(|t| t != crate::features::FUSE_SUPER_MAGIC)
+                })
                 .map(Arc::new);
             uuids.push(
                 rd.as_ref()
@@ -203,7 +220,9 @@ impl LayerFs {
                 idx,
                 ns: work.xattr_ns(),
                 renames: crate::features::UpperRenames::new(*work.features()),
-                xattr_whiteouts: opts.xattr_whiteouts || !work.features().whiteout_mknod,
+                xattr_whiteouts: !work.features().oci_format()
+                    && (opts.xattr_whiteouts || !work.features().whiteout_mknod),
+                oci_whiteouts: work.features().oci_format(),
                 work,
                 fsync: opts.fsync,
             }),
@@ -271,6 +290,12 @@ impl LayerFs {
             }
         }
         fd.into()
+    }
+
+    /// The fd to open file handles of layer `idx` with, where its
+    /// filesystem's handles last.
+    pub(crate) fn handle_root(&self, idx: LayerIdx) -> Option<&Arc<OwnedFd>> {
+        self.handle_roots[idx.0].as_ref()
     }
 
     pub(crate) fn layer_uuid(&self, idx: LayerIdx) -> [u8; 16] {
@@ -582,6 +607,11 @@ impl LayerFs {
     /// `clean`: bit i set when layer i's part of the directory is known to
     /// hold no OCI markers (an upper written by fuse-overlayfs may hold
     /// them, so the upper is no exception).
+    ///
+    /// Redirects are followed as kernel overlayfs' `ovl_lookup` does, layer
+    /// by layer: the name (or path) looked up in a layer is the one the
+    /// layers above left, changed by any redirect met in this layer, on the
+    /// entry itself or, for an absolute path, on a directory on the way.
     fn resolve_masked(
         &self,
         reals: &[RealEntry],
@@ -590,19 +620,26 @@ impl LayerFs {
         mut layers: u128,
     ) -> io::Result<Resolved<Hit>> {
         let n = reals.len();
+        let follow = self.opts.redirect_dir.follows();
         let mut pos = 0;
         let mut cur_name: Vec<u8> = name.as_bytes().to_vec();
         // With an absolute redirect: the path, and the next layer to probe.
         let mut absolute: Option<(Vec<Vec<u8>>, usize)> = None;
         let probes = std::iter::from_fn(|| -> Option<io::Result<Probe<Hit>>> {
-            let result = if let Some((path, next)) = absolute.as_mut() {
+            // `stop`: an opaque directory on the way of an absolute path
+            // ends the merge in this layer (unless an absolute redirect
+            // further on starts it again).
+            let (result, more, mut stop) = if let Some((path, next)) = absolute.as_mut() {
                 if *next >= self.layers.len() {
                     return None;
                 }
                 let idx = LayerIdx(*next);
                 *next += 1;
                 let more = *next < self.layers.len();
-                self.probe_path(idx, path, more)
+                match self.probe_path(idx, path, more) {
+                    Ok((probe, stop)) => (Ok(probe), more, stop),
+                    Err(e) => (Err(e), more, false),
+                }
             } else {
                 if pos >= n {
                     return None;
@@ -614,54 +651,102 @@ impl LayerFs {
                     return Some(Ok(Probe::Absent));
                 }
                 let known_clean = r.layer.0 < 64 && clean & (1 << r.layer.0) != 0;
-                probe_layer_with(r, OsStr::from_bytes(&cur_name), pos < n, !known_clean)
+                let name = OsStr::from_bytes(&cur_name);
+                (
+                    probe_layer_with(r, name, pos < n, !known_clean),
+                    pos < n,
+                    false,
+                )
             };
             if let Ok(Probe::Dir(hit, false)) = &result {
-                if hit.marks.redirect {
+                if hit.marks.redirect && !follow {
+                    // redirect_dir=nofollow: kernel overlayfs refuses the
+                    // lookup when the parent has layers below this one,
+                    // rather than show the directory without the lower
+                    // parts its redirect names.
+                    if more {
+                        log::warn!(
+                            "refusing to follow the redirect of {:?} (redirect_dir=nofollow)",
+                            name
+                        );
+                        return Some(Err(errno(libc::EPERM)));
+                    }
+                } else if hit.marks.redirect {
                     // The name changes below: the listing says nothing.
                     layers = ALL_LAYERS;
-                    match self.read_redirect(hit) {
-                        Some(Redirect::Relative(new)) => cur_name = new,
+                    match read_redirect(&hit.fd) {
+                        Some(Redirect::Relative(new)) => match absolute.as_mut() {
+                            // It renames the last component of the path.
+                            Some((path, _)) => {
+                                if let Some(last) = path.last_mut() {
+                                    *last = new;
+                                }
+                            }
+                            None => cur_name = new,
+                        },
                         Some(Redirect::Absolute(path)) => {
                             absolute = Some((path, hit.layer.0 + 1));
+                            stop = false;
                         }
                         None => {}
                     }
                 }
             }
-            Some(result)
+            Some(match result {
+                Ok(Probe::Dir(hit, _)) if stop => Ok(Probe::Dir(hit, true)),
+                Ok(Probe::Absent) if stop => Ok(Probe::Whiteout),
+                other => other,
+            })
         });
         lookup::resolve(probes)
     }
 
-    fn read_redirect(&self, hit: &Hit) -> Option<Redirect> {
-        for ns in [XattrNs::Trusted, XattrNs::User] {
-            if let Ok(v) = sys::getxattr_fd(hit.fd.as_fd(), &ns.name("redirect")) {
-                return Redirect::parse(&v);
-            }
+    /// Probes an absolute path from the root of one layer. A missing
+    /// component is absence; a whiteout or non-directory on the way hides
+    /// the path in this and every lower layer. A redirect on a directory on
+    /// the way is applied to `path` for the layers below (`/a/moved/x` with
+    /// `a/moved` redirected to `/a/orig` is `/a/orig/x` there), while the
+    /// walk goes on in this layer's directory, as the kernel's
+    /// `ovl_lookup_layer` does. Also returns whether an opaque directory
+    /// on the way ends the merge in this layer.
+    fn probe_path(
+        &self,
+        idx: LayerIdx,
+        path: &mut Vec<Vec<u8>>,
+        more: bool,
+    ) -> io::Result<(Probe<Hit>, bool)> {
+        if path.is_empty() {
+            return Ok((Probe::Absent, false));
         }
-        None
-    }
-
-    /// Probes a path from the root of one layer (absolute redirects). A
-    /// missing component is absence; a whiteout or non-directory on the way
-    /// hides the path in this and every lower layer.
-    fn probe_path(&self, idx: LayerIdx, path: &[Vec<u8>], more: bool) -> io::Result<Probe<Hit>> {
-        let Some((last, dirs)) = path.split_last() else {
-            return Ok(Probe::Absent);
-        };
         let mut cur = RealEntry {
             layer: idx,
             fd: sys::openat(self.layers.root_fd(idx), OsStr::new("."), libc::O_PATH, 0)?.into(),
             marks: DirMarks::default(),
         };
-        let mut opaque_on_the_way = false;
-        for comp in dirs {
-            match probe_layer(&cur, OsStr::from_bytes(comp), true)? {
-                Probe::Absent => return Ok(Probe::Absent),
-                Probe::Whiteout | Probe::NonDir(_) => return Ok(Probe::Whiteout),
+        let mut stop = false;
+        let mut i = 0;
+        // Ends: each step leaves one component fewer to walk after `i`
+        // (a redirect replaces only the components walked so far).
+        while i + 1 < path.len() {
+            match probe_layer(&cur, OsStr::from_bytes(&path[i]), true)? {
+                Probe::Absent => return Ok((Probe::Absent, stop)),
+                Probe::Whiteout | Probe::NonDir(_) => return Ok((Probe::Whiteout, false)),
                 Probe::Dir(hit, opaque) => {
-                    opaque_on_the_way |= opaque;
+                    if opaque {
+                        stop = true;
+                    } else if hit.marks.redirect && self.opts.redirect_dir.follows() {
+                        match read_redirect(&hit.fd) {
+                            Some(Redirect::Relative(new)) => path[i] = new,
+                            Some(Redirect::Absolute(mut prefix)) if !prefix.is_empty() => {
+                                let rest = path.split_off(i + 1);
+                                i = prefix.len() - 1;
+                                prefix.extend(rest);
+                                *path = prefix;
+                                stop = false;
+                            }
+                            _ => {}
+                        }
+                    }
                     cur = RealEntry {
                         layer: idx,
                         fd: hit.fd.into(),
@@ -669,11 +754,10 @@ impl LayerFs {
                     };
                 }
             }
+            i += 1;
         }
-        Ok(match probe_layer(&cur, OsStr::from_bytes(last), more)? {
-            Probe::Dir(hit, opaque) => Probe::Dir(hit, opaque || opaque_on_the_way),
-            other => other,
-        })
+        let last = &path[path.len() - 1];
+        Ok((probe_layer(&cur, OsStr::from_bytes(last), more)?, stop))
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
@@ -908,7 +992,10 @@ impl LayerFs {
         let mut clean = 0u64;
         for r in reals {
             let (entries, markers) = self.list_layer_dir(r)?;
-            if !markers && r.layer.0 < 64 {
+            // An OCI-format upper gains markers as names are deleted.
+            let oci_upper =
+                self.is_upper(r.layer) && self.upper.as_ref().is_some_and(|u| u.oci_whiteouts);
+            if !markers && !oci_upper && r.layer.0 < 64 {
                 clean |= 1 << r.layer.0;
             }
             listings.push(entries);
@@ -1216,6 +1303,17 @@ fn oci_sibling_exists(r: &RealEntry, name: &[u8]) -> io::Result<bool> {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// A directory's `overlay.redirect`, in either namespace (None when absent
+/// or malformed).
+fn read_redirect(fd: &OwnedFd) -> Option<Redirect> {
+    for ns in [XattrNs::Trusted, XattrNs::User] {
+        if let Ok(v) = sys::getxattr_fd(fd.as_fd(), &ns.name("redirect")) {
+            return Redirect::parse(&v);
+        }
+    }
+    None
 }
 
 /// Reads a directory's overlay marks (opaque y/x, redirect) in either

@@ -239,7 +239,7 @@ impl Drop for LoopFs {
 /// at the next mount.
 #[test]
 fn numbers_of_deleted_objects_are_not_given_to_new_ones() {
-    require_root!();
+    require!("mkfs.ext2", "losetup");
     let t = tmp();
     let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
     mkdir(&l0);

@@ -58,7 +58,8 @@ fn package_of(tool: &str) -> &str {
         "newuidmap" | "newgidmap" => "uidmap",
         "busybox" => "busybox-static",
         "dpkg-deb" => "dpkg",
-        "setpriv" | "unshare" | "prlimit" => "util-linux",
+        "setpriv" | "unshare" | "prlimit" | "losetup" => "util-linux",
+        "mkfs.ext2" => "e2fsprogs",
         other => other,
     }
 }
