@@ -115,6 +115,16 @@ const STEPS: &[Step] = &[
         append(&m.join("etc/app/conf"), b"more\n")
     }),
     ("create", |m| fs::write(m.join("new.txt"), b"new\n")),
+    // GlusterFS mounted without `-o acl` has no POSIX ACLs: the kernel
+    // asks for them when root writes a file it does not own.
+    ("give a file to another user", |m| {
+        fs::write(m.join("owned"), b"owned\n")?;
+        std::os::unix::fs::chown(m.join("owned"), Some(1000), Some(1000))?;
+        fs::set_permissions(m.join("owned"), fs::Permissions::from_mode(0o664))
+    }),
+    ("root writes a file it does not own", |m| {
+        append(&m.join("owned"), b"by root\n")
+    }),
     ("mkdir and create in it", |m| {
         fs::create_dir(m.join("newdir"))?;
         fs::write(m.join("newdir/f"), b"f\n")
