@@ -258,14 +258,23 @@ fn writes_body() {
         "the layerfs daemon must survive"
     );
 
-    // Lower hard links stay one file when written to (the index).
+    // Lower hard links written to: with an index they stay one file (the
+    // other name sees the write), without one (no usable file handles on
+    // a FUSE lower) the written name is a copy, as kernel overlayfs does
+    // with index=off. Either way, what is shown now must survive the
+    // remount below.
     append(&ours.path("links/a"), b"+more\n").unwrap();
     let (a, b) = (
         fs::metadata(ours.path("links/a")).unwrap(),
         fs::metadata(ours.path("links/b")).unwrap(),
     );
-    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "lower hard links");
-    assert_eq!(fs::read(ours.path("links/b")).unwrap(), b"shared\n+more\n");
+    assert_eq!(fs::read(ours.path("links/a")).unwrap(), b"shared\n+more\n");
+    let b_data = fs::read(ours.path("links/b")).unwrap();
+    if a.ino() == b.ino() {
+        assert_eq!((a.nlink(), b_data.as_slice()), (2, &b"shared\n+more\n"[..]));
+    } else {
+        assert_eq!(b_data, b"shared\n", "a broken link keeps the old data");
+    }
 
     // What the upper on GlusterFS holds reads back the same after a remount.
     let before = snapshot(&ours.dir);
