@@ -40,48 +40,39 @@ pub const ROLE_ENV: &str = "LAYERFS_GLUSTER_ROLE";
 /// The env var that gives a re-executed test body the cluster's base dir.
 pub const BASE_ENV: &str = "LAYERFS_GLUSTER_BASE";
 
-/// The packages the tests need (for .ci/run).
-pub const PACKAGES: &[&str] = &["glusterfs-server", "glusterfs-client"];
-
-/// Whether this machine can run a GlusterFS cluster: root, /dev/fuse,
-/// glusterd, glusterfs, gluster, ip, nsenter and unshare.
-pub fn available() -> Result<(), String> {
-    if !super::is_root() || !Path::new("/dev/fuse").exists() {
-        return Err("needs root and /dev/fuse".into());
-    }
-    for cmd in [
-        "glusterd",
-        "glusterfs",
-        "gluster",
-        "ip",
-        "nsenter",
-        "unshare",
-    ] {
-        if !super::have(cmd) {
-            return Err(format!(
-                "`{cmd}` missing (apt-get install {})",
-                PACKAGES.join(" ")
-            ));
+/// What this machine lacks to run a GlusterFS cluster (root, /dev/fuse,
+/// glusterd, glusterfs, gluster, ip, nsenter, unshare), or None.
+pub fn missing() -> Option<String> {
+    let tools = [
+        ("glusterd", "glusterfs-server"),
+        ("gluster", "glusterfs-server"),
+        ("glusterfs", "glusterfs-client"),
+        ("ip", "iproute2"),
+        ("nsenter", "util-linux"),
+        ("unshare", "util-linux"),
+    ];
+    let mut lacks: Vec<String> = super::missing(&[]).into_iter().collect();
+    for (tool, package) in tools {
+        if !super::have(tool) {
+            lacks.push(format!("{tool} (package {package})"));
         }
     }
     for dir in ["/var/lib/glusterd", "/var/log/glusterfs"] {
         if !Path::new(dir).is_dir() {
-            return Err(format!("{dir} missing (is glusterfs-server installed?)"));
+            lacks.push(format!("{dir} (package glusterfs-server)"));
         }
     }
-    Ok(())
+    (!lacks.is_empty()).then(|| lacks.join(", "))
 }
 
-/// Skips a GlusterFS test where it cannot run, but fails it in CI (where
-/// `CI` is set) so that a missing package cannot pass silently.
+/// Returns from the test unless a GlusterFS cluster can run here; fails
+/// instead under CI (see `common::cannot_run`), so that a missing package
+/// cannot pass silently.
 #[macro_export]
 macro_rules! require_gluster {
     () => {
-        if let Err(why) = common::gluster::available() {
-            if std::env::var_os("CI").is_some() {
-                panic!("GlusterFS test cannot run in CI: {why}");
-            }
-            eprintln!("SKIP: {why}");
+        if let Some(why) = common::gluster::missing() {
+            common::cannot_run(&why);
             return;
         }
     };
