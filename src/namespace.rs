@@ -574,7 +574,7 @@ impl LayerFs {
                     let f = u.fd.get().ok()?;
                     sys::getxattr_fd(f.as_fd(), &ns.name("redirect")).ok()
                 })
-                .and_then(|v| Redirect::parse(&v))
+                .and_then(|v| Redirect::parse(&v).ok())
         });
         let parent_path = || -> io::Result<Vec<u8>> {
             let p = self.inode(parent)?;
