@@ -1297,3 +1297,102 @@ fn four_thousand_deep_copy_up() {
     scene.assert_contained();
     assert_deep_lower_intact(scene.lower(1), DEPTH);
 }
+
+// ---- markers -------------------------------------------------------------------
+
+/// Odd whiteout and opaque markers: opaque values other than `y`, xattr
+/// whiteouts outside a directory marked `opaque=x`, a whiteout in the
+/// bottom layer, and OCI marker names that name `.`, `..` or nothing, or
+/// that are directories. The kernel's answers where it has some (it does
+/// not read OCI markers: those are checked on layerfs alone).
+#[test]
+fn odd_markers() {
+    if !can_run() {
+        return;
+    }
+    let scene = Scene::new(2, |sc| {
+        let (l0, l1) = (sc.lower(0), sc.lower(1));
+        for (name, v) in [
+            ("op-yy", &b"yy"[..]),
+            ("op-Y", b"Y"),
+            ("op-empty", b""),
+            ("op-long", &[b'y'; 65_000][..]),
+            ("op-nul", b"y\0"),
+        ] {
+            write(&l1.join(name).join("below"), b"below\n");
+            write(&l0.join(name).join("own"), b"own\n");
+            setx(&l0.join(name), "trusted.overlay.opaque", v);
+        }
+        // An xattr whiteout outside an `opaque=x` directory is a file.
+        write(&l1.join("xw/gone"), b"still here\n");
+        write(&l0.join("xw/gone"), b"");
+        setx(&l0.join("xw/gone"), "trusted.overlay.whiteout", b"");
+        // A whiteout over nothing, in a merged directory.
+        mkdir(&l1.join("wo"));
+        write(&l1.join("wo/kept"), b"kept\n");
+        mknod_whiteout(&l0.join("wo/nothing"));
+        // OCI markers (layerfs only).
+        let oci = l0.join("oci");
+        write(&l1.join("oci/x"), b"x\n");
+        write(&l1.join("oci/y"), b"y\n");
+        for n in [".wh.", ".wh..", ".wh...", ".wh.x"] {
+            write(&oci.join(n), b"");
+        }
+        mkdir(&oci.join(".wh.y"));
+        write(&oci.join(".wh.y/inside"), b"");
+        mkdir(&oci.join(".wh..wh..opq"));
+    });
+    let pair = scene.mount("markers", &|u| {
+        mkdir(&u.join("up-opq"));
+        setx(&u.join("up-opq"), "trusted.overlay.opaque", &[0xff; 300]);
+    });
+    // Not compared: `xw/gone` (an xattr whiteout in a directory not
+    // marked opaque=x). Kernel 6.18 lists it but its lookup fails with
+    // ENOENT; layerfs shows it as the empty file it is (reported).
+    let mut ops = Vec::new();
+    for n in [
+        "op-yy", "op-Y", "op-empty", "op-long", "op-nul", "xw", "wo", "up-opq",
+    ] {
+        ops.push(Op::Stat(s(n)));
+        ops.push(Op::List(s(n)));
+        ops.push(Op::Mkdir(format!("{n}/new")));
+        ops.push(Op::List(s(n)));
+        ops.push(Op::Rename(s(n), format!("{n}.mv")));
+        ops.push(Op::List(format!("{n}.mv")));
+    }
+    ops.extend([
+        Op::Stat(s("wo.mv/nothing")),
+        Op::Mkdir(s("wo.mv/nothing")),
+        Op::List(s("wo.mv")),
+    ]);
+    assert_no_diffs("markers", pair.compare(&ops));
+    // OCI: `.wh.x` hides x, `.wh.y` (a directory) hides y, the opaque
+    // marker is a directory here (still a marker), and markers naming
+    // nothing, `.` or `..` hide nothing and are never shown.
+    let oci = pair.ours().join("oci");
+    let listing = pair.timed(&Op::List(s("oci")));
+    assert_eq!(
+        listing, "",
+        "oci listing: the opaque marker hides the lower x and y"
+    );
+    for n in [
+        "x",
+        "y",
+        ".wh.",
+        ".wh..",
+        ".wh...",
+        ".wh.x",
+        ".wh.y",
+        ".wh..wh..opq",
+    ] {
+        assert!(
+            fs::symlink_metadata(oci.join(n)).is_err(),
+            "oci/{n} visible"
+        );
+    }
+    assert_eq!(pair.timed(&Op::Mkdir(s("oci/x"))), "ok");
+    assert_eq!(pair.timed(&Op::List(s("oci"))), "x");
+    assert!(fs::metadata(pair.ours().join("oci/..")).is_ok());
+    pair.finish();
+    scene.assert_contained();
+}
