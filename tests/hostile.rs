@@ -566,6 +566,9 @@ fn symlinks_out_of_the_layers() {
         // the host in l0, which hides l1's directory.
         write(&sc.lower(1).join("dir/file"), b"lower file\n");
         link_sym(&host, &l0.join("dir"));
+        // A hard link to a host file inside a lower: its content is the
+        // image's, but a write must copy it up, never reach the host.
+        fs::hard_link(sc.host.join("passwd"), l0.join("hardhost")).unwrap();
         // And the other way round: a directory over a symlink.
         mkdir(&l0.join("dir2"));
         write(&l0.join("dir2/in"), b"in\n");
@@ -585,6 +588,16 @@ fn symlinks_out_of_the_layers() {
         ops.extend(battery(name));
     }
     ops.extend([
+        // The copied-up hard link counts its links as kernel overlayfs
+        // with index=on does (its other name is the host's), so st_nlink
+        // is not compared with this index=off kernel.
+        Op::Read(s("hardhost")),
+        Op::Append(s("hardhost")),
+        Op::Read(s("hardhost")),
+        Op::Rename(s("hardhost"), s("hardhost.mv")),
+        Op::Read(s("hardhost.mv")),
+        Op::Unlink(s("hardhost.mv")),
+        Op::Stat(s("hardhost")),
         Op::Stat(s("dir/file")),
         Op::Read(s("dir2/in")),
         Op::Append(s("dir2/in")),
