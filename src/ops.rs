@@ -683,14 +683,11 @@ impl LayerFs {
                 }
                 probe_layer_with(r, OsStr::from_bytes(&cur_name), pos < n, !known_clean)
             };
-            let more = match &absolute {
-                Some((_, next)) => *next < self.layers.len(),
-                None => pos < n,
-            };
             if let Ok(Probe::Dir(hit, false)) = &result {
                 // As the kernel: a redirect matters (and a malformed one is
-                // an error) only where a layer below is left to look in.
-                if hit.marks.redirect && more {
+                // an error) only above the bottom layer of the stack (not
+                // of the parent: an absolute one restarts from the roots).
+                if hit.marks.redirect && hit.layer.0 + 1 < self.layers.len() {
                     // The name changes below: the listing says nothing.
                     layers = ALL_LAYERS;
                     match self.read_redirect(hit) {
@@ -1195,11 +1192,22 @@ fn global_layers(present: u64, reals: &[RealEntry]) -> u128 {
 /// (when it cannot be told, it is assumed to be: a failed check must not
 /// split one object in two).
 fn is_same_object(inode: &Inode, st: &Stat) -> bool {
-    let top = inode.state.read().reals[0].fd.clone();
-    match top.get().and_then(|fd| sys::fstat(fd.as_fd())) {
-        Ok(have) => have.st_dev == st.st_dev && have.st_ino == st.st_ino,
-        Err(_) => true,
+    let same = || {
+        let top = inode.state.read().reals[0].fd.clone();
+        match top.get().and_then(|fd| sys::fstat(fd.as_fd())) {
+            Ok(have) => have.st_dev == st.st_dev && have.st_ino == st.st_ino,
+            Err(_) => true,
+        }
+    };
+    if same() {
+        return true;
     }
+    // A copy-up of that inode may have just renamed its copy into place
+    // (found by this lookup) without having switched the inode's top to it
+    // yet: wait for it to finish, then compare again. No lookup runs under
+    // a copy lock, so this cannot wait on itself.
+    let _settled = inode.copy_lock.lock();
+    same()
 }
 
 /// What an upper file's overlay xattrs say.
