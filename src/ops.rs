@@ -169,6 +169,9 @@ pub struct LayerFs {
     handle_roots: Vec<Option<Arc<OwnedFd>>>,
     /// Whether upper files can be reopened by file handle (see `RealFd`).
     upper_handles: bool,
+    /// Past this fd number, new directory inodes hold file handles rather
+    /// than fds (see `dir_ref`): three quarters of the open-file limit.
+    fd_pressure: u64,
     /// Numbers of upper objects whose number is not their own identity:
     /// copy-ups (which keep the origin's number) and renumbered objects.
     numbers: DashMap<(u64, u64), u64>,
@@ -253,6 +256,7 @@ impl LayerFs {
             uuids,
             handle_roots,
             upper_handles,
+            fd_pressure: sys::nofile_limit().map_or(768, |n| n / 4 * 3),
             numbers: DashMap::new(),
             files: DashMap::new(),
             next_fh: AtomicU64::new(1),
@@ -279,7 +283,13 @@ impl LayerFs {
     /// How an inode keeps hold of an upper object: a file handle for a
     /// non-directory where possible, else the fd itself.
     pub(crate) fn upper_ref(&self, fd: OwnedFd, is_dir: bool) -> RealFd {
-        if !is_dir && self.upper_handles {
+        if is_dir {
+            return match &self.upper {
+                Some(u) if self.upper_handles => self.dir_ref(u.idx, fd),
+                _ => fd.into(),
+            };
+        }
+        if self.upper_handles {
             if let (Some(u), Ok(handle)) = (&self.upper, sys::name_to_handle(fd.as_fd())) {
                 if let Some(root) = &self.handle_roots[u.idx.0] {
                     return RealFd::Handle {
@@ -290,6 +300,27 @@ impl LayerFs {
             }
         }
         fd.into()
+    }
+
+    /// How an inode keeps hold of a directory of layer `idx`: its fd,
+    /// unless the daemon's open files near their limit (a path thousands
+    /// of directories deep keeps every level alive in the kernel, each
+    /// holding one fd per layer it has parts in): then by file handle
+    /// where the layer's filesystem has lasting ones, reopened at each use.
+    /// fds are handed out lowest first, so `fd`'s number is about how many
+    /// are open.
+    fn dir_ref(&self, idx: LayerIdx, fd: OwnedFd) -> RealFd {
+        use std::os::fd::AsRawFd;
+        if (fd.as_raw_fd() as u64) < self.fd_pressure {
+            return fd.into();
+        }
+        match (self.handle_root(idx), sys::name_to_handle(fd.as_fd())) {
+            (Some(root), Ok(handle)) => RealFd::Handle {
+                root: Arc::clone(root),
+                handle: Arc::new(handle),
+            },
+            _ => fd.into(),
+        }
     }
 
     /// The fd to open file handles of layer `idx` with, where its
@@ -631,6 +662,7 @@ impl LayerFs {
                     fd: match h.at {
                         Some((dir, name)) if !self.is_upper(h.layer) => RealFd::At { dir, name },
                         _ if self.is_upper(h.layer) => self.upper_ref(h.fd, is_dir),
+                        _ if is_dir => self.dir_ref(h.layer, h.fd),
                         _ => h.fd.into(),
                     },
                     marks: h.marks,

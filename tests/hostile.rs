@@ -1244,11 +1244,11 @@ fn assert_deep_lower_intact(lower: &Path, depth: usize) {
     assert_eq!(v, b"bottom\n");
 }
 
-/// A 10,000-deep tree in a lower: lookups all the way down and a read
-/// match the kernel; then a write that copies up every directory on the
-/// way either works as in the kernel or, where the open-file limit is too
-/// low for two fds per directory level (see the README's limits), fails
-/// with EMFILE, and the daemon lives on.
+/// A 10,000-deep tree in a lower: lookups all the way down, a read, and a
+/// write that copies up every directory on the way match the kernel, even
+/// where the open-file limit is below two fds per directory level (past
+/// three quarters of it, directories are held by file handle), and the
+/// daemon lives on.
 #[test]
 fn ten_thousand_deep_tree() {
     if !can_run() {
@@ -1261,22 +1261,11 @@ fn ten_thousand_deep_tree() {
     let root = pair.ours().to_path_buf();
     let o = pair.within("deep tree operations", move || deep_ops(&root, DEEP, true));
     assert_eq!(
-        o[..2],
-        k[..2],
-        "10,000-deep tree: layerfs (left) differs from kernel overlayfs"
+        o,
+        k,
+        "10,000-deep tree: layerfs (left) differs from kernel overlayfs (daemon fds {})",
+        fd_count(pair.pid)
     );
-    if o != k {
-        eprintln!(
-            "10,000-deep copy-up: {o:?} (kernel {k:?}); daemon fds {}",
-            fd_count(pair.pid)
-        );
-        assert!(
-            o[2..]
-                .iter()
-                .all(|r| r.starts_with("E24(") || r.starts_with("E2(") || r == "bottom\n"),
-            "10,000-deep copy-up failed otherwise than for lack of fds: {o:?}"
-        );
-    }
     let state = fs::read_to_string(format!("/proc/{}/stat", pair.pid)).expect("daemon alive");
     assert!(!state
         .rsplit(')')
