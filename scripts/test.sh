@@ -18,9 +18,9 @@ $install_only || check_toolchain
 # rootless podman, busybox-static for the image), the Debian tests
 # (debootstrap, dpkg, strace), process control (procps: kill, pkill) and
 # the manual page check (groff-base), and a loop-mounted ext2 upper
-# (e2fsprogs).
+# (e2fsprogs), and xfs_io to shut an upper down (xfsprogs).
 packages=(fuse3 attr coreutils util-linux procps tar runc crun podman uidmap
-          busybox-static debootstrap dpkg strace groff-base e2fsprogs)
+          busybox-static debootstrap dpkg strace groff-base e2fsprogs xfsprogs)
 
 missing=()
 if command -v dpkg-query >/dev/null; then

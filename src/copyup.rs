@@ -225,6 +225,7 @@ impl LayerFs {
             let s = inode.state.read();
             (s.parent, s.name.clone())
         };
+        self.copy_up_ancestors(parent_ino)?;
         let parent = self.inode(parent_ino)?;
         let parent_up = self.copy_up(&parent)?;
         // A lower file with several names goes through the index, so that
@@ -254,6 +255,34 @@ impl LayerFs {
         *inode.cache.xattr_names.lock() = None;
         *inode.cache.lower_read_fd.lock() = std::sync::Weak::new();
         Ok(entry)
+    }
+
+    /// Copies up the ancestors of directory `ino` that are not in the
+    /// upper yet, top down, so that the copy-up of an object deep in a
+    /// lower tree recurses one level only: a recursion as deep as the tree
+    /// (10,000 levels in a hostile image) would overflow the worker
+    /// thread's stack and end the daemon.
+    fn copy_up_ancestors(&self, ino: u64) -> io::Result<()> {
+        let up = self.upper_ctx()?;
+        let mut missing = Vec::new();
+        let mut cur = ino;
+        // The parent links end at the root; the bound only guards a bug.
+        for _ in 0..(1 << 24) {
+            let inode = self.inode(cur)?;
+            let (in_upper, parent) = {
+                let s = inode.state.read();
+                (s.reals[0].layer == up.idx, s.parent)
+            };
+            if in_upper || cur == crate::inode::ROOT_INO {
+                for dir in missing.iter().rev() {
+                    self.copy_up(dir)?;
+                }
+                return Ok(());
+            }
+            missing.push(inode);
+            cur = parent;
+        }
+        Err(io::Error::from_raw_os_error(libc::ELOOP))
     }
 
     /// Brings the data of a metacopy file up, in place: the metacopy mark

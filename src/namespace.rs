@@ -732,7 +732,7 @@ impl LayerFs {
         [whiteout::XattrNs::Trusted, whiteout::XattrNs::User]
             .iter()
             .find_map(|ns| sys::getxattr_fd(f.as_fd(), &ns.name("redirect")).ok())
-            .and_then(|v| Redirect::parse(&v))
+            .and_then(|v| Redirect::parse(&v).ok())
     }
 
     fn has_lower_parts(&self, inode: &Inode) -> bool {

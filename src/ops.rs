@@ -169,6 +169,9 @@ pub struct LayerFs {
     handle_roots: Vec<Option<Arc<OwnedFd>>>,
     /// Whether upper files can be reopened by file handle (see `RealFd`).
     upper_handles: bool,
+    /// Past this fd number, new directory inodes hold file handles rather
+    /// than fds (see `dir_ref`): three quarters of the open-file limit.
+    fd_pressure: u64,
     /// Numbers of upper objects whose number is not their own identity:
     /// copy-ups (which keep the origin's number) and renumbered objects.
     numbers: DashMap<(u64, u64), u64>,
@@ -253,6 +256,7 @@ impl LayerFs {
             uuids,
             handle_roots,
             upper_handles,
+            fd_pressure: sys::nofile_limit().map_or(768, |n| n / 4 * 3),
             numbers: DashMap::new(),
             files: DashMap::new(),
             next_fh: AtomicU64::new(1),
@@ -279,7 +283,13 @@ impl LayerFs {
     /// How an inode keeps hold of an upper object: a file handle for a
     /// non-directory where possible, else the fd itself.
     pub(crate) fn upper_ref(&self, fd: OwnedFd, is_dir: bool) -> RealFd {
-        if !is_dir && self.upper_handles {
+        if is_dir {
+            return match &self.upper {
+                Some(u) if self.upper_handles => self.dir_ref(u.idx, fd),
+                _ => fd.into(),
+            };
+        }
+        if self.upper_handles {
             if let (Some(u), Ok(handle)) = (&self.upper, sys::name_to_handle(fd.as_fd())) {
                 if let Some(root) = &self.handle_roots[u.idx.0] {
                     return RealFd::Handle {
@@ -290,6 +300,27 @@ impl LayerFs {
             }
         }
         fd.into()
+    }
+
+    /// How an inode keeps hold of a directory of layer `idx`: its fd,
+    /// unless the daemon's open files near their limit (a path thousands
+    /// of directories deep keeps every level alive in the kernel, each
+    /// holding one fd per layer it has parts in): then by file handle
+    /// where the layer's filesystem has lasting ones, reopened at each use.
+    /// fds are handed out lowest first, so `fd`'s number is about how many
+    /// are open.
+    fn dir_ref(&self, idx: LayerIdx, fd: OwnedFd) -> RealFd {
+        use std::os::fd::AsRawFd;
+        if (fd.as_raw_fd() as u64) < self.fd_pressure {
+            return fd.into();
+        }
+        match (self.handle_root(idx), sys::name_to_handle(fd.as_fd())) {
+            (Some(root), Ok(handle)) => RealFd::Handle {
+                root: Arc::clone(root),
+                handle: Arc::new(handle),
+            },
+            _ => fd.into(),
+        }
     }
 
     /// The fd to open file handles of layer `idx` with, where its
@@ -373,12 +404,50 @@ impl LayerFs {
             };
             if let Ok(found) = sys::open_by_handle(root.as_fd(), &o.handle) {
                 let st = sys::fstat(found.as_fd()).ok()?;
-                if st.st_nlink > 0 {
+                // As the kernel's `ovl_acceptable`: a directory origin
+                // must lie inside the layer (a handle decodes anything on
+                // the filesystem); a non-directory is used only for its
+                // number, which the kernel takes wherever it lies.
+                let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                if st.st_nlink > 0 && (!is_dir || self.dir_in_layer(&found, idx)) {
                     return Some(found);
                 }
             }
         }
         None
+    }
+
+    /// Whether directory `fd` is layer `idx`'s root or below it, found by
+    /// walking `..` up to the layer root or the filesystem's root.
+    fn dir_in_layer(&self, fd: &OwnedFd, idx: LayerIdx) -> bool {
+        let Ok(root) = sys::fstat(self.layers.root_fd(idx)) else {
+            return false;
+        };
+        let Ok(mut cur) = sys::reopen(fd.as_fd(), libc::O_PATH | libc::O_DIRECTORY) else {
+            return false;
+        };
+        // Bounded: a directory tree is finite, but a bound costs nothing.
+        for _ in 0..1_000_000 {
+            let Ok(st) = sys::fstat(cur.as_fd()) else {
+                return false;
+            };
+            if st.st_dev == root.st_dev && st.st_ino == root.st_ino {
+                return true;
+            }
+            let Ok(up) = sys::openat(
+                cur.as_fd(),
+                OsStr::new(".."),
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+            ) else {
+                return false;
+            };
+            match sys::fstat(up.as_fd()) {
+                Ok(ust) if ust.st_dev == st.st_dev && ust.st_ino != st.st_ino => cur = up,
+                _ => return false,
+            }
+        }
+        false
     }
 
     pub(crate) fn attr_of(&self, inode: &Inode) -> io::Result<FileAttr> {
@@ -402,11 +471,6 @@ impl LayerFs {
             inode.nlink_delta(),
             data_st.as_ref(),
         ))
-    }
-
-    /// The bottom layer: where an origin found by handle is said to live.
-    fn lowest_layer(&self) -> LayerIdx {
-        LayerIdx(self.layers.len() - 1)
     }
 
     /// The index entry of a lower file with several names, if its set was
@@ -474,6 +538,28 @@ impl LayerFs {
         })
     }
 
+    /// The data of a metacopy file renamed by kernel overlayfs, which
+    /// records the file's lower path as an absolute `overlay.redirect`.
+    fn find_lowerdata_at(&self, path: &[Vec<u8>]) -> io::Result<Option<Hit>> {
+        let lowers: Vec<LayerIdx> = self
+            .layers
+            .iter()
+            .map(|(idx, _)| idx)
+            .filter(|idx| !self.is_upper(*idx))
+            .collect();
+        for (i, idx) in lowers.iter().enumerate() {
+            let mut path = path.to_vec();
+            match self.probe_path(*idx, &mut path, i + 1 < lowers.len())?.0 {
+                Probe::Absent => continue,
+                Probe::NonDir(h) if h.st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                    return Ok(Some(h))
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
     // ---- lookup -------------------------------------------------------
 
     /// Looks `name` up in directory `parent`; on success the returned inode
@@ -523,18 +609,20 @@ impl LayerFs {
                     origin_id = Some((st.st_dev, st.st_ino));
                 }
                 if info.metacopy {
-                    let data = match info.origin {
-                        Some(fd) => Some(Hit {
-                            layer: self.lowest_layer(),
-                            st: sys::fstat(fd.as_fd())?,
-                            fd,
-                            marks: DirMarks::default(),
-                            at: None,
-                        }),
-                        None => self.find_lowerdata(&dir, name)?,
+                    // The data is found by path, as kernel overlayfs finds
+                    // it, never through the origin handle: a forged handle
+                    // could name any file of the lower's filesystem, the
+                    // host's included.
+                    let data = match read_redirect(&hits[0].fd) {
+                        Some(Ok(Redirect::Absolute(path))) => self.find_lowerdata_at(&path)?,
+                        _ => self.find_lowerdata(&dir, name)?,
                     };
                     // A metacopy whose data cannot be found cannot be read.
-                    hits.push(data.ok_or_else(|| errno(libc::EIO))?);
+                    let data = data.ok_or_else(|| errno(libc::EIO))?;
+                    // Its number is its data's, as in the kernel, whatever
+                    // its origin says.
+                    origin_id = Some((data.st.st_dev, data.st.st_ino));
+                    hits.push(data);
                 }
             }
         }
@@ -549,7 +637,16 @@ impl LayerFs {
         };
         // A number still held by the kernel for an unlinked object (whose
         // inode number the filesystem has since reused) must not be shared.
-        if self.inodes.get(number).is_some_and(|i| i.is_unlinked()) {
+        //
+        // Nor may two distinct objects share one: a number taken from an
+        // `overlay.origin` (forged, or naming a lower file that another
+        // name still shows) would otherwise make this lookup return the
+        // live inode of the other object, with its content.
+        if self
+            .inodes
+            .get(number)
+            .is_some_and(|i| i.is_unlinked() || !is_same_object(&i, top))
+        {
             number = self.inodes.fresh_number();
             self.remember_number(top.st_dev, top.st_ino, number);
         }
@@ -565,6 +662,7 @@ impl LayerFs {
                     fd: match h.at {
                         Some((dir, name)) if !self.is_upper(h.layer) => RealFd::At { dir, name },
                         _ if self.is_upper(h.layer) => self.upper_ref(h.fd, is_dir),
+                        _ if is_dir => self.dir_ref(h.layer, h.fd),
                         _ => h.fd.into(),
                     },
                     marks: h.marks,
@@ -651,6 +749,9 @@ impl LayerFs {
                     return Some(Ok(Probe::Absent));
                 }
                 let known_clean = r.layer.0 < 64 && clean & (1 << r.layer.0) != 0;
+                if let Err(e) = whiteout::check_redirect_name(&cur_name) {
+                    return Some(Err(e));
+                }
                 let name = OsStr::from_bytes(&cur_name);
                 (
                     probe_layer_with(r, name, pos < n, !known_clean),
@@ -658,8 +759,12 @@ impl LayerFs {
                     false,
                 )
             };
+            // As the kernel: a redirect matters (and a malformed one is an
+            // error) only above the bottom layer of the stack (not of the
+            // parent: an absolute one restarts from the roots).
             if let Ok(Probe::Dir(hit, false)) = &result {
-                if hit.marks.redirect && !follow {
+                let redirect = hit.marks.redirect && hit.layer.0 + 1 < self.layers.len();
+                if redirect && !follow {
                     // redirect_dir=nofollow: kernel overlayfs refuses the
                     // lookup when the parent has layers below this one,
                     // rather than show the directory without the lower
@@ -671,11 +776,11 @@ impl LayerFs {
                         );
                         return Some(Err(errno(libc::EPERM)));
                     }
-                } else if hit.marks.redirect {
+                } else if redirect {
                     // The name changes below: the listing says nothing.
                     layers = ALL_LAYERS;
                     match read_redirect(&hit.fd) {
-                        Some(Redirect::Relative(new)) => match absolute.as_mut() {
+                        Some(Ok(Redirect::Relative(new))) => match absolute.as_mut() {
                             // It renames the last component of the path.
                             Some((path, _)) => {
                                 if let Some(last) = path.last_mut() {
@@ -684,10 +789,11 @@ impl LayerFs {
                             }
                             None => cur_name = new,
                         },
-                        Some(Redirect::Absolute(path)) => {
+                        Some(Ok(Redirect::Absolute(path))) => {
                             absolute = Some((path, hit.layer.0 + 1));
                             stop = false;
                         }
+                        Some(Err(e)) => return Some(Err(e)),
                         None => {}
                     }
                 }
@@ -728,6 +834,7 @@ impl LayerFs {
         // Ends: each step leaves one component fewer to walk after `i`
         // (a redirect replaces only the components walked so far).
         while i + 1 < path.len() {
+            whiteout::check_redirect_name(&path[i])?;
             match probe_layer(&cur, OsStr::from_bytes(&path[i]), true)? {
                 Probe::Absent => return Ok((Probe::Absent, stop)),
                 Probe::Whiteout | Probe::NonDir(_) => return Ok((Probe::Whiteout, false)),
@@ -735,7 +842,7 @@ impl LayerFs {
                     if opaque {
                         stop = true;
                     } else if hit.marks.redirect && self.opts.redirect_dir.follows() {
-                        match read_redirect(&hit.fd) {
+                        match read_redirect(&hit.fd).transpose()? {
                             Some(Redirect::Relative(new)) => path[i] = new,
                             Some(Redirect::Absolute(mut prefix)) if !prefix.is_empty() => {
                                 let rest = path.split_off(i + 1);
@@ -757,6 +864,7 @@ impl LayerFs {
             i += 1;
         }
         let last = &path[path.len() - 1];
+        whiteout::check_redirect_name(last)?;
         Ok((probe_layer(&cur, OsStr::from_bytes(last), more)?, stop))
     }
 
@@ -1161,6 +1269,28 @@ fn global_layers(present: u64, reals: &[RealEntry]) -> u128 {
     mask
 }
 
+/// Whether a live inode's top real object is the file `st` describes
+/// (when it cannot be told, it is assumed to be: a failed check must not
+/// split one object in two).
+fn is_same_object(inode: &Inode, st: &Stat) -> bool {
+    let same = || {
+        let top = inode.state.read().reals[0].fd.clone();
+        match top.get().and_then(|fd| sys::fstat(fd.as_fd())) {
+            Ok(have) => have.st_dev == st.st_dev && have.st_ino == st.st_ino,
+            Err(_) => true,
+        }
+    };
+    if same() {
+        return true;
+    }
+    // A copy-up of that inode may have just renamed its copy into place
+    // (found by this lookup) without having switched the inode's top to it
+    // yet: wait for it to finish, then compare again. No lookup runs under
+    // a copy lock, so this cannot wait on itself.
+    let _settled = inode.copy_lock.lock();
+    same()
+}
+
 /// What an upper file's overlay xattrs say.
 #[derive(Default)]
 struct UpperFileInfo {
@@ -1175,10 +1305,13 @@ struct UpperFileInfo {
 /// link count relative to the upper (U) or lower (L) inode's. Returned as a
 /// delta to the upper count; an "L" value, written by kernel overlayfs with
 /// the lower count as base, cannot be turned into one here and is ignored.
-fn parse_nlink(v: &[u8], _upper_nlink: i64) -> Option<i64> {
+fn parse_nlink(v: &[u8], upper_nlink: i64) -> Option<i64> {
     let s = std::str::from_utf8(v).ok()?;
     let rest = s.strip_prefix('U')?;
-    rest.parse::<i64>().ok()
+    // The kernel reads the delta as an int (kstrtoint) and ignores a value
+    // out of range or one giving a count below 1.
+    let delta = rest.trim_end_matches('\n').parse::<i32>().ok()? as i64;
+    (upper_nlink + delta > 0 && upper_nlink + delta <= u32::MAX as i64).then_some(delta)
 }
 
 /// Attributes of a merged object from its top real file: `merged_dir`
@@ -1194,7 +1327,7 @@ fn compose_attr(
 ) -> FileAttr {
     let mut a = attr::from_stat(st, number, merged_dir);
     if let Some(d) = delta {
-        a.nlink = (a.nlink as i64 + d).max(1) as u32;
+        a.nlink = (a.nlink as i64 + d).clamp(1, u32::MAX as i64) as u32;
     }
     if let Some(data) = data {
         a.blocks = data.st_blocks as u64;
@@ -1307,10 +1440,18 @@ fn oci_sibling_exists(r: &RealEntry, name: &[u8]) -> io::Result<bool> {
 
 /// A directory's `overlay.redirect`, in either namespace (None when absent
 /// or malformed).
-fn read_redirect(fd: &OwnedFd) -> Option<Redirect> {
+/// The `overlay.redirect` of a layer directory: None without one, EINVAL
+/// for a malformed value (kernel overlayfs fails the lookup so too).
+fn read_redirect(fd: &OwnedFd) -> Option<io::Result<Redirect>> {
     for ns in [XattrNs::Trusted, XattrNs::User] {
         if let Ok(v) = sys::getxattr_fd(fd.as_fd(), &ns.name("redirect")) {
-            return Redirect::parse(&v);
+            return Some(Redirect::parse(&v).map_err(|e| {
+                log::warn!(
+                    "invalid overlay.redirect {:?}: {e}",
+                    String::from_utf8_lossy(&v[..v.len().min(100)])
+                );
+                e
+            }));
         }
     }
     None

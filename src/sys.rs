@@ -306,6 +306,15 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// The open-file limit (soft) of this process.
+pub fn nofile_limit() -> io::Result<u64> {
+    let mut lim = MaybeUninit::<libc::rlimit>::uninit();
+    // SAFETY: valid out-pointer.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) })?;
+    // SAFETY: getrlimit succeeded.
+    Ok(unsafe { lim.assume_init() }.rlim_cur)
+}
+
 /// The outcome of `fork()` for the caller.
 pub enum Forked {
     Parent { child: libc::pid_t },
