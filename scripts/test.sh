@@ -18,9 +18,12 @@ $install_only || check_toolchain
 # rootless podman, busybox-static for the image), the Debian tests
 # (debootstrap, dpkg, strace), process control (procps: kill, pkill) and
 # the manual page check (groff-base), and a loop-mounted ext2 upper
-# (e2fsprogs), and xfs_io to shut an upper down (xfsprogs).
+# (e2fsprogs), xfs_io to shut an upper down (xfsprogs), and a GlusterFS
+# volume in a network namespace (glusterfs-server, glusterfs-client,
+# iproute2).
 packages=(fuse3 attr coreutils util-linux procps tar runc crun podman uidmap
-          busybox-static debootstrap dpkg strace groff-base e2fsprogs xfsprogs)
+          busybox-static debootstrap dpkg strace groff-base e2fsprogs xfsprogs
+          glusterfs-server glusterfs-client iproute2)
 
 missing=()
 if command -v dpkg-query >/dev/null; then
