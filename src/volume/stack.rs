@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -271,6 +272,7 @@ impl Volumes {
         let _lock = self.store.lock()?;
         let mut meta = self.store.load(name)?;
         self.refuse_if_mounted(&meta, "snapshot")?;
+        self.settle_hardlinks(&meta)?;
         let id = match id {
             Some(id) => id.to_string(),
             None => format!("s{}", meta.next_snapshot.max(1)),
@@ -347,6 +349,7 @@ impl Volumes {
         let _lock = self.store.lock()?;
         let mut meta = self.store.load(name)?;
         self.refuse_if_mounted(&meta, "remove a snapshot")?;
+        self.settle_hardlinks(&meta)?;
         let Some(k) = meta.snapshots.iter().position(|s| s.id == id) else {
             return Err(err(format!("volume {name} has no snapshot {id}")));
         };
@@ -413,6 +416,10 @@ impl Volumes {
     pub fn export(&self, name: &str, since: Option<&str>, out: &mut dyn Write) -> io::Result<()> {
         let meta = self.store.load(name)?;
         self.refuse_if_mounted(&meta, "export")?;
+        {
+            let _lock = self.store.lock()?;
+            self.settle_hardlinks(&meta)?;
+        }
         let dir = self.store.dir(name);
         let mut layers = vec![dir.join("upper")];
         layers.extend(self.store.lower_stack(&meta)?);
@@ -538,6 +545,61 @@ impl Volumes {
         Ok(mounted)
     }
 
+    /// Makes every hardlink set whole in the upper. When one name of a lower
+    /// file with several names is written, layerfs copies it up under that
+    /// name only and finds the copy for the other names through the work
+    /// directory's index, as kernel overlayfs does. A layer read without
+    /// that index (a snapshot, an export's view) would show the other names
+    /// with the old content: so before the upper is read that way, each
+    /// other name of a set that is partly in the upper is linked to the
+    /// copy there (what the kernel's link-up does), its parents copied up
+    /// first through a mount.
+    fn settle_hardlinks(&self, meta: &Meta) -> io::Result<()> {
+        let dir = self.store.dir(&meta.name);
+        let index_empty = fs::read_dir(dir.join("work/index"))
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true);
+        if index_empty {
+            return Ok(());
+        }
+        let at = dir.join(format!(".settle-{}", std::process::id()));
+        fs::create_dir_all(&at)?;
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowerdir_option(&self.store.lower_stack(meta)?)?,
+            lowerdir_option(&[dir.join("upper")])?,
+            lowerdir_option(&[dir.join("work")])?,
+        );
+        run_layerfs(&opts, &at)?;
+        let view = View { dir: at };
+        let mut groups: std::collections::HashMap<u64, Vec<PathBuf>> = Default::default();
+        collect_linked(&view.dir, Path::new(""), &mut groups)?;
+        let upper = dir.join("upper");
+        let in_upper =
+            |rel: &PathBuf| fs::symlink_metadata(upper.join(rel)).is_ok_and(|m| m.is_file());
+        let mut links = Vec::new();
+        for names in groups.values() {
+            let Some(copy) = names.iter().find(|r| in_upper(r)) else {
+                continue;
+            };
+            for rel in names.iter().filter(|r| !in_upper(r)) {
+                // Copies the parent directories up (a chown to the same
+                // owner), so that the name can be linked in the upper.
+                if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    let p = view.dir.join(parent);
+                    let md = fs::symlink_metadata(&p)?;
+                    std::os::unix::fs::lchown(&p, Some(md.uid()), Some(md.gid()))?;
+                }
+                links.push((copy.clone(), rel.clone()));
+            }
+        }
+        drop(view);
+        for (copy, rel) in links {
+            fs::hard_link(upper.join(&copy), upper.join(&rel))?;
+        }
+        Ok(())
+    }
+
     /// What `inspect` prints.
     pub fn inspect(&self, name: &str) -> io::Result<serde_json::Value> {
         let meta = self.store.load(name)?;
@@ -555,6 +617,25 @@ impl Volumes {
             "Layers": layers,
         }))
     }
+}
+
+/// Regular files with several names under `root/rel`, grouped by inode.
+fn collect_linked(
+    root: &Path,
+    rel: &Path,
+    groups: &mut std::collections::HashMap<u64, Vec<PathBuf>>,
+) -> io::Result<()> {
+    for e in fs::read_dir(root.join(rel))? {
+        let e = e?;
+        let child = rel.join(e.file_name());
+        let md = e.metadata()?;
+        if md.is_dir() {
+            collect_linked(root, &child, groups)?;
+        } else if md.is_file() && md.nlink() > 1 {
+            groups.entry(md.ino()).or_default().push(child);
+        }
+    }
+    Ok(())
 }
 
 /// Empties a directory by replacing it (the work dir after its upper
