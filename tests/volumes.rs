@@ -1,0 +1,609 @@
+//! Volumes (`layerfs-volume`): the CLI lifecycle with an incremental
+//! backup restored on a fresh store, hostile tars, and the Docker volume
+//! plugin API spoken over its unix socket. Mounted: run as root.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_layerfs-volume")
+}
+
+/// A store in a temp dir; on drop, everything mounted under it is
+/// unmounted and a plugin started for it is killed.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    store: PathBuf,
+    plugin: Option<Child>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        Fixture {
+            tmp,
+            store,
+            plugin: None,
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    fn run_in(&self, store: &Path, args: &[&str]) -> Output {
+        Command::new(bin())
+            .arg("--store")
+            .arg(store)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_in(&self.store, args)
+    }
+
+    /// Runs and asserts success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "layerfs-volume {args:?} failed: {}",
+            common::output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Runs, asserts failure, returns the message.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "layerfs-volume {args:?} succeeded");
+        common::output_text(&out)
+    }
+
+    fn mounts_under(&self) -> Vec<PathBuf> {
+        let text = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let root = self.tmp.path().canonicalize().unwrap();
+        text.lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .map(|m| PathBuf::from(m.replace("\\040", " ")))
+            .filter(|m| m.starts_with(&root))
+            .collect()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.plugin.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        for m in self.mounts_under().into_iter().rev() {
+            let ok = Command::new("umount")
+                .arg(&m)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&m).status();
+            }
+        }
+    }
+}
+
+fn groups_of_links(tree: &BTreeMap<Vec<u8>, common::Node>) -> BTreeSet<Vec<Vec<u8>>> {
+    let mut by_ino: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
+    for (p, n) in tree {
+        if n.kind == "file" && n.nlink > 1 {
+            by_ino.entry(n.ino).or_default().push(p.clone());
+        }
+    }
+    by_ino.into_values().filter(|g| g.len() > 1).collect()
+}
+
+/// Compares two mounted volumes: every file's kind, content, owner, mode,
+/// user xattrs, symlink target, file mtime (seconds) and hardlink sets.
+fn assert_same_volume(a: &Path, b: &Path) {
+    let (ta, tb) = (common::snapshot(a), common::snapshot(b));
+    let cmp = common::Compare {
+        ino: false,
+        nlink: false,
+        mtime: false,
+        dir_mtime: false,
+    };
+    let d = common::diff(&ta, &tb, cmp);
+    assert!(d.is_empty(), "volumes differ:\n{}", d.join("\n"));
+    for (p, n) in &ta {
+        if n.kind == "file" {
+            assert_eq!(
+                n.mtime.0,
+                tb[p].mtime.0,
+                "mtime of {}",
+                String::from_utf8_lossy(p)
+            );
+        }
+    }
+    assert_eq!(groups_of_links(&ta), groups_of_links(&tb), "hardlink sets");
+}
+
+/// The entries of a tar, as (path, type, link target).
+fn tar_entries(tar: &Path) -> Vec<(String, tar::EntryType, Option<String>)> {
+    let mut a = tar::Archive::new(fs::File::open(tar).unwrap());
+    a.entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                String::from_utf8_lossy(&e.path_bytes()).into_owned(),
+                e.header().entry_type(),
+                e.link_name_bytes()
+                    .map(|l| String::from_utf8_lossy(&l).into_owned()),
+            )
+        })
+        .collect()
+}
+
+/// A seed tree: 200 files in 20 directories, with owners, modes, xattrs,
+/// a hardlink set, a symlink and an empty directory.
+fn make_seed(dir: &Path) {
+    for d in 0..20 {
+        for f in 0..10 {
+            let p = dir.join(format!("d{d:02}/f{f}"));
+            common::write(&p, format!("file {d} {f}\n").repeat(f + 1).as_bytes());
+            common::chown(&p, 1000 + f as u32, 100 + d as u32);
+            common::chmod(&p, 0o600 + f as u32);
+        }
+    }
+    common::setxattr(&dir.join("d00/f0"), "user.note", b"seed");
+    fs::hard_link(dir.join("d01/f1"), dir.join("d02/hardlink")).unwrap();
+    fs::hard_link(dir.join("d01/f1"), dir.join("d03/hardlink")).unwrap();
+    common::link_sym("../d00/f0", &dir.join("d04/sym"));
+    common::mkdir(&dir.join("empty"));
+    common::chmod(&dir.join("d05"), 0o750);
+}
+
+#[test]
+fn lifecycle_incremental_backup_and_restore() {
+    require!("tar");
+    let fx = Fixture::new();
+    let seed = fx.path("seed");
+    make_seed(&seed);
+    let seed_before = common::snapshot(&seed);
+
+    fx.ok(&["create", "data", "--from", seed.to_str().unwrap()]);
+    assert!(fx.ok(&["ls"]).lines().any(|l| l == "data"));
+    let mp = PathBuf::from(fx.ok(&["mount", "data"]));
+    assert_eq!(
+        fs::read(mp.join("d03/f3")).unwrap(),
+        b"file 3 3\n".repeat(4)
+    );
+    common::write(&mp.join("d00/new"), b"new file\n");
+    fs::remove_file(mp.join("d06/f6")).unwrap();
+    // A snapshot of a volume in use is refused, naming who holds it.
+    let msg = fx.fails(&["snapshot", "data", "s1"]);
+    assert!(msg.contains("in use by cli"), "{msg}");
+    fx.ok(&["umount", "data"]);
+    assert!(!common::is_mounted(&mp));
+    fx.ok(&["snapshot", "data", "s1"]);
+    let full = fx.path("full.tar");
+    fx.ok(&["export", "data", "-o", full.to_str().unwrap()]);
+
+    // Change 1% of the files: two rewritten (one of them a name of the
+    // hardlink set), one deleted, one directory replaced, one added.
+    let mp = PathBuf::from(fx.ok(&["mount", "data"]));
+    common::write(&mp.join("d07/f7"), b"changed\n");
+    fs::OpenOptions::new()
+        .append(true)
+        .open(mp.join("d02/hardlink"))
+        .unwrap()
+        .write_all(b"appended\n")
+        .unwrap();
+    fs::remove_file(mp.join("d08/f8")).unwrap();
+    fs::remove_dir_all(mp.join("d09")).unwrap();
+    common::mkdir(&mp.join("d09"));
+    common::write(&mp.join("d09/only"), b"replaced dir\n");
+    common::write(&mp.join("added"), b"added\n");
+    common::setxattr(&mp.join("added"), "user.kind", b"fresh");
+    fx.ok(&["umount", "data"]);
+
+    let inc = fx.path("inc.tar");
+    fx.ok(&[
+        "export",
+        "data",
+        "--since",
+        "s1",
+        "-o",
+        inc.to_str().unwrap(),
+    ]);
+    let entries = tar_entries(&inc);
+    let names: BTreeSet<String> = entries.iter().map(|e| e.0.clone()).collect();
+    let want: BTreeSet<String> = [
+        ".",
+        "added",
+        "d01",
+        "d01/f1",
+        "d02",
+        "d02/hardlink",
+        "d03",
+        "d03/hardlink",
+        "d07",
+        "d07/f7",
+        "d08",
+        "d08/.wh.f8",
+        "d09",
+        "d09/.wh..wh..opq",
+        "d09/only",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(names, want, "the increment holds exactly the changes");
+    let links: Vec<_> = entries
+        .iter()
+        .filter(|e| e.1 == tar::EntryType::Link)
+        .collect();
+    assert_eq!(links.len(), 2, "one copy of the hardlink set: {entries:?}");
+    let full_size = fs::metadata(&full).unwrap().len();
+    let inc_size = fs::metadata(&inc).unwrap().len();
+    assert!(
+        inc_size * 5 < full_size,
+        "increment {inc_size} vs full {full_size}"
+    );
+    // Same content, same bytes.
+    let again = fx.path("inc2.tar");
+    fx.ok(&[
+        "export",
+        "data",
+        "--since",
+        "s1",
+        "-o",
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(fs::read(&inc).unwrap(), fs::read(&again).unwrap());
+
+    // Restore the chain on a fresh store, as another host would.
+    let other = fx.path("other-store");
+    let out = fx.run_in(
+        &other,
+        &[
+            "import",
+            "restored",
+            full.to_str().unwrap(),
+            inc.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let out = fx.run_in(&other, &["mount", "restored"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let restored = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let mp = PathBuf::from(fx.ok(&["mount", "data"]));
+    assert_same_volume(&mp, &restored);
+    assert_eq!(
+        fs::read(restored.join("d02/hardlink")).unwrap(),
+        fs::read(restored.join("d01/f1")).unwrap()
+    );
+    assert!(!restored.join("d09/f0").exists());
+    fx.ok(&["umount", "data"]);
+    assert!(fx.run_in(&other, &["umount", "restored"]).status.success());
+
+    // Clone, snapshot removal and compaction keep what is visible.
+    fx.ok(&["snapshot", "data", "s2"]);
+    fx.ok(&["clone", "data@s1", "copy"]);
+    let msg = fx.fails(&["rm", "data"]);
+    assert!(msg.contains("copy"), "rm names the clone: {msg}");
+    let mp = PathBuf::from(fx.ok(&["mount", "copy"]));
+    assert_eq!(
+        fs::read(mp.join("d07/f7")).unwrap(),
+        b"file 7 7\n".repeat(8)
+    );
+    assert!(mp.join("d00/new").exists() && !mp.join("added").exists());
+    fx.ok(&["umount", "copy"]);
+    fx.ok(&["rm", "copy"]);
+    let mp = PathBuf::from(fx.ok(&["mount", "data"]));
+    let before = common::snapshot(&mp);
+    fx.ok(&["umount", "data"]);
+    fx.ok(&["snapshot-rm", "data", "s1"]);
+    assert_eq!(fx.ok(&["snapshots", "data"]).lines().count(), 1);
+    fx.ok(&["snapshot", "data", "s3"]);
+    fx.ok(&["compact", "data"]);
+    assert_eq!(
+        fx.ok(&["snapshots", "data"])
+            .lines()
+            .next()
+            .unwrap()
+            .split('\t')
+            .next(),
+        Some("s3")
+    );
+    let mp = PathBuf::from(fx.ok(&["mount", "data"]));
+    let after = common::snapshot(&mp);
+    let cmp = common::Compare {
+        ino: false,
+        nlink: false,
+        mtime: false,
+        dir_mtime: false,
+    };
+    let d = common::diff(&before, &after, cmp);
+    assert!(
+        d.is_empty(),
+        "compaction changed the volume:\n{}",
+        d.join("\n")
+    );
+    assert_eq!(groups_of_links(&before), groups_of_links(&after));
+    fx.ok(&["umount", "data"]);
+    let inspect: serde_json::Value = serde_json::from_str(&fx.ok(&["inspect", "data"])).unwrap();
+    assert_eq!(inspect["Mounted"], false);
+    assert_eq!(inspect["Snapshots"].as_array().unwrap().len(), 1);
+    fx.ok(&["rm", "data"]);
+    assert!(!fx.ok(&["ls"]).lines().any(|l| l == "data"));
+    // The seed was never written to.
+    let d = common::diff(&seed_before, &common::snapshot(&seed), common::Compare::ALL);
+    assert!(d.is_empty(), "seed changed:\n{}", d.join("\n"));
+}
+
+#[test]
+fn bad_requests_are_one_line_errors() {
+    require!();
+    let fx = Fixture::new();
+    for bad in ["../x", "a/b", "", &"x".repeat(200)] {
+        let msg = fx.fails(&["create", bad]);
+        assert!(msg.contains("bad volume name"), "{bad:?}: {msg}");
+        assert_eq!(msg.trim().lines().count(), 1, "{msg}");
+    }
+    let msg = fx.fails(&["create", "v", "--from", "/nonexistent/seed"]);
+    assert!(msg.contains("/nonexistent/seed"), "{msg}");
+    fx.ok(&["create", "v"]);
+    assert!(fx.fails(&["create", "v"]).contains("already exists"));
+    fs::write(fx.store.join("v/meta.json"), b"{not json").unwrap();
+    let msg = fx.fails(&["inspect", "v"]);
+    assert!(msg.contains("corrupt metadata"), "{msg}");
+    assert!(fx
+        .fails(&["clone", "nothere@s1", "w"])
+        .contains("no such volume"));
+}
+
+/// A tar header with the name bytes written as they are (the tar crate
+/// refuses to build hostile names, which is the point of these tests).
+fn raw_entry(out: &mut Vec<u8>, name: &[u8], kind: tar::EntryType, link: &[u8], data: &[u8]) {
+    let mut h = tar::Header::new_old();
+    {
+        let old = h.as_old_mut();
+        old.name[..name.len()].copy_from_slice(name);
+        old.linkname[..link.len()].copy_from_slice(link);
+    }
+    h.set_entry_type(kind);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    h.set_cksum();
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+}
+
+fn finish_tar(mut out: Vec<u8>) -> Vec<u8> {
+    out.extend_from_slice(&[0; 1024]);
+    out
+}
+
+#[test]
+fn hostile_tars_are_refused_whole() {
+    require!();
+    let fx = Fixture::new();
+    let outside = fx.path("outside");
+    common::mkdir(&outside);
+    let outside_s = outside.to_str().unwrap().as_bytes().to_vec();
+    let reg = tar::EntryType::Regular;
+    let good = |t: &mut Vec<u8>| raw_entry(t, b"fine", reg, b"", b"ok\n");
+
+    let mut cases: Vec<(&str, Vec<Vec<u8>>)> = Vec::new();
+    let mut t = Vec::new();
+    good(&mut t);
+    raw_entry(&mut t, b"../../outside/slip", reg, b"", b"x");
+    cases.push(("tar-slip", vec![finish_tar(t)]));
+    let mut t = Vec::new();
+    good(&mut t);
+    let abs = [outside_s.clone(), b"/abs".to_vec()].concat();
+    raw_entry(&mut t, &abs, reg, b"", b"x");
+    cases.push(("absolute path", vec![finish_tar(t)]));
+    let mut t = Vec::new();
+    good(&mut t);
+    raw_entry(&mut t, b"link", tar::EntryType::Symlink, &outside_s, b"");
+    raw_entry(&mut t, b"link/through", reg, b"", b"x");
+    cases.push(("symlink then file", vec![finish_tar(t)]));
+    let mut t1 = Vec::new();
+    raw_entry(&mut t1, b"link", tar::EntryType::Symlink, &outside_s, b"");
+    let mut t2 = Vec::new();
+    good(&mut t2);
+    raw_entry(&mut t2, b"link/through", reg, b"", b"x");
+    cases.push((
+        "symlink in an earlier tar",
+        vec![finish_tar(t1), finish_tar(t2)],
+    ));
+    let mut t = Vec::new();
+    good(&mut t);
+    raw_entry(
+        &mut t,
+        b"hl",
+        tar::EntryType::Link,
+        b"../../outside/target",
+        b"",
+    );
+    cases.push(("hardlink out", vec![finish_tar(t)]));
+    // A 300-byte name needs a GNU long-name record, which tar writes.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(1);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "fine", &b"x"[..]).unwrap();
+    b.append_data(&mut h, "y".repeat(300), &b"x"[..]).unwrap();
+    cases.push(("huge name", vec![b.into_inner().unwrap()]));
+    let mut t = Vec::new();
+    good(&mut t);
+    raw_entry(&mut t, b"sub/.wh...", reg, b"", b"");
+    cases.push(("whiteout of ..", vec![finish_tar(t)]));
+
+    for (i, (what, tars)) in cases.iter().enumerate() {
+        let mut paths = Vec::new();
+        for (j, t) in tars.iter().enumerate() {
+            let p = fx.path(&format!("case{i}-{j}.tar"));
+            fs::write(&p, t).unwrap();
+            paths.push(p.to_str().unwrap().to_string());
+        }
+        let mut args = vec!["import".to_string(), format!("v{i}")];
+        args.extend(paths);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let msg = fx.fails(&args);
+        assert!(msg.contains("refused"), "{what}: {msg}");
+        assert!(
+            !fx.ok(&["ls"]).lines().any(|l| l == format!("v{i}")),
+            "{what}"
+        );
+    }
+    // Nothing outside, nothing half-written in the store.
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "written outside"
+    );
+    let left: Vec<_> = fs::read_dir(&fx.store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != ".lock")
+        .collect();
+    assert!(left.is_empty(), "left in the store: {left:?}");
+}
+
+/// One HTTP POST over the plugin socket; the JSON answer.
+fn call(sock: &Path, endpoint: &str, body: &str) -> serde_json::Value {
+    let mut s = UnixStream::connect(sock).unwrap();
+    write!(
+        s,
+        "POST /{endpoint} HTTP/1.1\r\nHost: plugin\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, json) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{endpoint}: {e}: {json}"))
+}
+
+fn start_plugin(fx: &mut Fixture, sock: &Path) {
+    let child = Command::new(bin())
+        .arg("--store")
+        .arg(&fx.store)
+        .args(["serve", "--socket"])
+        .arg(sock)
+        .spawn()
+        .unwrap();
+    fx.plugin = Some(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(sock).is_err() {
+        assert!(Instant::now() < deadline, "plugin did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn plugin_api_refcounts_and_survives_restart() {
+    require!();
+    let mut fx = Fixture::new();
+    let seed = fx.path("seed");
+    common::write(&seed.join("hello"), b"from the seed\n");
+    let sock = fx.path("plugins/layerfs.sock");
+    start_plugin(&mut fx, &sock);
+
+    let r = call(&sock, "Plugin.Activate", "");
+    assert_eq!(r["Implements"][0], "VolumeDriver");
+    let r = call(&sock, "VolumeDriver.Capabilities", "");
+    assert_eq!(r["Capabilities"]["Scope"], "local");
+    let create = format!(r#"{{"Name":"web","Opts":{{"from":"{}"}}}}"#, seed.display());
+    assert_eq!(call(&sock, "VolumeDriver.Create", &create)["Err"], "");
+    let r = call(&sock, "VolumeDriver.Create", &create);
+    assert!(r["Err"].as_str().unwrap().contains("already exists"), "{r}");
+    let r = call(
+        &sock,
+        "VolumeDriver.Create",
+        r#"{"Name":"x","Opts":{"colour":"red"}}"#,
+    );
+    assert!(r["Err"].as_str().unwrap().contains("colour"), "{r}");
+    let r = call(&sock, "VolumeDriver.Create", r#"{"Name":"a/b"}"#);
+    assert!(
+        r["Err"].as_str().unwrap().contains("bad volume name"),
+        "{r}"
+    );
+
+    // Two containers share one mount.
+    let m1 = call(&sock, "VolumeDriver.Mount", r#"{"Name":"web","ID":"c1"}"#);
+    assert_eq!(m1["Err"], "", "{m1}");
+    let mp = PathBuf::from(m1["Mountpoint"].as_str().unwrap());
+    let m2 = call(&sock, "VolumeDriver.Mount", r#"{"Name":"web","ID":"c2"}"#);
+    assert_eq!(m2["Mountpoint"], m1["Mountpoint"]);
+    assert_eq!(fs::read(mp.join("hello")).unwrap(), b"from the seed\n");
+    common::write(&mp.join("written"), b"by c1\n");
+    let r = call(&sock, "VolumeDriver.Remove", r#"{"Name":"web"}"#);
+    let err = r["Err"].as_str().unwrap();
+    assert!(
+        err.contains("c1") && err.contains("c2"),
+        "rm names the holders: {r}"
+    );
+    assert_eq!(
+        call(&sock, "VolumeDriver.Unmount", r#"{"Name":"web","ID":"c1"}"#)["Err"],
+        ""
+    );
+    assert!(common::is_mounted(&mp), "c2 still holds it");
+    let r = call(&sock, "VolumeDriver.Path", r#"{"Name":"web"}"#);
+    assert_eq!(r["Mountpoint"], m1["Mountpoint"]);
+
+    // The plugin dies; the mount stays, and a new plugin knows it.
+    let mut p = fx.plugin.take().unwrap();
+    p.kill().unwrap();
+    p.wait().unwrap();
+    assert!(common::is_mounted(&mp));
+    assert_eq!(fs::read(mp.join("written")).unwrap(), b"by c1\n");
+    start_plugin(&mut fx, &sock);
+    let r = call(&sock, "VolumeDriver.List", "");
+    assert_eq!(r["Volumes"][0]["Name"], "web", "{r}");
+    assert_eq!(r["Volumes"][0]["Mountpoint"], m1["Mountpoint"]);
+    let r = call(&sock, "VolumeDriver.Get", r#"{"Name":"web"}"#);
+    assert_eq!(r["Volume"]["Status"]["Holders"][0], "c2", "{r}");
+    let r = call(&sock, "VolumeDriver.Remove", r#"{"Name":"web"}"#);
+    assert!(r["Err"].as_str().unwrap().contains("c2"), "{r}");
+    // A later mount works and shares the same mount.
+    let m3 = call(&sock, "VolumeDriver.Mount", r#"{"Name":"web","ID":"c3"}"#);
+    assert_eq!(m3["Mountpoint"], m1["Mountpoint"]);
+    assert_eq!(
+        call(&sock, "VolumeDriver.Unmount", r#"{"Name":"web","ID":"c2"}"#)["Err"],
+        ""
+    );
+    assert!(common::is_mounted(&mp));
+    assert_eq!(
+        call(&sock, "VolumeDriver.Unmount", r#"{"Name":"web","ID":"c3"}"#)["Err"],
+        ""
+    );
+    assert!(!common::is_mounted(&mp), "the last unmount ends the mount");
+    let r = call(&sock, "VolumeDriver.Get", r#"{"Name":"web"}"#);
+    assert_eq!(r["Volume"]["Mountpoint"], "");
+    assert_eq!(
+        call(&sock, "VolumeDriver.Remove", r#"{"Name":"web"}"#)["Err"],
+        ""
+    );
+    let r = call(&sock, "VolumeDriver.Get", r#"{"Name":"web"}"#);
+    assert!(r["Err"].as_str().unwrap().contains("no such volume"), "{r}");
+}
