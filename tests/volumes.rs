@@ -607,3 +607,265 @@ fn plugin_api_refcounts_and_survives_restart() {
     let r = call(&sock, "VolumeDriver.Get", r#"{"Name":"web"}"#);
     assert!(r["Err"].as_str().unwrap().contains("no such volume"), "{r}");
 }
+
+/// A Docker Engine of the test's own: its data root, exec root, socket and
+/// pidfile in a temp dir, in a private mount namespace where a temp dir is
+/// bind-mounted over /run/docker/plugins (so the host's is untouched) and
+/// the layerfs plugin serves there. Everything is stopped by pid on drop.
+struct Engine {
+    dir: PathBuf,
+    store: PathBuf,
+    dockerd: Child,
+    plugin_pid: Option<u32>,
+}
+
+impl Engine {
+    fn start(dir: &Path) -> Engine {
+        let store = dir.join("store");
+        for d in ["data", "exec", "plugins"] {
+            fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let script = format!(
+            "set -e\nmkdir -p /run/docker/plugins\nmount --bind {d}/plugins /run/docker/plugins\n\
+             {bin} --store {d}/store serve > {d}/plugin.log 2>&1 &\necho $! > {d}/plugin.pid\n\
+             exec dockerd --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock \
+             --pidfile {d}/docker.pid --iptables=false --ip6tables=false --bridge=none \
+             > {d}/dockerd.log 2>&1\n",
+            d = dir.display(),
+            bin = bin()
+        );
+        fs::write(dir.join("start.sh"), script).unwrap();
+        let dockerd = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "bash"])
+            .arg(dir.join("start.sh"))
+            .spawn()
+            .unwrap();
+        let mut e = Engine {
+            dir: dir.to_path_buf(),
+            store,
+            dockerd,
+            plugin_pid: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if e.plugin_pid.is_none() {
+                e.plugin_pid = fs::read_to_string(dir.join("plugin.pid"))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+            }
+            if e.docker(&["info"]).status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not start: {}",
+                fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        e
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}/docker.sock", self.dir.display()))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            common::output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Runs a command in dockerd's mount namespace.
+    fn in_ns(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg("-t")
+            .arg(self.dockerd.id().to_string())
+            .arg("-m")
+            .arg("--")
+            .args(args);
+        c
+    }
+
+    fn volume_mounted(&self, name: &str) -> bool {
+        let out = self
+            .in_ns(&[
+                bin(),
+                "--store",
+                self.store.to_str().unwrap(),
+                "inspect",
+                name,
+            ])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("inspect {name}: {e}: {}", common::output_text(&out)));
+        v["Mounted"] == true
+    }
+
+    fn kill_plugin(&mut self) {
+        if let Some(pid) = self.plugin_pid.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    fn restart_plugin(&mut self) {
+        let log = fs::File::create(self.dir.join("plugin2.log")).unwrap();
+        let child = self
+            .in_ns(&[bin(), "--store", self.store.to_str().unwrap(), "serve"])
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.plugin_pid = Some(child.id());
+        let sock = self.dir.join("plugins/layerfs.sock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&sock).is_err() {
+            assert!(Instant::now() < deadline, "plugin did not come back");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Containers first, so that dockerd unmounts their volumes.
+        let ids = self.docker(&["ps", "-aq"]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = self.docker(&["rm", "-f", id]);
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.dockerd.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.dockerd.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.dockerd.kill();
+        let _ = self.dockerd.wait();
+        self.kill_plugin();
+    }
+}
+
+#[test]
+fn docker_engine_uses_layerfs_volumes() {
+    require!("dockerd", "docker", "busybox", "unshare", "nsenter", "tar");
+    let tmp = tempfile::Builder::new()
+        .prefix("lfv")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = tmp.path();
+    let rootfs = dir.join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::copy(common::busybox().unwrap(), rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "ls", "echo", "rm", "sleep", "test"] {
+        common::link_sym("busybox", &rootfs.join("bin").join(applet));
+    }
+    let seed = dir.join("seed");
+    common::write(&seed.join("keep"), b"kept\n");
+    common::write(&seed.join("change"), b"old\n");
+    common::write(&seed.join("gone"), b"to delete\n");
+
+    let mut engine = Engine::start(dir);
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    let mut import = Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{}/docker.sock", dir.display()))
+        .args(["import", "-", "bb:1"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    import.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+    assert!(import.wait().unwrap().success());
+
+    let from = format!("from={}", seed.display());
+    engine.ok(&["volume", "create", "-d", "layerfs", "-o", &from, "vol"]);
+    let run = [
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "vol:/data",
+        "bb:1",
+        "sh",
+        "-c",
+    ];
+    let out = engine.ok(&[
+        &run[..],
+        &["cat /data/keep && echo new > /data/change && rm /data/gone && echo hi > /data/added"],
+    ]
+    .concat());
+    assert_eq!(out, "kept");
+    assert!(
+        !engine.volume_mounted("vol"),
+        "the last container's exit unmounts"
+    );
+    let out = engine.ok(&[&run[..], &["cat /data/change /data/added; ls /data"]].concat());
+    assert_eq!(out, "new\nhi\nadded\nchange\nkeep");
+
+    // Two containers on one volume at once see each other's writes.
+    let detached = |name: &str| {
+        engine.ok(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            name,
+            "-v",
+            "vol:/data",
+            "bb:1",
+            "sleep",
+            "600",
+        ])
+    };
+    detached("ca");
+    detached("cb");
+    engine.ok(&["exec", "ca", "sh", "-c", "echo from-a > /data/shared"]);
+    assert_eq!(engine.ok(&["exec", "cb", "cat", "/data/shared"]), "from-a");
+    let rm = engine.docker(&["volume", "rm", "vol"]);
+    assert!(!rm.status.success(), "rm of a volume in use");
+    let msg = common::output_text(&rm);
+    assert!(msg.contains("in use"), "{msg}");
+
+    // The plugin dies and comes back while the containers run.
+    engine.kill_plugin();
+    assert_eq!(engine.ok(&["exec", "ca", "cat", "/data/shared"]), "from-a");
+    engine.ok(&["exec", "cb", "sh", "-c", "echo during > /data/outage"]);
+    engine.restart_plugin();
+    let out = engine.ok(&[&run[..], &["cat /data/outage"]].concat());
+    assert_eq!(out, "during");
+    engine.ok(&["rm", "-f", "ca"]);
+    assert!(engine.volume_mounted("vol"), "b still holds it");
+    engine.ok(&["rm", "-f", "cb"]);
+    assert!(!engine.volume_mounted("vol"), "the last holder unmounts");
+    engine.ok(&["volume", "rm", "vol"]);
+    assert!(!engine.store.join("vol").exists());
+    // The seed is untouched.
+    assert_eq!(fs::read(seed.join("change")).unwrap(), b"old\n");
+    assert!(seed.join("gone").exists());
+    drop(engine);
+}
