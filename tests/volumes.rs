@@ -617,6 +617,8 @@ struct Engine {
     store: PathBuf,
     dockerd: Child,
     plugin_pid: Option<u32>,
+    /// The plugin restarted by the test (the first one is dockerd's child).
+    plugin: Option<Child>,
 }
 
 impl Engine {
@@ -645,6 +647,7 @@ impl Engine {
             store,
             dockerd,
             plugin_pid: None,
+            plugin: None,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -722,6 +725,9 @@ impl Engine {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        if let Some(mut p) = self.plugin.take() {
+            let _ = p.wait();
+        }
     }
 
     fn restart_plugin(&mut self) {
@@ -732,6 +738,7 @@ impl Engine {
             .spawn()
             .unwrap();
         self.plugin_pid = Some(child.id());
+        self.plugin = Some(child);
         let sock = self.dir.join("plugins/layerfs.sock");
         let deadline = Instant::now() + Duration::from_secs(10);
         while UnixStream::connect(&sock).is_err() {
