@@ -876,3 +876,152 @@ fn docker_engine_uses_layerfs_volumes() {
     assert!(seed.join("gone").exists());
     drop(engine);
 }
+
+/// podman with its own root, runroot and containers.conf naming the
+/// plugin in `[engine.volume_plugins]`; containers removed on drop.
+struct Podman {
+    dir: PathBuf,
+}
+
+impl Podman {
+    fn new(dir: &Path, sock: &Path) -> Podman {
+        fs::create_dir_all(dir).unwrap();
+        let conf = format!(
+            "{}[engine.volume_plugins]\nlayerfs = \"{}\"\n",
+            common::CONTAINERS_CONF,
+            sock.display()
+        );
+        fs::write(dir.join("containers.conf"), conf).unwrap();
+        Podman {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("podman");
+        c.arg("--root")
+            .arg(self.dir.join("root"))
+            .arg("--runroot")
+            .arg(self.dir.join("runroot"))
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"));
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            common::output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["rm", "-fa", "-t", "0"]).output();
+    }
+}
+
+#[test]
+fn podman_uses_layerfs_volumes() {
+    require!("podman", "runc", "busybox", "tar");
+    let mut fx = Fixture::new();
+    let sock = fx.path("plugins/layerfs.sock");
+    start_plugin(&mut fx, &sock);
+    let podman = Podman::new(&fx.path("podman"), &sock);
+    let rootfs = fx.path("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::copy(common::busybox().unwrap(), rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "ls", "echo", "rm", "sleep"] {
+        common::link_sym("busybox", &rootfs.join("bin").join(applet));
+    }
+    let image = fx.path("rootfs.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&image)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    podman.ok(&["import", image.to_str().unwrap(), "bb:1"]);
+    let seed = fx.path("seed");
+    common::write(&seed.join("keep"), b"kept\n");
+    common::write(&seed.join("change"), b"old\n");
+    common::write(&seed.join("gone"), b"to delete\n");
+
+    let from = format!("from={}", seed.display());
+    podman.ok(&[
+        "volume", "create", "--driver", "layerfs", "-o", &from, "vol",
+    ]);
+    let mounted = |fx: &Fixture| {
+        let v: serde_json::Value = serde_json::from_str(&fx.ok(&["inspect", "vol"])).unwrap();
+        v["Mounted"] == true
+    };
+    let run = [
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "vol:/data",
+        "bb:1",
+        "sh",
+        "-c",
+    ];
+    let out = podman.ok(&[
+        &run[..],
+        &["cat /data/keep && echo new > /data/change && rm /data/gone && echo hi > /data/added"],
+    ]
+    .concat());
+    assert_eq!(out, "kept");
+    assert!(!mounted(&fx), "the container's exit unmounts");
+    let out = podman.ok(&[&run[..], &["cat /data/change /data/added; ls /data"]].concat());
+    assert_eq!(out, "new\nhi\nadded\nchange\nkeep");
+
+    let detached = |name: &str| {
+        podman.ok(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            name,
+            "-v",
+            "vol:/data",
+            "bb:1",
+            "sleep",
+            "600",
+        ])
+    };
+    detached("ca");
+    detached("cb");
+    podman.ok(&["exec", "ca", "sh", "-c", "echo from-a > /data/shared"]);
+    assert_eq!(podman.ok(&["exec", "cb", "cat", "/data/shared"]), "from-a");
+    let rm = podman.cmd(&["volume", "rm", "vol"]).output().unwrap();
+    assert!(!rm.status.success(), "rm of a volume in use");
+    let msg = fx.fails(&["rm", "vol"]);
+    assert!(msg.contains("in use by"), "{msg}");
+
+    // The plugin dies and comes back while the containers run.
+    let mut p = fx.plugin.take().unwrap();
+    p.kill().unwrap();
+    p.wait().unwrap();
+    assert_eq!(podman.ok(&["exec", "ca", "cat", "/data/shared"]), "from-a");
+    podman.ok(&["exec", "cb", "sh", "-c", "echo during > /data/outage"]);
+    start_plugin(&mut fx, &sock);
+    let out = podman.ok(&[&run[..], &["cat /data/outage"]].concat());
+    assert_eq!(out, "during");
+    podman.ok(&["rm", "-f", "-t", "0", "ca"]);
+    assert!(mounted(&fx), "cb still holds it");
+    podman.ok(&["rm", "-f", "-t", "0", "cb"]);
+    assert!(!mounted(&fx), "the last holder unmounts");
+    podman.ok(&["volume", "rm", "vol"]);
+    assert!(!fx.store.join("vol").exists());
+    assert_eq!(fs::read(seed.join("change")).unwrap(), b"old\n");
+}
