@@ -17,10 +17,10 @@ $install_only || check_toolchain
 # coreutils, tar), the container tests (runc, crun, podman, uidmap for
 # rootless podman, busybox-static for the image), the Debian tests
 # (debootstrap, dpkg, strace), process control (procps: kill, pkill) and
-# the manual page check (groff-base), and a loop-mounted ext2 upper
-# (e2fsprogs).
+# the manual page check (groff-base), a loop-mounted ext2 upper
+# (e2fsprogs), and Docker Engine for the volume plugin test (docker.io).
 packages=(fuse3 attr coreutils util-linux procps tar runc crun podman uidmap
-          busybox-static debootstrap dpkg strace groff-base e2fsprogs)
+          busybox-static debootstrap dpkg strace groff-base e2fsprogs docker.io)
 
 missing=()
 if command -v dpkg-query >/dev/null; then

@@ -172,7 +172,7 @@ fn make_seed(dir: &Path) {
 
 #[test]
 fn lifecycle_incremental_backup_and_restore() {
-    require!("tar");
+    require!();
     let fx = Fixture::new();
     let seed = fx.path("seed");
     make_seed(&seed);
