@@ -151,6 +151,27 @@ fn tar_entries(tar: &Path) -> Vec<(String, tar::EntryType, Option<String>)> {
         .collect()
 }
 
+/// A file capability (VFS v2): cap_net_bind_service in the permitted set.
+const CAP: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+/// A POSIX access ACL in the kernel's xattr format: user::rw-,
+/// user:1234:r--, group::r--, mask::r--, other::---.
+fn acl() -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, 1234),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
 /// A seed tree: 200 files in 20 directories, with owners, modes, xattrs,
 /// a hardlink set, a symlink and an empty directory.
 fn make_seed(dir: &Path) {
@@ -163,6 +184,8 @@ fn make_seed(dir: &Path) {
         }
     }
     common::setxattr(&dir.join("d00/f0"), "user.note", b"seed");
+    common::setxattr(&dir.join("d00/f1"), "security.capability", &CAP);
+    common::setxattr(&dir.join("d00/f2"), "system.posix_acl_access", &acl());
     fs::hard_link(dir.join("d01/f1"), dir.join("d02/hardlink")).unwrap();
     fs::hard_link(dir.join("d01/f1"), dir.join("d03/hardlink")).unwrap();
     common::link_sym("../d00/f0", &dir.join("d04/sym"));
@@ -291,6 +314,11 @@ fn lifecycle_incremental_backup_and_restore() {
         fs::read(restored.join("d01/f1")).unwrap()
     );
     assert!(!restored.join("d09/f0").exists());
+    // Capabilities and ACLs travel too.
+    let cap = common::getxattr(&restored.join("d00/f1"), "security.capability").unwrap();
+    assert_eq!(cap, CAP);
+    let got = common::getxattr(&restored.join("d00/f2"), "system.posix_acl_access").unwrap();
+    assert_eq!(got, acl());
     fx.ok(&["umount", "data"]);
     assert!(fx.run_in(&other, &["umount", "restored"]).status.success());
 
