@@ -235,6 +235,9 @@ fn lifecycle_incremental_backup_and_restore() {
     common::write(&mp.join("d09/only"), b"replaced dir\n");
     common::write(&mp.join("added"), b"added\n");
     common::setxattr(&mp.join("added"), "user.kind", b"fresh");
+    // A renamed directory (an overlay redirect) goes whole, its old name
+    // as a whiteout.
+    fs::rename(mp.join("d10"), mp.join("moved")).unwrap();
     fx.ok(&["umount", "data"]);
 
     let inc = fx.path("inc.tar");
@@ -264,9 +267,13 @@ fn lifecycle_incremental_backup_and_restore() {
         "d09",
         "d09/.wh..wh..opq",
         "d09/only",
+        ".wh.d10",
+        "moved",
+        "moved/.wh..wh..opq",
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain((0..10).map(|f| format!("moved/f{f}")))
     .collect();
     assert_eq!(names, want, "the increment holds exactly the changes");
     let links: Vec<_> = entries
@@ -628,10 +635,29 @@ fn plugin_api_refcounts_and_survives_restart() {
     assert!(!common::is_mounted(&mp), "the last unmount ends the mount");
     let r = call(&sock, "VolumeDriver.Get", r#"{"Name":"web"}"#);
     assert_eq!(r["Volume"]["Mountpoint"], "");
-    assert_eq!(
-        call(&sock, "VolumeDriver.Remove", r#"{"Name":"web"}"#)["Err"],
-        ""
+    // -o from=VOLUME@SNAP clones; the clone keeps its base alive.
+    fx.ok(&["snapshot", "web", "s1"]);
+    let r = call(
+        &sock,
+        "VolumeDriver.Create",
+        r#"{"Name":"web2","Opts":{"from":"web@s1"}}"#,
     );
+    assert_eq!(r["Err"], "", "{r}");
+    let m = call(&sock, "VolumeDriver.Mount", r#"{"Name":"web2","ID":"c9"}"#);
+    let mp2 = PathBuf::from(m["Mountpoint"].as_str().unwrap());
+    assert_eq!(fs::read(mp2.join("written")).unwrap(), b"by c1\n");
+    let r = call(
+        &sock,
+        "VolumeDriver.Unmount",
+        r#"{"Name":"web2","ID":"c9"}"#,
+    );
+    assert_eq!(r["Err"], "");
+    let r = call(&sock, "VolumeDriver.Remove", r#"{"Name":"web"}"#);
+    assert!(r["Err"].as_str().unwrap().contains("web2"), "{r}");
+    let r = call(&sock, "VolumeDriver.Remove", r#"{"Name":"web2"}"#);
+    assert_eq!(r["Err"], "");
+    let r = call(&sock, "VolumeDriver.Remove", r#"{"Name":"web"}"#);
+    assert_eq!(r["Err"], "");
     let r = call(&sock, "VolumeDriver.Get", r#"{"Name":"web"}"#);
     assert!(r["Err"].as_str().unwrap().contains("no such volume"), "{r}");
 }
