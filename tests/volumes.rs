@@ -522,6 +522,47 @@ fn hostile_tars_are_refused_whole() {
     assert!(left.is_empty(), "left in the store: {left:?}");
 }
 
+#[test]
+fn import_applies_oci_whiteouts_layer_by_layer() {
+    require!();
+    let fx = Fixture::new();
+    let reg = tar::EntryType::Regular;
+    let dir = tar::EntryType::Directory;
+    let mut t1 = Vec::new();
+    raw_entry(&mut t1, b"d", dir, b"", b"");
+    raw_entry(&mut t1, b"d/old", reg, b"", b"old\n");
+    raw_entry(&mut t1, b"o", dir, b"", b"");
+    raw_entry(&mut t1, b"o/hidden", reg, b"", b"x");
+    raw_entry(&mut t1, b"keep", reg, b"", b"k\n");
+    raw_entry(&mut t1, b"gone", reg, b"", b"g\n");
+    let mut t2 = Vec::new();
+    // Deleted then made again in the same layer: starts empty.
+    raw_entry(&mut t2, b".wh.d", reg, b"", b"");
+    raw_entry(&mut t2, b"d/new", reg, b"", b"new\n");
+    // Made, then a whiteout of the same name: the whiteout hides only
+    // what is below.
+    raw_entry(&mut t2, b"o/mine", reg, b"", b"m");
+    raw_entry(&mut t2, b".wh.o", reg, b"", b"");
+    raw_entry(&mut t2, b".wh.gone", reg, b"", b"");
+    let (p1, p2) = (fx.path("1.tar"), fx.path("2.tar"));
+    fs::write(&p1, finish_tar(t1)).unwrap();
+    fs::write(&p2, finish_tar(t2)).unwrap();
+    fx.ok(&["import", "v", p1.to_str().unwrap(), p2.to_str().unwrap()]);
+    let mp = PathBuf::from(fx.ok(&["mount", "v"]));
+    let names = |d: &Path| {
+        let mut v: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&mp), ["d", "keep", "o"]);
+    assert_eq!(names(&mp.join("d")), ["new"]);
+    assert_eq!(names(&mp.join("o")), ["mine"]);
+    fx.ok(&["umount", "v"]);
+}
+
 /// One HTTP POST over the plugin socket; the JSON answer.
 fn call(sock: &Path, endpoint: &str, body: &str) -> serde_json::Value {
     let mut s = UnixStream::connect(sock).unwrap();

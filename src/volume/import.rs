@@ -107,6 +107,9 @@ impl LayerSink {
                     remove_tree(cur.as_fd(), c)?;
                     sys::mkdirat(cur.as_fd(), os(c), 0o755)?;
                     cur = sys::openat(cur.as_fd(), os(c), flags, 0)?;
+                    if whiteout::is_chardev_whiteout(&st) {
+                        set_opaque(cur.as_fd())?;
+                    }
                 }
             }
         }
@@ -163,6 +166,12 @@ impl LayerSink {
     }
 }
 
+/// Marks a directory opaque, as kernel overlayfs does (as root).
+fn set_opaque(dir: BorrowedFd<'_>) -> io::Result<()> {
+    let name = whiteout::XattrNs::Trusted.name("opaque");
+    sys::setxattr_fd(dir, &name, b"y", 0)
+}
+
 /// Removes `name` in `dir` and, for a directory, all it holds, never
 /// following a symlink.
 fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
@@ -198,8 +207,7 @@ impl Sink for LayerSink {
         let comps = components(path)?;
         if let Change::Opaque(_) = change {
             let dir = self.open_dir(&comps, &shown)?;
-            let name = whiteout::XattrNs::Trusted.name("opaque");
-            return sys::setxattr_fd(dir.as_fd(), &name, b"y", 0);
+            return set_opaque(dir.as_fd());
         }
         let Some((name, parents)) = comps.split_last() else {
             // The root: only its metadata.
@@ -219,17 +227,31 @@ impl Sink for LayerSink {
                 if !self.root_user {
                     return Err(err("whiteouts need root (they are device nodes)"));
                 }
-                remove_tree(p, name)?;
-                return sys::mknodat(p, os(name), libc::S_IFCHR, 0);
+                // A whiteout applies to the layers below only (OCI): a
+                // directory this layer made stays, hiding what is below;
+                // a file it made already hides it.
+                return match sys::lstatat(p, os(name)) {
+                    Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                        let fd = sys::openat(p, os(name), libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+                        set_opaque(fd.as_fd())
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                        sys::mknodat(p, os(name), libc::S_IFCHR, 0)
+                    }
+                    Err(e) => Err(e),
+                };
             }
             Change::Node(n) => n,
             Change::Opaque(_) => return Ok(()),
         };
         // A directory entry keeps what this layer already has under it; any
         // other entry replaces what is there, as tar does.
-        let existing_dir = sys::lstatat(p, os(name))
-            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
-            .unwrap_or(false);
+        let existing = sys::lstatat(p, os(name)).ok();
+        let existing_dir = existing.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+        // A directory made where this layer deleted the name starts empty:
+        // what the layers below held there stays hidden, as in the tar.
+        let over_whiteout = existing.is_some_and(|st| whiteout::is_chardev_whiteout(&st));
         if !(n.kind == Kind::Dir && existing_dir) {
             remove_tree(p, name)?;
         }
@@ -242,6 +264,9 @@ impl Sink for LayerSink {
                     sys::mkdirat(p, os(name), 0o700)?;
                 }
                 let fd = sys::openat(p, os(name), opath | libc::O_DIRECTORY, 0)?;
+                if over_whiteout {
+                    set_opaque(fd.as_fd())?;
+                }
                 self.apply_meta(fd.as_fd(), n, false)?;
                 self.dir_times.push((comps.join(&b'/'), n.mtime));
             }
