@@ -385,6 +385,52 @@ fn lifecycle_incremental_backup_and_restore() {
 }
 
 #[test]
+fn removing_the_newest_snapshot_merges_it_into_the_upper() {
+    require!();
+    let fx = Fixture::new();
+    let seed = fx.path("seed");
+    common::write(&seed.join("a"), b"a\n");
+    common::write(&seed.join("c"), b"c\n");
+    common::write(&seed.join("d/b"), b"b\n");
+    fx.ok(&["create", "v", "--from", seed.to_str().unwrap()]);
+    let mp = PathBuf::from(fx.ok(&["mount", "v"]));
+    common::write(&mp.join("a"), b"a2\n");
+    fs::remove_file(mp.join("d/b")).unwrap();
+    common::write(&mp.join("d/n"), b"n\n");
+    fx.ok(&["umount", "v"]);
+    fx.ok(&["snapshot", "v", "s1"]);
+    let mp = PathBuf::from(fx.ok(&["mount", "v"]));
+    fs::remove_file(mp.join("c")).unwrap();
+    fs::remove_dir_all(mp.join("d")).unwrap();
+    common::write(&mp.join("d/x"), b"x\n");
+    let before = common::snapshot(&mp);
+    fx.ok(&["umount", "v"]);
+    fx.ok(&["snapshot-rm", "v", "s1"]);
+    assert_eq!(fx.ok(&["snapshots", "v"]), "");
+    let mp = PathBuf::from(fx.ok(&["mount", "v"]));
+    let cmp = common::Compare {
+        ino: false,
+        nlink: false,
+        mtime: true,
+        dir_mtime: false,
+    };
+    let mut after = common::snapshot(&mp);
+    // Merged files keep their mtime to the second (a tar's precision).
+    for (k, n) in after.iter_mut() {
+        n.mtime = before.get(k).map_or(n.mtime, |b| (n.mtime.0, b.mtime.1));
+    }
+    let d = common::diff(&before, &after, cmp);
+    assert!(
+        d.is_empty(),
+        "the merge changed the volume:\n{}",
+        d.join("\n")
+    );
+    // Still writable, with the merged upper.
+    common::write(&mp.join("y"), b"y\n");
+    fx.ok(&["umount", "v"]);
+}
+
+#[test]
 fn bad_requests_are_one_line_errors() {
     require!();
     let fx = Fixture::new();
@@ -581,11 +627,13 @@ fn call(sock: &Path, endpoint: &str, body: &str) -> serde_json::Value {
 }
 
 fn start_plugin(fx: &mut Fixture, sock: &Path) {
+    let log = fs::File::create(fx.path("plugin.log")).unwrap();
     let child = Command::new(bin())
         .arg("--store")
         .arg(&fx.store)
         .args(["serve", "--socket"])
         .arg(sock)
+        .stderr(log)
         .spawn()
         .unwrap();
     fx.plugin = Some(child);
