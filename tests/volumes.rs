@@ -774,12 +774,16 @@ impl Engine {
             "set -e\nmkdir -p /run/docker/plugins\nmount --bind {d}/plugins /run/docker/plugins\n\
              {bin} --store {d}/store serve > {d}/plugin.log 2>&1 &\necho $! > {d}/plugin.pid\n\
              exec dockerd --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock \
-             --pidfile {d}/docker.pid --iptables=false --ip6tables=false --bridge=none \
+             --pidfile {d}/docker.pid --config-file {d}/daemon.json --iptables=false --ip6tables=false --bridge=none \
              > {d}/dockerd.log 2>&1\n",
             d = dir.display(),
             bin = bin()
         );
         fs::write(dir.join("start.sh"), script).unwrap();
+        // Its own config file: a host's /etc/docker/daemon.json is not read,
+        // and the trust key goes here, not to /etc/docker/key.json.
+        let config = format!(r#"{{"deprecated-key-path": "{}/key.json"}}"#, dir.display());
+        fs::write(dir.join("daemon.json"), config).unwrap();
         let dockerd = Command::new("unshare")
             .args(["-m", "--propagation", "private", "bash"])
             .arg(dir.join("start.sh"))
