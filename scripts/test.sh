@@ -18,9 +18,11 @@ $install_only || check_toolchain
 # rootless podman, busybox-static for the image), the Debian tests
 # (debootstrap, dpkg, strace), process control (procps: kill, pkill) and
 # the manual page check (groff-base), a loop-mounted ext2 upper
-# (e2fsprogs), and Docker Engine for the volume plugin test (docker.io).
+# (e2fsprogs), xfs_io to shut an upper down (xfsprogs), and Docker Engine
+# for the volume plugin test (docker.io).
 packages=(fuse3 attr coreutils util-linux procps tar runc crun podman uidmap
-          busybox-static debootstrap dpkg strace groff-base e2fsprogs docker.io)
+          busybox-static debootstrap dpkg strace groff-base e2fsprogs xfsprogs
+          docker.io)
 
 missing=()
 if command -v dpkg-query >/dev/null; then

@@ -225,6 +225,7 @@ impl LayerFs {
             let s = inode.state.read();
             (s.parent, s.name.clone())
         };
+        self.copy_up_ancestors(parent_ino)?;
         let parent = self.inode(parent_ino)?;
         let parent_up = self.copy_up(&parent)?;
         // A lower file with several names goes through the index, so that
@@ -254,6 +255,34 @@ impl LayerFs {
         *inode.cache.xattr_names.lock() = None;
         *inode.cache.lower_read_fd.lock() = std::sync::Weak::new();
         Ok(entry)
+    }
+
+    /// Copies up the ancestors of directory `ino` that are not in the
+    /// upper yet, top down, so that the copy-up of an object deep in a
+    /// lower tree recurses one level only: a recursion as deep as the tree
+    /// (10,000 levels in a hostile image) would overflow the worker
+    /// thread's stack and end the daemon.
+    fn copy_up_ancestors(&self, ino: u64) -> io::Result<()> {
+        let up = self.upper_ctx()?;
+        let mut missing = Vec::new();
+        let mut cur = ino;
+        // The parent links end at the root; the bound only guards a bug.
+        for _ in 0..(1 << 24) {
+            let inode = self.inode(cur)?;
+            let (in_upper, parent) = {
+                let s = inode.state.read();
+                (s.reals[0].layer == up.idx, s.parent)
+            };
+            if in_upper || cur == crate::inode::ROOT_INO {
+                for dir in missing.iter().rev() {
+                    self.copy_up(dir)?;
+                }
+                return Ok(());
+            }
+            missing.push(inode);
+            cur = parent;
+        }
+        Err(io::Error::from_raw_os_error(libc::ELOOP))
     }
 
     /// Brings the data of a metacopy file up, in place: the metacopy mark
@@ -337,7 +366,10 @@ impl LayerFs {
         if fmt != libc::S_IFLNK {
             sys::fchmod_fd(fd.as_fd(), st.st_mode & 0o7777)?;
         }
-        copy_xattrs(src.fd.get()?.as_fd(), fd.as_fd())?;
+        // An upper without xattrs (OCI format) cannot keep them.
+        if !up.oci_whiteouts {
+            copy_xattrs(src.fd.get()?.as_fd(), fd.as_fd())?;
+        }
         let origin = self.set_origin(src, fd.as_fd())?;
         if mode == CopyMode::MetaOnly {
             sys::setxattr_fd(fd.as_fd(), &up.ns.name("metacopy"), b"", 0)?;
@@ -386,6 +418,8 @@ impl LayerFs {
     /// The origin value (kernel format) of a lower object, if its
     /// filesystem can make file handles.
     pub(crate) fn origin_of(&self, src: &RealEntry) -> Option<Vec<u8>> {
+        // Only where handles can be opened again (see `handle_roots`).
+        self.handle_root(src.layer)?;
         let handle = sys::name_to_handle(src.fd.get().ok()?.as_fd()).ok()?;
         origin::encode(&self.layer_uuid(src.layer), &handle)
     }
@@ -395,6 +429,9 @@ impl LayerFs {
     /// kernel overlayfs.
     fn set_origin(&self, src: &RealEntry, dst: BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
         let up = self.upper_ctx()?;
+        if up.oci_whiteouts {
+            return Ok(None);
+        }
         let Some(v) = self.origin_of(src) else {
             return Ok(None);
         };

@@ -20,6 +20,9 @@ use parking_lot::{Mutex, MutexGuard};
 use crate::sys;
 use crate::workdir::WorkDir;
 
+/// `f_type` of FUSE filesystems (GlusterFS, sshfs, another layerfs...).
+pub const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
 /// What the upper's filesystem was seen to support.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Features {
@@ -60,6 +63,15 @@ impl Features {
         copy_file_range: true,
     };
 
+    /// No xattrs at all: whiteouts are `.wh.NAME` files and opaque
+    /// directories hold `.wh..wh..opq`, as fuse-overlayfs writes them; no
+    /// redirects (renaming a directory with lower parts is EXDEV), no
+    /// origin, index or metacopy. Kernel overlayfs cannot mount such an
+    /// upper (layerfs and fuse-overlayfs read it).
+    pub fn oci_format(&self) -> bool {
+        !self.xattr_trusted && !self.xattr_user
+    }
+
     /// The fallbacks in use that change how layerfs keeps its guarantees
     /// (missing reflink or copy_file_range only costs speed, and O_TMPFILE
     /// is not used).
@@ -80,7 +92,9 @@ impl Features {
         if !self.whiteout_mknod {
             out.push("char 0/0 whiteouts: xattr whiteouts");
         }
-        if !self.xattr_trusted && self.xattr_user {
+        if self.oci_format() {
+            out.push("xattrs: OCI .wh. whiteouts, no redirects (kernel overlayfs cannot mount this upper)");
+        } else if !self.xattr_trusted && self.xattr_user {
             out.push("trusted.* xattrs: user.overlay.* (userxattr rules)");
         }
         if !self.d_type {
@@ -137,17 +151,11 @@ pub fn probe(dir: BorrowedFd<'_>) -> io::Result<(Features, ProbeNotes)> {
     sys::pwrite(fa.as_fd(), b"layerfs probe", 0)?;
     let fb = create(&b)?;
 
-    // A rename that must not replace: EEXIST where supported. A filesystem
-    // that ignores the flag and replaces is worse than one that refuses it.
-    let r = match sys::renameat2(dir, &a, dir, &b, libc::RENAME_NOREPLACE) {
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-        Err(e) => Err(e),
-        Ok(()) => {
-            sys::renameat2(dir, &b, dir, &a, 0)?;
-            drop(create(&b)?);
-            Err(io::Error::other("the flag was ignored"))
-        }
-    };
+    // A rename that must not replace, to a free name: the VFS itself
+    // answers EEXIST for a taken one, so only this shows whether the
+    // filesystem knows the flag (GlusterFS answers EINVAL).
+    let r = sys::renameat2(dir, &a, dir, &c, libc::RENAME_NOREPLACE)
+        .and_then(|()| sys::renameat2(dir, &c, dir, &a, 0));
     note("RENAME_NOREPLACE", &mut f.rename_noreplace, r);
     let r = sys::renameat2(dir, &a, dir, &b, libc::RENAME_EXCHANGE).and_then(|()| {
         // Swap back: the probes below expect `a` to hold the data.
@@ -172,6 +180,14 @@ pub fn probe(dir: BorrowedFd<'_>) -> io::Result<(Features, ProbeNotes)> {
     .map(drop);
     note("O_TMPFILE", &mut f.tmpfile, r);
     let r = sys::reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY).and_then(|root| {
+        // A FUSE filesystem's handles name the kernel's node ids: they go
+        // stale once the kernel forgets the inode, and mean nothing on
+        // another client.
+        if sys::fstatfs_type(root.as_fd())? == FUSE_SUPER_MAGIC {
+            return Err(io::Error::other(
+                "FUSE file handles do not outlive the kernel's inode cache",
+            ));
+        }
         let h = sys::name_to_handle(fa.as_fd())?;
         sys::open_by_handle(root.as_fd(), &h).map(drop)
     });
@@ -226,6 +242,8 @@ pub fn disable_from_env(f: &mut Features, notes: &mut ProbeNotes) {
             "file_handles" => &mut f.file_handles,
             "whiteout_mknod" => &mut f.whiteout_mknod,
             "d_type" => &mut f.d_type,
+            "xattr_trusted" => &mut f.xattr_trusted,
+            "xattr_user" => &mut f.xattr_user,
             "" => continue,
             other => {
                 log::warn!("LAYERFS_DISABLE_FEATURES: unknown feature {other:?}");
@@ -247,6 +265,8 @@ fn name_of(field: &str) -> &'static str {
         "rename_whiteout" => "RENAME_WHITEOUT",
         "file_handles" => "file handles",
         "whiteout_mknod" => "char 0/0 mknod",
+        "xattr_trusted" => "trusted.* xattrs",
+        "xattr_user" => "user.* xattrs",
         _ => "d_type",
     }
 }

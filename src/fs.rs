@@ -71,6 +71,9 @@ pub struct Fuse {
     fs: Arc<LayerFs>,
     ttl: Duration,
     backings: Backings,
+    /// The kernel caches writes (FUSE_WRITEBACK_CACHE), where passthrough
+    /// is not to be had: see `open_flags`.
+    writeback: bool,
     /// Set once the session exists (see `notifier_slot`).
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
@@ -78,14 +81,34 @@ pub struct Fuse {
 impl Fuse {
     pub fn new(fs: Arc<LayerFs>) -> Fuse {
         let ttl = fs.opts.timeout;
-        // Registering backing files needs CAP_SYS_ADMIN.
-        let backings = Backings::new(fs.opts.passthrough && crate::sys::geteuid() == 0);
+        // Registering backing files needs CAP_SYS_ADMIN in the initial user
+        // namespace: root inside a container's user namespace is not enough.
+        let backings = Backings::new(
+            fs.opts.passthrough && crate::sys::geteuid() == 0 && crate::sys::in_initial_user_ns(),
+        );
         Fuse {
             fs,
             ttl,
             backings,
+            writeback: false,
             notifier: Default::default(),
         }
+    }
+
+    /// The flags to open a real file with for an open(2) with `flags`.
+    /// With the writeback cache the kernel writes pages back at offsets it
+    /// chose (so O_APPEND on the real file would misplace them) and reads
+    /// in the rest of a partly written page even through a write-only
+    /// open, as libfuse's passthrough examples also do.
+    fn open_flags(&self, flags: i32) -> i32 {
+        if !self.writeback {
+            return flags;
+        }
+        let mut f = flags & !libc::O_APPEND;
+        if f & libc::O_ACCMODE == libc::O_WRONLY {
+            f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
+        }
+        f
     }
 
     /// Where the session's notifier goes once the session is made.
@@ -190,6 +213,15 @@ impl Filesystem for Fuse {
                 self.backings.disable();
             }
         }
+        // Without passthrough, file data goes through the daemon: let the
+        // kernel gather small writes in its page cache and send them in
+        // large requests (it then owns size and mtime while it caches).
+        if !self.backings.enabled() && !self.fs.opts.no_writeback {
+            match config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE) {
+                Ok(()) => self.writeback = true,
+                Err(_) => log::debug!("kernel lacks FUSE_WRITEBACK_CACHE"),
+            }
+        }
         // Each is optional: a kernel without one simply does without.
         // POSIX_ACL: the kernel checks ACLs itself and caches them per
         // inode, so `ls -l` does not ask for system.posix_acl_* of every
@@ -242,7 +274,15 @@ impl Filesystem for Fuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino.0, flags.0) {
+        let opened = match self.fs.open(ino.0, self.open_flags(flags.0)) {
+            // A write-only file this daemon may not read: as asked, then
+            // (partial pages are then written through, not cached).
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) && self.writeback => {
+                self.fs.open(ino.0, flags.0 & !libc::O_APPEND)
+            }
+            r => r,
+        };
+        match opened {
             Ok((fh, immutable)) => {
                 // Without a writable upper nothing is ever copied up, so a
                 // lower file can pass through too.
@@ -633,7 +673,10 @@ impl Filesystem for Fuse {
         reply: ReplyCreate,
     ) {
         let (uid, gid) = self.caller(req);
-        match self.fs.create(parent.0, name, mode, flags, uid, gid) {
+        match self
+            .fs
+            .create(parent.0, name, mode, self.open_flags(flags), uid, gid)
+        {
             Ok((_, attr, fh)) => {
                 let attr = self.shown(attr);
                 match self.serve_mode(attr.ino.0, fh, true, |fd| reply.open_backing(fd)) {

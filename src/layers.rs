@@ -25,6 +25,29 @@ pub struct Layer {
     pub writable: bool,
 }
 
+/// Opens a lower layer's root through a private copy of its mounts, as
+/// kernel overlayfs takes each layer (`clone_private_mount`). Whatever the
+/// daemon holds open on the lower (layer roots, inodes, open files, the
+/// kernel's passthrough backing files) then pins only the copy: `umount`
+/// of the lower filesystem succeeds as soon as `umount` of the union has
+/// returned, although the daemon closes its fds only a few milliseconds
+/// later (for a non-block FUSE mount the kernel does not wait for the daemon:
+/// it sends no FUSE_DESTROY, it only aborts the connection). Where the copy
+/// may not be made (no CAP_SYS_ADMIN over the mount namespace, an
+/// unbindable mount), the layer is opened as it is.
+fn open_lower_root(path: &Path) -> io::Result<OwnedFd> {
+    match sys::clone_mount_tree(path, true) {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            log::debug!(
+                "lowerdir {}: no private mount copy ({e}); using the mount as it is",
+                path.display()
+            );
+            sys::open_path(path, libc::O_PATH | libc::O_DIRECTORY)
+        }
+    }
+}
+
 /// The whole stack, top first.
 #[derive(Debug)]
 pub struct LayerStack {
@@ -45,7 +68,11 @@ impl LayerStack {
             .into_iter()
             .chain(lowers.iter().map(|l| (l.as_path(), false)));
         for (path, writable) in all {
-            let root = sys::open_path(path, libc::O_PATH | libc::O_DIRECTORY)?;
+            let root = if writable {
+                sys::open_path(path, libc::O_PATH | libc::O_DIRECTORY)?
+            } else {
+                open_lower_root(path)?
+            };
             let st = sys::fstat(root.as_fd())?;
             layers.push(Layer {
                 root,

@@ -27,8 +27,13 @@ Mount options (-o, comma-separated):
   fsync=0, volatile      skip fsync on the upper layer
   metacopy=on            chmod/chown/xattr changes copy metadata only
   passthrough=off        no FUSE passthrough (on by default as root)
+  writeback=0            no kernel writeback cache (on where passthrough
+                         is not used: rootless, passthrough=off)
   userxattr              user.overlay.* xattrs (the default without root);
                          no directory redirects, as in the kernel
+  redirect_dir=on|follow|nofollow|off
+                         directory renames write redirects (on, default)
+                         or fail with EXDEV; nofollow also refuses them
   uidmapping=C:H:N[:C:H:N...], gidmapping=...
                          show ids stored as C..C+N-1 as H..H+N-1
                          (containers-storage's id shifting)
@@ -40,8 +45,8 @@ Mount options (-o, comma-separated):
   subtype=NAME, debug, default_permissions (always on)
   Accepted and ignored: rw, defaults, relatime, auto, noauto, user, users,
   nofail, _netdev, x-*, max_read, blksize, context, static_nlink, noacl,
-  xattr_permissions, fast_ino, writeback, noxattrs, redirect_dir, index,
-  xino, ino32_t, and the like.
+  xattr_permissions, fast_ino, noxattrs, index, xino, ino32_t,
+  and the like.
 
 Examples:
   layerfs -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w /merged
@@ -103,13 +108,9 @@ fn main() -> ExitCode {
         }
     };
     let debug = cli.debug || options.debug;
-    let mut log =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(if debug {
-            "debug"
-        } else {
-            "warn"
-        }));
-    log.init();
+    // Records follow the daemon: stderr now, syslog or the log file once
+    // it has detached.
+    layerfs::logging::init(debug);
     let (source, mountpoint) = match cli.paths.as_slice() {
         [m] => (None, m.clone()),
         [s, m] => (Some(s.to_string_lossy().into_owned()), m.clone()),

@@ -317,6 +317,11 @@ fn mount_direct(s: &MountSettings, mountpoint: &Path) -> io::Result<Option<std::
     }
 }
 
+/// How long a signalled daemon waits for its session to end after the
+/// unmount before it exits anyway (see `serve`). The session normally ends
+/// within milliseconds; this only bounds the wait for other holders.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn default_threads() -> usize {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -349,13 +354,25 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
     if let Err(e) = sys::raise_nofile_limit() {
         log::warn!("cannot raise the open-file limit: {e}");
     }
-    let stack = LayerStack::open(plan.upper.as_deref(), &plan.lowers)
+    // Kept open for the daemon's life: the copy must stay mounted for
+    // lookups to cross into it (see `PrivateUpper`).
+    let private = match (&plan.upper, &plan.work) {
+        (Some(u), Some(w)) => PrivateUpper::new(u, w),
+        _ => None,
+    };
+    let upper_open = private
+        .as_ref()
+        .map(|p| p.upper.as_path())
+        .or(plan.upper.as_deref());
+    let stack = LayerStack::open(upper_open, &plan.lowers)
         .map_err(|e| MountError(format!("cannot open the layers: {e}")))?;
     let mut fs_opts = FsOptions {
         fsync: !req.options.no_fsync,
         read_only: req.options.read_only,
         metacopy: req.options.metacopy,
+        redirect_dir: req.options.redirect_mode(),
         passthrough: !req.options.no_passthrough,
+        no_writeback: req.options.no_writeback,
         ids: req.options.id_mapping(),
         xattr_whiteouts: std::env::var_os("FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT").is_some(),
         ..FsOptions::default()
@@ -365,14 +382,20 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
     }
     let work = match (&plan.work, &plan.upper, req.options.read_only) {
         (Some(w), Some(u), false) => {
-            Some(WorkDir::prepare(w, u, req.options.userxattr).map_err(|e| {
-                // Our own messages already name the directory.
-                if e.raw_os_error().is_some() {
-                    MountError(format!("workdir {}: {e}", w.display()))
-                } else {
-                    MountError(e.to_string())
-                }
-            })?)
+            let (open_w, open_u) = match &private {
+                Some(p) => (p.work.as_path(), p.upper.as_path()),
+                None => (w.as_path(), u.as_path()),
+            };
+            Some(
+                WorkDir::prepare_at(w, u, open_w, open_u, req.options.userxattr).map_err(|e| {
+                    // Our own messages already name the directory.
+                    if e.raw_os_error().is_some() {
+                        MountError(format!("workdir {}: {e}", w.display()))
+                    } else {
+                        MountError(e.to_string())
+                    }
+                })?,
+            )
         }
         _ => None,
     };
@@ -403,6 +426,7 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
         }
     }
     let result = serve(&req, &plan, stack, fs_opts, work, &mut notify);
+    drop(private);
     if let (Err(e), Some(mut n)) = (&result, notify.take()) {
         // The parent reports it; the daemon child just leaves.
         let _ = n.write_all(format!("{e}").as_bytes());
@@ -410,6 +434,77 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
         std::process::exit(1);
     }
     result
+}
+
+/// The upper and work dirs reached through one private copy of the mount
+/// that holds them, as kernel overlayfs takes its upper
+/// (`clone_private_mount`); lower layers get theirs in `LayerStack::open`.
+/// What the daemon holds open on the upper filesystem then pins only the
+/// copy, so that filesystem can be unmounted as soon as `umount` of the
+/// union has returned, although the daemon closes its fds a few
+/// milliseconds later: for a (non-block) FUSE mount the kernel sends no
+/// FUSE_DESTROY to wait for, it only aborts the connection.
+///
+/// One copy for both, of their deepest common directory, because renames
+/// from work into upper need one mount. The copy is not recursive (a mount
+/// inside the upper dir is not part of the upper, as for kernel overlayfs),
+/// so both must be reached in it as the same directories as by their paths;
+/// if not (they live in different mounts), or if the copy may not be made
+/// (no CAP_SYS_ADMIN over the mount namespace), the paths are used as they
+/// are.
+struct PrivateUpper {
+    /// O_PATH fd of the copy's root; the copy lives while it is open.
+    _root: std::os::fd::OwnedFd,
+    /// `upper` and `work` as paths through `root` (/proc/self/fd/N/...).
+    upper: PathBuf,
+    work: PathBuf,
+}
+
+impl PrivateUpper {
+    fn new(upper: &Path, work: &Path) -> Option<PrivateUpper> {
+        let common: PathBuf = upper
+            .components()
+            .zip(work.components())
+            .take_while(|(a, b)| a == b)
+            .map(|(a, _)| a)
+            .collect();
+        let root = match sys::clone_mount_tree(&common, false) {
+            Ok(fd) => fd,
+            Err(e) => {
+                log::debug!(
+                    "{}: no private mount copy ({e}); using upper and work as they are",
+                    common.display()
+                );
+                return None;
+            }
+        };
+        let base = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&root)
+        ));
+        let through = |p: &Path| -> Option<PathBuf> {
+            let rel = p.strip_prefix(&common).ok()?;
+            let q = base.join(rel);
+            let (a, b) = (sys::stat_path(p).ok()?, sys::stat_path(&q).ok()?);
+            (a.st_dev == b.st_dev && a.st_ino == b.st_ino).then_some(q)
+        };
+        match (through(upper), through(work)) {
+            (Some(upper), Some(work)) => Some(PrivateUpper {
+                _root: root,
+                upper,
+                work,
+            }),
+            _ => {
+                log::debug!(
+                    "upper {} and work {} are not both in the mount of {}: using them as they are",
+                    upper.display(),
+                    work.display(),
+                    common.display()
+                );
+                None
+            }
+        }
+    }
 }
 
 /// The foreground parent's side: waits for the daemon to say the mount is
@@ -473,6 +568,25 @@ fn serve(
             let sig = sys::wait_termination_signal();
             log::info!("signal {sig}: unmounting {}", mountpoint.display());
             unmount(&mountpoint);
+            // The session ends by itself once the kernel tears the mount
+            // down, which it does within this unmount unless something
+            // else still holds the mount: a copy in a mount namespace made
+            // after the mount, or a busy mount's open files after the lazy
+            // unmount. Those can last forever, and with them this daemon and
+            // its locks on upper and work; the signal asks for an end. So
+            // after a grace period the process exits: closing its /dev/fuse
+            // fds makes the kernel abort the connection (the remaining
+            // copies answer ENOTCONN, as after any daemon's end), whatever
+            // holds the mount and with no privilege or fusectl needed. What
+            // was in flight is safe as after a crash: changes are staged in
+            // the work dir and renamed into place.
+            std::thread::sleep(SHUTDOWN_GRACE);
+            log::warn!(
+                "{} is still in use (open files, or another mount namespace) {}s after signal {sig}: ending the daemon; those uses now get ENOTCONN",
+                mountpoint.display(),
+                SHUTDOWN_GRACE.as_secs()
+            );
+            std::process::exit(0);
         })
         .map_err(|e| MountError(format!("cannot start the signal thread: {e}")))?;
     let result = session.run();
@@ -490,24 +604,23 @@ fn detach_stdio(o: &MountOptions) {
     };
     let _ = sys::dup2(null.as_fd(), 0);
     let _ = sys::dup2(null.as_fd(), 1);
-    let log = o
-        .extra
-        .iter()
-        .find(|(k, _)| k == "logfile")
-        .and_then(|(_, path)| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .ok()
-        });
+    let logfile = o.extra.iter().find(|(k, _)| k == "logfile").map(|(_, p)| p);
+    let log = logfile.map(|path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    });
     match log {
-        Some(f) => {
+        Some(Ok(f)) => {
             let _ = sys::dup2(f.as_fd(), 2);
         }
-        None => {
+        other => {
             let _ = sys::dup2(null.as_fd(), 2);
             crate::logging::to_syslog();
+            if let (Some(Err(e)), Some(path)) = (other, logfile) {
+                log::warn!("cannot open the log file {path}: {e}; logging to syslog");
+            }
         }
     }
     let _ = std::env::set_current_dir("/");

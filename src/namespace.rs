@@ -51,6 +51,32 @@ fn is_enoent(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ENOENT)
 }
 
+/// The OCI whiteout name of `name`: `.wh.NAME` (ENAMETOOLONG where that
+/// no longer fits in a name, as with fuse-overlayfs).
+fn oci_marker(name: &OsStr) -> io::Result<std::ffi::OsString> {
+    let mut m = std::ffi::OsString::from(".wh.");
+    m.push(name);
+    if m.len() > 255 {
+        return Err(errno(libc::ENAMETOOLONG));
+    }
+    Ok(m)
+}
+
+/// Makes the empty file `marker` in `at` (an OCI whiteout or opaque mark);
+/// one already there is as good.
+fn make_oci_marker(at: BorrowedFd<'_>, marker: &OsStr) -> io::Result<()> {
+    match sys::openat(
+        at,
+        marker,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+        0,
+    ) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl LayerFs {
     /// What is at `name` in the upper directory `pu`.
     fn upper_slot(&self, pu: &RealEntry, name: &OsStr) -> io::Result<UpperSlot> {
@@ -61,7 +87,15 @@ impl LayerFs {
             0,
         ) {
             Ok(fd) => fd,
-            Err(e) if is_enoent(&e) => return Ok(UpperSlot::Empty),
+            Err(e) if is_enoent(&e) => {
+                let up = self.upper_ctx()?;
+                if up.oci_whiteouts
+                    && sys::lstatat(pu.fd.get()?.as_fd(), &oci_marker(name)?).is_ok()
+                {
+                    return Ok(UpperSlot::Whiteout);
+                }
+                return Ok(UpperSlot::Empty);
+            }
             Err(e) => return Err(e),
         };
         let st = sys::fstat(fd.as_fd())?;
@@ -96,6 +130,9 @@ impl LayerFs {
     fn make_whiteout(&self, at: BorrowedFd<'_>, name: &OsStr, dir: &Inode) -> io::Result<()> {
         let up = self.upper_ctx()?;
         let _naming = up.renames.name_guard();
+        if up.oci_whiteouts {
+            return make_oci_marker(at, &oci_marker(name)?);
+        }
         if !up.xattr_whiteouts {
             // As kernel overlayfs does: every whiteout is a link to one shared
             // whiteout inode in the work dir, which is far cheaper than a new
@@ -151,9 +188,30 @@ impl LayerFs {
     /// directory holding only whiteouts, is then removed from the work dir.
     fn replace_with_whiteout(&self, pu: &RealEntry, name: &OsStr, dir: &Inode) -> io::Result<()> {
         let up = self.upper_ctx()?;
+        if up.oci_whiteouts {
+            // The marker first: a crash before the entry is gone leaves the
+            // entry shown (a directory as opaque), as before the change.
+            self.make_whiteout(pu.fd.get()?.as_fd(), name, dir)?;
+            return self.remove_upper(pu, name);
+        }
         let staged = Staged::new(&up.work);
         self.make_whiteout(up.work.fd(), &staged.name, dir)?;
         self.exchange_into_place(staged, pu, name)
+    }
+
+    /// Removes the whiteout at `name` in upper directory `pu` (the name is
+    /// about to be given to an object).
+    fn remove_whiteout(&self, pu: &RealEntry, name: &OsStr) -> io::Result<()> {
+        let up = self.upper_ctx()?;
+        let (at, what) = if up.oci_whiteouts {
+            (pu.fd.get()?, oci_marker(name)?)
+        } else {
+            (pu.fd.get()?, name.to_os_string())
+        };
+        match sys::unlinkat(at.as_fd(), &what, 0) {
+            Err(e) if is_enoent(&e) => Ok(()),
+            r => r,
+        }
     }
 
     /// Swaps a staged entry with `name` in upper directory `pu` in one
@@ -228,6 +286,18 @@ impl LayerFs {
                         Err(e)
                     }
                 }
+            }
+            UpperSlot::Whiteout if up.oci_whiteouts => {
+                // Made in place, then (a directory) marked opaque, then the
+                // marker goes: a crash in between leaves the new object
+                // shown (a directory beside its marker counts as opaque).
+                let fd = build(pu.fd.get()?.as_fd(), name)?;
+                let path = finish(pu.fd.get()?.as_fd(), name)?;
+                if is_dir {
+                    make_oci_marker(path.as_fd(), OsStr::from_bytes(whiteout::OCI_OPAQUE))?;
+                }
+                self.remove_whiteout(&pu, name)?;
+                Ok((fd, path))
             }
             UpperSlot::Whiteout => {
                 let staged = Staged::new(&up.work);
@@ -610,20 +680,11 @@ impl LayerFs {
         if inode.ino == ROOT_INO {
             return Ok(Vec::new());
         }
-        let (parent, name, upper) = {
+        let (parent, name) = {
             let s = inode.state.read();
-            let upper = s.reals.iter().find(|r| self.is_upper(r.layer)).cloned();
-            (s.parent, s.name.clone(), upper)
+            (s.parent, s.name.clone())
         };
-        let redirect = upper.and_then(|u| {
-            [whiteout::XattrNs::Trusted, whiteout::XattrNs::User]
-                .iter()
-                .find_map(|ns| {
-                    let f = u.fd.get().ok()?;
-                    sys::getxattr_fd(f.as_fd(), &ns.name("redirect")).ok()
-                })
-                .and_then(|v| Redirect::parse(&v))
-        });
+        let redirect = self.upper_redirect(inode);
         let parent_path = || -> io::Result<Vec<u8>> {
             let p = self.inode(parent)?;
             self.lower_path(&p)
@@ -652,6 +713,28 @@ impl LayerFs {
         })
     }
 
+    /// Whether renaming a directory with lower parts writes a redirect:
+    /// not with `redirect_dir=follow|nofollow|off`, and never in the
+    /// `user.overlay.*` namespace, as kernel overlayfs with userxattr
+    /// (anyone could forge a user.overlay.redirect). Otherwise rename(2)
+    /// answers EXDEV.
+    fn creates_redirects(&self) -> io::Result<bool> {
+        Ok(self.opts.redirect_dir.creates() && self.upper_ctx()?.ns != XattrNs::User)
+    }
+
+    /// The `overlay.redirect` on a directory's upper part, if any.
+    fn upper_redirect(&self, inode: &Inode) -> Option<Redirect> {
+        let upper = {
+            let s = inode.state.read();
+            s.reals.iter().find(|r| self.is_upper(r.layer)).cloned()
+        }?;
+        let f = upper.fd.get().ok()?;
+        [whiteout::XattrNs::Trusted, whiteout::XattrNs::User]
+            .iter()
+            .find_map(|ns| sys::getxattr_fd(f.as_fd(), &ns.name("redirect")).ok())
+            .and_then(|v| Redirect::parse(&v).ok())
+    }
+
     fn has_lower_parts(&self, inode: &Inode) -> bool {
         inode.reals().iter().any(|r| !self.is_upper(r.layer))
     }
@@ -668,17 +751,21 @@ impl LayerFs {
     ) -> io::Result<()> {
         let up = self.upper_ctx()?;
         if inode.is_dir && self.has_lower_parts(inode) {
-            if up.ns == XattrNs::User {
-                // As kernel overlayfs with userxattr: no redirects, since
-                // anyone could forge a user.overlay.redirect; rename(2)
-                // callers copy instead (mv does).
+            if !self.creates_redirects()? {
+                // rename(2) callers copy instead (mv does).
                 return Err(errno(libc::EXDEV));
             }
             // Compute before copy-up changes nothing of it, but the upper
             // part must exist to carry the xattr.
             let path = self.lower_path(inode)?;
             let top = self.copy_up(inode)?;
-            if !top.marks.redirect {
+            // An absolute redirect stays true wherever the directory goes; a
+            // relative one (kernel overlayfs writes them for renames within
+            // one directory) names an entry of the old parent's lower parts
+            // only, so it is replaced, as the kernel does.
+            let absolute = top.marks.redirect
+                && matches!(self.upper_redirect(inode), Some(Redirect::Absolute(_)));
+            if !absolute {
                 sys::setxattr_fd(top.fd.get()?.as_fd(), &up.ns.name("redirect"), &path, 0)?;
                 let mut s = inode.state.write();
                 if let Some(r) = s.reals.iter_mut().find(|r| r.layer == up.idx) {
@@ -696,7 +783,7 @@ impl LayerFs {
             // Another name of a lower hardlink set was copied up: give this
             // name the same upper inode.
             if let UpperSlot::Whiteout = self.upper_slot(&pu, name)? {
-                sys::unlinkat(pu.fd.get()?.as_fd(), name, 0)?;
+                self.remove_whiteout(&pu, name)?;
             }
             sys::link_fd(top.fd.get()?.as_fd(), pu.fd.get()?.as_fd(), name)?;
             self.adjust_nlink_delta(inode, -1)?;
@@ -710,12 +797,19 @@ impl LayerFs {
         let Some(pos) = s.reals.iter().position(|r| r.layer == up.idx) else {
             return Err(errno(libc::EIO));
         };
-        sys::setxattr_fd(
-            s.reals[pos].fd.get()?.as_fd(),
-            &up.ns.name("opaque"),
-            b"y",
-            0,
-        )?;
+        if up.oci_whiteouts {
+            make_oci_marker(
+                s.reals[pos].fd.get()?.as_fd(),
+                OsStr::from_bytes(whiteout::OCI_OPAQUE),
+            )?;
+        } else {
+            sys::setxattr_fd(
+                s.reals[pos].fd.get()?.as_fd(),
+                &up.ns.name("opaque"),
+                b"y",
+                0,
+            )?;
+        }
         s.reals[pos].marks.opaque = true;
         s.reals.truncate(pos + 1);
         inode.dir_changed();
@@ -767,7 +861,7 @@ impl LayerFs {
                 }
             }
         }
-        if self.upper_ctx()?.ns == XattrNs::User {
+        if !self.creates_redirects()? {
             // Checked before emptiness, in the kernel's order.
             let immovable = |i: &Arc<Inode>| i.is_dir && self.has_lower_parts(i);
             if immovable(&src) || (exchange && dst.as_ref().is_some_and(immovable)) {
@@ -840,6 +934,27 @@ impl LayerFs {
                 }
             };
             match slot {
+                UpperSlot::Whiteout if up.oci_whiteouts => {
+                    // Marks first, then the rename, then the target's
+                    // marker goes: at no point does a crash show more or
+                    // less than before or after.
+                    if src_lower {
+                        self.make_whiteout(sfd.as_fd(), name, &sdir)?;
+                    }
+                    if src.is_dir && !self.has_lower_parts(&src) {
+                        let top = src.top();
+                        make_oci_marker(
+                            top.fd.get()?.as_fd(),
+                            OsStr::from_bytes(whiteout::OCI_OPAQUE),
+                        )?;
+                    }
+                    sys::renameat2(sfd.as_fd(), name, dfd.as_fd(), newname, 0)?;
+                    self.remove_whiteout(&dpu, newname)?;
+                }
+                _ if src_lower && up.oci_whiteouts => {
+                    self.make_whiteout(sfd.as_fd(), name, &sdir)?;
+                    rename()?;
+                }
                 UpperSlot::Whiteout => {
                     // As kernel overlayfs: exchange with the whiteout (a
                     // directory cannot replace a device node), which then

@@ -43,12 +43,17 @@ pub struct FsOptions {
     pub metacopy: bool,
     /// Try FUSE passthrough for regular files.
     pub passthrough: bool,
+    /// Do without the kernel's writeback cache (`writeback=0`).
+    pub no_writeback: bool,
     /// Ids shown to the kernel versus ids stored (applied in `fs`).
     pub ids: crate::idmap::IdMapping,
     /// Whiteouts as xattr-marked files (kernel 6.7+ reads them) instead of
     /// char 0/0 devices, for uppers that will be used where device nodes
     /// cannot be made; fuse-overlayfs' FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT.
     pub xattr_whiteouts: bool,
+    /// `redirect_dir=`: whether directory renames write redirects and
+    /// lookups follow them.
+    pub redirect_dir: crate::options::RedirectDir,
 }
 
 impl Default for FsOptions {
@@ -59,8 +64,10 @@ impl Default for FsOptions {
             read_only: false,
             metacopy: false,
             passthrough: true,
+            no_writeback: false,
             ids: Default::default(),
             xattr_whiteouts: false,
+            redirect_dir: Default::default(),
         }
     }
 }
@@ -77,6 +84,9 @@ pub struct UpperCtx {
     pub xattr_whiteouts: bool,
     /// Renames, with the fallbacks the upper's filesystem needs.
     pub renames: crate::features::UpperRenames,
+    /// Whiteouts and opaque marks as OCI `.wh.` files (an upper with no
+    /// xattrs: `Features::oci_format`).
+    pub oci_whiteouts: bool,
 }
 
 /// An open regular file.
@@ -159,6 +169,9 @@ pub struct LayerFs {
     handle_roots: Vec<Option<Arc<OwnedFd>>>,
     /// Whether upper files can be reopened by file handle (see `RealFd`).
     upper_handles: bool,
+    /// Past this fd number, new directory inodes hold file handles rather
+    /// than fds (see `dir_ref`): three quarters of the open-file limit.
+    fd_pressure: u64,
     /// Numbers of upper objects whose number is not their own identity:
     /// copy-ups (which keep the origin's number) and renumbered objects.
     numbers: DashMap<(u64, u64), u64>,
@@ -182,8 +195,15 @@ impl LayerFs {
                 fd: fd.into(),
                 marks,
             });
+            // Handles of a FUSE filesystem name the kernel's node ids, which
+            // change from mount to mount: no origin is recorded or followed
+            // there (a stale one could name another file).
             let rd = sys::reopen(layer.root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
                 .ok()
+                .filter(|f| {
+                    sys::fstatfs_type(f.as_fd())
+                        .is_ok_and(|t| t != crate::features::FUSE_SUPER_MAGIC)
+                })
                 .map(Arc::new);
             uuids.push(
                 rd.as_ref()
@@ -203,7 +223,9 @@ impl LayerFs {
                 idx,
                 ns: work.xattr_ns(),
                 renames: crate::features::UpperRenames::new(*work.features()),
-                xattr_whiteouts: opts.xattr_whiteouts || !work.features().whiteout_mknod,
+                xattr_whiteouts: !work.features().oci_format()
+                    && (opts.xattr_whiteouts || !work.features().whiteout_mknod),
+                oci_whiteouts: work.features().oci_format(),
                 work,
                 fsync: opts.fsync,
             }),
@@ -234,6 +256,7 @@ impl LayerFs {
             uuids,
             handle_roots,
             upper_handles,
+            fd_pressure: sys::nofile_limit().map_or(768, |n| n / 4 * 3),
             numbers: DashMap::new(),
             files: DashMap::new(),
             next_fh: AtomicU64::new(1),
@@ -260,7 +283,13 @@ impl LayerFs {
     /// How an inode keeps hold of an upper object: a file handle for a
     /// non-directory where possible, else the fd itself.
     pub(crate) fn upper_ref(&self, fd: OwnedFd, is_dir: bool) -> RealFd {
-        if !is_dir && self.upper_handles {
+        if is_dir {
+            return match &self.upper {
+                Some(u) if self.upper_handles => self.dir_ref(u.idx, fd),
+                _ => fd.into(),
+            };
+        }
+        if self.upper_handles {
             if let (Some(u), Ok(handle)) = (&self.upper, sys::name_to_handle(fd.as_fd())) {
                 if let Some(root) = &self.handle_roots[u.idx.0] {
                     return RealFd::Handle {
@@ -271,6 +300,33 @@ impl LayerFs {
             }
         }
         fd.into()
+    }
+
+    /// How an inode keeps hold of a directory of layer `idx`: its fd,
+    /// unless the daemon's open files near their limit (a path thousands
+    /// of directories deep keeps every level alive in the kernel, each
+    /// holding one fd per layer it has parts in): then by file handle
+    /// where the layer's filesystem has lasting ones, reopened at each use.
+    /// fds are handed out lowest first, so `fd`'s number is about how many
+    /// are open.
+    fn dir_ref(&self, idx: LayerIdx, fd: OwnedFd) -> RealFd {
+        use std::os::fd::AsRawFd;
+        if (fd.as_raw_fd() as u64) < self.fd_pressure {
+            return fd.into();
+        }
+        match (self.handle_root(idx), sys::name_to_handle(fd.as_fd())) {
+            (Some(root), Ok(handle)) => RealFd::Handle {
+                root: Arc::clone(root),
+                handle: Arc::new(handle),
+            },
+            _ => fd.into(),
+        }
+    }
+
+    /// The fd to open file handles of layer `idx` with, where its
+    /// filesystem's handles last.
+    pub(crate) fn handle_root(&self, idx: LayerIdx) -> Option<&Arc<OwnedFd>> {
+        self.handle_roots[idx.0].as_ref()
     }
 
     pub(crate) fn layer_uuid(&self, idx: LayerIdx) -> [u8; 16] {
@@ -348,12 +404,50 @@ impl LayerFs {
             };
             if let Ok(found) = sys::open_by_handle(root.as_fd(), &o.handle) {
                 let st = sys::fstat(found.as_fd()).ok()?;
-                if st.st_nlink > 0 {
+                // As the kernel's `ovl_acceptable`: a directory origin
+                // must lie inside the layer (a handle decodes anything on
+                // the filesystem); a non-directory is used only for its
+                // number, which the kernel takes wherever it lies.
+                let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                if st.st_nlink > 0 && (!is_dir || self.dir_in_layer(&found, idx)) {
                     return Some(found);
                 }
             }
         }
         None
+    }
+
+    /// Whether directory `fd` is layer `idx`'s root or below it, found by
+    /// walking `..` up to the layer root or the filesystem's root.
+    fn dir_in_layer(&self, fd: &OwnedFd, idx: LayerIdx) -> bool {
+        let Ok(root) = sys::fstat(self.layers.root_fd(idx)) else {
+            return false;
+        };
+        let Ok(mut cur) = sys::reopen(fd.as_fd(), libc::O_PATH | libc::O_DIRECTORY) else {
+            return false;
+        };
+        // Bounded: a directory tree is finite, but a bound costs nothing.
+        for _ in 0..1_000_000 {
+            let Ok(st) = sys::fstat(cur.as_fd()) else {
+                return false;
+            };
+            if st.st_dev == root.st_dev && st.st_ino == root.st_ino {
+                return true;
+            }
+            let Ok(up) = sys::openat(
+                cur.as_fd(),
+                OsStr::new(".."),
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+            ) else {
+                return false;
+            };
+            match sys::fstat(up.as_fd()) {
+                Ok(ust) if ust.st_dev == st.st_dev && ust.st_ino != st.st_ino => cur = up,
+                _ => return false,
+            }
+        }
+        false
     }
 
     pub(crate) fn attr_of(&self, inode: &Inode) -> io::Result<FileAttr> {
@@ -377,11 +471,6 @@ impl LayerFs {
             inode.nlink_delta(),
             data_st.as_ref(),
         ))
-    }
-
-    /// The bottom layer: where an origin found by handle is said to live.
-    fn lowest_layer(&self) -> LayerIdx {
-        LayerIdx(self.layers.len() - 1)
     }
 
     /// The index entry of a lower file with several names, if its set was
@@ -449,6 +538,28 @@ impl LayerFs {
         })
     }
 
+    /// The data of a metacopy file renamed by kernel overlayfs, which
+    /// records the file's lower path as an absolute `overlay.redirect`.
+    fn find_lowerdata_at(&self, path: &[Vec<u8>]) -> io::Result<Option<Hit>> {
+        let lowers: Vec<LayerIdx> = self
+            .layers
+            .iter()
+            .map(|(idx, _)| idx)
+            .filter(|idx| !self.is_upper(*idx))
+            .collect();
+        for (i, idx) in lowers.iter().enumerate() {
+            let mut path = path.to_vec();
+            match self.probe_path(*idx, &mut path, i + 1 < lowers.len())?.0 {
+                Probe::Absent => continue,
+                Probe::NonDir(h) if h.st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                    return Ok(Some(h))
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
     // ---- lookup -------------------------------------------------------
 
     /// Looks `name` up in directory `parent`; on success the returned inode
@@ -498,18 +609,20 @@ impl LayerFs {
                     origin_id = Some((st.st_dev, st.st_ino));
                 }
                 if info.metacopy {
-                    let data = match info.origin {
-                        Some(fd) => Some(Hit {
-                            layer: self.lowest_layer(),
-                            st: sys::fstat(fd.as_fd())?,
-                            fd,
-                            marks: DirMarks::default(),
-                            at: None,
-                        }),
-                        None => self.find_lowerdata(&dir, name)?,
+                    // The data is found by path, as kernel overlayfs finds
+                    // it, never through the origin handle: a forged handle
+                    // could name any file of the lower's filesystem, the
+                    // host's included.
+                    let data = match read_redirect(&hits[0].fd) {
+                        Some(Ok(Redirect::Absolute(path))) => self.find_lowerdata_at(&path)?,
+                        _ => self.find_lowerdata(&dir, name)?,
                     };
                     // A metacopy whose data cannot be found cannot be read.
-                    hits.push(data.ok_or_else(|| errno(libc::EIO))?);
+                    let data = data.ok_or_else(|| errno(libc::EIO))?;
+                    // Its number is its data's, as in the kernel, whatever
+                    // its origin says.
+                    origin_id = Some((data.st.st_dev, data.st.st_ino));
+                    hits.push(data);
                 }
             }
         }
@@ -524,7 +637,16 @@ impl LayerFs {
         };
         // A number still held by the kernel for an unlinked object (whose
         // inode number the filesystem has since reused) must not be shared.
-        if self.inodes.get(number).is_some_and(|i| i.is_unlinked()) {
+        //
+        // Nor may two distinct objects share one: a number taken from an
+        // `overlay.origin` (forged, or naming a lower file that another
+        // name still shows) would otherwise make this lookup return the
+        // live inode of the other object, with its content.
+        if self
+            .inodes
+            .get(number)
+            .is_some_and(|i| i.is_unlinked() || !is_same_object(&i, top))
+        {
             number = self.inodes.fresh_number();
             self.remember_number(top.st_dev, top.st_ino, number);
         }
@@ -540,6 +662,7 @@ impl LayerFs {
                     fd: match h.at {
                         Some((dir, name)) if !self.is_upper(h.layer) => RealFd::At { dir, name },
                         _ if self.is_upper(h.layer) => self.upper_ref(h.fd, is_dir),
+                        _ if is_dir => self.dir_ref(h.layer, h.fd),
                         _ => h.fd.into(),
                     },
                     marks: h.marks,
@@ -582,6 +705,11 @@ impl LayerFs {
     /// `clean`: bit i set when layer i's part of the directory is known to
     /// hold no OCI markers (an upper written by fuse-overlayfs may hold
     /// them, so the upper is no exception).
+    ///
+    /// Redirects are followed as kernel overlayfs' `ovl_lookup` does, layer
+    /// by layer: the name (or path) looked up in a layer is the one the
+    /// layers above left, changed by any redirect met in this layer, on the
+    /// entry itself or, for an absolute path, on a directory on the way.
     fn resolve_masked(
         &self,
         reals: &[RealEntry],
@@ -590,19 +718,26 @@ impl LayerFs {
         mut layers: u128,
     ) -> io::Result<Resolved<Hit>> {
         let n = reals.len();
+        let follow = self.opts.redirect_dir.follows();
         let mut pos = 0;
         let mut cur_name: Vec<u8> = name.as_bytes().to_vec();
         // With an absolute redirect: the path, and the next layer to probe.
         let mut absolute: Option<(Vec<Vec<u8>>, usize)> = None;
         let probes = std::iter::from_fn(|| -> Option<io::Result<Probe<Hit>>> {
-            let result = if let Some((path, next)) = absolute.as_mut() {
+            // `stop`: an opaque directory on the way of an absolute path
+            // ends the merge in this layer (unless an absolute redirect
+            // further on starts it again).
+            let (result, more, mut stop) = if let Some((path, next)) = absolute.as_mut() {
                 if *next >= self.layers.len() {
                     return None;
                 }
                 let idx = LayerIdx(*next);
                 *next += 1;
                 let more = *next < self.layers.len();
-                self.probe_path(idx, path, more)
+                match self.probe_path(idx, path, more) {
+                    Ok((probe, stop)) => (Ok(probe), more, stop),
+                    Err(e) => (Err(e), more, false),
+                }
             } else {
                 if pos >= n {
                     return None;
@@ -614,54 +749,111 @@ impl LayerFs {
                     return Some(Ok(Probe::Absent));
                 }
                 let known_clean = r.layer.0 < 64 && clean & (1 << r.layer.0) != 0;
-                probe_layer_with(r, OsStr::from_bytes(&cur_name), pos < n, !known_clean)
+                if let Err(e) = whiteout::check_redirect_name(&cur_name) {
+                    return Some(Err(e));
+                }
+                let name = OsStr::from_bytes(&cur_name);
+                (
+                    probe_layer_with(r, name, pos < n, !known_clean),
+                    pos < n,
+                    false,
+                )
             };
+            // As the kernel: a redirect matters (and a malformed one is an
+            // error) only above the bottom layer of the stack (not of the
+            // parent: an absolute one restarts from the roots).
             if let Ok(Probe::Dir(hit, false)) = &result {
-                if hit.marks.redirect {
+                let redirect = hit.marks.redirect && hit.layer.0 + 1 < self.layers.len();
+                if redirect && !follow {
+                    // redirect_dir=nofollow: kernel overlayfs refuses the
+                    // lookup when the parent has layers below this one,
+                    // rather than show the directory without the lower
+                    // parts its redirect names.
+                    if more {
+                        log::warn!(
+                            "refusing to follow the redirect of {:?} (redirect_dir=nofollow)",
+                            name
+                        );
+                        return Some(Err(errno(libc::EPERM)));
+                    }
+                } else if redirect {
                     // The name changes below: the listing says nothing.
                     layers = ALL_LAYERS;
-                    match self.read_redirect(hit) {
-                        Some(Redirect::Relative(new)) => cur_name = new,
-                        Some(Redirect::Absolute(path)) => {
+                    match read_redirect(&hit.fd) {
+                        Some(Ok(Redirect::Relative(new))) => match absolute.as_mut() {
+                            // It renames the last component of the path.
+                            Some((path, _)) => {
+                                if let Some(last) = path.last_mut() {
+                                    *last = new;
+                                }
+                            }
+                            None => cur_name = new,
+                        },
+                        Some(Ok(Redirect::Absolute(path))) => {
                             absolute = Some((path, hit.layer.0 + 1));
+                            stop = false;
                         }
+                        Some(Err(e)) => return Some(Err(e)),
                         None => {}
                     }
                 }
             }
-            Some(result)
+            Some(match result {
+                Ok(Probe::Dir(hit, _)) if stop => Ok(Probe::Dir(hit, true)),
+                Ok(Probe::Absent) if stop => Ok(Probe::Whiteout),
+                other => other,
+            })
         });
         lookup::resolve(probes)
     }
 
-    fn read_redirect(&self, hit: &Hit) -> Option<Redirect> {
-        for ns in [XattrNs::Trusted, XattrNs::User] {
-            if let Ok(v) = sys::getxattr_fd(hit.fd.as_fd(), &ns.name("redirect")) {
-                return Redirect::parse(&v);
-            }
+    /// Probes an absolute path from the root of one layer. A missing
+    /// component is absence; a whiteout or non-directory on the way hides
+    /// the path in this and every lower layer. A redirect on a directory on
+    /// the way is applied to `path` for the layers below (`/a/moved/x` with
+    /// `a/moved` redirected to `/a/orig` is `/a/orig/x` there), while the
+    /// walk goes on in this layer's directory, as the kernel's
+    /// `ovl_lookup_layer` does. Also returns whether an opaque directory
+    /// on the way ends the merge in this layer.
+    fn probe_path(
+        &self,
+        idx: LayerIdx,
+        path: &mut Vec<Vec<u8>>,
+        more: bool,
+    ) -> io::Result<(Probe<Hit>, bool)> {
+        if path.is_empty() {
+            return Ok((Probe::Absent, false));
         }
-        None
-    }
-
-    /// Probes a path from the root of one layer (absolute redirects). A
-    /// missing component is absence; a whiteout or non-directory on the way
-    /// hides the path in this and every lower layer.
-    fn probe_path(&self, idx: LayerIdx, path: &[Vec<u8>], more: bool) -> io::Result<Probe<Hit>> {
-        let Some((last, dirs)) = path.split_last() else {
-            return Ok(Probe::Absent);
-        };
         let mut cur = RealEntry {
             layer: idx,
             fd: sys::openat(self.layers.root_fd(idx), OsStr::new("."), libc::O_PATH, 0)?.into(),
             marks: DirMarks::default(),
         };
-        let mut opaque_on_the_way = false;
-        for comp in dirs {
-            match probe_layer(&cur, OsStr::from_bytes(comp), true)? {
-                Probe::Absent => return Ok(Probe::Absent),
-                Probe::Whiteout | Probe::NonDir(_) => return Ok(Probe::Whiteout),
+        let mut stop = false;
+        let mut i = 0;
+        // Ends: each step leaves one component fewer to walk after `i`
+        // (a redirect replaces only the components walked so far).
+        while i + 1 < path.len() {
+            whiteout::check_redirect_name(&path[i])?;
+            match probe_layer(&cur, OsStr::from_bytes(&path[i]), true)? {
+                Probe::Absent => return Ok((Probe::Absent, stop)),
+                Probe::Whiteout | Probe::NonDir(_) => return Ok((Probe::Whiteout, false)),
                 Probe::Dir(hit, opaque) => {
-                    opaque_on_the_way |= opaque;
+                    if opaque {
+                        stop = true;
+                    } else if hit.marks.redirect && self.opts.redirect_dir.follows() {
+                        match read_redirect(&hit.fd).transpose()? {
+                            Some(Redirect::Relative(new)) => path[i] = new,
+                            Some(Redirect::Absolute(mut prefix)) if !prefix.is_empty() => {
+                                let rest = path.split_off(i + 1);
+                                i = prefix.len() - 1;
+                                prefix.extend(rest);
+                                *path = prefix;
+                                stop = false;
+                            }
+                            _ => {}
+                        }
+                    }
                     cur = RealEntry {
                         layer: idx,
                         fd: hit.fd.into(),
@@ -669,11 +861,11 @@ impl LayerFs {
                     };
                 }
             }
+            i += 1;
         }
-        Ok(match probe_layer(&cur, OsStr::from_bytes(last), more)? {
-            Probe::Dir(hit, opaque) => Probe::Dir(hit, opaque || opaque_on_the_way),
-            other => other,
-        })
+        let last = &path[path.len() - 1];
+        whiteout::check_redirect_name(last)?;
+        Ok((probe_layer(&cur, OsStr::from_bytes(last), more)?, stop))
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
@@ -908,7 +1100,10 @@ impl LayerFs {
         let mut clean = 0u64;
         for r in reals {
             let (entries, markers) = self.list_layer_dir(r)?;
-            if !markers && r.layer.0 < 64 {
+            // An OCI-format upper gains markers as names are deleted.
+            let oci_upper =
+                self.is_upper(r.layer) && self.upper.as_ref().is_some_and(|u| u.oci_whiteouts);
+            if !markers && !oci_upper && r.layer.0 < 64 {
                 clean |= 1 << r.layer.0;
             }
             listings.push(entries);
@@ -1074,6 +1269,28 @@ fn global_layers(present: u64, reals: &[RealEntry]) -> u128 {
     mask
 }
 
+/// Whether a live inode's top real object is the file `st` describes
+/// (when it cannot be told, it is assumed to be: a failed check must not
+/// split one object in two).
+fn is_same_object(inode: &Inode, st: &Stat) -> bool {
+    let same = || {
+        let top = inode.state.read().reals[0].fd.clone();
+        match top.get().and_then(|fd| sys::fstat(fd.as_fd())) {
+            Ok(have) => have.st_dev == st.st_dev && have.st_ino == st.st_ino,
+            Err(_) => true,
+        }
+    };
+    if same() {
+        return true;
+    }
+    // A copy-up of that inode may have just renamed its copy into place
+    // (found by this lookup) without having switched the inode's top to it
+    // yet: wait for it to finish, then compare again. No lookup runs under
+    // a copy lock, so this cannot wait on itself.
+    let _settled = inode.copy_lock.lock();
+    same()
+}
+
 /// What an upper file's overlay xattrs say.
 #[derive(Default)]
 struct UpperFileInfo {
@@ -1088,10 +1305,13 @@ struct UpperFileInfo {
 /// link count relative to the upper (U) or lower (L) inode's. Returned as a
 /// delta to the upper count; an "L" value, written by kernel overlayfs with
 /// the lower count as base, cannot be turned into one here and is ignored.
-fn parse_nlink(v: &[u8], _upper_nlink: i64) -> Option<i64> {
+fn parse_nlink(v: &[u8], upper_nlink: i64) -> Option<i64> {
     let s = std::str::from_utf8(v).ok()?;
     let rest = s.strip_prefix('U')?;
-    rest.parse::<i64>().ok()
+    // The kernel reads the delta as an int (kstrtoint) and ignores a value
+    // out of range or one giving a count below 1.
+    let delta = rest.trim_end_matches('\n').parse::<i32>().ok()? as i64;
+    (upper_nlink + delta > 0 && upper_nlink + delta <= u32::MAX as i64).then_some(delta)
 }
 
 /// Attributes of a merged object from its top real file: `merged_dir`
@@ -1107,7 +1327,7 @@ fn compose_attr(
 ) -> FileAttr {
     let mut a = attr::from_stat(st, number, merged_dir);
     if let Some(d) = delta {
-        a.nlink = (a.nlink as i64 + d).max(1) as u32;
+        a.nlink = (a.nlink as i64 + d).clamp(1, u32::MAX as i64) as u32;
     }
     if let Some(data) = data {
         a.blocks = data.st_blocks as u64;
@@ -1216,6 +1436,25 @@ fn oci_sibling_exists(r: &RealEntry, name: &[u8]) -> io::Result<bool> {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// A directory's `overlay.redirect`, in either namespace (None when absent
+/// or malformed).
+/// The `overlay.redirect` of a layer directory: None without one, EINVAL
+/// for a malformed value (kernel overlayfs fails the lookup so too).
+fn read_redirect(fd: &OwnedFd) -> Option<io::Result<Redirect>> {
+    for ns in [XattrNs::Trusted, XattrNs::User] {
+        if let Ok(v) = sys::getxattr_fd(fd.as_fd(), &ns.name("redirect")) {
+            return Some(Redirect::parse(&v).map_err(|e| {
+                log::warn!(
+                    "invalid overlay.redirect {:?}: {e}",
+                    String::from_utf8_lossy(&v[..v.len().min(100)])
+                );
+                e
+            }));
+        }
+    }
+    None
 }
 
 /// Reads a directory's overlay marks (opaque y/x, redirect) in either

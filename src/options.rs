@@ -41,6 +41,9 @@ pub struct MountOptions {
     pub no_fsync: bool,
     /// `metacopy=on`: chmod/chown/utimens/xattr changes copy metadata only.
     pub metacopy: bool,
+    /// `writeback=0`: no kernel writeback cache where passthrough is not
+    /// used (fuse-overlayfs' option; on by default).
+    pub no_writeback: bool,
     /// `passthrough=off`: serve file data through the daemon even where the
     /// kernel could pass it through.
     pub no_passthrough: bool,
@@ -72,8 +75,59 @@ pub struct MountOptions {
     /// `userxattr`: write `user.overlay.*` xattrs, as kernel overlayfs
     /// does with this option (and as layerfs does anyway without root).
     pub userxattr: bool,
+    /// `redirect_dir=`, when given (`None`: the default, `on`).
+    pub redirect_dir: Option<RedirectDir>,
     /// Other options with a value that a later step reads (`logfile=`).
     pub extra: Vec<(String, String)>,
+}
+
+/// `redirect_dir=`: whether renaming a directory that has lower parts
+/// writes `overlay.redirect` (else rename(2) answers EXDEV and tools copy),
+/// and whether the redirects found in the layers are followed. The meanings
+/// are kernel overlayfs' (Documentation/filesystems/overlayfs.rst).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RedirectDir {
+    /// Create and follow (layerfs' default).
+    #[default]
+    On,
+    /// Follow, never create. `off` means this too: the kernel's `off` is
+    /// `follow` when its `redirect_always_follow` module parameter is set,
+    /// which is its default build (CONFIG_OVERLAY_FS_REDIRECT_ALWAYS_FOLLOW).
+    Follow,
+    /// Neither create nor follow: a lookup meeting a redirect with layers
+    /// below it fails with EPERM, as in the kernel.
+    NoFollow,
+}
+
+impl RedirectDir {
+    pub fn parse(v: &str) -> Result<RedirectDir, OptionError> {
+        match v {
+            "on" => Ok(RedirectDir::On),
+            "follow" | "off" => Ok(RedirectDir::Follow),
+            "nofollow" => Ok(RedirectDir::NoFollow),
+            _ => err(format!(
+                "redirect_dir={v}: bad value (expected on, follow, nofollow or off)"
+            )),
+        }
+    }
+
+    /// Renaming a directory with lower parts writes a redirect.
+    pub fn creates(self) -> bool {
+        self == RedirectDir::On
+    }
+
+    /// Redirects found in the layers are followed.
+    pub fn follows(self) -> bool {
+        self != RedirectDir::NoFollow
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            RedirectDir::On => "on",
+            RedirectDir::Follow => "follow",
+            RedirectDir::NoFollow => "nofollow",
+        }
+    }
 }
 
 /// Options with a value that a later step reads.
@@ -109,14 +163,12 @@ const IGNORED: &[&str] = &[
     "rootcontext",
     "xino",
     "ino32_t",
-    "redirect_dir",
     "index",
     "nfs_export",
     "fast_ino",
     "static_nlink",
     "noacl",
     "xattr_permissions",
-    "writeback",
     "noxattrs",
     "plugins",
     "comment",
@@ -199,7 +251,42 @@ impl MountOptions {
                 o.apply(item)?;
             }
         }
+        o.check_conflicts()?;
         Ok(o)
+    }
+
+    /// The `redirect_dir` mode in force.
+    pub fn redirect_mode(&self) -> RedirectDir {
+        self.redirect_dir.unwrap_or_default()
+    }
+
+    /// Combinations kernel overlayfs refuses, refused with its reasons.
+    fn check_conflicts(&self) -> Result<(), OptionError> {
+        let Some(mode) = self.redirect_dir else {
+            return Ok(());
+        };
+        if self.userxattr && mode != RedirectDir::NoFollow {
+            // Anyone may write user.overlay.redirect: the kernel neither
+            // creates nor follows redirects with userxattr.
+            return err(format!(
+                "conflicting options: userxattr,redirect_dir={} (userxattr allows only redirect_dir=nofollow)",
+                mode.name()
+            ));
+        }
+        // A metacopy file renamed needs a redirect to find its data; the
+        // kernel accepts `follow` only on a read-only stack.
+        let refused = match mode {
+            RedirectDir::On => false,
+            RedirectDir::Follow => self.upperdir.is_some(),
+            RedirectDir::NoFollow => true,
+        };
+        if self.metacopy && refused {
+            return err(format!(
+                "conflicting options: metacopy=on,redirect_dir={} (metacopy needs redirect_dir=on)",
+                mode.name()
+            ));
+        }
+        Ok(())
     }
 
     /// The id translation these options ask for.
@@ -264,6 +351,7 @@ impl MountOptions {
             "volatile" => self.no_fsync = true,
             "metacopy" => self.metacopy = parse_bool(name, value)?,
             "passthrough" => self.no_passthrough = !parse_bool(name, value)?,
+            "writeback" => self.no_writeback = !parse_bool(name, value)?,
             "debug" => self.debug = true,
             "ro" => self.read_only = true,
             "allow_other" => self.allow_other = true,
@@ -306,6 +394,9 @@ impl MountOptions {
             }
             "squash_to_root" => self.squash_to_root = true,
             "userxattr" => self.userxattr = true,
+            "redirect_dir" => {
+                self.redirect_dir = Some(RedirectDir::parse(value.unwrap_or_default())?)
+            }
             "fsname" => self.fsname = Some(need("NAME")?),
             "subtype" => self.subtype = Some(need("NAME")?),
             n if KEPT.contains(&n) => self.extra.push((n.to_string(), need("VALUE")?)),
@@ -376,6 +467,47 @@ mod tests {
         );
         assert!(MountOptions::parse(&["fsync=maybe"]).is_err());
         assert!(MountOptions::parse(&["fsync=0"]).unwrap().no_fsync);
+        assert!(MountOptions::parse(&["writeback=0"]).unwrap().no_writeback);
+        assert!(!MountOptions::parse(&["writeback=1"]).unwrap().no_writeback);
+    }
+
+    #[test]
+    fn redirect_dir_modes() {
+        let mode = |s: &str| MountOptions::parse(&[s]).map(|o| o.redirect_mode());
+        assert_eq!(mode("lowerdir=/a"), Ok(RedirectDir::On), "default");
+        assert_eq!(mode("redirect_dir=on"), Ok(RedirectDir::On));
+        assert_eq!(mode("redirect_dir=follow"), Ok(RedirectDir::Follow));
+        assert_eq!(mode("redirect_dir=off"), Ok(RedirectDir::Follow));
+        assert_eq!(mode("redirect_dir=nofollow"), Ok(RedirectDir::NoFollow));
+        for bad in [
+            "redirect_dir=ON",
+            "redirect_dir=",
+            "redirect_dir",
+            "redirect_dir=1",
+        ] {
+            let e = mode(bad).unwrap_err();
+            assert!(
+                e.0.contains("redirect_dir=") && e.0.contains("nofollow"),
+                "{e}"
+            );
+        }
+        assert!(!RedirectDir::Follow.creates() && RedirectDir::Follow.follows());
+        assert!(!RedirectDir::NoFollow.creates() && !RedirectDir::NoFollow.follows());
+        assert!(RedirectDir::On.creates() && RedirectDir::On.follows());
+    }
+
+    #[test]
+    fn redirect_dir_conflicts_as_in_the_kernel() {
+        let ok = |s: &str| MountOptions::parse(&[s]).is_ok();
+        assert!(!ok("userxattr,redirect_dir=on"));
+        assert!(!ok("userxattr,redirect_dir=off"));
+        assert!(ok("userxattr,redirect_dir=nofollow"));
+        assert!(ok("userxattr"));
+        assert!(!ok("upperdir=/u,metacopy=on,redirect_dir=follow"));
+        assert!(ok("metacopy=on,redirect_dir=follow"), "read-only stack");
+        assert!(!ok("metacopy=on,redirect_dir=nofollow"));
+        assert!(ok("upperdir=/u,metacopy=on,redirect_dir=on"));
+        assert!(ok("upperdir=/u,metacopy=on"));
     }
 
     #[test]

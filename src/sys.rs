@@ -306,6 +306,15 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// The open-file limit (soft) of this process.
+pub fn nofile_limit() -> io::Result<u64> {
+    let mut lim = MaybeUninit::<libc::rlimit>::uninit();
+    // SAFETY: valid out-pointer.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) })?;
+    // SAFETY: getrlimit succeeded.
+    Ok(unsafe { lim.assume_init() }.rlim_cur)
+}
+
 /// The outcome of `fork()` for the caller.
 pub enum Forked {
     Parent { child: libc::pid_t },
@@ -386,6 +395,63 @@ pub fn umount(path: &Path, flags: i32) -> io::Result<()> {
     // SAFETY: valid C string.
     cvt(unsafe { libc::umount2(c.as_ptr(), flags) })?;
     Ok(())
+}
+
+/// A detached, private copy of the mount at `path` (and of the mounts below
+/// it if `recursive`), as an O_PATH fd of its root: `open_tree` with
+/// `OPEN_TREE_CLONE`, then `mount_setattr` to stop mount events propagating
+/// into or out of it.
+/// Files opened through it pin the copy, not the mounts the admin sees,
+/// which can then be unmounted while the copy lives on (the superblock is
+/// shared); the copy goes away with its last open file. Needs
+/// CAP_SYS_ADMIN in the mount namespace's user namespace.
+pub fn clone_mount_tree(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
+    // libc's MS_PRIVATE is a c_ulong; mount_attr wants a u64 on every arch.
+    const MS_PRIVATE: u64 = 1 << 18;
+    /// `struct mount_attr` (MOUNT_ATTR_SIZE_VER0).
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let c = cstr(path.as_os_str())?;
+    let mut flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: valid C string; open_tree returns a new fd or -1.
+    let ret = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the fd was just returned to us and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(ret as RawFd) };
+    let attr = MountAttr {
+        attr_set: 0,
+        attr_clr: 0,
+        propagation: MS_PRIVATE,
+        userns_fd: 0,
+    };
+    // SAFETY: the fd is valid, the path is a static empty C string and attr
+    // is a live struct of the size passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
 /// `mount(2)`.
@@ -814,6 +880,15 @@ pub fn ofd_setlk(fd: BorrowedFd<'_>, kind: i32) -> io::Result<()> {
     // SAFETY: `fl` is a valid flock that outlives the call.
     cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) })?;
     Ok(())
+}
+
+/// Whether this process runs in the initial user namespace (where root
+/// holds the capabilities FUSE passthrough needs), not in a container's.
+pub fn in_initial_user_ns() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| {
+        let f: Vec<&str> = m.split_whitespace().collect();
+        f == ["0", "0", "4294967295"]
+    })
 }
 
 /// This machine's host name, for lock holder notes.

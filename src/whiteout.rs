@@ -12,6 +12,8 @@
 //! The markers themselves are never shown at the mountpoint, and neither are
 //! the private `trusted.overlay.*` / `user.overlay.*` xattrs.
 
+use std::io;
+
 use crate::sys::Stat;
 
 /// Prefix of an OCI whiteout file name.
@@ -159,44 +161,74 @@ pub enum Redirect {
 }
 
 impl Redirect {
-    pub fn parse(value: &[u8]) -> Option<Redirect> {
-        if value.is_empty() || value.contains(&0) {
-            return None;
+    /// Parses a value with the kernel's rules (`ovl_get_redirect_xattr`):
+    /// the value is a C string (it ends at the first NUL); an empty value,
+    /// a relative one with a `/`, and an absolute one with an empty
+    /// component are invalid (EINVAL). `.`, `..` and empty names pass
+    /// here and fail where they are looked up, with EACCES, as they do in
+    /// the kernel (see [`check_redirect_name`]).
+    pub fn parse(value: &[u8]) -> io::Result<Redirect> {
+        let einval = || io::Error::from_raw_os_error(libc::EINVAL);
+        if value.is_empty() {
+            return Err(einval());
         }
-        if value[0] == b'/' {
-            let comps: Vec<Vec<u8>> = value
-                .split(|&b| b == b'/')
-                .filter(|c| !c.is_empty())
-                .map(|c| c.to_vec())
-                .collect();
-            if comps.is_empty() || comps.iter().any(|c| c == b"." || c == b"..") {
-                return None;
+        let value = value.split(|&b| b == 0).next().unwrap_or_default();
+        if let Some(rest) = value.strip_prefix(b"/") {
+            let comps: Vec<Vec<u8>> = rest.split(|&b| b == b'/').map(|c| c.to_vec()).collect();
+            if comps.iter().any(|c| c.is_empty()) {
+                return Err(einval());
             }
-            Some(Redirect::Absolute(comps))
-        } else if value.contains(&b'/') || value == b"." || value == b".." {
-            None
+            Ok(Redirect::Absolute(comps))
+        } else if value.contains(&b'/') {
+            Err(einval())
         } else {
-            Some(Redirect::Relative(value.to_vec()))
+            Ok(Redirect::Relative(value.to_vec()))
         }
     }
+}
+
+/// A name taken from a redirect, before it is looked up in a layer: the
+/// kernel's `lookup_one` refuses an empty name, `.` and `..` with EACCES,
+/// which keeps a redirect from climbing out of the layer.
+pub fn check_redirect_name(name: &[u8]) -> io::Result<()> {
+    if name.is_empty() || name == b"." || name == b".." {
+        return Err(io::Error::from_raw_os_error(libc::EACCES));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn redirects() {
+        let ok = |v: &[u8]| Redirect::parse(v).ok();
+        let errno = |v: &[u8]| Redirect::parse(v).err().and_then(|e| e.raw_os_error());
         assert_eq!(
-            Redirect::parse(b"/a/b"),
+            ok(b"/a/b"),
             Some(Redirect::Absolute(vec![b"a".to_vec(), b"b".to_vec()]))
         );
+        assert_eq!(ok(b"old"), Some(Redirect::Relative(b"old".to_vec())));
+        assert_eq!(ok(b"old\0/x"), Some(Redirect::Relative(b"old".to_vec())));
+        for bad in [&b"a/b"[..], b"/", b"//a", b"/a//b", b"/a/", b"", b"../x"] {
+            assert_eq!(errno(bad), Some(libc::EINVAL), "{bad:?}");
+        }
+        // Dots pass parsing and are refused where they are looked up.
         assert_eq!(
-            Redirect::parse(b"old"),
-            Some(Redirect::Relative(b"old".to_vec()))
+            ok(b"/a/../b"),
+            Some(Redirect::Absolute(vec![
+                b"a".to_vec(),
+                b"..".to_vec(),
+                b"b".to_vec()
+            ]))
         );
-        assert_eq!(Redirect::parse(b"a/b"), None);
-        assert_eq!(Redirect::parse(b"/"), None);
-        assert_eq!(Redirect::parse(b"/a/../b"), None);
-        assert_eq!(Redirect::parse(b""), None);
+        assert_eq!(ok(b".."), Some(Redirect::Relative(b"..".to_vec())));
+        for bad in [&b""[..], b".", b".."] {
+            assert_eq!(
+                check_redirect_name(bad).unwrap_err().raw_os_error(),
+                Some(libc::EACCES)
+            );
+        }
+        assert!(check_redirect_name(b"...").is_ok());
     }
 
     use super::*;

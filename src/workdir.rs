@@ -15,9 +15,10 @@ use crate::features::Features;
 use crate::sys;
 use crate::whiteout::XattrNs;
 
-/// Opens and flock's a directory, refusing if another mount holds it.
-fn lock_dir(dir: &Path, what: &str) -> io::Result<OwnedFd> {
-    let fd = sys::open_path(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
+/// Opens (by `open`) and flock's a directory, refusing if another mount
+/// holds it; `dir` is its name for messages.
+fn lock_dir(open: &Path, dir: &Path, what: &str) -> io::Result<OwnedFd> {
+    let fd = sys::open_path(open, libc::O_RDONLY | libc::O_DIRECTORY)?;
     // umount(8) returns before the previous daemon has exited: give a
     // mount that is going away a moment to let go.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -135,9 +136,29 @@ impl WorkDir {
     /// what overlay metadata needs (xattrs, d_type). `userxattr` asks for
     /// `user.overlay.*` xattrs even where `trusted.` could be written.
     pub fn prepare(workdir: &Path, upperdir: &Path, userxattr: bool) -> io::Result<WorkDir> {
-        let upper_lock = lock_dir(upperdir, "upperdir")?;
-        let lock = lock_dir(workdir, "workdir")?;
-        let path = workdir.join("work");
+        WorkDir::prepare_at(workdir, upperdir, workdir, upperdir, userxattr)
+    }
+
+    /// As `prepare`, opening the two directories by other paths than the
+    /// names messages give them (the mount code reaches them through a
+    /// private copy of their mount).
+    pub fn prepare_at(
+        workdir: &Path,
+        upperdir: &Path,
+        open_work: &Path,
+        open_upper: &Path,
+        userxattr: bool,
+    ) -> io::Result<WorkDir> {
+        // The record lock first: on a shared filesystem it is the one that
+        // names the holder on another host (which would also meet the
+        // flocks below, GlusterFS passing them on as record locks).
+        let holder = {
+            let root = sys::open_path(open_work, libc::O_RDONLY | libc::O_DIRECTORY)?;
+            lock_holder(root.as_fd(), workdir)?
+        };
+        let upper_lock = lock_dir(open_upper, upperdir, "upperdir")?;
+        let lock = lock_dir(open_work, workdir, "workdir")?;
+        let path = open_work.join("work");
         // Kernel overlayfs makes it mode 0 (only the mounter's privileges get
         // in); an unprivileged mounter needs to reach it with its own rights.
         let mode = if sys::geteuid() == 0 { 0 } else { 0o700 };
@@ -167,7 +188,6 @@ impl WorkDir {
         } else {
             None
         };
-        let holder = lock_holder(lock.as_fd(), workdir)?;
         let mut wd = WorkDir {
             fd,
             path,
@@ -181,6 +201,10 @@ impl WorkDir {
         };
         wd.clean()?;
         let (features, ns) = wd.probe_features(upperdir, userxattr)?;
+        if features.oci_format() {
+            // The index needs overlay.origin and overlay.nlink xattrs.
+            wd.index = None;
+        }
         wd.features = features;
         wd.ns = ns;
         Ok(wd)
@@ -217,19 +241,22 @@ impl WorkDir {
                 fallbacks.join(", ")
             );
         }
+        // Without any xattrs the upper takes fuse-overlayfs' format (see
+        // `Features::oci_format`); `user.` then only names what is absent.
         let ns = if features.xattr_trusted && !userxattr {
             XattrNs::Trusted
-        } else if features.xattr_user {
-            XattrNs::User
         } else {
+            XattrNs::User
+        };
+        if userxattr && !features.xattr_user && features.xattr_trusted {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 format!(
-                    "the filesystem of upperdir {} does not support extended attributes, which overlay whiteouts and copy-up need",
+                    "userxattr: the filesystem of upperdir {} does not take user.* xattrs",
                     upperdir.display()
                 ),
             ));
-        };
+        }
         Ok((features, ns))
     }
 

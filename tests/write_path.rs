@@ -66,11 +66,17 @@ impl Pair {
     fn with(base: &Path, lowers: Vec<PathBuf>, v: Variant) -> Pair {
         let mc = if v.metacopy { "on" } else { "off" };
         let mut ours_extra = format!("metacopy={mc}");
+        if !v.extra.is_empty() {
+            ours_extra = format!("{ours_extra},{}", v.extra);
+        }
         // userxattr: no redirects (the kernel refuses the option with one).
         let mut kernel_opts = format!("redirect_dir=on,index=off,metacopy={mc}");
         if v.userxattr {
             ours_extra += ",userxattr";
             kernel_opts = "userxattr,index=off".to_string();
+        }
+        if v.oci_upper {
+            kernel_opts = "redirect_dir=off,index=off,metacopy=off".to_string();
         }
         let ours_opts = format!(
             "{},{},{ours_extra}",
@@ -83,6 +89,9 @@ impl Pair {
         }
         if !v.disabled_features.is_empty() {
             env.push(("LAYERFS_DISABLE_FEATURES", v.disabled_features));
+        }
+        if v.oci_upper {
+            env.push(("LAYERFS_DISABLE_FEATURES", "xattr_trusted,xattr_user"));
         }
         let ours = try_mount_layerfs_env(&ours_opts, &base.join("m-ours"), &env).unwrap();
         let kopts = format!("{},{kernel_opts}", upper_opts(base, "kernel"));
@@ -129,6 +138,46 @@ impl Pair {
             "kernel's upper under layerfs differs:\n{}",
             d.join("\n")
         );
+    }
+
+    /// Unmounts layerfs and mounts its OCI-format upper again: the view
+    /// must be the one layerfs showed, and the upper must hold `.wh.`
+    /// markers and no overlay xattrs.
+    fn assert_oci_upper_reads_back_under_layerfs(&mut self) {
+        let before = snapshot(self.ours());
+        self.ours.take().unwrap().unmount();
+        let opts = format!(
+            "{},{},{}",
+            lowerdir_opt(&self.lowers),
+            upper_opts(&self.base, "ours"),
+            self.ours_extra
+        );
+        let m = try_mount_layerfs_env(
+            &opts,
+            &self.base.join("m-oci-again"),
+            &[("LAYERFS_DISABLE_FEATURES", "xattr_trusted,xattr_user")],
+        )
+        .unwrap();
+        let d = diff(&before, &snapshot(&m.dir), WRITE_CMP);
+        assert!(
+            d.is_empty(),
+            "OCI upper read back differs:\n{}",
+            d.join("\n")
+        );
+        let upper = self.base.join("upper-ours");
+        for (path, node) in snapshot(&upper) {
+            assert!(
+                node.xattrs
+                    .keys()
+                    .all(|k| !k.windows(8).any(|w| w == b"overlay.")),
+                "overlay xattr on {:?}",
+                String::from_utf8_lossy(&path)
+            );
+            assert!(
+                node.kind != "chardev" || node.rdev != 0,
+                "device whiteout in an OCI upper"
+            );
+        }
     }
 
     /// Unmounts layerfs and mounts its upper under kernel overlayfs: the
@@ -380,6 +429,13 @@ struct Variant {
     /// Upper features layerfs must do without (`LAYERFS_DISABLE_FEATURES`),
     /// as on network filesystems.
     disabled_features: &'static str,
+    /// More layerfs options (`passthrough=off`: the kernel's writeback
+    /// cache, as rootless mounts have).
+    extra: &'static str,
+    /// layerfs sees an upper without xattrs and writes OCI `.wh.` markers
+    /// (kernel overlayfs then runs with `redirect_dir=off`, the same rules,
+    /// and cannot read that upper back; layerfs must).
+    oci_upper: bool,
 }
 
 fn run_differential(seed: u64, ops: usize, metacopy: bool) {
@@ -401,6 +457,10 @@ fn run_differential_with(seed: u64, ops: usize, v: Variant) {
         // With userxattr the kernel reads only user.overlay.* marks.
         lowers.iter().for_each(|l| to_user_xattrs(l));
     }
+    if v.oci_upper {
+        // Copy-up to an upper without xattrs cannot keep them.
+        lowers.iter().for_each(|l| strip_user_xattrs(l));
+    }
     let before: Vec<_> = lowers.iter().map(|l| fingerprint(l)).collect();
     let mut pair = Pair::with(t.path(), lowers.clone(), v);
     pair.assert_same(&format!("seed {seed}: before any operation"));
@@ -408,6 +468,10 @@ fn run_differential_with(seed: u64, ops: usize, v: Variant) {
     let mut history: Vec<String> = Vec::new();
     for i in 0..ops {
         let op = random_op(&mut rng);
+        if v.oci_upper && matches!(op, Op::SetXattr(..) | Op::RemoveXattr(..)) {
+            // Such an upper keeps no xattrs (the kernel's would).
+            continue;
+        }
         let ours = apply(pair.ours(), &op);
         let kernel = apply(pair.kernel(), &op);
         history.push(format!("#{i} {op:?} -> {kernel:?}"));
@@ -442,7 +506,11 @@ fn run_differential_with(seed: u64, ops: usize, v: Variant) {
             "seed {seed}: device whiteouts with FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT: {devices:?}"
         );
     }
-    pair.assert_upper_reads_back_under_kernel();
+    if v.oci_upper {
+        pair.assert_oci_upper_reads_back_under_layerfs();
+    } else {
+        pair.assert_upper_reads_back_under_kernel();
+    }
     pair.assert_kernel_upper_reads_back_under_layerfs();
     for (l, b) in lowers.iter().zip(&before) {
         let d = diff(b, &fingerprint(l), Compare::ALL);
@@ -528,6 +596,125 @@ fn random_operations_match_kernel_overlayfs_without_rename_flags_or_handles() {
         };
         run_differential_with(seed, 300, v);
     }
+}
+
+/// Removes the user xattrs random layers carry.
+fn strip_user_xattrs(dir: &Path) {
+    let script = "find \"$1\" | while read -r p; do \
+                  setfattr -h -x user.test \"$p\" 2>/dev/null; \
+                  setfattr -h -x user.dir \"$p\" 2>/dev/null; done; true";
+    let st = Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn random_operations_match_kernel_overlayfs_with_an_upper_without_xattrs() {
+    require_root!();
+    // An upper whose filesystem has no xattrs at all: OCI `.wh.` whiteouts
+    // and `.wh..wh..opq` opaque marks, no redirects, as fuse-overlayfs.
+    for seed in [71u64, 72, 73, 74] {
+        let v = Variant {
+            oci_upper: true,
+            ..Variant::default()
+        };
+        run_differential_with(seed, 300, v);
+    }
+}
+
+#[test]
+fn random_operations_match_kernel_overlayfs_with_writeback_cache() {
+    require_root!();
+    // Data through the daemon with the kernel's writeback cache, as on
+    // rootless mounts (FUSE passthrough needs CAP_SYS_ADMIN).
+    for seed in [61u64, 62, 63, 64] {
+        let v = Variant {
+            extra: "passthrough=off",
+            ..Variant::default()
+        };
+        run_differential_with(seed, 300, v);
+    }
+}
+
+/// With the writeback cache, the kernel owns size and mtime while it
+/// caches: appends from two descriptors, a shared writable mmap, a copy-up
+/// on first write, truncation and fsync must still give what kernel
+/// overlayfs gives, and fsync must reach the upper file on disk.
+#[test]
+fn writeback_cache_keeps_appends_mmap_and_fsync_right() {
+    require!("python3");
+    use std::os::unix::fs::FileExt;
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    mkdir(&l1);
+    write(&l0.join("log"), b"lower\n");
+    write(&l0.join("mapped"), &[b'.'; 8192]);
+    write(&l0.join("data"), &vec![7u8; 100_000]);
+    let pair = Pair::with(
+        t.path(),
+        vec![l0, l1],
+        Variant {
+            extra: "passthrough=off",
+            ..Variant::default()
+        },
+    );
+    for root in [pair.ours(), pair.kernel()] {
+        let open_append = || {
+            fs::OpenOptions::new()
+                .append(true)
+                .open(root.join("log"))
+                .unwrap()
+        };
+        let (mut a, mut b) = (open_append(), open_append());
+        for i in 0..50 {
+            writeln!(a, "a{i}").unwrap();
+            writeln!(b, "b{i}").unwrap();
+        }
+        drop((a, b));
+        // A write-only open of a lower file: copy-up, then a partial page.
+        let w = fs::OpenOptions::new()
+            .write(true)
+            .open(root.join("data"))
+            .unwrap();
+        w.write_at(b"middle", 50_001).unwrap();
+        w.set_len(80_000).unwrap();
+        w.sync_all().unwrap();
+        drop(w);
+        // A shared writable mapping of a lower file, written and synced.
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import mmap,sys\n\
+                 f=open(sys.argv[1],'r+b')\n\
+                 m=mmap.mmap(f.fileno(),8192)\n\
+                 m[100:105]=b'mmap!'\n\
+                 m.flush()\n",
+            )
+            .arg(root.join("mapped"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    for name in ["log", "data", "mapped"] {
+        assert_eq!(
+            fs::read(pair.ours().join(name)).unwrap(),
+            fs::read(pair.kernel().join(name)).unwrap(),
+            "{name}"
+        );
+        let (o, k) = (
+            fs::metadata(pair.ours().join(name)).unwrap(),
+            fs::metadata(pair.kernel().join(name)).unwrap(),
+        );
+        assert_eq!(o.len(), k.len(), "{name} size");
+    }
+    // fsync reached the upper file itself, before any unmount.
+    let on_disk = fs::read(t.path().join("upper-ours/data")).unwrap();
+    assert_eq!(on_disk.len(), 80_000);
+    assert_eq!(&on_disk[50_001..50_007], b"middle");
+    pair.assert_same("after writeback-cached writes");
 }
 
 #[test]
@@ -809,6 +996,19 @@ fn new_files_get_the_callers_owner_and_setgid_group() {
 #[test]
 fn writes_clear_setuid_and_capabilities_as_the_kernel_does() {
     require_root!();
+    writes_clear_privileges(Variant::default());
+}
+
+#[test]
+fn writes_clear_setuid_and_capabilities_with_the_writeback_cache() {
+    require_root!();
+    writes_clear_privileges(Variant {
+        extra: "passthrough=off",
+        ..Variant::default()
+    });
+}
+
+fn writes_clear_privileges(v: Variant) {
     let t = tmp();
     let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
     mkdir(&l1);
@@ -831,7 +1031,7 @@ fn writes_clear_setuid_and_capabilities_as_the_kernel_does() {
     let mut cap = 0x0200_0000u32.to_le_bytes().to_vec();
     cap.resize(20, 0);
     setxattr(&l0.join("capable"), "security.capability", &cap);
-    let pair = Pair::new(t.path(), vec![l0, l1]);
+    let pair = Pair::with(t.path(), vec![l0, l1], v);
     for root in [pair.ours(), pair.kernel()] {
         // An upper file made setuid through the mount, then written.
         let up = root.join("upper-suid");
