@@ -431,6 +431,48 @@ fn removing_the_newest_snapshot_merges_it_into_the_upper() {
 }
 
 #[test]
+fn interrupted_changes_are_finished_by_the_next_one() {
+    require!();
+    let fx = Fixture::new();
+    fx.ok(&["create", "v"]);
+    let mp = PathBuf::from(fx.ok(&["mount", "v"]));
+    common::write(&mp.join("f"), b"kept\n");
+    fx.ok(&["umount", "v"]);
+    let vol = fx.store.join("v");
+    let set_pending = |id: &str| {
+        let path = vol.join("meta.json");
+        let mut meta: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        meta["pending_snapshot"] = serde_json::json!(id);
+        fs::write(&path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    };
+    // A snapshot interrupted after its upper was renamed...
+    set_pending("s9");
+    fs::rename(vol.join("upper"), vol.join("snapshots/s9")).unwrap();
+    // ... and what an interrupted merge leaves.
+    common::mkdir(&vol.join("snapshots/merged-away"));
+    common::mkdir(&vol.join(".merge-1"));
+    let mp = PathBuf::from(fx.ok(&["mount", "v"]));
+    assert_eq!(fs::read(mp.join("f")).unwrap(), b"kept\n");
+    fx.ok(&["umount", "v"]);
+    assert_eq!(fx.ok(&["snapshots", "v"]).split('\t').next(), Some("s9"));
+    assert!(!vol.join("snapshots/merged-away").exists());
+    assert!(!vol.join(".merge-1").exists());
+    // A snapshot interrupted before the rename is forgotten.
+    set_pending("s10");
+    fx.ok(&["snapshot", "v", "s11"]);
+    let ids: Vec<String> = fx
+        .ok(&["snapshots", "v"])
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["s9", "s11"]);
+    let mp = PathBuf::from(fx.ok(&["mount", "v"]));
+    assert_eq!(fs::read(mp.join("f")).unwrap(), b"kept\n");
+    fx.ok(&["umount", "v"]);
+}
+
+#[test]
 fn bad_requests_are_one_line_errors() {
     require!();
     let fx = Fixture::new();

@@ -216,6 +216,7 @@ impl Volumes {
             snapshots: Vec::new(),
             holders: Vec::new(),
             next_snapshot: 1,
+            pending_snapshot: None,
         };
         self.build(&meta, |_| Ok(()))?;
         Ok(meta)
@@ -271,6 +272,7 @@ impl Volumes {
     pub fn snapshot(&self, name: &str, id: Option<&str>) -> io::Result<String> {
         let _lock = self.store.lock()?;
         let mut meta = self.store.load(name)?;
+        self.repair(&mut meta)?;
         self.refuse_if_mounted(&meta, "snapshot")?;
         self.settle_hardlinks(&meta)?;
         let id = match id {
@@ -281,17 +283,55 @@ impl Volumes {
         if meta.snapshots.iter().any(|s| s.id == id) {
             return Err(err(format!("volume {name} already has a snapshot {id}")));
         }
-        let dir = self.store.dir(name);
-        fs::rename(dir.join("upper"), self.store.snapshot_dir(name, &id))?;
-        fs::create_dir(dir.join("upper"))?;
-        reset_dir(&dir.join("work"))?;
-        meta.snapshots.push(Snapshot {
-            id: id.clone(),
-            created: now(),
-        });
+        // Intent first: a crash between the renames is finished by repair().
+        meta.pending_snapshot = Some(id.clone());
         meta.next_snapshot = meta.next_snapshot.max(1) + 1;
         self.store.save(&meta)?;
+        let dir = self.store.dir(name);
+        fs::rename(dir.join("upper"), self.store.snapshot_dir(name, &id))?;
+        self.repair(&mut meta)?;
         Ok(id)
+    }
+
+    /// Finishes what an interrupted change left: a snapshot whose upper was
+    /// renamed gets its new upper and its place in the metadata (one whose
+    /// rename did not happen is forgotten); the layers an interrupted
+    /// merge was replacing, no longer in the metadata, are removed. Runs
+    /// under the store lock, so no other change is under way.
+    fn repair(&self, meta: &mut Meta) -> io::Result<()> {
+        let name = meta.name.clone();
+        let dir = self.store.dir(&name);
+        if let Some(id) = meta.pending_snapshot.take() {
+            if self.store.snapshot_dir(&name, &id).exists() {
+                if !dir.join("upper").exists() {
+                    fs::create_dir(dir.join("upper"))?;
+                }
+                // The index refers to the old upper.
+                reset_dir(&dir.join("work"))?;
+                meta.snapshots.push(Snapshot { id, created: now() });
+            }
+            self.store.save(meta)?;
+        }
+        if !dir.join("upper").exists() {
+            fs::create_dir(dir.join("upper"))?;
+        }
+        for e in fs::read_dir(&dir)? {
+            let n = e?.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with(".merge-") || n.starts_with(".old-") {
+                log::warn!("volume {name}: removing {n}, left by an interrupted change");
+                fs::remove_dir_all(dir.join(&*n))?;
+            }
+        }
+        for e in fs::read_dir(dir.join("snapshots"))? {
+            let n = e?.file_name();
+            let n = n.to_string_lossy();
+            if !meta.snapshots.iter().any(|s| s.id == n) {
+                log::warn!("volume {name}: removing layer {n}, merged by an interrupted change");
+                fs::remove_dir_all(dir.join("snapshots").join(&*n))?;
+            }
+        }
+        Ok(())
     }
 
     /// Clones `VOLUME@SNAPSHOT` into a new volume sharing its layers.
@@ -348,6 +388,7 @@ impl Volumes {
     pub fn snapshot_remove(&self, name: &str, id: &str) -> io::Result<()> {
         let _lock = self.store.lock()?;
         let mut meta = self.store.load(name)?;
+        self.repair(&mut meta)?;
         self.refuse_if_mounted(&meta, "remove a snapshot")?;
         self.settle_hardlinks(&meta)?;
         let Some(k) = meta.snapshots.iter().position(|s| s.id == id) else {
@@ -370,13 +411,19 @@ impl Volumes {
         };
         let tmp = dir.join(format!(".merge-{}", std::process::id()));
         self.merge(&meta, &m, &tmp)?;
-        let old = dir.join(format!(".old-{}", std::process::id()));
-        fs::rename(&above, &old)?;
-        fs::rename(&tmp, &above)?;
+        if k + 1 == n {
+            // The index refers to the upper being replaced (its sets were
+            // made whole in the upper by settle_hardlinks).
+            reset_dir(&dir.join("work"))?;
+        }
+        // The merged layer holds every name of both, so the view is the
+        // same whether the snapshot is still below it or not: swapping it
+        // in atomically, then dropping the snapshot from the metadata,
+        // leaves no moment where a crash changes what the volume shows.
+        exchange(&tmp, &above)?;
         meta.snapshots.remove(k);
         self.store.save(&meta)?;
-        reset_dir(&dir.join("work"))?;
-        fs::remove_dir_all(&old)?;
+        fs::remove_dir_all(&tmp)?;
         fs::remove_dir_all(self.store.snapshot_dir(name, id))
     }
 
@@ -385,6 +432,7 @@ impl Volumes {
     pub fn compact(&self, name: &str) -> io::Result<()> {
         let _lock = self.store.lock()?;
         let mut meta = self.store.load(name)?;
+        self.repair(&mut meta)?;
         self.refuse_if_mounted(&meta, "compact")?;
         let n = meta.snapshots.len();
         if n < 2 {
@@ -400,26 +448,31 @@ impl Volumes {
         let tmp = dir.join(format!(".merge-{}", std::process::id()));
         self.merge(&meta, &m, &tmp)?;
         let newest = meta.snapshots[n - 1].clone();
-        let old = dir.join(format!(".old-{}", std::process::id()));
-        fs::create_dir(&old)?;
-        for s in &meta.snapshots {
-            fs::rename(self.store.snapshot_dir(name, &s.id), old.join(&s.id))?;
-        }
-        fs::rename(&tmp, self.store.snapshot_dir(name, &newest.id))?;
+        // As in snapshot_remove: the merged layer shadows every older one,
+        // so the swap and the metadata write can each be the last thing a
+        // crash lets happen; repair() removes what is left.
+        exchange(&tmp, &self.store.snapshot_dir(name, &newest.id))?;
+        let older: Vec<Snapshot> = meta.snapshots[..n - 1].to_vec();
         meta.snapshots = vec![newest];
         self.store.save(&meta)?;
-        fs::remove_dir_all(&old)
+        fs::remove_dir_all(&tmp)?;
+        for s in older {
+            fs::remove_dir_all(self.store.snapshot_dir(name, &s.id))?;
+        }
+        Ok(())
     }
 
     /// Writes the volume as an OCI layer tar: all of it, or what changed
     /// since snapshot `since`.
     pub fn export(&self, name: &str, since: Option<&str>, out: &mut dyn Write) -> io::Result<()> {
-        let meta = self.store.load(name)?;
-        self.refuse_if_mounted(&meta, "export")?;
-        {
+        let meta = {
             let _lock = self.store.lock()?;
+            let mut meta = self.store.load(name)?;
+            self.refuse_if_mounted(&meta, "export")?;
+            self.repair(&mut meta)?;
             self.settle_hardlinks(&meta)?;
-        }
+            meta
+        };
         let dir = self.store.dir(name);
         let mut layers = vec![dir.join("upper")];
         layers.extend(self.store.lower_stack(&meta)?);
@@ -459,6 +512,7 @@ impl Volumes {
             snapshots: Vec::new(),
             holders: Vec::new(),
             next_snapshot: 1,
+            pending_snapshot: None,
         };
         for i in 1..=tars.len() {
             meta.snapshots.push(Snapshot {
@@ -491,6 +545,7 @@ impl Volumes {
         let mut meta = self.store.load(name)?;
         let mp = self.mountpoint(name);
         if !self.is_mounted(name) {
+            self.repair(&mut meta)?;
             let dir = self.store.dir(name);
             for d in ["upper", "work", "merged"] {
                 fs::create_dir_all(dir.join(d))?;
@@ -636,6 +691,26 @@ fn collect_linked(
         }
     }
     Ok(())
+}
+
+/// Swaps two directories atomically (renameat2 RENAME_EXCHANGE).
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    let parent = |p: &Path| -> io::Result<(std::os::fd::OwnedFd, std::ffi::OsString)> {
+        let dir = p
+            .parent()
+            .ok_or_else(|| err(format!("{}: no parent", p.display())))?;
+        let name = p
+            .file_name()
+            .ok_or_else(|| err(format!("{}: no name", p.display())))?;
+        Ok((
+            layerfs::sys::open_path(dir, libc::O_PATH | libc::O_DIRECTORY)?,
+            name.to_os_string(),
+        ))
+    };
+    let (da, na) = parent(a)?;
+    let (db, nb) = parent(b)?;
+    use std::os::fd::AsFd;
+    layerfs::sys::renameat2(da.as_fd(), &na, db.as_fd(), &nb, libc::RENAME_EXCHANGE)
 }
 
 /// Empties a directory by replacing it (the work dir after its upper

@@ -43,6 +43,10 @@ pub struct Meta {
     /// Number given to the next unnamed snapshot.
     #[serde(default)]
     pub next_snapshot: u64,
+    /// A snapshot being taken: written before the upper is renamed, so an
+    /// interrupted snapshot is finished (or forgotten) by the next change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_snapshot: Option<String>,
 }
 
 /// `VOLUME@SNAPSHOT`: where a clone's lower layers come from.
