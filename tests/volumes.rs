@@ -808,16 +808,23 @@ struct Engine {
 
 impl Engine {
     fn start(dir: &Path) -> Engine {
+        Engine::start_with(dir, "")
+    }
+
+    /// `extra`: more dockerd options. A `bin/` in `dir` comes first on
+    /// dockerd's PATH.
+    fn start_with(dir: &Path, extra: &str) -> Engine {
         let store = dir.join("store");
         for d in ["data", "exec", "plugins"] {
             fs::create_dir_all(dir.join(d)).unwrap();
         }
         let script = format!(
-            "set -e\nmkdir -p /run/docker/plugins\nmount --bind {d}/plugins /run/docker/plugins\n\
+            "set -e\nexport PATH={d}/bin:$PATH\nmkdir -p /run/docker/plugins\n\
+             mount --bind {d}/plugins /run/docker/plugins\n\
              {bin} --store {d}/store serve > {d}/plugin.log 2>&1 &\necho $! > {d}/plugin.pid\n\
              exec dockerd --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock \
              --pidfile {d}/docker.pid --config-file {d}/daemon.json --iptables=false --ip6tables=false --bridge=none \
-             > {d}/dockerd.log 2>&1\n",
+             {extra} > {d}/dockerd.log 2>&1\n",
             d = dir.display(),
             bin = bin()
         );
@@ -1213,4 +1220,127 @@ fn podman_uses_layerfs_volumes() {
     podman.ok(&["volume", "rm", "vol"]);
     assert!(!fx.store.join("vol").exists());
     assert_eq!(fs::read(seed.join("change")).unwrap(), b"old\n");
+}
+
+/// Imports the busybox image into an engine as `bb:1`.
+fn import_busybox(engine: &Engine, scratch: &Path) {
+    let rootfs = scratch.join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::copy(common::busybox().unwrap(), rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "ls", "echo", "rm", "mkdir", "tr", "sleep"] {
+        common::link_sym("busybox", &rootfs.join("bin").join(applet));
+    }
+    let tar = scratch.join("rootfs.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    engine.ok(&["import", tar.to_str().unwrap(), "bb:1"]);
+}
+
+/// Docker Engine with its own `fuse-overlayfs` storage driver, where the
+/// `fuse-overlayfs` dockerd finds on its PATH is layerfs: build with RUN
+/// steps, diff, commit, save, and load into another engine (overlay2).
+#[test]
+fn docker_fuse_overlayfs_storage_driver_runs_on_layerfs() {
+    require!("dockerd", "docker", "busybox", "unshare", "nsenter", "tar");
+    let tmp = tempfile::Builder::new()
+        .prefix("lfd")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = tmp.path().join("a");
+    fs::create_dir_all(dir.join("bin")).unwrap();
+    std::os::unix::fs::symlink(common::layerfs_bin(), dir.join("bin/fuse-overlayfs")).unwrap();
+    let engine = Engine::start_with(&dir, "--storage-driver fuse-overlayfs");
+    assert!(engine
+        .ok(&["info"])
+        .contains("Storage Driver: fuse-overlayfs"));
+    import_busybox(&engine, tmp.path());
+    let ctx = tmp.path().join("ctx");
+    common::write(
+        &ctx.join("Dockerfile"),
+        b"FROM bb:1\nRUN echo one > /one && mkdir /d && echo x > /d/x\n\
+          RUN rm /d/x && echo two > /two\n",
+    );
+    let build = Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{}/docker.sock", dir.display()))
+        .args(["build", "-t", "built:1"])
+        .arg(&ctx)
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "{}", common::output_text(&build));
+    // The container roots are layerfs mounts.
+    engine.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "probe",
+        "--network",
+        "none",
+        "built:1",
+        "sleep",
+        "600",
+    ]);
+    let mounts = engine
+        .in_ns(&["cat", "/proc/self/mounts"])
+        .output()
+        .unwrap();
+    let mounts = String::from_utf8_lossy(&mounts.stdout).into_owned();
+    let data = dir.join("data");
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains(" fuse.layerfs ") && l.contains(data.to_str().unwrap())),
+        "no layerfs mount under the data root:\n{mounts}"
+    );
+    engine.ok(&["rm", "-f", "probe"]);
+    let out = engine.ok(&[
+        "run",
+        "--name",
+        "w1",
+        "--network",
+        "none",
+        "built:1",
+        "sh",
+        "-c",
+        "cat /one /two; ls /d; echo three > /three; rm /one; echo y > /d/y",
+    ]);
+    assert_eq!(out, "one\ntwo");
+    let diff: BTreeSet<String> = engine
+        .ok(&["diff", "w1"])
+        .lines()
+        .map(String::from)
+        .collect();
+    let want: BTreeSet<String> = ["C /d", "A /d/y", "A /three", "D /one"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(diff, want);
+    engine.ok(&["commit", "w1", "committed:1"]);
+    let saved = tmp.path().join("saved.tar");
+    engine.ok(&["save", "committed:1", "-o", saved.to_str().unwrap()]);
+    drop(engine);
+
+    // Elsewhere: another engine, with its default storage driver.
+    let other = tmp.path().join("b");
+    let engine = Engine::start(&other);
+    engine.ok(&["load", "-i", saved.to_str().unwrap()]);
+    let out = engine.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "committed:1",
+        "sh",
+        "-c",
+        "ls / | tr '\\n' ' '; ls /d; cat /two /three",
+    ]);
+    assert_eq!(out, "bin d dev etc proc sys three two y\ntwo\nthree");
 }
