@@ -581,6 +581,16 @@ impl Volumes {
     /// daemon) has no holders any more. Returns the volumes still mounted.
     pub fn recover(&self) -> io::Result<Vec<String>> {
         let _lock = self.store.lock()?;
+        // Half-made or half-removed volumes of a killed process: creation,
+        // import and removal hold the lock throughout, so none is running.
+        for e in fs::read_dir(&self.store.root)? {
+            let n = e?.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with(".new-") || n.starts_with(".rm-") {
+                log::warn!("removing {n}, left by an interrupted create or rm");
+                fs::remove_dir_all(self.store.root.join(&*n))?;
+            }
+        }
         let mut mounted = Vec::new();
         for name in self.store.list()? {
             let Ok(mut meta) = self.store.load(&name) else {
