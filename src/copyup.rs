@@ -230,12 +230,28 @@ impl LayerFs {
         let parent_up = self.copy_up(&parent)?;
         // A lower file with several names goes through the index, so that
         // every name keeps reaching the one upper copy.
-        let indexed = regular && st.st_nlink > 1 && mode != CopyMode::MetaOnly;
-        let fd = self.stage_copy(&top, &st, parent_up.fd.get()?.as_fd(), &name, mode, indexed)?;
+        let hardlinked = regular && st.st_nlink > 1 && mode != CopyMode::MetaOnly;
+        let (fd, indexed) = self.stage_copy(
+            &top,
+            &st,
+            parent_up.fd.get()?.as_fd(),
+            &name,
+            mode,
+            hardlinked,
+        )?;
         let ust = sys::fstat(fd.as_fd())?;
         self.remember_number(ust.st_dev, ust.st_ino, inode.st_ino);
         if indexed {
             inode.set_nlink_delta(Some(st.st_nlink as i64 - ust.st_nlink as i64));
+        } else if hardlinked {
+            // No index here (the lower's filesystem has no lasting file
+            // handles): as with kernel overlayfs' index=off, the copy is
+            // this name's alone and the file's other names stay the lower
+            // file, now a node of its own, on this mount as on the next.
+            self.remember_number(st.st_dev, st.st_ino, self.inodes.fresh_number());
+            for (parent, other) in inode.take_other_names() {
+                self.invalidate_entry(parent, &other);
+            }
         }
         let entry = RealEntry {
             layer: up.idx,
@@ -323,7 +339,7 @@ impl LayerFs {
         name: &OsStr,
         mode: CopyMode,
         indexed: bool,
-    ) -> io::Result<OwnedFd> {
+    ) -> io::Result<(OwnedFd, bool)> {
         let up = self.upper_ctx()?;
         let work = &up.work;
         let staged = Staged::new(work);
@@ -385,8 +401,10 @@ impl LayerFs {
                 sys::fsync(d.as_fd(), false)?;
             }
         }
+        let mut in_index = false;
         if indexed {
             if let (Some(origin), Some(index)) = (origin, work.index_fd()) {
+                in_index = true;
                 // Overlay nlink = upper nlink + delta: the lower names all
                 // stay visible, while the upper inode gains the index link
                 // and the target name.
@@ -412,7 +430,7 @@ impl LayerFs {
             time_of(pst.st_atime, pst.st_atime_nsec),
             time_of(pst.st_mtime, pst.st_mtime_nsec),
         );
-        Ok(fd)
+        Ok((fd, in_index))
     }
 
     /// The origin value (kernel format) of a lower object, if its

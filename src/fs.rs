@@ -86,12 +86,29 @@ impl Fuse {
         let backings = Backings::new(
             fs.opts.passthrough && crate::sys::geteuid() == 0 && crate::sys::in_initial_user_ns(),
         );
+        let notifier: Arc<std::sync::OnceLock<fuser::Notifier>> = Default::default();
+        let slot = Arc::clone(&notifier);
+        fs.set_entry_invalidator(crate::ops::EntryInvalidator(Box::new(
+            move |parent, name| {
+                let Some(n) = slot.get().cloned() else {
+                    return;
+                };
+                let name = name.to_os_string();
+                // Not from the request's own thread: the kernel takes the
+                // directory's lock for it, which the request may hold.
+                std::thread::spawn(move || {
+                    if let Err(e) = n.inval_entry(INodeNo(parent), &name) {
+                        log::debug!("inval_entry {parent} {name:?}: {e}");
+                    }
+                });
+            },
+        )));
         Fuse {
             fs,
             ttl,
             backings,
             writeback: false,
-            notifier: Default::default(),
+            notifier,
         }
     }
 

@@ -155,6 +155,18 @@ pub(crate) struct Hit {
     pub marks: DirMarks,
 }
 
+/// The glue's way to tell the kernel that an entry is stale.
+pub type InvalidateFn = dyn Fn(u64, &OsStr) + Send + Sync;
+
+/// Tells the kernel that entry `name` of directory node `parent` is stale.
+pub struct EntryInvalidator(pub Box<InvalidateFn>);
+
+impl std::fmt::Debug for EntryInvalidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EntryInvalidator")
+    }
+}
+
 /// The whole filesystem state, shared by every worker thread.
 #[derive(Debug)]
 pub struct LayerFs {
@@ -169,6 +181,8 @@ pub struct LayerFs {
     handle_roots: Vec<Option<Arc<OwnedFd>>>,
     /// Whether upper files can be reopened by file handle (see `RealFd`).
     upper_handles: bool,
+    /// See `set_entry_invalidator`.
+    entry_invalidator: std::sync::OnceLock<EntryInvalidator>,
     /// Past this fd number, new directory inodes hold file handles rather
     /// than fds (see `dir_ref`): three quarters of the open-file limit.
     fd_pressure: u64,
@@ -256,6 +270,7 @@ impl LayerFs {
             uuids,
             handle_roots,
             upper_handles,
+            entry_invalidator: Default::default(),
             fd_pressure: sys::nofile_limit().map_or(768, |n| n / 4 * 3),
             numbers: DashMap::new(),
             files: DashMap::new(),
@@ -320,6 +335,19 @@ impl LayerFs {
                 handle: Arc::new(handle),
             },
             _ => fd.into(),
+        }
+    }
+
+    /// Sets how the kernel is told that a name no longer leads to the node
+    /// it cached (the glue's notifier).
+    pub fn set_entry_invalidator(&self, f: EntryInvalidator) {
+        let _ = self.entry_invalidator.set(f);
+    }
+
+    /// Tells the kernel to drop its entry `name` in directory `parent`.
+    pub(crate) fn invalidate_entry(&self, parent: u64, name: &OsStr) {
+        if let Some(f) = self.entry_invalidator.get() {
+            (f.0)(parent, name);
         }
     }
 
@@ -1216,7 +1244,18 @@ impl LayerFs {
             }
         }
         let c = sys::cstr(name)?;
-        sys::getxattr_fd(inode.top().fd.get()?.as_fd(), &c)
+        match sys::getxattr_fd(inode.top().fd.get()?.as_fd(), &c) {
+            // A layer without POSIX ACLs (GlusterFS mounted without -o acl)
+            // has none: passed on, EOPNOTSUPP would be the result of the
+            // kernel's permission check instead of the mode bits' answer.
+            Err(e)
+                if e.raw_os_error() == Some(libc::EOPNOTSUPP)
+                    && name.as_bytes().starts_with(b"system.posix_acl_") =>
+            {
+                Err(errno(libc::ENODATA))
+            }
+            r => r,
+        }
     }
 
     pub fn listxattr(&self, ino: u64) -> io::Result<Vec<u8>> {

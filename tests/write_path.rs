@@ -35,6 +35,8 @@ struct Pair {
     ours_extra: String,
     ours: Option<Mounted>,
     kernel: Option<Mounted>,
+    /// Where layerfs' upper and work dir are (`base` unless elsewhere).
+    ours_base: PathBuf,
 }
 
 const KERNEL_OPTS: &str = "redirect_dir=on,index=off,metacopy=off";
@@ -75,13 +77,14 @@ impl Pair {
             ours_extra += ",userxattr";
             kernel_opts = "userxattr,index=off".to_string();
         }
+        let ours_base = v.upper_on.unwrap_or(base).to_path_buf();
         if v.oci_upper {
             kernel_opts = "redirect_dir=off,index=off,metacopy=off".to_string();
         }
         let ours_opts = format!(
             "{},{},{ours_extra}",
             lowerdir_opt(&lowers),
-            upper_opts(base, "ours")
+            upper_opts(&ours_base, "ours")
         );
         let mut env: Vec<(&str, &str)> = Vec::new();
         if v.xattr_whiteouts {
@@ -103,6 +106,7 @@ impl Pair {
             ours_extra,
             ours: Some(ours),
             kernel: Some(kernel),
+            ours_base,
         }
     }
 
@@ -149,7 +153,7 @@ impl Pair {
         let opts = format!(
             "{},{},{}",
             lowerdir_opt(&self.lowers),
-            upper_opts(&self.base, "ours"),
+            upper_opts(&self.ours_base, "ours"),
             self.ours_extra
         );
         let m = try_mount_layerfs_env(
@@ -164,7 +168,7 @@ impl Pair {
             "OCI upper read back differs:\n{}",
             d.join("\n")
         );
-        let upper = self.base.join("upper-ours");
+        let upper = self.ours_base.join("upper-ours");
         for (path, node) in snapshot(&upper) {
             assert!(
                 node.xattrs
@@ -185,6 +189,17 @@ impl Pair {
     fn assert_upper_reads_back_under_kernel(&mut self) {
         let before = snapshot(self.ours());
         self.ours.take().unwrap().unmount();
+        if self.ours_base != self.base {
+            // Kernel overlayfs cannot mount an upper on a filesystem such
+            // as GlusterFS: read back a local copy (xattrs included).
+            let st = Command::new("cp")
+                .arg("-a")
+                .arg(self.ours_base.join("upper-ours"))
+                .arg(&self.base)
+                .status()
+                .unwrap();
+            assert!(st.success(), "copy the upper");
+        }
         let k = mount_kernel(
             &self.lowers,
             &self.base.join("m-readback"),
@@ -426,6 +441,9 @@ struct Variant {
     xattr_whiteouts: bool,
     /// Both use `user.overlay.*` xattrs (`userxattr`), as rootless mounts do.
     userxattr: bool,
+    /// layerfs' upper and work dir go in this dir (on another filesystem,
+    /// e.g. GlusterFS) instead of beside the kernel's.
+    upper_on: Option<&'static Path>,
     /// Upper features layerfs must do without (`LAYERFS_DISABLE_FEATURES`),
     /// as on network filesystems.
     disabled_features: &'static str,
@@ -500,7 +518,7 @@ fn run_differential_with(seed: u64, ops: usize, v: Variant) {
     }
     pair.assert_same(&format!("seed {seed}: after {ops} operations"));
     if v.xattr_whiteouts {
-        let devices = walk_upper_devices(&t.path().join("upper-ours"));
+        let devices = walk_upper_devices(&pair.ours_base.join("upper-ours"));
         assert!(
             devices.is_empty(),
             "seed {seed}: device whiteouts with FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT: {devices:?}"
@@ -572,6 +590,40 @@ fn random_operations_match_kernel_overlayfs_with_userxattr() {
         };
         run_differential_with(seed, 300, v);
     }
+}
+
+/// The same with layerfs' upper and work dir on a GlusterFS volume (which
+/// has no RENAME_NOREPLACE/EXCHANGE/WHITEOUT and no O_TMPFILE); kernel
+/// overlayfs with a local upper is the reference. The body runs on a
+/// "host" of a GlusterFS cluster (tests/common/gluster.rs).
+#[test]
+fn random_operations_match_kernel_overlayfs_with_upper_on_glusterfs() {
+    if common::gluster::role().is_some() {
+        let gl = common::gluster::child_base().join("gl");
+        for seed in [1u64, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12] {
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("seed{seed}-"))
+                .tempdir_in(&gl)
+                .unwrap();
+            let on: &'static Path = Box::leak(dir.path().to_path_buf().into_boxed_path());
+            run_differential_with(
+                seed,
+                300,
+                Variant {
+                    upper_on: Some(on),
+                    ..Variant::default()
+                },
+            );
+        }
+        return;
+    }
+    require_gluster!();
+    let cluster = common::gluster::Cluster::start();
+    let host = cluster.host("a");
+    host.run_test_ok(
+        "random_operations_match_kernel_overlayfs_with_upper_on_glusterfs",
+        "body",
+    );
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! a layerfs mount with kernel overlayfs.
 #![allow(dead_code)]
 
+pub mod gluster;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
