@@ -17,13 +17,13 @@ $install_only || check_toolchain
 # coreutils, tar), the container tests (runc, crun, podman, uidmap for
 # rootless podman, busybox-static for the image), the Debian tests
 # (debootstrap, dpkg, strace), process control (procps: kill, pkill) and
-# the manual page check (groff-base), and a loop-mounted ext2 upper
-# (e2fsprogs), xfs_io to shut an upper down (xfsprogs), and a GlusterFS
+# the manual page check (groff-base), a loop-mounted ext2 upper
+# (e2fsprogs), xfs_io to shut an upper down (xfsprogs), a GlusterFS
 # volume in a network namespace (glusterfs-server, glusterfs-client,
-# iproute2).
+# iproute2), and Docker Engine for the volume tests (docker.io).
 packages=(fuse3 attr coreutils util-linux procps tar runc crun podman uidmap
           busybox-static debootstrap dpkg strace groff-base e2fsprogs xfsprogs
-          glusterfs-server glusterfs-client iproute2)
+          glusterfs-server glusterfs-client iproute2 docker.io)
 
 missing=()
 if command -v dpkg-query >/dev/null; then

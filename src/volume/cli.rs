@@ -1,0 +1,155 @@
+//! The `layerfs-volume` command line.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use super::plugin;
+use super::stack::Volumes;
+use super::store::{default_store, Store};
+
+/// Persistent copy-on-write volumes as layerfs layer stacks, with
+/// snapshots, clones, incremental export and the Docker volume plugin API.
+#[derive(Parser, Debug)]
+#[command(name = "layerfs-volume", version)]
+pub struct Cli {
+    /// The volume store (default /var/lib/layerfs/volumes as root, else
+    /// $XDG_DATA_HOME/layerfs/volumes).
+    #[arg(long, global = true)]
+    pub store: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Create a volume: empty, seeded from directories (top first; not
+    /// copied), or cloned from VOLUME@SNAPSHOT.
+    Create {
+        name: String,
+        #[arg(long = "from", value_name = "DIR|VOLUME@SNAP")]
+        from: Vec<String>,
+    },
+    /// List volumes.
+    Ls,
+    /// Show a volume as JSON.
+    Inspect { name: String },
+    /// Remove a volume (refused while mounted or cloned from).
+    Rm { name: String },
+    /// Make the current changes a read-only snapshot.
+    Snapshot { name: String, id: Option<String> },
+    /// List a volume's snapshots, oldest first.
+    Snapshots { name: String },
+    /// Remove a snapshot, merging its changes into the layer above.
+    SnapshotRm { name: String, id: String },
+    /// Create a volume from another's snapshot, sharing its layers.
+    Clone { source: String, name: String },
+    /// Merge all snapshots of a volume into one layer.
+    Compact { name: String },
+    /// Write the volume as an OCI layer tar (to stdout without -o).
+    Export {
+        name: String,
+        /// Only what changed since this snapshot.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Build a volume from layer tars, full first then increments.
+    Import {
+        name: String,
+        #[arg(required = true)]
+        tars: Vec<PathBuf>,
+    },
+    /// Mount a volume (prints the mountpoint).
+    Mount { name: String },
+    /// Unmount a volume mounted with `mount`.
+    Umount { name: String },
+    /// Serve the Docker volume plugin API on a unix socket.
+    Serve {
+        #[arg(long, default_value = plugin::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+pub fn run(cli: Cli) -> io::Result<()> {
+    let store = Store::open(&cli.store.unwrap_or_else(default_store))?;
+    let vols = Volumes::new(store);
+    let mut out = io::stdout().lock();
+    match cli.cmd {
+        Cmd::Create { name, from } => {
+            let (bases, seeds): (Vec<String>, Vec<String>) = from
+                .into_iter()
+                .partition(|f| f.contains('@') && !f.contains('/'));
+            if bases.len() > 1 || (!bases.is_empty() && !seeds.is_empty()) {
+                return Err(super::store::err(
+                    "--from VOLUME@SNAP is given alone, not with directories",
+                ));
+            }
+            let seeds: Vec<PathBuf> = seeds.into_iter().map(PathBuf::from).collect();
+            vols.create(&name, &seeds, bases.first().map(String::as_str))?;
+            writeln!(out, "{name}")
+        }
+        Cmd::Ls => {
+            for name in vols.store.list()? {
+                writeln!(out, "{name}")?;
+            }
+            Ok(())
+        }
+        Cmd::Inspect { name } => {
+            let v = vols.inspect(&name)?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&v)?)
+        }
+        Cmd::Rm { name } => vols.remove(&name),
+        Cmd::Snapshot { name, id } => {
+            let id = vols.snapshot(&name, id.as_deref())?;
+            writeln!(out, "{id}")
+        }
+        Cmd::Snapshots { name } => {
+            for s in vols.store.load(&name)?.snapshots {
+                writeln!(out, "{}\t{}", s.id, s.created)?;
+            }
+            Ok(())
+        }
+        Cmd::SnapshotRm { name, id } => vols.snapshot_remove(&name, &id),
+        Cmd::Clone { source, name } => {
+            vols.clone_volume(&source, &name)?;
+            writeln!(out, "{name}")
+        }
+        Cmd::Compact { name } => vols.compact(&name),
+        Cmd::Export {
+            name,
+            since,
+            output,
+        } => match output {
+            Some(path) => {
+                // Written beside, renamed when complete: a failed export
+                // leaves no truncated backup under the name asked for.
+                let tmp = path.with_extension("partial");
+                let made = (|| {
+                    let mut f = io::BufWriter::new(fs::File::create(&tmp)?);
+                    vols.export(&name, since.as_deref(), &mut f)?;
+                    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                    fs::rename(&tmp, &path)
+                })();
+                if made.is_err() {
+                    let _ = fs::remove_file(&tmp);
+                }
+                made
+            }
+            None => vols.export(&name, since.as_deref(), &mut out),
+        },
+        Cmd::Import { name, tars } => {
+            vols.import(&name, &tars)?;
+            writeln!(out, "{name}")
+        }
+        Cmd::Mount { name } => {
+            let mp = vols.mount(&name, "cli")?;
+            writeln!(out, "{}", mp.display())
+        }
+        Cmd::Umount { name } => vols.unmount(&name, "cli"),
+        Cmd::Serve { socket } => plugin::serve(&vols, &socket),
+    }
+}

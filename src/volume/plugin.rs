@@ -1,0 +1,154 @@
+//! `serve`: the Docker volume plugin API, HTTP with JSON bodies on a unix
+//! socket (`Plugin.Activate`, `VolumeDriver.*`), as Docker documents it.
+//!
+//! Requests are served one at a time: each is short (a mount is a few
+//! milliseconds) and serving them in order means two containers starting
+//! on one volume cannot race. All state is in the store (holders in each
+//! volume's metadata), so a restarted plugin answers as before; at start it
+//! forgets the holders of volumes whose mount is gone.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::stack::Volumes;
+use super::store::err;
+
+/// Docker's default location for a plugin named `layerfs`.
+pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/layerfs.sock";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Request {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    opts: Option<HashMap<String, String>>,
+    #[serde(default, rename = "ID")]
+    id: String,
+}
+
+/// Options `docker volume create -o` may pass, mapped to `create`.
+fn create(vols: &Volumes, req: &Request) -> io::Result<()> {
+    let mut seeds = Vec::new();
+    let mut base = None;
+    for (k, v) in req.opts.iter().flatten() {
+        match k.as_str() {
+            // Several seeds: "from=/a:/b", top first; a VOLUME@SNAP clones.
+            "from" if v.contains('@') => base = Some(v.clone()),
+            "from" => seeds.extend(v.split(':').map(PathBuf::from)),
+            other => return Err(err(format!("unknown option {other:?} (known: from)"))),
+        }
+    }
+    if base.is_some() && !seeds.is_empty() {
+        return Err(err(
+            "from=VOLUME@SNAP cannot be combined with seed directories",
+        ));
+    }
+    vols.create(&req.name, &seeds, base.as_deref()).map(|_| ())
+}
+
+/// Answers one API call. Errors become `{"Err": "..."}`, never a crash.
+pub fn handle(vols: &Volumes, path: &str, body: &[u8]) -> Value {
+    let req: Request = if body.iter().all(u8::is_ascii_whitespace) {
+        Request::default()
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => return json!({"Err": format!("bad request body: {e}")}),
+        }
+    };
+    let mp = |name: &str| vols.mountpoint(name).to_string_lossy().into_owned();
+    let answer: io::Result<Value> = match path {
+        "/Plugin.Activate" => Ok(json!({"Implements": ["VolumeDriver"]})),
+        "/VolumeDriver.Capabilities" => Ok(json!({"Capabilities": {"Scope": "local"}})),
+        "/VolumeDriver.Create" => create(vols, &req).map(|_| json!({"Err": ""})),
+        "/VolumeDriver.Remove" => vols.remove(&req.name).map(|_| json!({"Err": ""})),
+        "/VolumeDriver.Mount" => {
+            let holder = if req.id.is_empty() { "docker" } else { &req.id };
+            vols.mount(&req.name, holder)
+                .map(|p| json!({"Mountpoint": p, "Err": ""}))
+        }
+        "/VolumeDriver.Unmount" => {
+            let holder = if req.id.is_empty() { "docker" } else { &req.id };
+            vols.unmount(&req.name, holder).map(|_| json!({"Err": ""}))
+        }
+        "/VolumeDriver.Path" => vols.store.load(&req.name).map(|_| {
+            let m = if vols.is_mounted(&req.name) {
+                mp(&req.name)
+            } else {
+                String::new()
+            };
+            json!({"Mountpoint": m, "Err": ""})
+        }),
+        "/VolumeDriver.Get" => vols.store.load(&req.name).and_then(|_| {
+            let status = vols.inspect(&req.name)?;
+            let m = if vols.is_mounted(&req.name) {
+                mp(&req.name)
+            } else {
+                String::new()
+            };
+            Ok(json!({"Volume": {"Name": req.name, "Mountpoint": m, "Status": status}, "Err": ""}))
+        }),
+        "/VolumeDriver.List" => vols.store.list().map(|names| {
+            let list: Vec<Value> = names
+                .iter()
+                .map(|n| {
+                    let m = if vols.is_mounted(n) {
+                        mp(n)
+                    } else {
+                        String::new()
+                    };
+                    json!({"Name": n, "Mountpoint": m})
+                })
+                .collect();
+            json!({"Volumes": list, "Err": ""})
+        }),
+        other => Err(err(format!("unknown endpoint {other}"))),
+    };
+    answer.unwrap_or_else(|e| {
+        log::info!("{path} {}: {e}", req.name);
+        json!({"Err": e.to_string()})
+    })
+}
+
+/// Serves the API on `socket` until killed.
+pub fn serve(vols: &Volumes, socket: &Path) -> io::Result<()> {
+    if let Some(dir) = socket.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    // A socket left by a killed plugin: connecting to it fails, so it is
+    // stale and can go.
+    if socket.exists() && std::os::unix::net::UnixStream::connect(socket).is_err() {
+        fs::remove_file(socket)?;
+    }
+    let mounted = vols.recover()?;
+    log::info!("volumes still mounted: {}", mounted.join(", "));
+    let server = tiny_http::Server::http_unix(socket)
+        .map_err(|e| err(format!("cannot listen on {}: {e}", socket.display())))?;
+    let header = tiny_http::Header::from_bytes(
+        &b"Content-Type"[..],
+        &b"application/vnd.docker.plugins.v1+json"[..],
+    )
+    .map_err(|_| err("bad header"))?;
+    for mut request in server.incoming_requests() {
+        let mut body = Vec::new();
+        if let Err(e) = request.as_reader().read_to_end(&mut body) {
+            log::warn!("reading a request: {e}");
+            continue;
+        }
+        let url = request.url().to_string();
+        let answer = handle(vols, &url, &body);
+        log::debug!("{url} {} -> {answer}", String::from_utf8_lossy(&body));
+        let response =
+            tiny_http::Response::from_string(answer.to_string()).with_header(header.clone());
+        if let Err(e) = request.respond(response) {
+            log::warn!("answering {url}: {e}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,749 @@
+//! Operations on volumes as layer stacks: create, clone, snapshot, merge
+//! (snapshot removal, compaction), mount and unmount, export and import.
+//!
+//! Mounting runs the `layerfs` binary; nothing here links to the FUSE code.
+//! Every change takes the store lock and ends with an atomic metadata
+//! write, so a CLI and a plugin can share one store.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::export::{TarSink, Walker};
+use super::import::{apply_tar, LayerSink};
+use super::store::{check_name, err, now, parse_base, Base, Meta, Snapshot, Store};
+
+/// The layerfs binary: `$LAYERFS_BIN`, else the `layerfs` beside this
+/// executable, else `layerfs` on PATH.
+pub fn layerfs_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LAYERFS_BIN") {
+        return PathBuf::from(p);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        let beside = exe.with_file_name("layerfs");
+        if beside.exists() {
+            return beside;
+        }
+    }
+    PathBuf::from("layerfs")
+}
+
+/// Decodes the octal escapes of a /proc/mounts field.
+fn unescape_mount_field(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Whether `dir` is a mountpoint in this mount namespace.
+pub fn in_proc_mounts(dir: &Path) -> bool {
+    let text = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let want = dir.as_os_str().as_encoded_bytes();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .any(|m| unescape_mount_field(m) == want)
+}
+
+/// One lowerdir= value: colons escaped; commas cannot be carried.
+fn lowerdir_option(layers: &[PathBuf]) -> io::Result<String> {
+    let mut parts = Vec::new();
+    for l in layers {
+        let s = l
+            .to_str()
+            .ok_or_else(|| err(format!("layer path {} is not UTF-8", l.display())))?;
+        if s.contains(',') {
+            return Err(err(format!("layer path {s} contains ','")));
+        }
+        parts.push(s.replace(':', "\\:"));
+    }
+    Ok(parts.join(":"))
+}
+
+fn run_layerfs(opts: &str, mountpoint: &Path) -> io::Result<()> {
+    let bin = layerfs_bin();
+    let out = Command::new(&bin)
+        .arg("-o")
+        .arg(opts)
+        .arg(mountpoint)
+        .output()
+        .map_err(|e| err(format!("cannot run {}: {e}", bin.display())))?;
+    if !out.status.success() {
+        return Err(err(format!(
+            "mount of {} failed: {}",
+            mountpoint.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn unmount_dir(dir: &Path) -> io::Result<()> {
+    match layerfs::sys::umount(dir, 0) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(err(format!(
+            "cannot unmount {}: busy (a process still uses it)",
+            dir.display()
+        ))),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        Err(e) => Err(err(format!("cannot unmount {}: {e}", dir.display()))),
+    }
+}
+
+/// A read-only layerfs mount of some layers, unmounted and removed on drop.
+pub struct View {
+    pub dir: PathBuf,
+}
+
+impl View {
+    pub fn mount(at: PathBuf, layers: &[PathBuf]) -> io::Result<View> {
+        fs::create_dir_all(&at)?;
+        let view = View { dir: at };
+        run_layerfs(&format!("lowerdir={}", lowerdir_option(layers)?), &view.dir)?;
+        Ok(view)
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        if in_proc_mounts(&self.dir) {
+            if let Err(e) = unmount_dir(&self.dir) {
+                log::warn!("{e}; detaching it");
+                let _ = layerfs::sys::umount(&self.dir, libc::MNT_DETACH);
+            }
+        }
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// Which layers a merge folds into one: top first, and what stays below.
+struct MergeRange {
+    range: Vec<PathBuf>,
+    below: Vec<PathBuf>,
+}
+
+pub struct Volumes {
+    pub store: Store,
+}
+
+impl Volumes {
+    pub fn new(store: Store) -> Volumes {
+        Volumes { store }
+    }
+
+    pub fn mountpoint(&self, name: &str) -> PathBuf {
+        self.store.dir(name).join("merged")
+    }
+
+    /// Whether the volume is mounted and its daemon answers (a killed
+    /// daemon leaves a mountpoint that fails with ENOTCONN).
+    pub fn is_mounted(&self, name: &str) -> bool {
+        let mp = self.mountpoint(name);
+        in_proc_mounts(&mp) && fs::metadata(&mp).is_ok()
+    }
+
+    fn refuse_if_mounted(&self, meta: &Meta, what: &str) -> io::Result<()> {
+        if self.is_mounted(&meta.name) {
+            let holders = if meta.holders.is_empty() {
+                "unknown holders".to_string()
+            } else {
+                meta.holders.join(", ")
+            };
+            return Err(err(format!(
+                "cannot {what} volume {}: it is mounted, in use by {holders}",
+                meta.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates a volume: empty, seeded from directories (top first; recorded,
+    /// not copied), or cloned from `VOLUME@SNAPSHOT`.
+    pub fn create(&self, name: &str, seeds: &[PathBuf], base: Option<&str>) -> io::Result<Meta> {
+        check_name("volume", name)?;
+        let _lock = self.store.lock()?;
+        if self.store.dir(name).exists() {
+            return Err(err(format!("volume {name} already exists")));
+        }
+        let mut canon = Vec::new();
+        for s in seeds {
+            let c = s
+                .canonicalize()
+                .map_err(|e| err(format!("seed {}: {e}", s.display())))?;
+            if !c.is_dir() {
+                return Err(err(format!("seed {} is not a directory", s.display())));
+            }
+            if c.starts_with(&self.store.root) {
+                return Err(err(format!("seed {} is inside the store", s.display())));
+            }
+            lowerdir_option(std::slice::from_ref(&c))?;
+            canon.push(c);
+        }
+        let base = match base {
+            None => None,
+            Some(spec) => {
+                let b = parse_base(spec)?;
+                let bmeta = self.store.load(&b.volume)?;
+                if !bmeta.snapshots.iter().any(|s| s.id == b.snapshot) {
+                    return Err(err(format!(
+                        "volume {} has no snapshot {}",
+                        b.volume, b.snapshot
+                    )));
+                }
+                Some(b)
+            }
+        };
+        let meta = Meta {
+            name: name.to_string(),
+            created: now(),
+            seeds: canon,
+            base,
+            snapshots: Vec::new(),
+            holders: Vec::new(),
+            next_snapshot: 1,
+            pending_snapshot: None,
+        };
+        self.build(&meta, |_| Ok(()))?;
+        Ok(meta)
+    }
+
+    /// Makes a volume's directories in a temporary place, lets `fill` add
+    /// layers, writes the metadata and renames it into the store: a volume
+    /// appears whole or not at all.
+    fn build(&self, meta: &Meta, fill: impl FnOnce(&Path) -> io::Result<()>) -> io::Result<()> {
+        let tmp = self
+            .store
+            .root
+            .join(format!(".new-{}-{}", meta.name, std::process::id()));
+        let made = (|| {
+            for d in ["snapshots", "upper", "work", "empty", "merged"] {
+                fs::create_dir_all(tmp.join(d))?;
+            }
+            fill(&tmp)?;
+            super::store::write_atomic(&tmp, "meta.json", &serde_json::to_vec_pretty(meta)?)?;
+            fs::rename(&tmp, self.store.dir(&meta.name))
+        })();
+        if made.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        made
+    }
+
+    /// Removes a volume; refused while mounted or while clones use its
+    /// snapshots (they are shared, not copied).
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        let _lock = self.store.lock()?;
+        let meta = self.store.load(name)?;
+        self.refuse_if_mounted(&meta, "remove")?;
+        let clones = self.store.clones_of(name)?;
+        if !clones.is_empty() {
+            let list: Vec<String> = clones.iter().map(|(c, s)| format!("{c} (@{s})")).collect();
+            return Err(err(format!(
+                "cannot remove volume {name}: its snapshots are used by {}",
+                list.join(", ")
+            )));
+        }
+        // Out of sight first, so a crash never leaves half a volume listed.
+        let gone = self
+            .store
+            .root
+            .join(format!(".rm-{name}-{}", std::process::id()));
+        fs::rename(self.store.dir(name), &gone)?;
+        fs::remove_dir_all(&gone)
+    }
+
+    /// The current upper becomes a read-only snapshot; a new empty upper
+    /// starts. Refused while mounted (naming who holds it).
+    pub fn snapshot(&self, name: &str, id: Option<&str>) -> io::Result<String> {
+        let _lock = self.store.lock()?;
+        let mut meta = self.store.load(name)?;
+        self.repair(&mut meta)?;
+        self.refuse_if_mounted(&meta, "snapshot")?;
+        self.settle_hardlinks(&meta)?;
+        let id = match id {
+            Some(id) => id.to_string(),
+            None => format!("s{}", meta.next_snapshot.max(1)),
+        };
+        check_name("snapshot", &id)?;
+        if meta.snapshots.iter().any(|s| s.id == id) {
+            return Err(err(format!("volume {name} already has a snapshot {id}")));
+        }
+        // Intent first: a crash between the renames is finished by repair().
+        meta.pending_snapshot = Some(id.clone());
+        meta.next_snapshot = meta.next_snapshot.max(1) + 1;
+        self.store.save(&meta)?;
+        let dir = self.store.dir(name);
+        fs::rename(dir.join("upper"), self.store.snapshot_dir(name, &id))?;
+        self.repair(&mut meta)?;
+        Ok(id)
+    }
+
+    /// Finishes what an interrupted change left: a snapshot whose upper was
+    /// renamed gets its new upper and its place in the metadata (one whose
+    /// rename did not happen is forgotten); the layers an interrupted
+    /// merge was replacing, no longer in the metadata, are removed. Runs
+    /// under the store lock, so no other change is under way.
+    fn repair(&self, meta: &mut Meta) -> io::Result<()> {
+        let name = meta.name.clone();
+        let dir = self.store.dir(&name);
+        if let Some(id) = meta.pending_snapshot.take() {
+            if self.store.snapshot_dir(&name, &id).exists() {
+                if !dir.join("upper").exists() {
+                    fs::create_dir(dir.join("upper"))?;
+                }
+                // The index refers to the old upper.
+                reset_dir(&dir.join("work"))?;
+                meta.snapshots.push(Snapshot { id, created: now() });
+            }
+            self.store.save(meta)?;
+        }
+        if !dir.join("upper").exists() {
+            fs::create_dir(dir.join("upper"))?;
+        }
+        for e in fs::read_dir(&dir)? {
+            let n = e?.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with(".merge-") || n.starts_with(".old-") {
+                log::warn!("volume {name}: removing {n}, left by an interrupted change");
+                fs::remove_dir_all(dir.join(&*n))?;
+            }
+        }
+        for e in fs::read_dir(dir.join("snapshots"))? {
+            let n = e?.file_name();
+            let n = n.to_string_lossy();
+            if !meta.snapshots.iter().any(|s| s.id == n) {
+                log::warn!("volume {name}: removing layer {n}, merged by an interrupted change");
+                fs::remove_dir_all(dir.join("snapshots").join(&*n))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Clones `VOLUME@SNAPSHOT` into a new volume sharing its layers.
+    pub fn clone_volume(&self, spec: &str, name: &str) -> io::Result<Meta> {
+        self.create(name, &[], Some(spec))
+    }
+
+    fn refuse_if_cloned(&self, meta: &Meta, from: usize, what: &str) -> io::Result<()> {
+        let later: Vec<&str> = meta.snapshots[from..]
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect();
+        let users: Vec<String> = self
+            .store
+            .clones_of(&meta.name)?
+            .into_iter()
+            .filter(|(_, s)| later.contains(&s.as_str()))
+            .map(|(c, s)| format!("{c} (@{s})"))
+            .collect();
+        if !users.is_empty() {
+            return Err(err(format!(
+                "cannot {what} of volume {}: clones use those layers: {}",
+                meta.name,
+                users.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Folds `range` (top first) into one new layer made at `out`, through
+    /// a read-only mount of range + below.
+    fn merge(&self, meta: &Meta, m: &MergeRange, out: &Path) -> io::Result<()> {
+        let mut all = m.range.clone();
+        all.extend(m.below.iter().cloned());
+        let view = View::mount(
+            self.store
+                .dir(&meta.name)
+                .join(format!(".view-{}", std::process::id())),
+            &all,
+        )?;
+        fs::create_dir(out)?;
+        let made = (|| {
+            let mut sink = LayerSink::new(out, &[])?;
+            Walker::new(&view.dir, &mut sink).since(&m.range)
+        })();
+        if made.is_err() {
+            let _ = fs::remove_dir_all(out);
+        }
+        made
+    }
+
+    /// Removes a snapshot: its changes are merged into the layer above (the
+    /// next snapshot, or the upper), so nothing visible changes.
+    pub fn snapshot_remove(&self, name: &str, id: &str) -> io::Result<()> {
+        let _lock = self.store.lock()?;
+        let mut meta = self.store.load(name)?;
+        self.repair(&mut meta)?;
+        self.refuse_if_mounted(&meta, "remove a snapshot")?;
+        self.settle_hardlinks(&meta)?;
+        let Some(k) = meta.snapshots.iter().position(|s| s.id == id) else {
+            return Err(err(format!("volume {name} has no snapshot {id}")));
+        };
+        self.refuse_if_cloned(&meta, k, &format!("remove snapshot {id}"))?;
+        let stack = self.store.lower_stack(&meta)?;
+        // stack[0] is the newest snapshot; snapshot k is at n-1-k.
+        let n = meta.snapshots.len();
+        let pos = n - 1 - k;
+        let dir = self.store.dir(name);
+        let above = if k + 1 == n {
+            dir.join("upper")
+        } else {
+            self.store.snapshot_dir(name, &meta.snapshots[k + 1].id)
+        };
+        let m = MergeRange {
+            range: vec![above.clone(), stack[pos].clone()],
+            below: stack[pos + 1..].to_vec(),
+        };
+        let tmp = dir.join(format!(".merge-{}", std::process::id()));
+        self.merge(&meta, &m, &tmp)?;
+        if k + 1 == n {
+            // The index refers to the upper being replaced (its sets were
+            // made whole in the upper by settle_hardlinks).
+            reset_dir(&dir.join("work"))?;
+        }
+        // The merged layer holds every name of both, so the view is the
+        // same whether the snapshot is still below it or not: swapping it
+        // in atomically, then dropping the snapshot from the metadata,
+        // leaves no moment where a crash changes what the volume shows.
+        exchange(&tmp, &above)?;
+        meta.snapshots.remove(k);
+        self.store.save(&meta)?;
+        fs::remove_dir_all(&tmp)?;
+        fs::remove_dir_all(self.store.snapshot_dir(name, id))
+    }
+
+    /// Folds every snapshot into one layer (keeping the newest one's name),
+    /// so the stack stays short.
+    pub fn compact(&self, name: &str) -> io::Result<()> {
+        let _lock = self.store.lock()?;
+        let mut meta = self.store.load(name)?;
+        self.repair(&mut meta)?;
+        self.refuse_if_mounted(&meta, "compact")?;
+        let n = meta.snapshots.len();
+        if n < 2 {
+            return Ok(());
+        }
+        self.refuse_if_cloned(&meta, 0, "compact the snapshots")?;
+        let stack = self.store.lower_stack(&meta)?;
+        let m = MergeRange {
+            range: stack[..n].to_vec(),
+            below: stack[n..].to_vec(),
+        };
+        let dir = self.store.dir(name);
+        let tmp = dir.join(format!(".merge-{}", std::process::id()));
+        self.merge(&meta, &m, &tmp)?;
+        let newest = meta.snapshots[n - 1].clone();
+        // As in snapshot_remove: the merged layer shadows every older one,
+        // so the swap and the metadata write can each be the last thing a
+        // crash lets happen; repair() removes what is left.
+        exchange(&tmp, &self.store.snapshot_dir(name, &newest.id))?;
+        let older: Vec<Snapshot> = meta.snapshots[..n - 1].to_vec();
+        meta.snapshots = vec![newest];
+        self.store.save(&meta)?;
+        fs::remove_dir_all(&tmp)?;
+        for s in older {
+            fs::remove_dir_all(self.store.snapshot_dir(name, &s.id))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the volume as an OCI layer tar: all of it, or what changed
+    /// since snapshot `since`.
+    pub fn export(&self, name: &str, since: Option<&str>, out: &mut dyn Write) -> io::Result<()> {
+        let meta = {
+            let _lock = self.store.lock()?;
+            let mut meta = self.store.load(name)?;
+            self.refuse_if_mounted(&meta, "export")?;
+            self.repair(&mut meta)?;
+            self.settle_hardlinks(&meta)?;
+            meta
+        };
+        let dir = self.store.dir(name);
+        let mut layers = vec![dir.join("upper")];
+        layers.extend(self.store.lower_stack(&meta)?);
+        let above = match since {
+            None => None,
+            Some(id) => {
+                let Some(k) = meta.snapshots.iter().position(|s| s.id == id) else {
+                    return Err(err(format!("volume {name} has no snapshot {id}")));
+                };
+                // upper plus the snapshots newer than k.
+                Some(layers[..meta.snapshots.len() - k].to_vec())
+            }
+        };
+        let view = View::mount(dir.join(format!(".view-{}", std::process::id())), &layers)?;
+        let mut sink = TarSink::new(out);
+        let mut walker = Walker::new(&view.dir, &mut sink);
+        match above {
+            None => walker.full(),
+            Some(above) => walker.since(&above),
+        }
+    }
+
+    /// Builds a new volume from a chain of layer tars (full first, then
+    /// increments), one snapshot per tar. Any refused entry fails the whole
+    /// import and leaves nothing behind.
+    pub fn import(&self, name: &str, tars: &[PathBuf]) -> io::Result<Meta> {
+        check_name("volume", name)?;
+        let _lock = self.store.lock()?;
+        if self.store.dir(name).exists() {
+            return Err(err(format!("volume {name} already exists")));
+        }
+        let mut meta = Meta {
+            name: name.to_string(),
+            created: now(),
+            seeds: Vec::new(),
+            base: None,
+            snapshots: Vec::new(),
+            holders: Vec::new(),
+            next_snapshot: 1,
+            pending_snapshot: None,
+        };
+        for i in 1..=tars.len() {
+            meta.snapshots.push(Snapshot {
+                id: format!("s{i}"),
+                created: now(),
+            });
+        }
+        meta.next_snapshot = tars.len() as u64 + 1;
+        self.build(&meta, |tmp| {
+            let mut below: Vec<PathBuf> = Vec::new();
+            for (i, tar) in tars.iter().enumerate() {
+                let layer = tmp.join("snapshots").join(format!("s{}", i + 1));
+                fs::create_dir(&layer)?;
+                let f = fs::File::open(tar).map_err(|e| err(format!("{}: {e}", tar.display())))?;
+                let lowers: Vec<&Path> = below.iter().map(|p| p.as_path()).collect();
+                let mut sink = LayerSink::new(&layer, &lowers)?;
+                apply_tar(io::BufReader::new(f), &mut sink)
+                    .map_err(|e| err(format!("{}: {e}", tar.display())))?;
+                below.insert(0, layer);
+            }
+            Ok(())
+        })?;
+        Ok(meta)
+    }
+
+    /// Mounts the volume for `holder` (a container id, or "cli"); a volume
+    /// already mounted is shared, and the holder is counted.
+    pub fn mount(&self, name: &str, holder: &str) -> io::Result<PathBuf> {
+        let _lock = self.store.lock()?;
+        let mut meta = self.store.load(name)?;
+        let mp = self.mountpoint(name);
+        if !self.is_mounted(name) {
+            self.repair(&mut meta)?;
+            let dir = self.store.dir(name);
+            for d in ["upper", "work", "merged"] {
+                fs::create_dir_all(dir.join(d))?;
+            }
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lowerdir_option(&self.store.lower_stack(&meta)?)?,
+                lowerdir_option(&[dir.join("upper")])?,
+                lowerdir_option(&[dir.join("work")])?,
+            );
+            run_layerfs(&opts, &mp)?;
+            meta.holders.clear();
+        }
+        if !meta.holders.iter().any(|h| h == holder) {
+            meta.holders.push(holder.to_string());
+        }
+        self.store.save(&meta)?;
+        Ok(mp)
+    }
+
+    /// Drops `holder`'s use; the last one unmounts.
+    pub fn unmount(&self, name: &str, holder: &str) -> io::Result<()> {
+        let _lock = self.store.lock()?;
+        let mut meta = self.store.load(name)?;
+        meta.holders.retain(|h| h != holder);
+        if meta.holders.is_empty() && in_proc_mounts(&self.mountpoint(name)) {
+            unmount_dir(&self.mountpoint(name))?;
+        }
+        self.store.save(&meta)
+    }
+
+    /// After a restart: a volume whose mount is gone (host reboot, killed
+    /// daemon) has no holders any more. Returns the volumes still mounted.
+    pub fn recover(&self) -> io::Result<Vec<String>> {
+        let _lock = self.store.lock()?;
+        // Half-made or half-removed volumes of a killed process: creation,
+        // import and removal hold the lock throughout, so none is running.
+        for e in fs::read_dir(&self.store.root)? {
+            let n = e?.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with(".new-") || n.starts_with(".rm-") {
+                log::warn!("removing {n}, left by an interrupted create or rm");
+                fs::remove_dir_all(self.store.root.join(&*n))?;
+            }
+        }
+        let mut mounted = Vec::new();
+        for name in self.store.list()? {
+            let Ok(mut meta) = self.store.load(&name) else {
+                continue;
+            };
+            if self.is_mounted(&name) {
+                mounted.push(name);
+            } else if !meta.holders.is_empty() {
+                log::warn!(
+                    "volume {name}: mount gone, forgetting holders {}",
+                    meta.holders.join(", ")
+                );
+                meta.holders.clear();
+                self.store.save(&meta)?;
+            }
+        }
+        Ok(mounted)
+    }
+
+    /// Makes every hardlink set whole in the upper. When one name of a lower
+    /// file with several names is written, layerfs copies it up under that
+    /// name only and finds the copy for the other names through the work
+    /// directory's index, as kernel overlayfs does. A layer read without
+    /// that index (a snapshot, an export's view) would show the other names
+    /// with the old content: so before the upper is read that way, each
+    /// other name of a set that is partly in the upper is linked to the
+    /// copy there (what the kernel's link-up does), its parents copied up
+    /// first through a mount.
+    fn settle_hardlinks(&self, meta: &Meta) -> io::Result<()> {
+        let dir = self.store.dir(&meta.name);
+        let index_empty = fs::read_dir(dir.join("work/index"))
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true);
+        if index_empty {
+            return Ok(());
+        }
+        let at = dir.join(format!(".settle-{}", std::process::id()));
+        fs::create_dir_all(&at)?;
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowerdir_option(&self.store.lower_stack(meta)?)?,
+            lowerdir_option(&[dir.join("upper")])?,
+            lowerdir_option(&[dir.join("work")])?,
+        );
+        run_layerfs(&opts, &at)?;
+        let view = View { dir: at };
+        let mut groups: std::collections::HashMap<u64, Vec<PathBuf>> = Default::default();
+        collect_linked(&view.dir, Path::new(""), &mut groups)?;
+        let upper = dir.join("upper");
+        let in_upper =
+            |rel: &PathBuf| fs::symlink_metadata(upper.join(rel)).is_ok_and(|m| m.is_file());
+        let mut links = Vec::new();
+        for names in groups.values() {
+            let Some(copy) = names.iter().find(|r| in_upper(r)) else {
+                continue;
+            };
+            for rel in names.iter().filter(|r| !in_upper(r)) {
+                // Copies the parent directories up (a chown to the same
+                // owner), so that the name can be linked in the upper.
+                if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    let p = view.dir.join(parent);
+                    let md = fs::symlink_metadata(&p)?;
+                    std::os::unix::fs::lchown(&p, Some(md.uid()), Some(md.gid()))?;
+                }
+                links.push((copy.clone(), rel.clone()));
+            }
+        }
+        drop(view);
+        for (copy, rel) in links {
+            fs::hard_link(upper.join(&copy), upper.join(&rel))?;
+        }
+        Ok(())
+    }
+
+    /// What `inspect` prints.
+    pub fn inspect(&self, name: &str) -> io::Result<serde_json::Value> {
+        let meta = self.store.load(name)?;
+        let mut layers = vec![self.store.dir(name).join("upper")];
+        layers.extend(self.store.lower_stack(&meta)?);
+        Ok(serde_json::json!({
+            "Name": meta.name,
+            "Created": meta.created,
+            "Mountpoint": self.mountpoint(name),
+            "Mounted": self.is_mounted(name),
+            "Holders": meta.holders,
+            "Seeds": meta.seeds,
+            "Base": meta.base.as_ref().map(|b: &Base| format!("{}@{}", b.volume, b.snapshot)),
+            "Snapshots": meta.snapshots,
+            "Layers": layers,
+        }))
+    }
+}
+
+/// Regular files with several names under `root/rel`, grouped by inode.
+fn collect_linked(
+    root: &Path,
+    rel: &Path,
+    groups: &mut std::collections::HashMap<u64, Vec<PathBuf>>,
+) -> io::Result<()> {
+    for e in fs::read_dir(root.join(rel))? {
+        let e = e?;
+        let child = rel.join(e.file_name());
+        let md = e.metadata()?;
+        if md.is_dir() {
+            collect_linked(root, &child, groups)?;
+        } else if md.is_file() && md.nlink() > 1 {
+            groups.entry(md.ino()).or_default().push(child);
+        }
+    }
+    Ok(())
+}
+
+/// Swaps two directories atomically (renameat2 RENAME_EXCHANGE).
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    let parent = |p: &Path| -> io::Result<(std::os::fd::OwnedFd, std::ffi::OsString)> {
+        let dir = p
+            .parent()
+            .ok_or_else(|| err(format!("{}: no parent", p.display())))?;
+        let name = p
+            .file_name()
+            .ok_or_else(|| err(format!("{}: no name", p.display())))?;
+        Ok((
+            layerfs::sys::open_path(dir, libc::O_PATH | libc::O_DIRECTORY)?,
+            name.to_os_string(),
+        ))
+    };
+    let (da, na) = parent(a)?;
+    let (db, nb) = parent(b)?;
+    use std::os::fd::AsFd;
+    layerfs::sys::renameat2(da.as_fd(), &na, db.as_fd(), &nb, libc::RENAME_EXCHANGE)
+}
+
+/// Empties a directory by replacing it (the work dir after its upper
+/// changed: its index refers to the old upper).
+fn reset_dir(dir: &Path) -> io::Result<()> {
+    if dir.exists() {
+        fs::remove_dir_all(dir)?;
+    }
+    fs::create_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_fields() {
+        assert_eq!(unescape_mount_field("/a\\040b"), b"/a b".to_vec());
+        assert_eq!(unescape_mount_field("/a\\\\"), b"/a\\\\".to_vec());
+        assert_eq!(
+            lowerdir_option(&[PathBuf::from("/a:b"), PathBuf::from("/c")]).unwrap(),
+            "/a\\:b:/c"
+        );
+        assert!(lowerdir_option(&[PathBuf::from("/a,b")]).is_err());
+    }
+}

@@ -1,0 +1,1349 @@
+//! Volumes (`layerfs-volume`): the CLI lifecycle with an incremental
+//! backup restored on a fresh store, hostile tars, and the Docker volume
+//! plugin API spoken over its unix socket. Mounted: run as root.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_layerfs-volume")
+}
+
+/// A store in a temp dir; on drop, everything mounted under it is
+/// unmounted and a plugin started for it is killed.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    store: PathBuf,
+    plugin: Option<Child>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        Fixture {
+            tmp,
+            store,
+            plugin: None,
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    fn run_in(&self, store: &Path, args: &[&str]) -> Output {
+        Command::new(bin())
+            .arg("--store")
+            .arg(store)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_in(&self.store, args)
+    }
+
+    /// Runs and asserts success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "layerfs-volume {args:?} failed: {}",
+            common::output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Runs, asserts failure, returns the message.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "layerfs-volume {args:?} succeeded");
+        common::output_text(&out)
+    }
+
+    fn mounts_under(&self) -> Vec<PathBuf> {
+        let text = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let root = self.tmp.path().canonicalize().unwrap();
+        text.lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .map(|m| PathBuf::from(m.replace("\\040", " ")))
+            .filter(|m| m.starts_with(&root))
+            .collect()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.plugin.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        for m in self.mounts_under().into_iter().rev() {
+            let ok = Command::new("umount")
+                .arg(&m)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&m).status();
+            }
+        }
+    }
+}
+
+fn groups_of_links(tree: &BTreeMap<Vec<u8>, common::Node>) -> BTreeSet<Vec<Vec<u8>>> {
+    let mut by_ino: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
+    for (p, n) in tree {
+        if n.kind == "file" && n.nlink > 1 {
+            by_ino.entry(n.ino).or_default().push(p.clone());
+        }
+    }
+    by_ino.into_values().filter(|g| g.len() > 1).collect()
+}
+
+/// Compares two mounted volumes: every file's kind, content, owner, mode,
+/// user xattrs, symlink target, file mtime (seconds) and hardlink sets.
+fn assert_same_volume(a: &Path, b: &Path) {
+    let (ta, tb) = (common::snapshot(a), common::snapshot(b));
+    let cmp = common::Compare {
+        ino: false,
+        nlink: false,
+        mtime: false,
+        dir_mtime: false,
+    };
+    let d = common::diff(&ta, &tb, cmp);
+    assert!(d.is_empty(), "volumes differ:\n{}", d.join("\n"));
+    for (p, n) in &ta {
+        if n.kind == "file" {
+            assert_eq!(
+                n.mtime.0,
+                tb[p].mtime.0,
+                "mtime of {}",
+                String::from_utf8_lossy(p)
+            );
+        }
+    }
+    assert_eq!(groups_of_links(&ta), groups_of_links(&tb), "hardlink sets");
+}
+
+/// The entries of a tar, as (path, type, link target).
+fn tar_entries(tar: &Path) -> Vec<(String, tar::EntryType, Option<String>)> {
+    let mut a = tar::Archive::new(fs::File::open(tar).unwrap());
+    a.entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                String::from_utf8_lossy(&e.path_bytes()).into_owned(),
+                e.header().entry_type(),
+                e.link_name_bytes()
+                    .map(|l| String::from_utf8_lossy(&l).into_owned()),
+            )
+        })
+        .collect()
+}
+
+/// A file capability (VFS v2): cap_net_bind_service in the permitted set.
+const CAP: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+/// A POSIX access ACL in the kernel's xattr format: user::rw-,
+/// user:1234:r--, group::r--, mask::r--, other::---.
+fn acl() -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, 1234),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+/// A seed tree: 200 files in 20 directories, with owners, modes, xattrs,
+/// a hardlink set, a symlink and an empty directory.
+fn make_seed(dir: &Path) {
+    for d in 0..20 {
+        for f in 0..10 {
+            let p = dir.join(format!("d{d:02}/f{f}"));
+            common::write(&p, format!("file {d} {f}\n").repeat(f + 1).as_bytes());
+            common::chown(&p, 1000 + f as u32, 100 + d as u32);
+            common::chmod(&p, 0o600 + f as u32);
+        }
+    }
+    common::setxattr(&dir.join("d00/f0"), "user.note", b"seed");
+    common::setxattr(&dir.join("d00/f1"), "security.capability", &CAP);
+    common::setxattr(&dir.join("d00/f2"), "system.posix_acl_access", &acl());
+    fs::hard_link(dir.join("d01/f1"), dir.join("d02/hardlink")).unwrap();
+    fs::hard_link(dir.join("d01/f1"), dir.join("d03/hardlink")).unwrap();
+    common::link_sym("../d00/f0", &dir.join("d04/sym"));
+    common::mkdir(&dir.join("empty"));
+    common::chmod(&dir.join("d05"), 0o750);
+}
+
+#[test]
+fn lifecycle_incremental_backup_and_restore() {
+    require!();
+    let fx = Fixture::new();
+    let seed = fx.path("seed");
+    make_seed(&seed);
+    let seed_before = common::snapshot(&seed);
+
+    fx.ok(&["create", "data", "--from", seed.to_str().unwrap()]);
+    assert!(fx.ok(&["ls"]).lines().any(|l| l == "data"));
+    let mp = PathBuf::from(fx.ok(&["mount", "data"]));
+    assert_eq!(
+        fs::read(mp.join("d03/f3")).unwrap(),
+        b"file 3 3\n".repeat(4)
+    );
+    common::write(&mp.join("d00/new"), b"new file\n");
+    fs::remove_file(mp.join("d06/f6")).unwrap();
+    // A snapshot of a volume in use is refused, naming who holds it.
+    let msg = fx.fails(&["snapshot", "data", "s1"]);
+    assert!(msg.contains("in use by cli"), "{msg}");
+    fx.ok(&["umount", "data"]);
+    assert!(!common::is_mounted(&mp));
+    fx.ok(&["snapshot", "data", "s1"]);
+    let full = fx.path("full.tar");
+    fx.ok(&["export", "data", "-o", full.to_str().unwrap()]);
+
+    // Change 1% of the files: two rewritten (one of them a name of the
+    // hardlink set), one deleted, one directory replaced, one added.
+    let mp = PathBuf::from(fx.ok(&["mount", "data"]));
+    common::write(&mp.join("d07/f7"), b"changed\n");
+    fs::OpenOptions::new()
+        .append(true)
+        .open(mp.join("d02/hardlink"))
+        .unwrap()
+        .write_all(b"appended\n")
+        .unwrap();
+    fs::remove_file(mp.join("d08/f8")).unwrap();
+    fs::remove_dir_all(mp.join("d09")).unwrap();
+    common::mkdir(&mp.join("d09"));
+    common::write(&mp.join("d09/only"), b"replaced dir\n");
+    common::write(&mp.join("added"), b"added\n");
+    common::setxattr(&mp.join("added"), "user.kind", b"fresh");
+    // A renamed directory (an overlay redirect) goes whole, its old name
+    // as a whiteout.
+    fs::rename(mp.join("d10"), mp.join("moved")).unwrap();
+    fx.ok(&["umount", "data"]);
+
+    let inc = fx.path("inc.tar");
+    fx.ok(&[
+        "export",
+        "data",
+        "--since",
+        "s1",
+        "-o",
+        inc.to_str().unwrap(),
+    ]);
+    let entries = tar_entries(&inc);
+    let names: BTreeSet<String> = entries.iter().map(|e| e.0.clone()).collect();
+    let want: BTreeSet<String> = [
+        ".",
+        "added",
+        "d01",
+        "d01/f1",
+        "d02",
+        "d02/hardlink",
+        "d03",
+        "d03/hardlink",
+        "d07",
+        "d07/f7",
+        "d08",
+        "d08/.wh.f8",
+        "d09",
+        "d09/.wh..wh..opq",
+        "d09/only",
+        ".wh.d10",
+        "moved",
+        "moved/.wh..wh..opq",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain((0..10).map(|f| format!("moved/f{f}")))
+    .collect();
+    assert_eq!(names, want, "the increment holds exactly the changes");
+    let links: Vec<_> = entries
+        .iter()
+        .filter(|e| e.1 == tar::EntryType::Link)
+        .collect();
+    assert_eq!(links.len(), 2, "one copy of the hardlink set: {entries:?}");
+    let full_size = fs::metadata(&full).unwrap().len();
+    let inc_size = fs::metadata(&inc).unwrap().len();
+    assert!(
+        inc_size * 5 < full_size,
+        "increment {inc_size} vs full {full_size}"
+    );
+    // Same content, same bytes.
+    let again = fx.path("inc2.tar");
+    fx.ok(&[
+        "export",
+        "data",
+        "--since",
+        "s1",
+        "-o",
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(fs::read(&inc).unwrap(), fs::read(&again).unwrap());
+
+    // Restore the chain on a fresh store, as another host would.
+    let other = fx.path("other-store");
+    let out = fx.run_in(
+        &other,
+        &[
+            "import",
+            "restored",
+            full.to_str().unwrap(),
+            inc.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let out = fx.run_in(&other, &["mount", "restored"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let restored = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let mp = PathBuf::from(fx.ok(&["mount", "data"]));
+    assert_same_volume(&mp, &restored);
+    assert_eq!(
+        fs::read(restored.join("d02/hardlink")).unwrap(),
+        fs::read(restored.join("d01/f1")).unwrap()
+    );
+    assert!(!restored.join("d09/f0").exists());
+    // Capabilities and ACLs travel too.
+    let cap = common::getxattr(&restored.join("d00/f1"), "security.capability").unwrap();
+    assert_eq!(cap, CAP);
+    let got = common::getxattr(&restored.join("d00/f2"), "system.posix_acl_access").unwrap();
+    assert_eq!(got, acl());
+    fx.ok(&["umount", "data"]);
+    assert!(fx.run_in(&other, &["umount", "restored"]).status.success());
+
+    // Clone, snapshot removal and compaction keep what is visible.
+    fx.ok(&["snapshot", "data", "s2"]);
+    fx.ok(&["clone", "data@s1", "copy"]);
+    let msg = fx.fails(&["rm", "data"]);
+    assert!(msg.contains("copy"), "rm names the clone: {msg}");
+    let mp = PathBuf::from(fx.ok(&["mount", "copy"]));
+    assert_eq!(
+        fs::read(mp.join("d07/f7")).unwrap(),
+        b"file 7 7\n".repeat(8)
+    );
+    assert!(mp.join("d00/new").exists() && !mp.join("added").exists());
+    fx.ok(&["umount", "copy"]);
+    fx.ok(&["rm", "copy"]);
+    let mp = PathBuf::from(fx.ok(&["mount", "data"]));
+    let before = common::snapshot(&mp);
+    fx.ok(&["umount", "data"]);
+    fx.ok(&["snapshot-rm", "data", "s1"]);
+    assert_eq!(fx.ok(&["snapshots", "data"]).lines().count(), 1);
+    fx.ok(&["snapshot", "data", "s3"]);
+    fx.ok(&["compact", "data"]);
+    assert_eq!(
+        fx.ok(&["snapshots", "data"])
+            .lines()
+            .next()
+            .unwrap()
+            .split('\t')
+            .next(),
+        Some("s3")
+    );
+    let mp = PathBuf::from(fx.ok(&["mount", "data"]));
+    let after = common::snapshot(&mp);
+    let cmp = common::Compare {
+        ino: false,
+        nlink: false,
+        mtime: false,
+        dir_mtime: false,
+    };
+    let d = common::diff(&before, &after, cmp);
+    assert!(
+        d.is_empty(),
+        "compaction changed the volume:\n{}",
+        d.join("\n")
+    );
+    assert_eq!(groups_of_links(&before), groups_of_links(&after));
+    fx.ok(&["umount", "data"]);
+    let inspect: serde_json::Value = serde_json::from_str(&fx.ok(&["inspect", "data"])).unwrap();
+    assert_eq!(inspect["Mounted"], false);
+    assert_eq!(inspect["Snapshots"].as_array().unwrap().len(), 1);
+    fx.ok(&["rm", "data"]);
+    assert!(!fx.ok(&["ls"]).lines().any(|l| l == "data"));
+    // The seed was never written to.
+    let d = common::diff(&seed_before, &common::snapshot(&seed), common::Compare::ALL);
+    assert!(d.is_empty(), "seed changed:\n{}", d.join("\n"));
+}
+
+#[test]
+fn removing_the_newest_snapshot_merges_it_into_the_upper() {
+    require!();
+    let fx = Fixture::new();
+    let seed = fx.path("seed");
+    common::write(&seed.join("a"), b"a\n");
+    common::write(&seed.join("c"), b"c\n");
+    common::write(&seed.join("d/b"), b"b\n");
+    fx.ok(&["create", "v", "--from", seed.to_str().unwrap()]);
+    let mp = PathBuf::from(fx.ok(&["mount", "v"]));
+    common::write(&mp.join("a"), b"a2\n");
+    fs::remove_file(mp.join("d/b")).unwrap();
+    common::write(&mp.join("d/n"), b"n\n");
+    fx.ok(&["umount", "v"]);
+    fx.ok(&["snapshot", "v", "s1"]);
+    let mp = PathBuf::from(fx.ok(&["mount", "v"]));
+    fs::remove_file(mp.join("c")).unwrap();
+    fs::remove_dir_all(mp.join("d")).unwrap();
+    common::write(&mp.join("d/x"), b"x\n");
+    let before = common::snapshot(&mp);
+    fx.ok(&["umount", "v"]);
+    fx.ok(&["snapshot-rm", "v", "s1"]);
+    assert_eq!(fx.ok(&["snapshots", "v"]), "");
+    let mp = PathBuf::from(fx.ok(&["mount", "v"]));
+    let cmp = common::Compare {
+        ino: false,
+        nlink: false,
+        mtime: true,
+        dir_mtime: false,
+    };
+    let mut after = common::snapshot(&mp);
+    // Merged files keep their mtime to the second (a tar's precision).
+    for (k, n) in after.iter_mut() {
+        n.mtime = before.get(k).map_or(n.mtime, |b| (n.mtime.0, b.mtime.1));
+    }
+    let d = common::diff(&before, &after, cmp);
+    assert!(
+        d.is_empty(),
+        "the merge changed the volume:\n{}",
+        d.join("\n")
+    );
+    // Still writable, with the merged upper.
+    common::write(&mp.join("y"), b"y\n");
+    fx.ok(&["umount", "v"]);
+}
+
+#[test]
+fn interrupted_changes_are_finished_by_the_next_one() {
+    require!();
+    let fx = Fixture::new();
+    fx.ok(&["create", "v"]);
+    let mp = PathBuf::from(fx.ok(&["mount", "v"]));
+    common::write(&mp.join("f"), b"kept\n");
+    fx.ok(&["umount", "v"]);
+    let vol = fx.store.join("v");
+    let set_pending = |id: &str| {
+        let path = vol.join("meta.json");
+        let mut meta: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        meta["pending_snapshot"] = serde_json::json!(id);
+        fs::write(&path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    };
+    // A snapshot interrupted after its upper was renamed...
+    set_pending("s9");
+    fs::rename(vol.join("upper"), vol.join("snapshots/s9")).unwrap();
+    // ... and what an interrupted merge leaves.
+    common::mkdir(&vol.join("snapshots/merged-away"));
+    common::mkdir(&vol.join(".merge-1"));
+    let mp = PathBuf::from(fx.ok(&["mount", "v"]));
+    assert_eq!(fs::read(mp.join("f")).unwrap(), b"kept\n");
+    fx.ok(&["umount", "v"]);
+    assert_eq!(fx.ok(&["snapshots", "v"]).split('\t').next(), Some("s9"));
+    assert!(!vol.join("snapshots/merged-away").exists());
+    assert!(!vol.join(".merge-1").exists());
+    // A snapshot interrupted before the rename is forgotten.
+    set_pending("s10");
+    fx.ok(&["snapshot", "v", "s11"]);
+    let ids: Vec<String> = fx
+        .ok(&["snapshots", "v"])
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["s9", "s11"]);
+    let mp = PathBuf::from(fx.ok(&["mount", "v"]));
+    assert_eq!(fs::read(mp.join("f")).unwrap(), b"kept\n");
+    fx.ok(&["umount", "v"]);
+}
+
+#[test]
+fn bad_requests_are_one_line_errors() {
+    require!();
+    let fx = Fixture::new();
+    for bad in ["../x", "a/b", "", &"x".repeat(200)] {
+        let msg = fx.fails(&["create", bad]);
+        assert!(msg.contains("bad volume name"), "{bad:?}: {msg}");
+        assert_eq!(msg.trim().lines().count(), 1, "{msg}");
+    }
+    let msg = fx.fails(&["create", "v", "--from", "/nonexistent/seed"]);
+    assert!(msg.contains("/nonexistent/seed"), "{msg}");
+    fx.ok(&["create", "v"]);
+    assert!(fx.fails(&["create", "v"]).contains("already exists"));
+    fs::write(fx.store.join("v/meta.json"), b"{not json").unwrap();
+    let msg = fx.fails(&["inspect", "v"]);
+    assert!(msg.contains("corrupt metadata"), "{msg}");
+    assert!(fx
+        .fails(&["clone", "nothere@s1", "w"])
+        .contains("no such volume"));
+}
+
+/// A tar header with the name bytes written as they are (the tar crate
+/// refuses to build hostile names, which is the point of these tests).
+fn raw_entry(out: &mut Vec<u8>, name: &[u8], kind: tar::EntryType, link: &[u8], data: &[u8]) {
+    let mut h = tar::Header::new_old();
+    {
+        let old = h.as_old_mut();
+        old.name[..name.len()].copy_from_slice(name);
+        old.linkname[..link.len()].copy_from_slice(link);
+    }
+    h.set_entry_type(kind);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    h.set_cksum();
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+}
+
+fn finish_tar(mut out: Vec<u8>) -> Vec<u8> {
+    out.extend_from_slice(&[0; 1024]);
+    out
+}
+
+#[test]
+fn hostile_tars_are_refused_whole() {
+    require!();
+    let fx = Fixture::new();
+    let outside = fx.path("outside");
+    common::mkdir(&outside);
+    let outside_s = outside.to_str().unwrap().as_bytes().to_vec();
+    let reg = tar::EntryType::Regular;
+    let good = |t: &mut Vec<u8>| raw_entry(t, b"fine", reg, b"", b"ok\n");
+
+    let mut cases: Vec<(&str, Vec<Vec<u8>>)> = Vec::new();
+    let mut t = Vec::new();
+    good(&mut t);
+    raw_entry(&mut t, b"../../outside/slip", reg, b"", b"x");
+    cases.push(("tar-slip", vec![finish_tar(t)]));
+    let mut t = Vec::new();
+    good(&mut t);
+    let abs = [outside_s.clone(), b"/abs".to_vec()].concat();
+    raw_entry(&mut t, &abs, reg, b"", b"x");
+    cases.push(("absolute path", vec![finish_tar(t)]));
+    let mut t = Vec::new();
+    good(&mut t);
+    raw_entry(&mut t, b"link", tar::EntryType::Symlink, &outside_s, b"");
+    raw_entry(&mut t, b"link/through", reg, b"", b"x");
+    cases.push(("symlink then file", vec![finish_tar(t)]));
+    let mut t1 = Vec::new();
+    raw_entry(&mut t1, b"link", tar::EntryType::Symlink, &outside_s, b"");
+    let mut t2 = Vec::new();
+    good(&mut t2);
+    raw_entry(&mut t2, b"link/through", reg, b"", b"x");
+    cases.push((
+        "symlink in an earlier tar",
+        vec![finish_tar(t1), finish_tar(t2)],
+    ));
+    let mut t = Vec::new();
+    good(&mut t);
+    raw_entry(
+        &mut t,
+        b"hl",
+        tar::EntryType::Link,
+        b"../../outside/target",
+        b"",
+    );
+    cases.push(("hardlink out", vec![finish_tar(t)]));
+    // A 300-byte name needs a GNU long-name record, which tar writes.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(1);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "fine", &b"x"[..]).unwrap();
+    b.append_data(&mut h, "y".repeat(300), &b"x"[..]).unwrap();
+    cases.push(("huge name", vec![b.into_inner().unwrap()]));
+    let mut t = Vec::new();
+    good(&mut t);
+    raw_entry(&mut t, b"sub/.wh...", reg, b"", b"");
+    cases.push(("whiteout of ..", vec![finish_tar(t)]));
+
+    for (i, (what, tars)) in cases.iter().enumerate() {
+        let mut paths = Vec::new();
+        for (j, t) in tars.iter().enumerate() {
+            let p = fx.path(&format!("case{i}-{j}.tar"));
+            fs::write(&p, t).unwrap();
+            paths.push(p.to_str().unwrap().to_string());
+        }
+        let mut args = vec!["import".to_string(), format!("v{i}")];
+        args.extend(paths);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let msg = fx.fails(&args);
+        assert!(msg.contains("refused"), "{what}: {msg}");
+        assert!(
+            !fx.ok(&["ls"]).lines().any(|l| l == format!("v{i}")),
+            "{what}"
+        );
+    }
+    // Nothing outside, nothing half-written in the store.
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "written outside"
+    );
+    let left: Vec<_> = fs::read_dir(&fx.store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != ".lock")
+        .collect();
+    assert!(left.is_empty(), "left in the store: {left:?}");
+}
+
+#[test]
+fn import_applies_oci_whiteouts_layer_by_layer() {
+    require!();
+    let fx = Fixture::new();
+    let reg = tar::EntryType::Regular;
+    let dir = tar::EntryType::Directory;
+    let mut t1 = Vec::new();
+    raw_entry(&mut t1, b"d", dir, b"", b"");
+    raw_entry(&mut t1, b"d/old", reg, b"", b"old\n");
+    raw_entry(&mut t1, b"o", dir, b"", b"");
+    raw_entry(&mut t1, b"o/hidden", reg, b"", b"x");
+    raw_entry(&mut t1, b"keep", reg, b"", b"k\n");
+    raw_entry(&mut t1, b"gone", reg, b"", b"g\n");
+    let mut t2 = Vec::new();
+    // Deleted then made again in the same layer: starts empty.
+    raw_entry(&mut t2, b".wh.d", reg, b"", b"");
+    raw_entry(&mut t2, b"d/new", reg, b"", b"new\n");
+    // Made, then a whiteout of the same name: the whiteout hides only
+    // what is below.
+    raw_entry(&mut t2, b"o/mine", reg, b"", b"m");
+    raw_entry(&mut t2, b".wh.o", reg, b"", b"");
+    raw_entry(&mut t2, b".wh.gone", reg, b"", b"");
+    let (p1, p2) = (fx.path("1.tar"), fx.path("2.tar"));
+    fs::write(&p1, finish_tar(t1)).unwrap();
+    fs::write(&p2, finish_tar(t2)).unwrap();
+    fx.ok(&["import", "v", p1.to_str().unwrap(), p2.to_str().unwrap()]);
+    let mp = PathBuf::from(fx.ok(&["mount", "v"]));
+    let names = |d: &Path| {
+        let mut v: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&mp), ["d", "keep", "o"]);
+    assert_eq!(names(&mp.join("d")), ["new"]);
+    assert_eq!(names(&mp.join("o")), ["mine"]);
+    fx.ok(&["umount", "v"]);
+}
+
+/// One HTTP POST over the plugin socket; the JSON answer.
+fn call(sock: &Path, endpoint: &str, body: &str) -> serde_json::Value {
+    let mut s = UnixStream::connect(sock).unwrap();
+    write!(
+        s,
+        "POST /{endpoint} HTTP/1.1\r\nHost: plugin\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, json) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{endpoint}: {e}: {json}"))
+}
+
+fn start_plugin(fx: &mut Fixture, sock: &Path) {
+    let log = fs::File::create(fx.path("plugin.log")).unwrap();
+    let child = Command::new(bin())
+        .arg("--store")
+        .arg(&fx.store)
+        .args(["serve", "--socket"])
+        .arg(sock)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    fx.plugin = Some(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(sock).is_err() {
+        assert!(Instant::now() < deadline, "plugin did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn plugin_api_refcounts_and_survives_restart() {
+    require!();
+    let mut fx = Fixture::new();
+    let seed = fx.path("seed");
+    common::write(&seed.join("hello"), b"from the seed\n");
+    let sock = fx.path("plugins/layerfs.sock");
+    // What a create killed half-way leaves is swept at start.
+    common::mkdir(&fx.store.join(".new-web-1/upper"));
+    start_plugin(&mut fx, &sock);
+    assert!(!fx.store.join(".new-web-1").exists());
+
+    let r = call(&sock, "Plugin.Activate", "");
+    assert_eq!(r["Implements"][0], "VolumeDriver");
+    let r = call(&sock, "VolumeDriver.Capabilities", "");
+    assert_eq!(r["Capabilities"]["Scope"], "local");
+    let create = format!(r#"{{"Name":"web","Opts":{{"from":"{}"}}}}"#, seed.display());
+    assert_eq!(call(&sock, "VolumeDriver.Create", &create)["Err"], "");
+    let r = call(&sock, "VolumeDriver.Create", &create);
+    assert!(r["Err"].as_str().unwrap().contains("already exists"), "{r}");
+    let r = call(
+        &sock,
+        "VolumeDriver.Create",
+        r#"{"Name":"x","Opts":{"colour":"red"}}"#,
+    );
+    assert!(r["Err"].as_str().unwrap().contains("colour"), "{r}");
+    let r = call(&sock, "VolumeDriver.Create", r#"{"Name":"a/b"}"#);
+    assert!(
+        r["Err"].as_str().unwrap().contains("bad volume name"),
+        "{r}"
+    );
+
+    // Two containers share one mount.
+    let m1 = call(&sock, "VolumeDriver.Mount", r#"{"Name":"web","ID":"c1"}"#);
+    assert_eq!(m1["Err"], "", "{m1}");
+    let mp = PathBuf::from(m1["Mountpoint"].as_str().unwrap());
+    let m2 = call(&sock, "VolumeDriver.Mount", r#"{"Name":"web","ID":"c2"}"#);
+    assert_eq!(m2["Mountpoint"], m1["Mountpoint"]);
+    assert_eq!(fs::read(mp.join("hello")).unwrap(), b"from the seed\n");
+    common::write(&mp.join("written"), b"by c1\n");
+    let r = call(&sock, "VolumeDriver.Remove", r#"{"Name":"web"}"#);
+    let err = r["Err"].as_str().unwrap();
+    assert!(
+        err.contains("c1") && err.contains("c2"),
+        "rm names the holders: {r}"
+    );
+    assert_eq!(
+        call(&sock, "VolumeDriver.Unmount", r#"{"Name":"web","ID":"c1"}"#)["Err"],
+        ""
+    );
+    assert!(common::is_mounted(&mp), "c2 still holds it");
+    let r = call(&sock, "VolumeDriver.Path", r#"{"Name":"web"}"#);
+    assert_eq!(r["Mountpoint"], m1["Mountpoint"]);
+
+    // The plugin dies; the mount stays, and a new plugin knows it.
+    let mut p = fx.plugin.take().unwrap();
+    p.kill().unwrap();
+    p.wait().unwrap();
+    assert!(common::is_mounted(&mp));
+    assert_eq!(fs::read(mp.join("written")).unwrap(), b"by c1\n");
+    start_plugin(&mut fx, &sock);
+    let r = call(&sock, "VolumeDriver.List", "");
+    assert_eq!(r["Volumes"][0]["Name"], "web", "{r}");
+    assert_eq!(r["Volumes"][0]["Mountpoint"], m1["Mountpoint"]);
+    let r = call(&sock, "VolumeDriver.Get", r#"{"Name":"web"}"#);
+    assert_eq!(r["Volume"]["Status"]["Holders"][0], "c2", "{r}");
+    let r = call(&sock, "VolumeDriver.Remove", r#"{"Name":"web"}"#);
+    assert!(r["Err"].as_str().unwrap().contains("c2"), "{r}");
+    // A later mount works and shares the same mount.
+    let m3 = call(&sock, "VolumeDriver.Mount", r#"{"Name":"web","ID":"c3"}"#);
+    assert_eq!(m3["Mountpoint"], m1["Mountpoint"]);
+    assert_eq!(
+        call(&sock, "VolumeDriver.Unmount", r#"{"Name":"web","ID":"c2"}"#)["Err"],
+        ""
+    );
+    assert!(common::is_mounted(&mp));
+    assert_eq!(
+        call(&sock, "VolumeDriver.Unmount", r#"{"Name":"web","ID":"c3"}"#)["Err"],
+        ""
+    );
+    assert!(!common::is_mounted(&mp), "the last unmount ends the mount");
+    let r = call(&sock, "VolumeDriver.Get", r#"{"Name":"web"}"#);
+    assert_eq!(r["Volume"]["Mountpoint"], "");
+    // -o from=VOLUME@SNAP clones; the clone keeps its base alive.
+    fx.ok(&["snapshot", "web", "s1"]);
+    let r = call(
+        &sock,
+        "VolumeDriver.Create",
+        r#"{"Name":"web2","Opts":{"from":"web@s1"}}"#,
+    );
+    assert_eq!(r["Err"], "", "{r}");
+    let m = call(&sock, "VolumeDriver.Mount", r#"{"Name":"web2","ID":"c9"}"#);
+    let mp2 = PathBuf::from(m["Mountpoint"].as_str().unwrap());
+    assert_eq!(fs::read(mp2.join("written")).unwrap(), b"by c1\n");
+    let r = call(
+        &sock,
+        "VolumeDriver.Unmount",
+        r#"{"Name":"web2","ID":"c9"}"#,
+    );
+    assert_eq!(r["Err"], "");
+    let r = call(&sock, "VolumeDriver.Remove", r#"{"Name":"web"}"#);
+    assert!(r["Err"].as_str().unwrap().contains("web2"), "{r}");
+    let r = call(&sock, "VolumeDriver.Remove", r#"{"Name":"web2"}"#);
+    assert_eq!(r["Err"], "");
+    let r = call(&sock, "VolumeDriver.Remove", r#"{"Name":"web"}"#);
+    assert_eq!(r["Err"], "");
+    let r = call(&sock, "VolumeDriver.Get", r#"{"Name":"web"}"#);
+    assert!(r["Err"].as_str().unwrap().contains("no such volume"), "{r}");
+}
+
+/// A Docker Engine of the test's own: its data root, exec root, socket and
+/// pidfile in a temp dir, in a private mount namespace where a temp dir is
+/// bind-mounted over /run/docker/plugins (so the host's is untouched) and
+/// the layerfs plugin serves there. Everything is stopped by pid on drop.
+struct Engine {
+    dir: PathBuf,
+    store: PathBuf,
+    dockerd: Child,
+    plugin_pid: Option<u32>,
+    /// The plugin restarted by the test (the first one is dockerd's child).
+    plugin: Option<Child>,
+}
+
+impl Engine {
+    fn start(dir: &Path) -> Engine {
+        Engine::start_with(dir, "")
+    }
+
+    /// `extra`: more dockerd options. A `bin/` in `dir` comes first on
+    /// dockerd's PATH.
+    fn start_with(dir: &Path, extra: &str) -> Engine {
+        let store = dir.join("store");
+        for d in ["data", "exec", "plugins"] {
+            fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let script = format!(
+            "set -e\nexport PATH={d}/bin:$PATH\nmkdir -p /run/docker/plugins\n\
+             mount --bind {d}/plugins /run/docker/plugins\n\
+             {bin} --store {d}/store serve > {d}/plugin.log 2>&1 &\necho $! > {d}/plugin.pid\n\
+             exec dockerd --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock \
+             --pidfile {d}/docker.pid --config-file {d}/daemon.json --iptables=false --ip6tables=false --bridge=none \
+             {extra} > {d}/dockerd.log 2>&1\n",
+            d = dir.display(),
+            bin = bin()
+        );
+        fs::write(dir.join("start.sh"), script).unwrap();
+        // Its own config file: a host's /etc/docker/daemon.json is not read,
+        // and the trust key goes here, not to /etc/docker/key.json.
+        let config = format!(r#"{{"deprecated-key-path": "{}/key.json"}}"#, dir.display());
+        fs::write(dir.join("daemon.json"), config).unwrap();
+        let dockerd = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "bash"])
+            .arg(dir.join("start.sh"))
+            .spawn()
+            .unwrap();
+        let mut e = Engine {
+            dir: dir.to_path_buf(),
+            store,
+            dockerd,
+            plugin_pid: None,
+            plugin: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if e.plugin_pid.is_none() {
+                e.plugin_pid = fs::read_to_string(dir.join("plugin.pid"))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+            }
+            if e.docker(&["info"]).status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not start: {}",
+                fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        e
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}/docker.sock", self.dir.display()))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            common::output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Runs a command in dockerd's mount namespace.
+    fn in_ns(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg("-t")
+            .arg(self.dockerd.id().to_string())
+            .arg("-m")
+            .arg("--")
+            .args(args);
+        c
+    }
+
+    fn volume_mounted(&self, name: &str) -> bool {
+        let out = self
+            .in_ns(&[
+                bin(),
+                "--store",
+                self.store.to_str().unwrap(),
+                "inspect",
+                name,
+            ])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("inspect {name}: {e}: {}", common::output_text(&out)));
+        v["Mounted"] == true
+    }
+
+    fn kill_plugin(&mut self) {
+        if let Some(pid) = self.plugin_pid.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if let Some(mut p) = self.plugin.take() {
+            let _ = p.wait();
+        }
+    }
+
+    fn restart_plugin(&mut self) {
+        let log = fs::File::create(self.dir.join("plugin2.log")).unwrap();
+        let child = self
+            .in_ns(&[bin(), "--store", self.store.to_str().unwrap(), "serve"])
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.plugin_pid = Some(child.id());
+        self.plugin = Some(child);
+        let sock = self.dir.join("plugins/layerfs.sock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&sock).is_err() {
+            assert!(Instant::now() < deadline, "plugin did not come back");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Containers first, so that dockerd unmounts their volumes.
+        let ids = self.docker(&["ps", "-aq"]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = self.docker(&["rm", "-f", id]);
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.dockerd.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.dockerd.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.dockerd.kill();
+        let _ = self.dockerd.wait();
+        self.kill_plugin();
+    }
+}
+
+#[test]
+fn docker_engine_uses_layerfs_volumes() {
+    require!("dockerd", "docker", "busybox", "unshare", "nsenter", "tar");
+    let tmp = tempfile::Builder::new()
+        .prefix("lfv")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = tmp.path();
+    let rootfs = dir.join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::copy(common::busybox().unwrap(), rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "ls", "echo", "rm", "sleep", "test"] {
+        common::link_sym("busybox", &rootfs.join("bin").join(applet));
+    }
+    let seed = dir.join("seed");
+    common::write(&seed.join("keep"), b"kept\n");
+    common::write(&seed.join("change"), b"old\n");
+    common::write(&seed.join("gone"), b"to delete\n");
+
+    let mut engine = Engine::start(dir);
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    let mut import = Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{}/docker.sock", dir.display()))
+        .args(["import", "-", "bb:1"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    import.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+    assert!(import.wait().unwrap().success());
+
+    let from = format!("from={}", seed.display());
+    engine.ok(&["volume", "create", "-d", "layerfs", "-o", &from, "vol"]);
+    let run = [
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "vol:/data",
+        "bb:1",
+        "sh",
+        "-c",
+    ];
+    let out = engine.ok(&[
+        &run[..],
+        &["cat /data/keep && echo new > /data/change && rm /data/gone && echo hi > /data/added"],
+    ]
+    .concat());
+    assert_eq!(out, "kept");
+    assert!(
+        !engine.volume_mounted("vol"),
+        "the last container's exit unmounts"
+    );
+    let out = engine.ok(&[&run[..], &["cat /data/change /data/added; ls /data"]].concat());
+    assert_eq!(out, "new\nhi\nadded\nchange\nkeep");
+
+    // Two containers on one volume at once see each other's writes.
+    let detached = |name: &str| {
+        engine.ok(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            name,
+            "-v",
+            "vol:/data",
+            "bb:1",
+            "sleep",
+            "600",
+        ])
+    };
+    detached("ca");
+    detached("cb");
+    engine.ok(&["exec", "ca", "sh", "-c", "echo from-a > /data/shared"]);
+    assert_eq!(engine.ok(&["exec", "cb", "cat", "/data/shared"]), "from-a");
+    let rm = engine.docker(&["volume", "rm", "vol"]);
+    assert!(!rm.status.success(), "rm of a volume in use");
+    let msg = common::output_text(&rm);
+    assert!(msg.contains("in use"), "{msg}");
+
+    // The plugin dies and comes back while the containers run.
+    engine.kill_plugin();
+    assert_eq!(engine.ok(&["exec", "ca", "cat", "/data/shared"]), "from-a");
+    engine.ok(&["exec", "cb", "sh", "-c", "echo during > /data/outage"]);
+    engine.restart_plugin();
+    let out = engine.ok(&[&run[..], &["cat /data/outage"]].concat());
+    assert_eq!(out, "during");
+    engine.ok(&["rm", "-f", "ca"]);
+    assert!(engine.volume_mounted("vol"), "b still holds it");
+    engine.ok(&["rm", "-f", "cb"]);
+    assert!(!engine.volume_mounted("vol"), "the last holder unmounts");
+    engine.ok(&["volume", "rm", "vol"]);
+    assert!(!engine.store.join("vol").exists());
+    // The seed is untouched.
+    assert_eq!(fs::read(seed.join("change")).unwrap(), b"old\n");
+    assert!(seed.join("gone").exists());
+    drop(engine);
+}
+
+/// podman with its own root, runroot and containers.conf naming the
+/// plugin in `[engine.volume_plugins]`; containers removed on drop.
+struct Podman {
+    dir: PathBuf,
+}
+
+impl Podman {
+    fn new(dir: &Path, sock: &Path) -> Podman {
+        fs::create_dir_all(dir).unwrap();
+        let conf = format!(
+            "{}[engine.volume_plugins]\nlayerfs = \"{}\"\n",
+            common::CONTAINERS_CONF,
+            sock.display()
+        );
+        fs::write(dir.join("containers.conf"), conf).unwrap();
+        Podman {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("podman");
+        c.arg("--root")
+            .arg(self.dir.join("root"))
+            .arg("--runroot")
+            .arg(self.dir.join("runroot"))
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"));
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            common::output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["rm", "-fa", "-t", "0"]).output();
+    }
+}
+
+#[test]
+fn podman_uses_layerfs_volumes() {
+    require!("podman", "runc", "busybox", "tar");
+    let mut fx = Fixture::new();
+    let sock = fx.path("plugins/layerfs.sock");
+    start_plugin(&mut fx, &sock);
+    let podman = Podman::new(&fx.path("podman"), &sock);
+    let rootfs = fx.path("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::copy(common::busybox().unwrap(), rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "ls", "echo", "rm", "sleep"] {
+        common::link_sym("busybox", &rootfs.join("bin").join(applet));
+    }
+    let image = fx.path("rootfs.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&image)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    podman.ok(&["import", image.to_str().unwrap(), "bb:1"]);
+    let seed = fx.path("seed");
+    common::write(&seed.join("keep"), b"kept\n");
+    common::write(&seed.join("change"), b"old\n");
+    common::write(&seed.join("gone"), b"to delete\n");
+
+    let from = format!("from={}", seed.display());
+    podman.ok(&[
+        "volume", "create", "--driver", "layerfs", "-o", &from, "vol",
+    ]);
+    let mounted = |fx: &Fixture| {
+        let v: serde_json::Value = serde_json::from_str(&fx.ok(&["inspect", "vol"])).unwrap();
+        v["Mounted"] == true
+    };
+    let run = [
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "vol:/data",
+        "bb:1",
+        "sh",
+        "-c",
+    ];
+    let out = podman.ok(&[
+        &run[..],
+        &["cat /data/keep && echo new > /data/change && rm /data/gone && echo hi > /data/added"],
+    ]
+    .concat());
+    assert_eq!(out, "kept");
+    assert!(!mounted(&fx), "the container's exit unmounts");
+    let out = podman.ok(&[&run[..], &["cat /data/change /data/added; ls /data"]].concat());
+    assert_eq!(out, "new\nhi\nadded\nchange\nkeep");
+
+    let detached = |name: &str| {
+        podman.ok(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            name,
+            "-v",
+            "vol:/data",
+            "bb:1",
+            "sleep",
+            "600",
+        ])
+    };
+    detached("ca");
+    detached("cb");
+    podman.ok(&["exec", "ca", "sh", "-c", "echo from-a > /data/shared"]);
+    assert_eq!(podman.ok(&["exec", "cb", "cat", "/data/shared"]), "from-a");
+    let rm = podman.cmd(&["volume", "rm", "vol"]).output().unwrap();
+    assert!(!rm.status.success(), "rm of a volume in use");
+    let msg = fx.fails(&["rm", "vol"]);
+    assert!(msg.contains("in use by"), "{msg}");
+
+    // The plugin dies and comes back while the containers run.
+    let mut p = fx.plugin.take().unwrap();
+    p.kill().unwrap();
+    p.wait().unwrap();
+    assert_eq!(podman.ok(&["exec", "ca", "cat", "/data/shared"]), "from-a");
+    podman.ok(&["exec", "cb", "sh", "-c", "echo during > /data/outage"]);
+    start_plugin(&mut fx, &sock);
+    let out = podman.ok(&[&run[..], &["cat /data/outage"]].concat());
+    assert_eq!(out, "during");
+    podman.ok(&["rm", "-f", "-t", "0", "ca"]);
+    assert!(mounted(&fx), "cb still holds it");
+    podman.ok(&["rm", "-f", "-t", "0", "cb"]);
+    assert!(!mounted(&fx), "the last holder unmounts");
+    podman.ok(&["volume", "rm", "vol"]);
+    assert!(!fx.store.join("vol").exists());
+    assert_eq!(fs::read(seed.join("change")).unwrap(), b"old\n");
+}
+
+/// Imports the busybox image into an engine as `bb:1`.
+fn import_busybox(engine: &Engine, scratch: &Path) {
+    let rootfs = scratch.join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::copy(common::busybox().unwrap(), rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "ls", "echo", "rm", "mkdir", "tr", "sleep"] {
+        common::link_sym("busybox", &rootfs.join("bin").join(applet));
+    }
+    let tar = scratch.join("rootfs.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    engine.ok(&["import", tar.to_str().unwrap(), "bb:1"]);
+}
+
+/// Docker Engine with its own `fuse-overlayfs` storage driver, where the
+/// `fuse-overlayfs` dockerd finds on its PATH is layerfs: build with RUN
+/// steps, diff, commit, save, and load into another engine (overlay2).
+#[test]
+fn docker_fuse_overlayfs_storage_driver_runs_on_layerfs() {
+    require!("dockerd", "docker", "busybox", "unshare", "nsenter", "tar");
+    let tmp = tempfile::Builder::new()
+        .prefix("lfd")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = tmp.path().join("a");
+    fs::create_dir_all(dir.join("bin")).unwrap();
+    std::os::unix::fs::symlink(common::layerfs_bin(), dir.join("bin/fuse-overlayfs")).unwrap();
+    let engine = Engine::start_with(&dir, "--storage-driver fuse-overlayfs");
+    assert!(engine
+        .ok(&["info"])
+        .contains("Storage Driver: fuse-overlayfs"));
+    import_busybox(&engine, tmp.path());
+    let ctx = tmp.path().join("ctx");
+    common::write(
+        &ctx.join("Dockerfile"),
+        b"FROM bb:1\nRUN echo one > /one && mkdir /d && echo x > /d/x\n\
+          RUN rm /d/x && echo two > /two\n",
+    );
+    let build = Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{}/docker.sock", dir.display()))
+        .args(["build", "-t", "built:1"])
+        .arg(&ctx)
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "{}", common::output_text(&build));
+    // The container roots are layerfs mounts.
+    engine.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "probe",
+        "--network",
+        "none",
+        "built:1",
+        "sleep",
+        "600",
+    ]);
+    let mounts = engine
+        .in_ns(&["cat", "/proc/self/mounts"])
+        .output()
+        .unwrap();
+    let mounts = String::from_utf8_lossy(&mounts.stdout).into_owned();
+    let data = dir.join("data");
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains(" fuse.layerfs ") && l.contains(data.to_str().unwrap())),
+        "no layerfs mount under the data root:\n{mounts}"
+    );
+    engine.ok(&["rm", "-f", "probe"]);
+    let out = engine.ok(&[
+        "run",
+        "--name",
+        "w1",
+        "--network",
+        "none",
+        "built:1",
+        "sh",
+        "-c",
+        "cat /one /two; ls /d; echo three > /three; rm /one; echo y > /d/y",
+    ]);
+    assert_eq!(out, "one\ntwo");
+    let diff: BTreeSet<String> = engine
+        .ok(&["diff", "w1"])
+        .lines()
+        .map(String::from)
+        .collect();
+    let want: BTreeSet<String> = ["C /d", "A /d/y", "A /three", "D /one"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(diff, want);
+    engine.ok(&["commit", "w1", "committed:1"]);
+    let saved = tmp.path().join("saved.tar");
+    engine.ok(&["save", "committed:1", "-o", saved.to_str().unwrap()]);
+    drop(engine);
+
+    // Elsewhere: another engine, with its default storage driver.
+    let other = tmp.path().join("b");
+    let engine = Engine::start(&other);
+    engine.ok(&["load", "-i", saved.to_str().unwrap()]);
+    let out = engine.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "committed:1",
+        "sh",
+        "-c",
+        "ls / | tr '\\n' ' '; ls /d; cat /two /three",
+    ]);
+    assert_eq!(out, "bin d dev etc proc sys three two y\ntwo\nthree");
+}
