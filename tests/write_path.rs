@@ -449,11 +449,28 @@ fn run_differential_with(seed: u64, ops: usize, v: Variant) {
     }
 }
 
+/// The seeds and the operation count of a differential test: `defaults`
+/// and 300, unless `LAYERFS_DIFF_SEEDS=N` (with `LAYERFS_DIFF_SEED_START`,
+/// default 1) and `LAYERFS_DIFF_OPS` ask for a longer run
+/// (scripts/soak-diff.sh).
+fn diff_plan(defaults: &[u64]) -> (Vec<u64>, usize) {
+    let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let seeds = match num("LAYERFS_DIFF_SEEDS") {
+        Some(n) => {
+            let start = num("LAYERFS_DIFF_SEED_START").unwrap_or(1);
+            (start..start + n).collect()
+        }
+        None => defaults.to_vec(),
+    };
+    (seeds, num("LAYERFS_DIFF_OPS").unwrap_or(300) as usize)
+}
+
 #[test]
 fn random_operations_match_kernel_overlayfs() {
     require_root!();
-    for seed in [1u64, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12] {
-        run_differential(seed, 300, false);
+    let (seeds, ops) = diff_plan(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    for seed in seeds {
+        run_differential(seed, ops, false);
     }
 }
 
@@ -477,12 +494,13 @@ fn random_operations_match_kernel_overlayfs_with_xattr_whiteouts() {
     require_root!();
     // Where mknod is refused, whiteouts are the xattr kind kernel overlayfs
     // (6.7+) reads; fuse-overlayfs' switch forces that here.
-    for seed in [31u64, 32, 33, 34] {
+    let (seeds, ops) = diff_plan(&[31, 32, 33, 34]);
+    for seed in seeds {
         let v = Variant {
             xattr_whiteouts: true,
             ..Variant::default()
         };
-        run_differential_with(seed, 300, v);
+        run_differential_with(seed, ops, v);
     }
 }
 
@@ -491,21 +509,24 @@ fn random_operations_match_kernel_overlayfs_with_userxattr() {
     require_root!();
     // The rootless format: user.overlay.* xattrs, no redirects (renaming a
     // lower directory is EXDEV, as in the kernel), plus xattr whiteouts.
-    for (seed, xattr_whiteouts) in [(41u64, false), (42, false), (43, true), (44, true)] {
+    let (seeds, ops) = diff_plan(&[41, 42, 43, 44]);
+    for seed in seeds {
         let v = Variant {
             userxattr: true,
-            xattr_whiteouts,
+            // Seeds 41, 42 without, 43, 44 with.
+            xattr_whiteouts: (seed - 1) / 2 % 2 == 1,
             ..Variant::default()
         };
-        run_differential_with(seed, 300, v);
+        run_differential_with(seed, ops, v);
     }
 }
 
 #[test]
 fn random_operations_match_kernel_overlayfs_with_metacopy() {
     require_root!();
-    for seed in [21u64, 22, 23, 24, 25, 26] {
-        run_differential(seed, 300, true);
+    let (seeds, ops) = diff_plan(&[21, 22, 23, 24, 25, 26]);
+    for seed in seeds {
+        run_differential(seed, ops, true);
     }
 }
 
