@@ -725,6 +725,10 @@ fn kill_9_at_any_point_of_mixed_work() {
     let mut track = Track::default();
     let mut gen = 1u64;
     let mut hits = [0usize; 6];
+    // Kills that left a staged copy in the work dir, and index entries
+    // with no upper name yet: evidence the kills cut copy-ups midway.
+    let mut cut_staging = 0;
+    let mut half_indexed = 0;
     let started = Instant::now();
     for round in 0..kills {
         // ---- work, then SIGKILL at a random moment
@@ -783,6 +787,13 @@ fn kill_9_at_any_point_of_mixed_work() {
         track = std::mem::take(&mut *ctx.track.lock().unwrap());
 
         // ---- mount again and check
+        if fs::read_dir(w.join("work")).unwrap().next().is_some() {
+            cut_staging += 1;
+        }
+        half_indexed += fs::read_dir(w.join("index"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().metadata().unwrap().nlink() == 1)
+            .count();
         let mut m = try_mount_layerfs(&opts, &mnt)
             .unwrap_or_else(|e| panic!("round {round}: remount after kill -9: {e}"));
         let stacked = mounts_at(&mnt);
@@ -834,7 +845,8 @@ fn kill_9_at_any_point_of_mixed_work() {
         }
     }
     eprintln!(
-        "{kills} kills in {:.1} s; kills during work of each worker {:?}: {hits:?}",
+        "{kills} kills in {:.1} s; kills during work of each worker {:?}: {hits:?}; \
+         {cut_staging} left a staged object in the work dir, {half_indexed} index entries without an upper name",
         started.elapsed().as_secs_f64(),
         WORKERS.map(|w| w.0)
     );
