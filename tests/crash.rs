@@ -398,7 +398,9 @@ fn worker_files(c: &Ctx) -> io::Result<()> {
     }
 }
 
-const WORKERS: [(&str, fn(&Ctx) -> io::Result<()>); 6] = [
+type Worker = fn(&Ctx) -> io::Result<()>;
+
+const WORKERS: [(&str, Worker); 6] = [
     ("own", worker_own),
     ("big", worker_big),
     ("hl", worker_hl),
@@ -456,7 +458,11 @@ fn check_tree(tree: &Tree, lower_hashes: &HashSet<u64>, track: &Track) -> Vec<St
         if data.starts_with(b"MARK ") && data.len() > MARK_LEN {
             let name = String::from_utf8_lossy(&data[5..MARK_LEN]);
             let name = name.split(' ').next().unwrap_or("").to_string();
-            let len = if name.starts_with("big/") { BIG_LEN } else { HL_LEN };
+            let len = if name.starts_with("big/") {
+                BIG_LEN
+            } else {
+                HL_LEN
+            };
             if marker_gen(data, &name, &lower_content(&name, len)).is_ok() {
                 continue;
             }
@@ -508,7 +514,10 @@ fn check_tree(tree: &Tree, lower_hashes: &HashSet<u64>, track: &Track) -> Vec<St
             .collect();
         let base = format!("hl/{}", hl_name(k, "a"));
         if names.len() < 2 {
-            bad.push(format!("hl set {k}: {} names, expected 2 or more", names.len()));
+            bad.push(format!(
+                "hl set {k}: {} names, expected 2 or more",
+                names.len()
+            ));
             continue;
         }
         let first = &tree[names[0]];
@@ -660,7 +669,9 @@ fn check_index(index: &Path, l1: &Path, tree: &Tree) -> Vec<String> {
                 && n.content.as_ref() == Some(&content)
         });
         if !named {
-            bad.push(format!("index/{name} (set {k}): nlink 1 and no name shows it"));
+            bad.push(format!(
+                "index/{name} (set {k}): nlink 1 and no name shows it"
+            ));
         }
     }
     bad
@@ -698,7 +709,10 @@ fn kill_9_at_any_point_of_mixed_work() {
     }
     let kills = env_num("LAYERFS_CRASH_KILLS", 50) as usize;
     let seed = env_num("LAYERFS_CRASH_SEED", 1);
-    let mut t = tempfile::Builder::new().prefix("lfscrash").tempdir().unwrap();
+    let mut t = tempfile::Builder::new()
+        .prefix("lfscrash")
+        .tempdir()
+        .unwrap();
     if std::env::var_os("LAYERFS_KEEP_TEST_DIRS").is_some() {
         t.disable_cleanup(true);
     }
@@ -741,7 +755,7 @@ fn kill_9_at_any_point_of_mixed_work() {
             track: Mutex::new(std::mem::take(&mut track)),
             gen: AtomicU64::new(gen),
             done: Default::default(),
-            seed: seed ^ (round as u64) << 8,
+            seed: seed ^ ((round as u64) << 8),
         });
         let handles: Vec<_> = WORKERS
             .iter()
@@ -859,4 +873,3 @@ fn kill_9_at_any_point_of_mixed_work() {
         );
     }
 }
-

@@ -119,7 +119,10 @@ fn build_lowers(base: &Path, threads: usize) -> (Vec<PathBuf>, HashSet<Vec<u8>>)
     }
     for d in 0..SHARED_DIRS {
         for k in 0..4 {
-            put(if k == 0 { &l0 } else { &l1 }, &format!("shared/sd{d}/n{k}"));
+            put(
+                if k == 0 { &l0 } else { &l1 },
+                &format!("shared/sd{d}/n{k}"),
+            );
         }
     }
     for i in 0..threads {
@@ -252,7 +255,11 @@ fn shared_op(sh: &Shared, rng: &mut Rng, tag: &str, n: u64) -> Result<(), String
     match r {
         Ok(()) => Ok(()),
         Err(e) if EXPECTED.contains(&errno(&e)) => {
-            *sh.errno_counts.lock().unwrap().entry(errno(&e)).or_default() += 1;
+            *sh.errno_counts
+                .lock()
+                .unwrap()
+                .entry(errno(&e))
+                .or_default() += 1;
             Ok(())
         }
         Err(e) => Err(format!("op {op} on {a} / {b}: {e}")),
@@ -279,13 +286,7 @@ const PRIV_FILES: [&str; 6] = ["q0", "q1", "f0", "f1", "f2", "f3"];
 const PRIV_DIRS: [&str; 2] = ["d0", "d1"];
 
 /// One operation on thread i's private names, checked against the model.
-fn private_op(
-    root: &Path,
-    m: &mut Model,
-    rng: &mut Rng,
-    tag: &str,
-    n: u64,
-) -> Result<(), String> {
+fn private_op(root: &Path, m: &mut Model, rng: &mut Rng, tag: &str, n: u64) -> Result<(), String> {
     let f = |rng: &mut Rng| rng.pick(&PRIV_FILES).to_string();
     let (a, b) = (f(rng), f(rng));
     let pa = root.join(&a);
@@ -425,15 +426,14 @@ fn model_listing(m: &Model) -> Listing {
 }
 
 fn worker(sh: &Shared, i: usize, seed: u64) -> Model {
-    let mut rng = Rng::new(seed ^ (i as u64 + 1) * 0x1234_5678);
+    let mut rng = Rng::new(seed ^ ((i as u64 + 1) * 0x1234_5678));
     let tag = format!("t{i}");
     let root = sh.mnt.join(format!("p{i}"));
     let mut m = Model::default();
     for q in ["q0", "q1"] {
         m.next += 1;
         m.names.insert(q.into(), m.next);
-        m.data
-            .insert(m.next, block(&format!("lower:p{i}/{q}"), 0));
+        m.data.insert(m.next, block(&format!("lower:p{i}/{q}"), 0));
     }
     let mut n = 0u64;
     while !sh.stop.load(Ordering::Relaxed) {
@@ -460,7 +460,10 @@ fn many_threads_mixed_operations_on_overlapping_names() {
     let secs = env_num("LAYERFS_LOAD_SECS", 40);
     let threads = env_num("LAYERFS_LOAD_THREADS", 64) as usize;
     let seed = env_num("LAYERFS_LOAD_SEED", 1);
-    let t = tempfile::Builder::new().prefix("lfsload").tempdir().unwrap();
+    let t = tempfile::Builder::new()
+        .prefix("lfsload")
+        .tempdir()
+        .unwrap();
     let (lowers, lower_contents) = build_lowers(t.path(), threads);
     let before: Vec<_> = lowers.iter().map(|l| fingerprint(l)).collect();
     let (opts, u, w) = rw_opts_tagged(t.path(), "", &lowers, "");
@@ -512,7 +515,11 @@ fn many_threads_mixed_operations_on_overlapping_names() {
         start.elapsed().as_secs_f64(),
         sh.errno_counts.lock().unwrap()
     );
-    assert!(errors.is_empty(), "errors under load:\n{}", errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "errors under load:\n{}",
+        errors.join("\n")
+    );
     // Private names: the directory is the model's.
     for (i, model) in models.iter().enumerate() {
         let got = private_listing(&m.path(&format!("p{i}"))).unwrap();
@@ -521,7 +528,10 @@ fn many_threads_mixed_operations_on_overlapping_names() {
             model_listing(model).keys().collect::<Vec<_>>(),
             "p{i}"
         );
-        assert!(got == model_listing(model), "p{i}: contents or link counts differ from the model");
+        assert!(
+            got == model_listing(model),
+            "p{i}: contents or link counts differ from the model"
+        );
     }
     // Shared names: every file holds a whole write, listings and stats
     // agree.
@@ -559,7 +569,11 @@ fn many_threads_mixed_operations_on_overlapping_names() {
         ..Compare::ALL
     };
     let d = diff(&tree, &snapshot(&k.dir), cmp);
-    assert!(d.is_empty(), "kernel overlayfs reads another tree:\n{}", d.join("\n"));
+    assert!(
+        d.is_empty(),
+        "kernel overlayfs reads another tree:\n{}",
+        d.join("\n")
+    );
     drop(k);
     for (l, b) in lowers.iter().zip(&before) {
         let d = diff(b, &fingerprint(l), Compare::ALL);
@@ -614,7 +628,10 @@ fn drop_caches() {
 /// times with the kernel's caches dropped in between, and returns the
 /// daemon's (RSS KiB, fds) after start and after each walk.
 fn walk_memory(dirs: usize, per_dir: usize) -> Vec<(u64, usize)> {
-    let t = tempfile::Builder::new().prefix("lfswalk").tempdir().unwrap();
+    let t = tempfile::Builder::new()
+        .prefix("lfswalk")
+        .tempdir()
+        .unwrap();
     let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
     mkdir(&l0);
     for d in 0..dirs {
@@ -649,7 +666,9 @@ fn walking_a_large_tree_keeps_memory_and_fds_flat() {
     let entries = env_num("LAYERFS_WALK_ENTRIES", 100_000) as usize;
     let per_dir = 100;
     let figures = walk_memory(entries / per_dir, per_dir);
-    eprintln!("walk of {entries} entries: (RSS KiB, fds) at start and after each walk: {figures:?}");
+    eprintln!(
+        "walk of {entries} entries: (RSS KiB, fds) at start and after each walk: {figures:?}"
+    );
     // The RSS after a walk is the allocator's high-water mark of the walk
     // (freed memory is kept for reuse), which depends on how many inodes
     // the kernel held at once (another process's drop_caches lowers it).

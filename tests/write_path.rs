@@ -401,8 +401,16 @@ fn run_differential_with(seed: u64, ops: usize, v: Variant) {
     pair.assert_same(&format!("seed {seed}: before any operation"));
     let mut rng = Rng::new(seed ^ 0xabcdef);
     let mut history: Vec<String> = Vec::new();
+    // To minimise a failing sequence (scripts/soak-diff.sh --minimize): only
+    // these operations are applied; the others are drawn and skipped.
+    let only: Option<std::collections::HashSet<usize>> = std::env::var("LAYERFS_DIFF_ONLY")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect());
     for i in 0..ops {
         let op = random_op(&mut rng);
+        if only.as_ref().is_some_and(|o| !o.contains(&i)) {
+            continue;
+        }
         let ours = apply(pair.ours(), &op);
         let kernel = apply(pair.kernel(), &op);
         history.push(format!("#{i} {op:?} -> {kernel:?}"));
@@ -421,7 +429,11 @@ fn run_differential_with(seed: u64, ops: usize, v: Variant) {
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            let recent = history[history.len().saturating_sub(25)..].join("\n  ");
+            let keep = std::env::var("LAYERFS_DIFF_HISTORY")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(25);
+            let recent = history[history.len().saturating_sub(keep)..].join("\n  ");
             panic!(
                 "seed {seed}, op #{i} {op:?}: layerfs {ours:?} vs kernel {kernel:?}\n ours: {}\n kernel: {}\n recent:\n  {recent}",
                 show(pair.ours()),
