@@ -74,7 +74,13 @@ pub struct Fuse {
     backings: Backings,
     /// Set once the session exists (see `notifier_slot`).
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// FORGETs received, to hand freed memory back now and then.
+    forgets: std::sync::atomic::AtomicU64,
 }
+
+/// FORGETs between two `malloc_trim`s: a walk of a million entries frees
+/// hundreds of MiB that glibc would otherwise keep.
+const FORGETS_PER_TRIM: u64 = 1 << 16;
 
 impl Fuse {
     pub fn new(fs: Arc<LayerFs>) -> Fuse {
@@ -86,6 +92,7 @@ impl Fuse {
             ttl,
             backings,
             notifier: Default::default(),
+            forgets: Default::default(),
         }
     }
 
@@ -224,6 +231,12 @@ impl Filesystem for Fuse {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.fs.forget(ino.0, nlookup);
+        let n = self
+            .forgets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % FORGETS_PER_TRIM == FORGETS_PER_TRIM - 1 {
+            crate::sys::malloc_trim();
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

@@ -97,6 +97,9 @@ pub struct DirEntryOut {
     /// (readdirplus) probes only those, plus the upper. `ALL_LAYERS` when
     /// unknown.
     pub layers: u128,
+    /// The readdir cookie that resumes after this entry (see
+    /// [`name_cookie`]).
+    pub cookie: u64,
 }
 
 /// Every layer may hold the name: probe them all.
@@ -106,8 +109,6 @@ pub const ALL_LAYERS: u128 = u128::MAX;
 #[derive(Debug)]
 pub struct DirPage {
     pub entries: Arc<Vec<DirEntryOut>>,
-    /// Generation of the snapshot, for the cookies of its entries.
-    pub gen: u64,
     /// First entry to send.
     pub start: usize,
 }
@@ -115,21 +116,25 @@ pub struct DirPage {
 impl DirPage {
     /// The readdir cookie that resumes after entry `index`.
     pub fn cookie_after(&self, index: usize) -> u64 {
-        ((self.gen & COOKIE_GEN_MASK) << 32) | (index as u64 + 1)
+        self.entries[index].cookie
     }
 }
 
-/// Listing snapshots kept per directory for iterations in progress.
-const LISTINGS_KEPT: usize = 4;
-/// Bits of the generation carried in a readdir cookie (above 32 bits of
-/// index, below the sign bit).
-const COOKIE_GEN_MASK: u64 = 0x7fff;
+/// Listings kept per directory (the newest is the one served).
+const LISTINGS_KEPT: usize = 1;
 
-fn split_cookie(offset: u64) -> (u64, usize) {
-    (
-        (offset >> 32) & COOKIE_GEN_MASK,
-        (offset & 0xffff_ffff) as usize,
-    )
+/// The readdir cookie of a name: a position that depends on the name only,
+/// so that an iteration resumed in a newer listing (the directory changed
+/// between two readdir calls) continues after the same point and returns
+/// no name twice, as ext4's hash-ordered directories do. A listing is
+/// sorted by it; 1 and 2 are `.` and `..`; the values stay below 2^62 (the
+/// kernel keeps directory positions as a signed offset). The hash is keyed
+/// per process, so names cannot be chosen to collide.
+fn name_cookie(name: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    3 + (KEY.get_or_init(Default::default).hash_one(name) >> 2)
 }
 
 /// What the filesystem found for one layer during a lookup.
@@ -847,12 +852,14 @@ impl LayerFs {
             kind: FileType::Directory,
             ino: inode.st_ino,
             layers: ALL_LAYERS,
+            cookie: 1,
         });
         entries.push(DirEntryOut {
             name: "..".into(),
             kind: FileType::Directory,
             ino: parent_ino,
             layers: ALL_LAYERS,
+            cookie: 2,
         });
         let merged_dir = reals.len() > 1;
         for e in merged {
@@ -869,10 +876,13 @@ impl LayerFs {
             entries.push(DirEntryOut {
                 ino,
                 kind: attr::file_type_of_dtype(e.d_type),
+                cookie: name_cookie(&e.name),
                 name: OsString::from_vec(e.name),
                 layers: global_layers(e.present, &reals),
             });
         }
+        entries[2..]
+            .sort_unstable_by(|a, b| a.cookie.cmp(&b.cookie).then_with(|| a.name.cmp(&b.name)));
         Ok(entries)
     }
 
@@ -971,33 +981,23 @@ impl LayerFs {
         Ok((out, markers))
     }
 
-    /// The entries of directory `ino` from the readdir cookie `offset` on.
+    /// The entries of directory `ino` after the readdir cookie `offset`.
     /// Directories are never opened (OPENDIR answers ENOSYS, so the kernel
-    /// neither sends OPENDIR nor RELEASEDIR and caches listings itself);
-    /// a cookie names the listing snapshot it came from, so one iteration
-    /// reads one snapshot even while the directory changes.
+    /// neither sends OPENDIR nor RELEASEDIR and caches listings itself), so
+    /// there is no per-iteration snapshot to keep: a cookie is a position
+    /// by name ([`name_cookie`]) and resumes in the current listing, which
+    /// gives each name at most once per iteration however much the
+    /// directory changes meanwhile (snapshots kept by generation ran out
+    /// under load, and resuming by index then repeated names).
     pub fn readdir(&self, ino: u64, offset: u64) -> io::Result<DirPage> {
         let inode = self.inode(ino)?;
-        let (gen, index) = split_cookie(offset);
-        let kept = if offset == 0 {
-            None
-        } else {
-            inode
-                .cache
-                .listings
-                .lock()
-                .iter()
-                .find(|(g, _)| g & COOKIE_GEN_MASK == gen)
-                .map(|(g, l)| (*g, Arc::clone(l)))
-        };
-        // A new iteration, or a snapshot this old is gone: the current one.
-        let (gen, entries) = match kept {
-            Some(k) => k,
-            None => self.current_listing(&inode)?,
+        let (_, entries) = self.current_listing(&inode)?;
+        let start = match offset {
+            0..=2 => offset as usize,
+            _ => 2 + entries[2..].partition_point(|e| e.cookie <= offset),
         };
         Ok(DirPage {
-            start: index.min(entries.len()),
-            gen,
+            start: start.min(entries.len()),
             entries,
         })
     }

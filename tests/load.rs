@@ -675,6 +675,15 @@ fn walking_a_large_tree_keeps_memory_and_fds_flat() {
     // What must not happen is growth from one walk to the next once that
     // mark is reached: allow 4 MiB plus 16 bytes per entry of allocator
     // noise between the last two walks.
+    // And the memory the walks freed goes back to the system (the daemon
+    // trims its heap as FORGETs arrive): at most 32 MiB plus 32 bytes per
+    // entry over the start, where glibc alone would keep the walk's peak
+    // (about 600 bytes per entry).
+    let bound = figures[0].0 + 32 * 1024 + entries as u64 * 32 / 1024;
+    assert!(
+        figures.iter().all(|f| f.0 <= bound),
+        "RSS stays above {bound} KiB after the kernel forgot the walk: {figures:?}"
+    );
     let n = figures.len();
     let (prev, last) = (figures[n - 2].0, figures[n - 1].0);
     assert!(
