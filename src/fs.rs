@@ -88,10 +88,10 @@ impl Fuse {
         // Registering backing files needs CAP_SYS_ADMIN.
         let backings = Backings::new(fs.opts.passthrough && crate::sys::geteuid() == 0);
         Fuse {
+            notifier: Arc::clone(&fs.notifier),
             fs,
             ttl,
             backings,
-            notifier: Default::default(),
             forgets: Default::default(),
         }
     }

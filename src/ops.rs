@@ -167,6 +167,8 @@ pub struct LayerFs {
     numbers: DashMap<(u64, u64), u64>,
     files: DashMap<u64, Arc<OpenFile>>,
     next_fh: AtomicU64,
+    /// The session's notifier once mounted (shared with `fs.rs`).
+    pub(crate) notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 impl LayerFs {
@@ -239,7 +241,19 @@ impl LayerFs {
             numbers: DashMap::new(),
             files: DashMap::new(),
             next_fh: AtomicU64::new(1),
+            notifier: Default::default(),
         })
+    }
+
+    /// Drops the kernel's cached attributes of node `ino` after a change
+    /// it cannot see (only an attribute-only invalidation: no page or
+    /// inode locks are taken, so it is safe inside a request).
+    pub(crate) fn attributes_changed(&self, ino: u64) {
+        if let Some(n) = self.notifier.get() {
+            if let Err(e) = n.inval_inode(fuser::INodeNo(ino), -1, 0) {
+                log::debug!("inval_inode {ino}: {e}");
+            }
+        }
     }
 
     pub(crate) fn inode(&self, ino: u64) -> io::Result<Arc<Inode>> {

@@ -542,6 +542,30 @@ fn random_operations_match_kernel_overlayfs_with_metacopy() {
     }
 }
 
+/// Found by scripts/soak-diff.sh (seed 100322): a directory copied up as
+/// the ancestor of a change becomes merged, which kernel overlayfs shows as
+/// nlink 1; layerfs' kernel cache kept the lower directory's count.
+#[test]
+fn ancestor_copied_up_shows_merged_link_count() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    mkdir(&l0);
+    mkdir(&l1.join("d/s/t"));
+    let pair = Pair::new(t.path(), vec![l0, l1]);
+    for root in [pair.ours(), pair.kernel()] {
+        assert_eq!(fs::metadata(root.join("d/s")).unwrap().nlink(), 3);
+        fs::create_dir(root.join("d/s/t/new")).unwrap();
+    }
+    let nlink = |root: &Path| fs::metadata(root.join("d/s")).unwrap().nlink();
+    assert_eq!(nlink(pair.kernel()), 1, "kernel overlayfs: merged");
+    assert_eq!(
+        nlink(pair.ours()),
+        1,
+        "layerfs after the ancestor's copy-up"
+    );
+}
+
 #[test]
 fn copy_up_preserves_metadata_and_inode_number() {
     require_root!();
