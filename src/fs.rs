@@ -80,7 +80,7 @@ pub struct Fuse {
 
 /// FORGETs between two `malloc_trim`s: a walk of a million entries frees
 /// hundreds of MiB that glibc would otherwise keep.
-const FORGETS_PER_TRIM: u64 = 1 << 16;
+const FORGETS_PER_TRIM: u64 = 1 << 14;
 
 impl Fuse {
     pub fn new(fs: Arc<LayerFs>) -> Fuse {

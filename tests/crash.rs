@@ -841,6 +841,26 @@ fn kill_9_at_any_point_of_mixed_work() {
             "round {round} (seed {seed}, kill after {delay} ms; keep dirs with LAYERFS_KEEP_TEST_DIRS):\n{}",
             bad.join("\n")
         );
+        // What survived this crash is the baseline of the next round: an
+        // in-flight write that got as far as its rename is there now.
+        for k in 0..NW {
+            let got = tree
+                .get(format!("own/f{k}").as_bytes())
+                .and_then(|n| n.content.as_deref())
+                .and_then(parse_generated)
+                .map(|(_, g)| g);
+            track.own.insert(k, (got, None));
+        }
+        for k in 0..NS {
+            let base = format!("hl/{}", hl_name(k, "a"));
+            let got = tree
+                .iter()
+                .find(|(p, _)| s(p).starts_with(&format!("hl/{}", hl_name(k, ""))))
+                .and_then(|(_, n)| n.content.as_deref())
+                .and_then(|d| marker_gen(d, &base, &lower_content(&base, HL_LEN)).ok())
+                .flatten();
+            track.hl.insert(k, (got, None));
+        }
         // ---- bring copy-ups back into the mix: forget some upper copies
         let _ = fs::remove_dir_all(u.join("big"));
         track.big.clear();
