@@ -4,8 +4,8 @@
 # through layerfs, with the kernel's dentry and inode caches dropped after
 # each walk (echo 2 > /proc/sys/vm/drop_caches: host-wide, harmless).
 # Prints the daemon's RSS and open fds at start and after each walk; fails
-# if open fds grow or the RSS after a walk is more than 32 MiB + 16 bytes
-# per entry over the start.
+# if open fds grow or, once the kernel forgot a walk, more than half of the
+# RSS the walk added (plus 16 MiB) stays.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "walk-memory.sh: needs root" >&2; exit 1; }
