@@ -3,9 +3,9 @@
 # 10,000 directories of 100 empty files) is walked WALKS times (default 4)
 # through layerfs, with the kernel's dentry and inode caches dropped after
 # each walk (echo 2 > /proc/sys/vm/drop_caches: host-wide, harmless).
-# Prints the daemon's RSS and open fds at start and after each walk; fails
-# if open fds grow or, once the kernel forgot a walk, more than half of the
-# RSS the walk added (plus 16 MiB) stays.
+# Prints the daemon's RSS (at the end of each walk and once the kernel has
+# forgotten it) and open fds; fails if open fds grow or the RSS stays near
+# the walk's peak (see the test for the bound).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "walk-memory.sh: needs root" >&2; exit 1; }
