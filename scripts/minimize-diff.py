@@ -51,5 +51,5 @@ while len(keep) >= 2:
 _, text = fails(keep)
 print("kept operations:", keep)
 for line in text.splitlines():
-    if line.startswith("  #") or "layerfs" in line and "kernel" in line:
+    if line.startswith("  #") or "differs" in line or "layerfs" in line and "kernel" in line:
         print(line)

@@ -441,6 +441,9 @@ fn run_differential_with(seed: u64, ops: usize, v: Variant) {
             );
         }
     }
+    if std::env::var_os("LAYERFS_DIFF_HISTORY").is_some() {
+        eprintln!("history:\n  {}", history.join("\n  "));
+    }
     pair.assert_same(&format!("seed {seed}: after {ops} operations"));
     if v.xattr_whiteouts {
         let devices = walk_upper_devices(&t.path().join("upper-ours"));
