@@ -270,6 +270,12 @@ impl LayerFs {
         }
         *inode.cache.xattr_names.lock() = None;
         *inode.cache.lower_read_fd.lock() = std::sync::Weak::new();
+        if inode.is_dir {
+            // Now merged, it shows nlink 1 as kernel overlayfs does; the
+            // kernel refreshes only the directory a change was made in,
+            // not the ancestors copied up on the way.
+            self.attributes_changed(inode.ino);
+        }
         Ok(entry)
     }
 

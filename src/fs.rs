@@ -76,7 +76,13 @@ pub struct Fuse {
     writeback: bool,
     /// Set once the session exists (see `notifier_slot`).
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// FORGETs received, to hand freed memory back now and then.
+    forgets: std::sync::atomic::AtomicU64,
 }
+
+/// FORGETs between two `malloc_trim`s: a walk of a million entries frees
+/// hundreds of MiB that glibc would otherwise keep.
+const FORGETS_PER_TRIM: u64 = 1 << 14;
 
 impl Fuse {
     pub fn new(fs: Arc<LayerFs>) -> Fuse {
@@ -86,29 +92,13 @@ impl Fuse {
         let backings = Backings::new(
             fs.opts.passthrough && crate::sys::geteuid() == 0 && crate::sys::in_initial_user_ns(),
         );
-        let notifier: Arc<std::sync::OnceLock<fuser::Notifier>> = Default::default();
-        let slot = Arc::clone(&notifier);
-        fs.set_entry_invalidator(crate::ops::EntryInvalidator(Box::new(
-            move |parent, name| {
-                let Some(n) = slot.get().cloned() else {
-                    return;
-                };
-                let name = name.to_os_string();
-                // Not from the request's own thread: the kernel takes the
-                // directory's lock for it, which the request may hold.
-                std::thread::spawn(move || {
-                    if let Err(e) = n.inval_entry(INodeNo(parent), &name) {
-                        log::debug!("inval_entry {parent} {name:?}: {e}");
-                    }
-                });
-            },
-        )));
         Fuse {
+            notifier: Arc::clone(&fs.notifier),
             fs,
             ttl,
             backings,
             writeback: false,
-            notifier,
+            forgets: Default::default(),
         }
     }
 
@@ -274,6 +264,12 @@ impl Filesystem for Fuse {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.fs.forget(ino.0, nlookup);
+        let n = self
+            .forgets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % FORGETS_PER_TRIM == FORGETS_PER_TRIM - 1 {
+            crate::sys::malloc_trim();
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

@@ -104,14 +104,22 @@ fn check_dir(what: &str, p: &Path, writable: bool) -> Result<(PathBuf, sys::Stat
 /// A FUSE mount whose daemon died answers ENOTCONN; detach it so that the
 /// same mountpoint can be used again without manual cleanup.
 fn clear_dead_mount(mountpoint: &Path) {
-    if let Err(e) = sys::stat_path(mountpoint) {
-        if e.raw_os_error() == Some(libc::ENOTCONN) {
-            log::warn!(
-                "{}: a previous mount's daemon is gone; detaching it",
-                mountpoint.display()
-            );
-            unmount(mountpoint);
-        }
+    let enotconn = |e: io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
+    // stat alone misses most dead mounts: the kernel answers it from the
+    // root's cached attributes (cached for `timeout=`, a day by default)
+    // without asking the daemon. statfs always goes to the daemon.
+    let dead = match sys::stat_path(mountpoint) {
+        Err(e) => enotconn(e),
+        Ok(_) => sys::open_path(mountpoint, libc::O_PATH | libc::O_DIRECTORY)
+            .and_then(|fd| sys::fstatvfs(fd.as_fd()))
+            .is_err_and(enotconn),
+    };
+    if dead {
+        log::warn!(
+            "{}: a previous mount's daemon is gone; detaching it",
+            mountpoint.display()
+        );
+        unmount(mountpoint);
     }
 }
 

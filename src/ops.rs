@@ -109,6 +109,9 @@ pub struct DirEntryOut {
     /// (readdirplus) probes only those, plus the upper. `ALL_LAYERS` when
     /// unknown.
     pub layers: u128,
+    /// The readdir cookie that resumes after this entry (see
+    /// [`name_cookie`]).
+    pub cookie: u64,
 }
 
 /// Every layer may hold the name: probe them all.
@@ -118,8 +121,6 @@ pub const ALL_LAYERS: u128 = u128::MAX;
 #[derive(Debug)]
 pub struct DirPage {
     pub entries: Arc<Vec<DirEntryOut>>,
-    /// Generation of the snapshot, for the cookies of its entries.
-    pub gen: u64,
     /// First entry to send.
     pub start: usize,
 }
@@ -127,21 +128,25 @@ pub struct DirPage {
 impl DirPage {
     /// The readdir cookie that resumes after entry `index`.
     pub fn cookie_after(&self, index: usize) -> u64 {
-        ((self.gen & COOKIE_GEN_MASK) << 32) | (index as u64 + 1)
+        self.entries[index].cookie
     }
 }
 
-/// Listing snapshots kept per directory for iterations in progress.
-const LISTINGS_KEPT: usize = 4;
-/// Bits of the generation carried in a readdir cookie (above 32 bits of
-/// index, below the sign bit).
-const COOKIE_GEN_MASK: u64 = 0x7fff;
+/// Listings kept per directory (the newest is the one served).
+const LISTINGS_KEPT: usize = 1;
 
-fn split_cookie(offset: u64) -> (u64, usize) {
-    (
-        (offset >> 32) & COOKIE_GEN_MASK,
-        (offset & 0xffff_ffff) as usize,
-    )
+/// The readdir cookie of a name: a position that depends on the name only,
+/// so that an iteration resumed in a newer listing (the directory changed
+/// between two readdir calls) continues after the same point and returns
+/// no name twice, as ext4's hash-ordered directories do. A listing is
+/// sorted by it; 1 and 2 are `.` and `..`; the values stay below 2^62 (the
+/// kernel keeps directory positions as a signed offset). The hash is keyed
+/// per process, so names cannot be chosen to collide.
+fn name_cookie(name: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    3 + (KEY.get_or_init(Default::default).hash_one(name) >> 2)
 }
 
 /// What the filesystem found for one layer during a lookup.
@@ -153,18 +158,6 @@ pub(crate) struct Hit {
     pub at: Option<(Arc<OwnedFd>, Arc<OsStr>)>,
     pub st: Stat,
     pub marks: DirMarks,
-}
-
-/// The glue's way to tell the kernel that an entry is stale.
-pub type InvalidateFn = dyn Fn(u64, &OsStr) + Send + Sync;
-
-/// Tells the kernel that entry `name` of directory node `parent` is stale.
-pub struct EntryInvalidator(pub Box<InvalidateFn>);
-
-impl std::fmt::Debug for EntryInvalidator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("EntryInvalidator")
-    }
 }
 
 /// The whole filesystem state, shared by every worker thread.
@@ -181,8 +174,6 @@ pub struct LayerFs {
     handle_roots: Vec<Option<Arc<OwnedFd>>>,
     /// Whether upper files can be reopened by file handle (see `RealFd`).
     upper_handles: bool,
-    /// See `set_entry_invalidator`.
-    entry_invalidator: std::sync::OnceLock<EntryInvalidator>,
     /// Past this fd number, new directory inodes hold file handles rather
     /// than fds (see `dir_ref`): three quarters of the open-file limit.
     fd_pressure: u64,
@@ -191,6 +182,8 @@ pub struct LayerFs {
     numbers: DashMap<(u64, u64), u64>,
     files: DashMap<u64, Arc<OpenFile>>,
     next_fh: AtomicU64,
+    /// The session's notifier once mounted (shared with `fs.rs`).
+    pub(crate) notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 impl LayerFs {
@@ -270,12 +263,23 @@ impl LayerFs {
             uuids,
             handle_roots,
             upper_handles,
-            entry_invalidator: Default::default(),
             fd_pressure: sys::nofile_limit().map_or(768, |n| n / 4 * 3),
             numbers: DashMap::new(),
             files: DashMap::new(),
             next_fh: AtomicU64::new(1),
+            notifier: Default::default(),
         })
+    }
+
+    /// Drops the kernel's cached attributes of node `ino` after a change
+    /// it cannot see (only an attribute-only invalidation: no page or
+    /// inode locks are taken, so it is safe inside a request).
+    pub(crate) fn attributes_changed(&self, ino: u64) {
+        if let Some(n) = self.notifier.get() {
+            if let Err(e) = n.inval_inode(fuser::INodeNo(ino), -1, 0) {
+                log::debug!("inval_inode {ino}: {e}");
+            }
+        }
     }
 
     pub(crate) fn inode(&self, ino: u64) -> io::Result<Arc<Inode>> {
@@ -338,17 +342,19 @@ impl LayerFs {
         }
     }
 
-    /// Sets how the kernel is told that a name no longer leads to the node
-    /// it cached (the glue's notifier).
-    pub fn set_entry_invalidator(&self, f: EntryInvalidator) {
-        let _ = self.entry_invalidator.set(f);
-    }
-
     /// Tells the kernel to drop its entry `name` in directory `parent`.
+    /// Not from the request's own thread: the kernel takes the directory's
+    /// lock for it, which the request (a rename, say) may hold.
     pub(crate) fn invalidate_entry(&self, parent: u64, name: &OsStr) {
-        if let Some(f) = self.entry_invalidator.get() {
-            (f.0)(parent, name);
-        }
+        let Some(n) = self.notifier.get().cloned() else {
+            return;
+        };
+        let name = name.to_os_string();
+        std::thread::spawn(move || {
+            if let Err(e) = n.inval_entry(fuser::INodeNo(parent), &name) {
+                log::debug!("inval_entry {parent} {name:?}: {e}");
+            }
+        });
     }
 
     /// The fd to open file handles of layer `idx` with, where its
@@ -1068,12 +1074,14 @@ impl LayerFs {
             kind: FileType::Directory,
             ino: inode.st_ino,
             layers: ALL_LAYERS,
+            cookie: 1,
         });
         entries.push(DirEntryOut {
             name: "..".into(),
             kind: FileType::Directory,
             ino: parent_ino,
             layers: ALL_LAYERS,
+            cookie: 2,
         });
         let merged_dir = reals.len() > 1;
         for e in merged {
@@ -1090,10 +1098,13 @@ impl LayerFs {
             entries.push(DirEntryOut {
                 ino,
                 kind: attr::file_type_of_dtype(e.d_type),
+                cookie: name_cookie(&e.name),
                 name: OsString::from_vec(e.name),
                 layers: global_layers(e.present, &reals),
             });
         }
+        entries[2..]
+            .sort_unstable_by(|a, b| a.cookie.cmp(&b.cookie).then_with(|| a.name.cmp(&b.name)));
         Ok(entries)
     }
 
@@ -1195,33 +1206,23 @@ impl LayerFs {
         Ok((out, markers))
     }
 
-    /// The entries of directory `ino` from the readdir cookie `offset` on.
+    /// The entries of directory `ino` after the readdir cookie `offset`.
     /// Directories are never opened (OPENDIR answers ENOSYS, so the kernel
-    /// neither sends OPENDIR nor RELEASEDIR and caches listings itself);
-    /// a cookie names the listing snapshot it came from, so one iteration
-    /// reads one snapshot even while the directory changes.
+    /// neither sends OPENDIR nor RELEASEDIR and caches listings itself), so
+    /// there is no per-iteration snapshot to keep: a cookie is a position
+    /// by name ([`name_cookie`]) and resumes in the current listing, which
+    /// gives each name at most once per iteration however much the
+    /// directory changes meanwhile (snapshots kept by generation ran out
+    /// under load, and resuming by index then repeated names).
     pub fn readdir(&self, ino: u64, offset: u64) -> io::Result<DirPage> {
         let inode = self.inode(ino)?;
-        let (gen, index) = split_cookie(offset);
-        let kept = if offset == 0 {
-            None
-        } else {
-            inode
-                .cache
-                .listings
-                .lock()
-                .iter()
-                .find(|(g, _)| g & COOKIE_GEN_MASK == gen)
-                .map(|(g, l)| (*g, Arc::clone(l)))
-        };
-        // A new iteration, or a snapshot this old is gone: the current one.
-        let (gen, entries) = match kept {
-            Some(k) => k,
-            None => self.current_listing(&inode)?,
+        let (_, entries) = self.current_listing(&inode)?;
+        let start = match offset {
+            0..=2 => offset as usize,
+            _ => 2 + entries[2..].partition_point(|e| e.cookie <= offset),
         };
         Ok(DirPage {
-            start: index.min(entries.len()),
-            gen,
+            start: start.min(entries.len()),
             entries,
         })
     }

@@ -841,6 +841,21 @@ pub fn flock(fd: BorrowedFd<'_>, op: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Gives freed heap memory back to the kernel (glibc `malloc_trim`):
+/// glibc keeps what its per-thread arenas freed, so after the kernel
+/// forgets a large walk's inodes the daemon's RSS would stay at the walk's
+/// peak.
+#[cfg(target_env = "gnu")]
+pub fn malloc_trim() {
+    // SAFETY: malloc_trim has no preconditions; it only walks the heap.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+pub fn malloc_trim() {}
+
 /// Sets the process umask; the daemon runs with 0 so that the modes the
 /// kernel sends (already masked by the caller's umask) land unchanged.
 pub fn set_umask(mask: u32) -> u32 {

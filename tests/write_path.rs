@@ -484,10 +484,18 @@ fn run_differential_with(seed: u64, ops: usize, v: Variant) {
     pair.assert_same(&format!("seed {seed}: before any operation"));
     let mut rng = Rng::new(seed ^ 0xabcdef);
     let mut history: Vec<String> = Vec::new();
+    // To minimise a failing sequence (scripts/soak-diff.sh --minimize): only
+    // these operations are applied; the others are drawn and skipped.
+    let only: Option<std::collections::HashSet<usize>> = std::env::var("LAYERFS_DIFF_ONLY")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect());
     for i in 0..ops {
         let op = random_op(&mut rng);
         if v.oci_upper && matches!(op, Op::SetXattr(..) | Op::RemoveXattr(..)) {
             // Such an upper keeps no xattrs (the kernel's would).
+            continue;
+        }
+        if only.as_ref().is_some_and(|o| !o.contains(&i)) {
             continue;
         }
         let ours = apply(pair.ours(), &op);
@@ -508,13 +516,20 @@ fn run_differential_with(seed: u64, ops: usize, v: Variant) {
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            let recent = history[history.len().saturating_sub(25)..].join("\n  ");
+            let keep = std::env::var("LAYERFS_DIFF_HISTORY")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(25);
+            let recent = history[history.len().saturating_sub(keep)..].join("\n  ");
             panic!(
                 "seed {seed}, op #{i} {op:?}: layerfs {ours:?} vs kernel {kernel:?}\n ours: {}\n kernel: {}\n recent:\n  {recent}",
                 show(pair.ours()),
                 show(pair.kernel())
             );
         }
+    }
+    if std::env::var_os("LAYERFS_DIFF_HISTORY").is_some() {
+        eprintln!("history:\n  {}", history.join("\n  "));
     }
     pair.assert_same(&format!("seed {seed}: after {ops} operations"));
     if v.xattr_whiteouts {
@@ -540,11 +555,28 @@ fn run_differential_with(seed: u64, ops: usize, v: Variant) {
     }
 }
 
+/// The seeds and the operation count of a differential test: `defaults`
+/// and 300, unless `LAYERFS_DIFF_SEEDS=N` (with `LAYERFS_DIFF_SEED_START`,
+/// default 1) and `LAYERFS_DIFF_OPS` ask for a longer run
+/// (scripts/soak-diff.sh).
+fn diff_plan(defaults: &[u64]) -> (Vec<u64>, usize) {
+    let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let seeds = match num("LAYERFS_DIFF_SEEDS") {
+        Some(n) => {
+            let start = num("LAYERFS_DIFF_SEED_START").unwrap_or(1);
+            (start..start + n).collect()
+        }
+        None => defaults.to_vec(),
+    };
+    (seeds, num("LAYERFS_DIFF_OPS").unwrap_or(300) as usize)
+}
+
 #[test]
 fn random_operations_match_kernel_overlayfs() {
     require_root!();
-    for seed in [1u64, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12] {
-        run_differential(seed, 300, false);
+    let (seeds, ops) = diff_plan(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    for seed in seeds {
+        run_differential(seed, ops, false);
     }
 }
 
@@ -568,12 +600,13 @@ fn random_operations_match_kernel_overlayfs_with_xattr_whiteouts() {
     require_root!();
     // Where mknod is refused, whiteouts are the xattr kind kernel overlayfs
     // (6.7+) reads; fuse-overlayfs' switch forces that here.
-    for seed in [31u64, 32, 33, 34] {
+    let (seeds, ops) = diff_plan(&[31, 32, 33, 34]);
+    for seed in seeds {
         let v = Variant {
             xattr_whiteouts: true,
             ..Variant::default()
         };
-        run_differential_with(seed, 300, v);
+        run_differential_with(seed, ops, v);
     }
 }
 
@@ -582,13 +615,15 @@ fn random_operations_match_kernel_overlayfs_with_userxattr() {
     require_root!();
     // The rootless format: user.overlay.* xattrs, no redirects (renaming a
     // lower directory is EXDEV, as in the kernel), plus xattr whiteouts.
-    for (seed, xattr_whiteouts) in [(41u64, false), (42, false), (43, true), (44, true)] {
+    let (seeds, ops) = diff_plan(&[41, 42, 43, 44]);
+    for seed in seeds {
         let v = Variant {
             userxattr: true,
-            xattr_whiteouts,
+            // Seeds 41, 42 without, 43, 44 with.
+            xattr_whiteouts: (seed - 1) / 2 % 2 == 1,
             ..Variant::default()
         };
-        run_differential_with(seed, 300, v);
+        run_differential_with(seed, ops, v);
     }
 }
 
@@ -772,9 +807,34 @@ fn writeback_cache_keeps_appends_mmap_and_fsync_right() {
 #[test]
 fn random_operations_match_kernel_overlayfs_with_metacopy() {
     require_root!();
-    for seed in [21u64, 22, 23, 24, 25, 26] {
-        run_differential(seed, 300, true);
+    let (seeds, ops) = diff_plan(&[21, 22, 23, 24, 25, 26]);
+    for seed in seeds {
+        run_differential(seed, ops, true);
     }
+}
+
+/// Found by scripts/soak-diff.sh (seed 100322): a directory copied up as
+/// the ancestor of a change becomes merged, which kernel overlayfs shows as
+/// nlink 1; layerfs' kernel cache kept the lower directory's count.
+#[test]
+fn ancestor_copied_up_shows_merged_link_count() {
+    require_root!();
+    let t = tmp();
+    let (l0, l1) = (t.path().join("l0"), t.path().join("l1"));
+    mkdir(&l0);
+    mkdir(&l1.join("d/s/t"));
+    let pair = Pair::new(t.path(), vec![l0, l1]);
+    for root in [pair.ours(), pair.kernel()] {
+        assert_eq!(fs::metadata(root.join("d/s")).unwrap().nlink(), 3);
+        fs::create_dir(root.join("d/s/t/new")).unwrap();
+    }
+    let nlink = |root: &Path| fs::metadata(root.join("d/s")).unwrap().nlink();
+    assert_eq!(nlink(pair.kernel()), 1, "kernel overlayfs: merged");
+    assert_eq!(
+        nlink(pair.ours()),
+        1,
+        "layerfs after the ancestor's copy-up"
+    );
 }
 
 #[test]
