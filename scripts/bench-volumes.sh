@@ -121,8 +121,8 @@ if command -v dockerd >/dev/null && command -v docker >/dev/null && [ -x /bin/bu
     c_local=$(min "$c_local" "$(t dk "${run[@]}" -v "w1-$r:/data" vb-bb:1 sh -c "$writes")")
     c_lfs=$(min "$c_lfs" "$(t dk "${run[@]}" -v "w2-$r:/data" vb-bb:1 sh -c "$writes")")
     for v in "$D/bind$r" "w1-$r" "w2-$r"; do
-      n=$(dk "${run[@]}" -v "$v:/data" vb-bb:1 sh -c 'ls /data | wc -l')
-      [ "$n" = 2000 ] || { echo "$v holds $n files, not 2000" >&2; exit 1; }
+      n=$(dk "${run[@]}" -v "$v:/data" vb-bb:1 sh -c 'ls /data | wc -l; cat /data/f1999')
+      [ "$n" = "$(printf '2000\n1999')" ] || { echo "$v holds not the 2,000 files: $n" >&2; exit 1; }
     done
     # The same runs without the writes: what mounting the target costs.
     m_bind=$(min "$m_bind" "$(t dk "${run[@]}" -v "$D/bind$r:/data" vb-bb:1 true)")
