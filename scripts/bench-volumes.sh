@@ -35,7 +35,7 @@ cleanup() {
     for _ in $(seq 100); do kill -0 "$plugin_pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$plugin_pid" 2>/dev/null || true
   fi
-  for m in $(grep -o " $D[^ ]*" /proc/self/mounts | sort -r); do umount -l "$m"; done
+  for m in $(grep -o " ${D}[^ ]*" /proc/self/mounts | sort -r); do umount -l "$m"; done
   rm -rf "$D"
 }
 trap cleanup EXIT
