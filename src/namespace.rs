@@ -785,8 +785,22 @@ impl LayerFs {
             if let UpperSlot::Whiteout = self.upper_slot(&pu, name)? {
                 self.remove_whiteout(&pu, name)?;
             }
-            sys::link_fd(top.fd.get()?.as_fd(), pu.fd.get()?.as_fd(), name)?;
-            self.adjust_nlink_delta(inode, -1)?;
+            let top_fd = top.fd.get()?;
+            match sys::link_fd(top_fd.as_fd(), pu.fd.get()?.as_fd(), name) {
+                Ok(()) => self.adjust_nlink_delta(inode, -1)?,
+                // The name was there after all (a network filesystem's
+                // client may answer a lookup of a name it just renamed
+                // in with ENOENT): fine if it is this very file.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    let there = sys::lstatat(pu.fd.get()?.as_fd(), name)?;
+                    let ours = sys::fstat(top_fd.as_fd())?;
+                    if (there.st_dev, there.st_ino) != (ours.st_dev, ours.st_ino) {
+                        return Err(e);
+                    }
+                    log::debug!("rename source {name:?} was in the upper already");
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -868,8 +882,15 @@ impl LayerFs {
                 return Err(errno(libc::EXDEV));
             }
         }
+        // Only a target with lower parts (or holding OCI markers) is checked
+        // for emptiness here, as kernel overlayfs does (`ovl_rename` skips
+        // pure upper ones): any other is left to the rename in the upper,
+        // which fails with ENOTEMPTY after the source was copied up and
+        // redirected, as in the kernel, whose upper then has those copies.
+        let oci = self.upper_ctx()?.oci_whiteouts;
+        let checked = |d: &Arc<Inode>| d.is_dir && (oci || self.has_lower_parts(d));
         if let Some(d) = &dst {
-            if !exchange && d.is_dir && self.current_listing(d)?.1.len() > 2 {
+            if !exchange && checked(d) && self.current_listing(d)?.1.len() > 2 {
                 return Err(errno(libc::ENOTEMPTY));
             }
         }
@@ -918,7 +939,7 @@ impl LayerFs {
                 }
                 // An empty merged directory may still hold whiteouts in its
                 // upper part; the rename needs it truly empty.
-                if d.is_dir && in_upper {
+                if checked(d) && in_upper {
                     self.remove_upper(&dpu, newname)?;
                     slot = self.upper_slot(&dpu, newname)?;
                 }

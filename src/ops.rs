@@ -110,7 +110,7 @@ pub struct DirEntryOut {
     /// unknown.
     pub layers: u128,
     /// The readdir cookie that resumes after this entry (see
-    /// [`name_cookie`]).
+    /// `name_cookie`).
     pub cookie: u64,
 }
 
@@ -1210,7 +1210,7 @@ impl LayerFs {
     /// Directories are never opened (OPENDIR answers ENOSYS, so the kernel
     /// neither sends OPENDIR nor RELEASEDIR and caches listings itself), so
     /// there is no per-iteration snapshot to keep: a cookie is a position
-    /// by name ([`name_cookie`]) and resumes in the current listing, which
+    /// by name (`name_cookie`) and resumes in the current listing, which
     /// gives each name at most once per iteration however much the
     /// directory changes meanwhile (snapshots kept by generation ran out
     /// under load, and resuming by index then repeated names).

@@ -369,6 +369,12 @@ impl Cluster {
         let t_glusterd = t0.elapsed();
         let brick = format!("{SERVER}:{}", self.brick().display());
         self.gluster(&["volume", "create", VOLUME, &brick, "force"])?;
+        // The client's caching translators serve a name from a cache that
+        // a rename just made stale (see the README's shared-storage
+        // section): an overlay upper wants the volume without them.
+        for opt in UPPER_VOLUME_OPTIONS {
+            self.gluster(&["volume", "set", VOLUME, opt, "off"])?;
+        }
         self.gluster(&["volume", "start", VOLUME])?;
         eprintln!(
             "gluster: glusterd answered after {t_glusterd:.2?}, volume started after {:.2?}",
@@ -782,3 +788,14 @@ fn indent(s: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Client caches turned off on a volume that holds overlay uppers.
+pub const UPPER_VOLUME_OPTIONS: &[&str] = &[
+    "performance.stat-prefetch",
+    "performance.quick-read",
+    "performance.io-cache",
+    "performance.read-ahead",
+    "performance.readdir-ahead",
+    "performance.open-behind",
+    "performance.nl-cache",
+];
