@@ -567,3 +567,46 @@ fn refused_b_after() {
     assert_eq!(fs::read(m.path("later")).unwrap(), b"later\n");
     assert_eq!(fs::read(m.path("etc/app/conf")).unwrap(), b"conf\nmore\n");
 }
+
+/// The volume plugin, with its store on the GlusterFS volume, tells Docker
+/// its volumes are `global`: engines on every host see one set.
+#[test]
+fn the_volume_plugin_is_global_with_its_store_on_glusterfs() {
+    const NAME: &str = "the_volume_plugin_is_global_with_its_store_on_glusterfs";
+    if role().as_deref() == Some("scope") {
+        let base = child_base();
+        let store = base.join("gl/store");
+        let sock = base.join("plugin.sock");
+        let mut plugin = std::process::Command::new(env!("CARGO_BIN_EXE_layerfs-volume"))
+            .arg("--store")
+            .arg(&store)
+            .args(["serve", "--socket"])
+            .arg(&sock)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(Instant::now() < deadline, "plugin did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        write!(
+            s,
+            "POST /VolumeDriver.Capabilities HTTP/1.1\r\nHost: plugin\r\n\
+             Connection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let _ = plugin.kill();
+        let _ = plugin.wait();
+        assert!(
+            resp.contains(r#""Scope":"global""#),
+            "capabilities on a GlusterFS store: {resp}"
+        );
+        return;
+    }
+    require_gluster!();
+    let cluster = Cluster::start();
+    cluster.host("a").run_test_ok(NAME, "scope");
+}

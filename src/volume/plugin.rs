@@ -52,6 +52,56 @@ fn create(vols: &Volumes, req: &Request) -> io::Result<()> {
     vols.create(&req.name, &seeds, base.as_deref()).map(|_| ())
 }
 
+/// Filesystems whose content other hosts see: a store there holds one set
+/// of volumes for every engine that mounts it (Docker's `global` scope).
+const SHARED_FILESYSTEMS: &[&str] = &[
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "ceph",
+    "fuse.ceph",
+    "fuse.ceph-fuse",
+    "glusterfs",
+    "fuse.glusterfs",
+    "ocfs2",
+    "gfs2",
+    "lustre",
+    "beegfs",
+    "fuse.sshfs",
+];
+
+/// `global` when the store is on a filesystem other hosts share (the
+/// mount holding it, from /proc/self/mountinfo), else `local`.
+pub fn scope_of(store: &Path) -> &'static str {
+    let Ok(path) = store.canonicalize() else {
+        return "local";
+    };
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return "local";
+    };
+    // The deepest mount point above the store holds it.
+    let mut best: Option<(usize, &str)> = None;
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let (Some(mnt), Some(fstype)) = (fields.get(4), fields.get(sep + 1)) else {
+            continue;
+        };
+        // mountinfo escapes spaces and the like as \ooo; such mount points
+        // simply do not match.
+        if path.starts_with(mnt) && best.is_none_or(|(len, _)| mnt.len() >= len) {
+            best = Some((mnt.len(), fstype));
+        }
+    }
+    match best {
+        Some((_, fstype)) if SHARED_FILESYSTEMS.contains(&fstype) => "global",
+        _ => "local",
+    }
+}
+
 /// Answers one API call. Errors become `{"Err": "..."}`, never a crash.
 pub fn handle(vols: &Volumes, path: &str, body: &[u8]) -> Value {
     let req: Request = if body.iter().all(u8::is_ascii_whitespace) {
@@ -65,7 +115,9 @@ pub fn handle(vols: &Volumes, path: &str, body: &[u8]) -> Value {
     let mp = |name: &str| vols.mountpoint(name).to_string_lossy().into_owned();
     let answer: io::Result<Value> = match path {
         "/Plugin.Activate" => Ok(json!({"Implements": ["VolumeDriver"]})),
-        "/VolumeDriver.Capabilities" => Ok(json!({"Capabilities": {"Scope": "local"}})),
+        "/VolumeDriver.Capabilities" => {
+            Ok(json!({"Capabilities": {"Scope": scope_of(&vols.store.root)}}))
+        }
         "/VolumeDriver.Create" => create(vols, &req).map(|_| json!({"Err": ""})),
         "/VolumeDriver.Remove" => vols.remove(&req.name).map(|_| json!({"Err": ""})),
         "/VolumeDriver.Mount" => {
@@ -151,4 +203,17 @@ pub fn serve(vols: &Volumes, socket: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+
+    #[test]
+    fn a_local_store_is_local() {
+        let t = tempfile::tempdir().unwrap();
+        // /tmp is on the machine's own disk (or a tmpfs) here.
+        assert_eq!(scope_of(t.path()), "local");
+        assert_eq!(scope_of(Path::new("/nonexistent/store")), "local");
+    }
 }
