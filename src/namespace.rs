@@ -112,11 +112,7 @@ impl LayerFs {
     /// Whether `name` exists in `dir`'s lower layers: if so, removing or
     /// moving the upper name must leave a whiteout.
     fn lower_positive(&self, dir: &Inode, name: &OsStr) -> io::Result<bool> {
-        let lowers: Vec<RealEntry> = dir
-            .reals()
-            .into_iter()
-            .filter(|r| !self.is_upper(r.layer))
-            .collect();
+        let lowers = self.lower_reals(dir);
         if lowers.is_empty() {
             return Ok(false);
         }
@@ -508,11 +504,7 @@ impl LayerFs {
                 }
             }
             UpperSlot::Empty | UpperSlot::Whiteout => {
-                let lowers: Vec<RealEntry> = dir
-                    .reals()
-                    .into_iter()
-                    .filter(|r| !self.is_upper(r.layer))
-                    .collect();
+                let lowers = self.lower_reals(&dir);
                 let hit = match self.resolve_in(&lowers, name)? {
                     Resolved::Absent => return Err(errno(libc::ENOENT)),
                     Resolved::NonDir(h) => h,
@@ -541,11 +533,7 @@ impl LayerFs {
         if up.work.index_fd().is_none() {
             return Ok(());
         }
-        let lowers: Vec<RealEntry> = dir
-            .reals()
-            .into_iter()
-            .filter(|r| !self.is_upper(r.layer))
-            .collect();
+        let lowers = self.lower_reals(dir);
         if lowers.is_empty() {
             return Ok(());
         }

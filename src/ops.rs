@@ -357,6 +357,14 @@ impl LayerFs {
         });
     }
 
+    /// A directory's parts in the lower layers, top first.
+    pub(crate) fn lower_reals(&self, dir: &Inode) -> Vec<RealEntry> {
+        dir.reals()
+            .into_iter()
+            .filter(|r| !self.is_upper(r.layer))
+            .collect()
+    }
+
     /// The fd to open file handles of layer `idx` with, where its
     /// filesystem's handles last.
     pub(crate) fn handle_root(&self, idx: LayerIdx) -> Option<&Arc<OwnedFd>> {
@@ -561,11 +569,7 @@ impl LayerFs {
     /// the same name in the parent's lower layers, as kernel overlayfs
     /// finds it.
     fn find_lowerdata(&self, dir: &Inode, name: &OsStr) -> io::Result<Option<Hit>> {
-        let lowers: Vec<RealEntry> = dir
-            .reals()
-            .into_iter()
-            .filter(|r| !self.is_upper(r.layer))
-            .collect();
+        let lowers = self.lower_reals(dir);
         Ok(match self.resolve_in(&lowers, name)? {
             Resolved::NonDir(h) if h.st.st_mode & libc::S_IFMT == libc::S_IFREG => Some(h),
             _ => None,
