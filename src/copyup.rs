@@ -245,12 +245,17 @@ impl LayerFs {
             inode.set_nlink_delta(Some(st.st_nlink as i64 - ust.st_nlink as i64));
         } else if hardlinked {
             // No index here (the lower's filesystem has no lasting file
-            // handles): as with kernel overlayfs' index=off, the copy is
-            // this name's alone and the file's other names stay the lower
-            // file, now a node of its own, on this mount as on the next.
+            // handles, or the upper no xattrs): every name of the file this
+            // mount has seen is linked to the copy in the upper, so each
+            // keeps showing the one file, now and after a remount; names
+            // not seen yet stay the lower file, under a node of their own
+            // (as with kernel overlayfs' index=off).
             self.remember_number(st.st_dev, st.st_ino, self.inodes.fresh_number());
-            for (parent, other) in inode.take_other_names() {
-                self.invalidate_entry(parent, &other);
+            let others = inode.state.read().other_names.clone();
+            for (parent, other) in others {
+                if let Err(e) = self.link_name_up(fd.as_fd(), parent, &other) {
+                    log::warn!("cannot link {other:?} to the copy of its hard link: {e}");
+                }
             }
         }
         let entry = RealEntry {

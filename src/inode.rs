@@ -272,12 +272,6 @@ impl Inode {
         });
     }
 
-    /// Forgets every name but the one it is reached by, and returns them
-    /// (they no longer lead here).
-    pub fn take_other_names(&self) -> Vec<(u64, OsString)> {
-        std::mem::take(&mut self.state.write().other_names)
-    }
-
     /// A snapshot of the real entries, cheap to take (Arc clones).
     pub fn reals(&self) -> Vec<RealEntry> {
         self.state.read().reals.clone()

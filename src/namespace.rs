@@ -554,6 +554,25 @@ impl LayerFs {
         Ok(())
     }
 
+    /// Gives the upper object `target` the name `name` in directory node
+    /// `parent` too (a lower hard link copied up without an index).
+    pub(crate) fn link_name_up(
+        &self,
+        target: BorrowedFd<'_>,
+        parent: u64,
+        name: &OsStr,
+    ) -> io::Result<()> {
+        let dir = self.inode(parent)?;
+        let pu = self.upper_dir(&dir)?;
+        match self.upper_slot(&pu, name)? {
+            UpperSlot::Entry(..) => return Ok(()),
+            UpperSlot::Whiteout => self.remove_whiteout(&pu, name)?,
+            UpperSlot::Empty => {}
+        }
+        dir.dir_changed();
+        sys::link_fd(target, pu.fd.get()?.as_fd(), name)
+    }
+
     /// The live inode whose number comes from the real object `st`, if the
     /// kernel holds one.
     fn live_inode_of(&self, st: &sys::Stat) -> Option<Arc<Inode>> {

@@ -342,21 +342,6 @@ impl LayerFs {
         }
     }
 
-    /// Tells the kernel to drop its entry `name` in directory `parent`.
-    /// Not from the request's own thread: the kernel takes the directory's
-    /// lock for it, which the request (a rename, say) may hold.
-    pub(crate) fn invalidate_entry(&self, parent: u64, name: &OsStr) {
-        let Some(n) = self.notifier.get().cloned() else {
-            return;
-        };
-        let name = name.to_os_string();
-        std::thread::spawn(move || {
-            if let Err(e) = n.inval_entry(fuser::INodeNo(parent), &name) {
-                log::debug!("inval_entry {parent} {name:?}: {e}");
-            }
-        });
-    }
-
     /// A directory's parts in the lower layers, top first.
     pub(crate) fn lower_reals(&self, dir: &Inode) -> Vec<RealEntry> {
         dir.reals()
