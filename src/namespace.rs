@@ -481,7 +481,6 @@ impl LayerFs {
     pub fn unlink(&self, parent: u64, name: &OsStr) -> io::Result<()> {
         let dir = self.inode(parent)?;
         let pu = self.upper_dir(&dir)?;
-        self.index_before_removal(&dir, parent, name)?;
         dir.dir_changed();
         // The name is looked at directly, layer by layer, rather than
         // through a full lookup of the child: the kernel checked it exists
@@ -510,6 +509,14 @@ impl LayerFs {
                     Resolved::NonDir(h) => h,
                     Resolved::Dir(_) => return Err(errno(libc::EISDIR)),
                 };
+                if hit.st.st_nlink > 1
+                    && hit.st.st_mode & libc::S_IFMT == libc::S_IFREG
+                    && self.index_before_removal(&self.child(parent, name)?)?
+                {
+                    // Now in the index (and perhaps in the upper under this
+                    // very name): remove it as such.
+                    return self.unlink(parent, name);
+                }
                 self.make_whiteout(pu.fd.get()?.as_fd(), name, &dir)?;
                 // One name of a copied-up lower hardlink set went away.
                 if hit.st.st_nlink > 1 {
@@ -528,30 +535,22 @@ impl LayerFs {
     /// renamed over, the file is copied up into the index, as kernel
     /// overlayfs does with `index=on` (`ovl_nlink_start`): the index entry
     /// then carries the link count (`overlay.nlink`) the other names show.
-    fn index_before_removal(&self, dir: &Arc<Inode>, parent: u64, name: &OsStr) -> io::Result<()> {
-        let up = self.upper_ctx()?;
-        if up.work.index_fd().is_none() {
-            return Ok(());
+    /// Returns whether it copied `inode` up. Only a file not copied up yet
+    /// is concerned: its name then lives below and nowhere above.
+    fn index_before_removal(&self, inode: &Arc<Inode>) -> io::Result<bool> {
+        if inode.is_dir || self.upper_ctx()?.work.index_fd().is_none() {
+            return Ok(false);
         }
-        let lowers = self.lower_reals(dir);
-        if lowers.is_empty() {
-            return Ok(());
+        let top = inode.top();
+        if self.is_upper(top.layer) {
+            return Ok(false);
         }
-        // Only a name that lives below and nowhere above is concerned.
-        let pu = self.upper_dir(dir)?;
-        if let UpperSlot::Entry(..) = self.upper_slot(&pu, name)? {
-            return Ok(());
+        let st = sys::fstat(top.fd.get()?.as_fd())?;
+        if st.st_nlink < 2 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(false);
         }
-        match self.resolve_in(&lowers, name)? {
-            Resolved::NonDir(h)
-                if h.st.st_nlink > 1 && h.st.st_mode & libc::S_IFMT == libc::S_IFREG => {}
-            _ => return Ok(()),
-        }
-        let inode = self.child(parent, name)?;
-        if !self.is_upper(inode.top().layer) {
-            self.copy_up(&inode)?;
-        }
-        Ok(())
+        self.copy_up(inode)?;
+        Ok(true)
     }
 
     /// Gives the upper object `target` the name `name` in directory node
@@ -903,7 +902,7 @@ impl LayerFs {
         }
         if let Some(d) = &dst {
             if !exchange && !d.is_dir {
-                self.index_before_removal(&ddir, newparent, newname)?;
+                self.index_before_removal(d)?;
             }
         }
         let src_lower = self.lower_positive(&sdir, name)?;
