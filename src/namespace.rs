@@ -53,6 +53,23 @@ fn is_enoent(e: &io::Error) -> bool {
 
 /// The OCI whiteout name of `name`: `.wh.NAME` (ENAMETOOLONG where that
 /// no longer fits in a name, as with fuse-overlayfs).
+/// Whether a whiteout's creation that failed with `e` left one anyway: a
+/// GlusterFS client under load can carry out a LINK and still answer
+/// EEXIST (seen with the shared whiteout: the name then is that very
+/// inode). The wanted state is there, so the caller goes on.
+fn already_whiteout(at: BorrowedFd<'_>, name: &OsStr, e: &io::Error) -> bool {
+    if e.raw_os_error() != Some(libc::EEXIST) {
+        return false;
+    }
+    match sys::lstatat(at, name) {
+        Ok(st) if whiteout::is_chardev_whiteout(&st) => {
+            log::debug!("whiteout {name:?} was made despite EEXIST");
+            true
+        }
+        _ => false,
+    }
+}
+
 fn oci_marker(name: &OsStr) -> io::Result<std::ffi::OsString> {
     let mut m = std::ffi::OsString::from(".wh.");
     m.push(name);
@@ -133,11 +150,14 @@ impl LayerFs {
             // As kernel overlayfs does: every whiteout is a link to one shared
             // whiteout inode in the work dir, which is far cheaper than a new
             // inode each (an `rm -rf` of a lower tree makes thousands).
-            if self.link_shared_whiteout(at, name).is_ok() {
-                return Ok(());
+            match self.link_shared_whiteout(at, name) {
+                Ok(()) => return Ok(()),
+                Err(e) if already_whiteout(at, name, &e) => return Ok(()),
+                Err(_) => {}
             }
             match sys::mknodat(at, name, libc::S_IFCHR, 0) {
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                Err(e) if already_whiteout(at, name, &e) => return Ok(()),
                 r => return r,
             }
         }
