@@ -23,3 +23,9 @@ pub mod origin;
 pub mod sys;
 pub mod whiteout;
 pub mod workdir;
+
+// The filesystem object and what builds it, for callers (the mount code,
+// the unmounted test tier) that need not know which module holds each.
+pub use layers::LayerStack;
+pub use ops::{FsOptions, LayerFs};
+pub use workdir::WorkDir;
