@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::inode::{Inode, RealEntry, RealFd};
+use crate::numbering::RealKey;
 use crate::ops::{errno, LayerFs};
 use crate::origin;
 use crate::sys::{self, TimeSpec};
@@ -240,7 +241,7 @@ impl LayerFs {
             hardlinked,
         )?;
         let ust = sys::fstat(fd.as_fd())?;
-        self.remember_number(ust.st_dev, ust.st_ino, inode.st_ino);
+        self.numbering.remember(RealKey::of(&ust), inode.st_ino);
         if indexed {
             inode.set_nlink_delta(Some(st.st_nlink as i64 - ust.st_nlink as i64));
         } else if hardlinked {
@@ -250,7 +251,8 @@ impl LayerFs {
             // keeps showing the one file, now and after a remount; names
             // not seen yet stay the lower file, under a node of their own
             // (as with kernel overlayfs' index=off).
-            self.remember_number(st.st_dev, st.st_ino, self.inodes.fresh_number());
+            self.numbering
+                .remember(RealKey::of(&st), self.numbering.fresh_number());
             let others = inode.state.read().other_names.clone();
             for (parent, other) in others {
                 if let Err(e) = self.link_name_up(fd.as_fd(), parent, &other) {
@@ -448,9 +450,9 @@ impl LayerFs {
     /// filesystem can make file handles.
     pub(crate) fn origin_of(&self, src: &RealEntry) -> Option<Vec<u8>> {
         // Only where handles can be opened again (see `handle_roots`).
-        self.handle_root(src.layer)?;
+        self.numbering.handles().root(src.layer)?;
         let handle = sys::name_to_handle(src.fd.get().ok()?.as_fd()).ok()?;
-        origin::encode(&self.layer_uuid(src.layer), &handle)
+        origin::encode(&self.numbering.handles().uuid(src.layer), &handle)
     }
 
     /// Records where an upper object came from, in the kernel's format.

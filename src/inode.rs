@@ -292,37 +292,17 @@ impl Inode {
 #[derive(Debug)]
 pub struct InodeTable {
     map: DashMap<u64, Arc<Inode>>,
-    fallback: DashMap<(u64, u64), u64>,
-    next_fallback: AtomicU64,
 }
 
 impl InodeTable {
-    pub fn new(root: Inode, fallback_base: u64) -> InodeTable {
+    pub fn new(root: Inode) -> InodeTable {
         let map = DashMap::new();
         map.insert(ROOT_INO, Arc::new(root));
-        InodeTable {
-            map,
-            fallback: DashMap::new(),
-            next_fallback: AtomicU64::new(fallback_base.max(2)),
-        }
+        InodeTable { map }
     }
 
     pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
         self.map.get(&ino).map(|r| Arc::clone(r.value()))
-    }
-
-    /// The number for an identity that has no persistent number.
-    pub fn fallback_number(&self, dev: u64, ino: u64) -> u64 {
-        *self
-            .fallback
-            .entry((dev, ino))
-            .or_insert_with(|| self.next_fallback.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// A number never handed out before, for objects that cannot use their
-    /// own (see `Inode::is_unlinked`).
-    pub fn fresh_number(&self) -> u64 {
-        self.next_fallback.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Returns the live inode with node id `ino`, or inserts the one `make`
@@ -421,7 +401,7 @@ mod tests {
     }
 
     fn table() -> InodeTable {
-        InodeTable::new(Inode::new(ROOT_INO, 2, true, state()), 1 << 63)
+        InodeTable::new(Inode::new(ROOT_INO, 2, true, state()))
     }
 
     #[test]
@@ -449,16 +429,6 @@ mod tests {
         assert!(t.get(11).is_none());
         t.forget(ROOT_INO, 100);
         assert!(t.get(ROOT_INO).is_some());
-    }
-
-    #[test]
-    fn fallback_numbers_are_stable_and_distinct() {
-        let t = table();
-        let a = t.fallback_number(1, 2);
-        let b = t.fallback_number(1, 3);
-        assert_ne!(a, b);
-        assert_eq!(a, t.fallback_number(1, 2));
-        assert!(a >= 1 << 63);
     }
 
     #[test]

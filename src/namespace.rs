@@ -16,8 +16,10 @@ use std::sync::Arc;
 use fuser::FileAttr;
 
 use crate::inode::{Inode, InodeState, RealEntry, ROOT_INO};
+use crate::layer_read::UpperSlot;
 use crate::lookup::Resolved;
-use crate::ops::{check_name, errno, has_xattr_whiteout, LayerFs};
+use crate::numbering::RealKey;
+use crate::ops::{check_name, errno, LayerFs};
 use crate::sys;
 use crate::whiteout::{self, Redirect, XattrNs};
 use crate::workdir::Staged;
@@ -30,14 +32,6 @@ const SHARED_WHITEOUT: &str = "#lfs-whiteout";
 pub struct Owner {
     pub uid: u32,
     pub gid: u32,
-}
-
-/// What occupies a name in an upper directory.
-enum UpperSlot {
-    Empty,
-    Whiteout,
-    /// An object, with an O_PATH fd and its stat.
-    Entry(OwnedFd, sys::Stat),
 }
 
 /// Decodes the 32-bit device number FUSE carries (`new_decode_dev`).
@@ -70,15 +64,6 @@ fn already_whiteout(at: BorrowedFd<'_>, name: &OsStr, e: &io::Error) -> bool {
     }
 }
 
-fn oci_marker(name: &OsStr) -> io::Result<std::ffi::OsString> {
-    let mut m = std::ffi::OsString::from(".wh.");
-    m.push(name);
-    if m.len() > 255 {
-        return Err(errno(libc::ENAMETOOLONG));
-    }
-    Ok(m)
-}
-
 /// Makes the empty file `marker` in `at` (an OCI whiteout or opaque mark);
 /// one already there is as good.
 fn make_oci_marker(at: BorrowedFd<'_>, marker: &OsStr) -> io::Result<()> {
@@ -97,33 +82,7 @@ fn make_oci_marker(at: BorrowedFd<'_>, marker: &OsStr) -> io::Result<()> {
 impl LayerFs {
     /// What is at `name` in the upper directory `pu`.
     fn upper_slot(&self, pu: &RealEntry, name: &OsStr) -> io::Result<UpperSlot> {
-        let fd = match sys::openat(
-            pu.fd.get()?.as_fd(),
-            name,
-            libc::O_PATH | libc::O_NOFOLLOW,
-            0,
-        ) {
-            Ok(fd) => fd,
-            Err(e) if is_enoent(&e) => {
-                let up = self.upper_ctx()?;
-                if up.oci_whiteouts
-                    && sys::lstatat(pu.fd.get()?.as_fd(), &oci_marker(name)?).is_ok()
-                {
-                    return Ok(UpperSlot::Whiteout);
-                }
-                return Ok(UpperSlot::Empty);
-            }
-            Err(e) => return Err(e),
-        };
-        let st = sys::fstat(fd.as_fd())?;
-        if whiteout::is_chardev_whiteout(&st)
-            || (pu.marks.xwhiteouts
-                && whiteout::may_be_xattr_whiteout(&st)
-                && has_xattr_whiteout(&fd)?)
-        {
-            return Ok(UpperSlot::Whiteout);
-        }
-        Ok(UpperSlot::Entry(fd, st))
+        crate::layer_read::upper_slot(pu, name, self.upper_ctx()?.oci_whiteouts)
     }
 
     /// Whether `name` exists in `dir`'s lower layers: if so, removing or
@@ -144,7 +103,7 @@ impl LayerFs {
         let up = self.upper_ctx()?;
         let _naming = up.renames.name_guard();
         if up.oci_whiteouts {
-            return make_oci_marker(at, &oci_marker(name)?);
+            return make_oci_marker(at, &whiteout::oci_marker(name)?);
         }
         if !up.xattr_whiteouts {
             // As kernel overlayfs does: every whiteout is a link to one shared
@@ -220,7 +179,7 @@ impl LayerFs {
     fn remove_whiteout(&self, pu: &RealEntry, name: &OsStr) -> io::Result<()> {
         let up = self.upper_ctx()?;
         let (at, what) = if up.oci_whiteouts {
-            (pu.fd.get()?, oci_marker(name)?)
+            (pu.fd.get()?, whiteout::oci_marker(name)?)
         } else {
             (pu.fd.get()?, name.to_os_string())
         };
@@ -345,16 +304,17 @@ impl LayerFs {
         // for that identity belonged to a deleted object whose inode the
         // upper filesystem has reused; it must not follow the new one
         // (whose number would then change at the next mount).
-        self.forget_number(st.st_dev, st.st_ino);
-        let mut number = self.number_for(st.st_dev, st.st_ino);
+        let key = RealKey::of(&st);
+        self.numbering.forget(key);
+        let mut number = self.number_for(key);
         if let Some(old) = self.inodes.get(number) {
             // Whatever the kernel still holds under this number is not the
             // object just made: it was deleted (perhaps behind the node's
             // back, as whiteouts inside a removed directory are), so it
             // keeps the number and the new object gets a fresh one.
             old.mark_unlinked();
-            number = self.inodes.fresh_number();
-            self.remember_number(st.st_dev, st.st_ino, number);
+            number = self.numbering.fresh_number();
+            self.numbering.remember(key, number);
         }
         let attr = crate::attr::from_stat(&st, number, false);
         let inode = self.inodes.lookup_insert(number, || {
@@ -595,7 +555,7 @@ impl LayerFs {
     /// The live inode whose number comes from the real object `st`, if the
     /// kernel holds one.
     fn live_inode_of(&self, st: &sys::Stat) -> Option<Arc<Inode>> {
-        let n = self.number_for(st.st_dev, st.st_ino);
+        let n = self.number_for(RealKey::of(st));
         self.inodes.get(n)
     }
 

@@ -4,9 +4,9 @@
 //! changes in `modify.rs`, copy-up in `copyup.rs`. `fs.rs` converts FUSE
 //! arguments, calls these and replies.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,11 +17,12 @@ use fuser::{FileAttr, FileType};
 
 use crate::attr;
 use crate::copyup::CopyMode;
-use crate::dir::{self, LayerEntry, MergedEntry};
+use crate::dir::{self, MergedEntry};
 use crate::inode::{Inode, InodeState, InodeTable, RealEntry, RealFd, ROOT_INO};
+use crate::layer_read::{self, probe_layer, probe_layer_with, read_dir_marks, read_redirect, Hit};
 use crate::layers::{LayerIdx, LayerStack};
 use crate::lookup::{self, Probe, Resolved};
-use crate::origin;
+use crate::numbering::{LayerHandles, Numbering, RealKey};
 use crate::sys::{self, Stat};
 use crate::whiteout::{self, DirMarks, Redirect, XattrNs};
 use crate::workdir::WorkDir;
@@ -149,17 +150,6 @@ fn name_cookie(name: &[u8]) -> u64 {
     3 + (KEY.get_or_init(Default::default).hash_one(name) >> 2)
 }
 
-/// What the filesystem found for one layer during a lookup.
-pub(crate) struct Hit {
-    pub layer: LayerIdx,
-    pub fd: OwnedFd,
-    /// For a non-directory: its parent's real directory and its name, to
-    /// reach it again without holding `fd` (see `RealFd::At`).
-    pub at: Option<(Arc<OwnedFd>, Arc<OsStr>)>,
-    pub st: Stat,
-    pub marks: DirMarks,
-}
-
 /// The whole filesystem state, shared by every worker thread.
 #[derive(Debug)]
 pub struct LayerFs {
@@ -167,19 +157,13 @@ pub struct LayerFs {
     pub inodes: InodeTable,
     pub opts: FsOptions,
     upper: Option<UpperCtx>,
-    /// Filesystem UUID of each layer, for origin handles.
-    uuids: Vec<[u8; 16]>,
-    /// Each layer's root opened for reading: open_by_handle_at wants a
-    /// real fd on the filesystem, not an O_PATH one.
-    handle_roots: Vec<Option<Arc<OwnedFd>>>,
+    /// Inode numbers and the origin handles they come from.
+    pub(crate) numbering: Numbering,
     /// Whether upper files can be reopened by file handle (see `RealFd`).
     upper_handles: bool,
     /// Past this fd number, new directory inodes hold file handles rather
     /// than fds (see `dir_ref`): three quarters of the open-file limit.
     fd_pressure: u64,
-    /// Numbers of upper objects whose number is not their own identity:
-    /// copy-ups (which keep the origin's number) and renumbered objects.
-    numbers: DashMap<(u64, u64), u64>,
     files: DashMap<u64, Arc<OpenFile>>,
     next_fh: AtomicU64,
     /// The session's notifier once mounted (shared with `fs.rs`).
@@ -192,8 +176,6 @@ impl LayerFs {
     /// work directory when the stack has an upper layer.
     pub fn new(layers: LayerStack, opts: FsOptions, work: Option<WorkDir>) -> io::Result<LayerFs> {
         let mut reals = Vec::with_capacity(layers.len());
-        let mut uuids = Vec::with_capacity(layers.len());
-        let mut handle_roots = Vec::with_capacity(layers.len());
         for (idx, layer) in layers.iter() {
             let fd = sys::openat(layer.root.as_fd(), OsStr::new("."), libc::O_PATH, 0)?;
             let marks = read_dir_marks(&fd)?;
@@ -202,23 +184,8 @@ impl LayerFs {
                 fd: fd.into(),
                 marks,
             });
-            // Handles of a FUSE filesystem name the kernel's node ids, which
-            // change from mount to mount: no origin is recorded or followed
-            // there (a stale one could name another file).
-            let rd = sys::reopen(layer.root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
-                .ok()
-                .filter(|f| {
-                    sys::fstatfs_type(f.as_fd())
-                        .is_ok_and(|t| t != crate::features::FUSE_SUPER_MAGIC)
-                })
-                .map(Arc::new);
-            uuids.push(
-                rd.as_ref()
-                    .map(|f| sys::fs_uuid(f.as_fd()))
-                    .unwrap_or([0; 16]),
-            );
-            handle_roots.push(rd);
         }
+        let handles = LayerHandles::open(&layers);
         if reals.is_empty() {
             return Err(errno(libc::EINVAL));
         }
@@ -248,23 +215,22 @@ impl LayerFs {
         );
         let upper_handles = upper.as_ref().is_some_and(|u| {
             u.work.features().file_handles
-                && handle_roots[u.idx.0].as_ref().is_some_and(|root| {
+                && handles.root(u.idx).is_some_and(|root| {
                     sys::name_to_handle(layers.root_fd(u.idx))
                         .and_then(|h| sys::open_by_handle(root.as_fd(), &h))
                         .is_ok()
                 })
         });
-        let inodes = InodeTable::new(root, layers.fallback_base());
+        let inodes = InodeTable::new(root);
+        let numbering = Numbering::new(&layers, handles, upper.as_ref().map(|u| (u.idx, u.ns)));
         Ok(LayerFs {
             layers,
             inodes,
             opts,
             upper,
-            uuids,
-            handle_roots,
+            numbering,
             upper_handles,
             fd_pressure: sys::nofile_limit().map_or(768, |n| n / 4 * 3),
-            numbers: DashMap::new(),
             files: DashMap::new(),
             next_fh: AtomicU64::new(1),
             notifier: Default::default(),
@@ -310,7 +276,7 @@ impl LayerFs {
         }
         if self.upper_handles {
             if let (Some(u), Ok(handle)) = (&self.upper, sys::name_to_handle(fd.as_fd())) {
-                if let Some(root) = &self.handle_roots[u.idx.0] {
+                if let Some(root) = &self.numbering.handles().root(u.idx) {
                     return RealFd::Handle {
                         root: Arc::clone(root),
                         handle: Arc::new(handle),
@@ -333,7 +299,10 @@ impl LayerFs {
         if (fd.as_raw_fd() as u64) < self.fd_pressure {
             return fd.into();
         }
-        match (self.handle_root(idx), sys::name_to_handle(fd.as_fd())) {
+        match (
+            self.numbering.handles().root(idx),
+            sys::name_to_handle(fd.as_fd()),
+        ) {
             (Some(root), Ok(handle)) => RealFd::Handle {
                 root: Arc::clone(root),
                 handle: Arc::new(handle),
@@ -350,39 +319,13 @@ impl LayerFs {
             .collect()
     }
 
-    /// The fd to open file handles of layer `idx` with, where its
-    /// filesystem's handles last.
-    pub(crate) fn handle_root(&self, idx: LayerIdx) -> Option<&Arc<OwnedFd>> {
-        self.handle_roots[idx.0].as_ref()
-    }
-
-    pub(crate) fn layer_uuid(&self, idx: LayerIdx) -> [u8; 16] {
-        self.uuids[idx.0]
-    }
-
-    pub(crate) fn remember_number(&self, dev: u64, ino: u64, number: u64) {
-        self.numbers.insert((dev, ino), number);
-    }
-
-    /// The upper object (dev, ino) is gone: a new object that gets its
-    /// inode number is numbered afresh.
-    pub(crate) fn forget_number(&self, dev: u64, ino: u64) {
-        self.numbers.remove(&(dev, ino));
-    }
-
     pub(crate) fn new_fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The number shown for a real object of identity (dev, ino).
-    pub(crate) fn number_for(&self, dev: u64, ino: u64) -> u64 {
-        if let Some(n) = self.numbers.get(&(dev, ino)) {
-            return *n;
-        }
-        match self.layers.xino(dev, ino) {
-            Some(n) if n != ROOT_INO && n != 0 => n,
-            _ => self.inodes.fallback_number(dev, ino),
-        }
+    pub(crate) fn number_for(&self, key: RealKey) -> u64 {
+        self.numbering.number_for(&self.layers, key)
     }
 
     /// The number of a merged object: the identity of its origin. A copied
@@ -393,88 +336,20 @@ impl LayerFs {
     fn number_for_hits(&self, hits: &[Hit]) -> u64 {
         let top = &hits[0];
         if self.is_upper(top.layer) {
-            if let Some(n) = self.numbers.get(&(top.st.st_dev, top.st.st_ino)) {
-                return *n;
+            let key = RealKey::of(&top.st);
+            if let Some(n) = self.numbering.remembered(key) {
+                return n;
             }
             if let Some(lower) = hits.get(1) {
-                return self.number_for(lower.st.st_dev, lower.st.st_ino);
+                return self.number_for(RealKey::of(&lower.st));
             }
-            if let Some((dev, ino)) = self.decode_origin_id(top.fd.as_fd()) {
-                let n = self.number_for(dev, ino);
-                self.remember_number(top.st.st_dev, top.st.st_ino, n);
+            if let Some(origin) = self.numbering.origin_key(&self.layers, top.fd.as_fd()) {
+                let n = self.number_for(origin);
+                self.numbering.remember(key, n);
                 return n;
             }
         }
-        self.number_for(top.st.st_dev, top.st.st_ino)
-    }
-
-    /// Finds the lower file an upper one was copied up from, by its origin
-    /// handle (needs CAP_DAC_READ_SEARCH; without it the upper's own number
-    /// is used, stable for the mount but not across copy-up).
-    fn decode_origin_id(&self, fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
-        let found = self.decode_origin(fd)?;
-        let st = sys::fstat(found.as_fd()).ok()?;
-        Some((st.st_dev, st.st_ino))
-    }
-
-    /// Opens the lower file an upper one was copied up from.
-    fn decode_origin(&self, fd: BorrowedFd<'_>) -> Option<OwnedFd> {
-        let up = self.upper.as_ref()?;
-        let value = sys::getxattr_fd(fd, &up.ns.name("origin")).ok()?;
-        let o = origin::decode(&value)?;
-        for (idx, _) in self.layers.iter() {
-            if self.is_upper(idx) || self.uuids[idx.0] != o.uuid {
-                continue;
-            }
-            let Some(root) = &self.handle_roots[idx.0] else {
-                continue;
-            };
-            if let Ok(found) = sys::open_by_handle(root.as_fd(), &o.handle) {
-                let st = sys::fstat(found.as_fd()).ok()?;
-                // As the kernel's `ovl_acceptable`: a directory origin
-                // must lie inside the layer (a handle decodes anything on
-                // the filesystem); a non-directory is used only for its
-                // number, which the kernel takes wherever it lies.
-                let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-                if st.st_nlink > 0 && (!is_dir || self.dir_in_layer(&found, idx)) {
-                    return Some(found);
-                }
-            }
-        }
-        None
-    }
-
-    /// Whether directory `fd` is layer `idx`'s root or below it, found by
-    /// walking `..` up to the layer root or the filesystem's root.
-    fn dir_in_layer(&self, fd: &OwnedFd, idx: LayerIdx) -> bool {
-        let Ok(root) = sys::fstat(self.layers.root_fd(idx)) else {
-            return false;
-        };
-        let Ok(mut cur) = sys::reopen(fd.as_fd(), libc::O_PATH | libc::O_DIRECTORY) else {
-            return false;
-        };
-        // Bounded: a directory tree is finite, but a bound costs nothing.
-        for _ in 0..1_000_000 {
-            let Ok(st) = sys::fstat(cur.as_fd()) else {
-                return false;
-            };
-            if st.st_dev == root.st_dev && st.st_ino == root.st_ino {
-                return true;
-            }
-            let Ok(up) = sys::openat(
-                cur.as_fd(),
-                OsStr::new(".."),
-                libc::O_PATH | libc::O_DIRECTORY,
-                0,
-            ) else {
-                return false;
-            };
-            match sys::fstat(up.as_fd()) {
-                Ok(ust) if ust.st_dev == st.st_dev && ust.st_ino != st.st_ino => cur = up,
-                _ => return false,
-            }
-        }
-        false
+        self.number_for(RealKey::of(&top.st))
     }
 
     pub(crate) fn attr_of(&self, inode: &Inode) -> io::Result<FileAttr> {
@@ -531,9 +406,9 @@ impl LayerFs {
             return info;
         };
         if whiteout::has_overlay_xattr(&list, b"origin")
-            && !self.numbers.contains_key(&(hit.st.st_dev, hit.st.st_ino))
+            && self.numbering.remembered(RealKey::of(&hit.st)).is_none()
         {
-            info.origin = self.decode_origin(hit.fd.as_fd());
+            info.origin = self.numbering.decode_origin(&self.layers, hit.fd.as_fd());
         }
         info.metacopy = whiteout::has_overlay_xattr(&list, b"metacopy");
         if whiteout::has_overlay_xattr(&list, b"nlink") {
@@ -545,7 +420,7 @@ impl LayerFs {
             }
         }
         if info.metacopy && info.origin.is_none() {
-            info.origin = self.decode_origin(hit.fd.as_fd());
+            info.origin = self.numbering.decode_origin(&self.layers, hit.fd.as_fd());
         }
         info
     }
@@ -629,7 +504,7 @@ impl LayerFs {
                 delta = info.nlink_delta;
                 if let Some(fd) = &info.origin {
                     let st = sys::fstat(fd.as_fd())?;
-                    origin_id = Some((st.st_dev, st.st_ino));
+                    origin_id = Some(RealKey::of(&st));
                 }
                 if info.metacopy {
                     // The data is found by path, as kernel overlayfs finds
@@ -644,16 +519,16 @@ impl LayerFs {
                     let data = data.ok_or_else(|| errno(libc::EIO))?;
                     // Its number is its data's, as in the kernel, whatever
                     // its origin says.
-                    origin_id = Some((data.st.st_dev, data.st.st_ino));
+                    origin_id = Some(RealKey::of(&data.st));
                     hits.push(data);
                 }
             }
         }
         let top = &hits[0].st;
         let mut number = match origin_id {
-            Some((dev, ino)) if !self.numbers.contains_key(&(top.st_dev, top.st_ino)) => {
-                let n = self.number_for(dev, ino);
-                self.remember_number(top.st_dev, top.st_ino, n);
+            Some(origin) if self.numbering.remembered(RealKey::of(top)).is_none() => {
+                let n = self.number_for(origin);
+                self.numbering.remember(RealKey::of(top), n);
                 n
             }
             _ => self.number_for_hits(&hits),
@@ -670,8 +545,8 @@ impl LayerFs {
             .get(number)
             .is_some_and(|i| i.is_unlinked() || !is_same_object(&i, top))
         {
-            number = self.inodes.fresh_number();
-            self.remember_number(top.st_dev, top.st_ino, number);
+            number = self.numbering.fresh_number();
+            self.numbering.remember(RealKey::of(top), number);
         }
         let data_st = (!is_dir && hits.len() > 1).then(|| &hits[1].st);
         let attr = compose_attr(top, number, is_dir && hits.len() > 1, delta, data_st);
@@ -1080,9 +955,9 @@ impl LayerFs {
                 // An upper entry of a merged directory may be a copy-up
                 // that shows its origin's number: find it as stat would.
                 self.entry_number(&reals, r, &e.name)
-                    .unwrap_or_else(|| self.number_for(dev, e.d_ino))
+                    .unwrap_or_else(|| self.number_for(RealKey { dev, ino: e.d_ino }))
             } else {
-                self.number_for(dev, e.d_ino)
+                self.number_for(RealKey { dev, ino: e.d_ino })
             };
             entries.push(DirEntryOut {
                 ino,
@@ -1104,8 +979,8 @@ impl LayerFs {
         let dir = r.fd.get().ok()?;
         let fd = sys::openat(dir.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()?;
         let st = sys::fstat(fd.as_fd()).ok()?;
-        if let Some(n) = self.numbers.get(&(st.st_dev, st.st_ino)) {
-            return Some(*n);
+        if let Some(n) = self.numbering.remembered(RealKey::of(&st)) {
+            return Some(n);
         }
         if (st.st_mode & libc::S_IFMT) == libc::S_IFDIR {
             // A merged subdirectory's number comes from its lower part.
@@ -1114,9 +989,9 @@ impl LayerFs {
                 _ => None,
             };
         }
-        let (dev, ino) = self.decode_origin_id(fd.as_fd())?;
-        let n = self.number_for(dev, ino);
-        self.remember_number(st.st_dev, st.st_ino, n);
+        let origin = self.numbering.origin_key(&self.layers, fd.as_fd())?;
+        let n = self.number_for(origin);
+        self.numbering.remember(RealKey::of(&st), n);
         Some(n)
     }
 
@@ -1127,7 +1002,7 @@ impl LayerFs {
         let mut listings = Vec::with_capacity(reals.len());
         let mut clean = 0u64;
         for r in reals {
-            let (entries, markers) = self.list_layer_dir(r)?;
+            let (entries, markers) = layer_read::list_layer_dir(r)?;
             // An OCI-format upper gains markers as names are deleted.
             let oci_upper =
                 self.is_upper(r.layer) && self.upper.as_ref().is_some_and(|u| u.oci_whiteouts);
@@ -1138,61 +1013,6 @@ impl LayerFs {
         }
         inode.cache.oci_clean.fetch_or(clean, Ordering::Relaxed);
         Ok(dir::merge_listings(listings))
-    }
-
-    /// Reads one layer's part of a directory and classifies each entry;
-    /// also says whether it holds OCI markers.
-    fn list_layer_dir(&self, r: &RealEntry) -> io::Result<(Vec<LayerEntry>, bool)> {
-        let dfd = sys::openat(
-            r.fd.get()?.as_fd(),
-            OsStr::new("."),
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-        )?;
-        let raw = sys::read_dir_fd(dfd.as_fd())?;
-        let mut out = Vec::with_capacity(raw.len());
-        let mut markers = false;
-        for e in raw {
-            if e.name == b"." || e.name == b".." {
-                continue;
-            }
-            if whiteout::is_oci_marker(&e.name) {
-                markers = true;
-                if let Some(target) = whiteout::oci_whiteout_target(&e.name) {
-                    out.push(LayerEntry::Whiteout {
-                        name: target.to_vec(),
-                    });
-                }
-                continue;
-            }
-            let needs_stat = e.d_type == libc::DT_UNKNOWN
-                || e.d_type == libc::DT_CHR
-                || (r.marks.xwhiteouts && e.d_type == libc::DT_REG);
-            let mut d_type = e.d_type;
-            if needs_stat {
-                let st = match sys::lstatat(r.fd.get()?.as_fd(), OsStr::from_bytes(&e.name)) {
-                    Ok(st) => st,
-                    // Gone since getdents: skip it, as a later lookup would.
-                    Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
-                    Err(err) => return Err(err),
-                };
-                d_type = attr::dtype_of_mode(st.st_mode);
-                if whiteout::is_chardev_whiteout(&st)
-                    || (r.marks.xwhiteouts
-                        && whiteout::may_be_xattr_whiteout(&st)
-                        && is_xattr_whiteout_at(r, &e.name)?)
-                {
-                    out.push(LayerEntry::Whiteout { name: e.name });
-                    continue;
-                }
-            }
-            out.push(LayerEntry::Visible {
-                name: e.name,
-                d_type,
-                d_ino: e.ino,
-            });
-        }
-        Ok((out, markers))
     }
 
     /// The entries of directory `ino` after the readdir cookie `offset`.
@@ -1374,164 +1194,4 @@ pub(crate) fn check_name(name: &OsStr) -> io::Result<()> {
         return Err(errno(libc::ENAMETOOLONG));
     }
     Ok(())
-}
-
-/// What layer entry `r` (a directory) holds under `name`. `more_below` says
-/// whether any contributing layer lies below, which is when OCI whiteouts and
-/// opaque markers matter.
-pub(crate) fn probe_layer(r: &RealEntry, name: &OsStr, more_below: bool) -> io::Result<Probe<Hit>> {
-    probe_layer_with(r, name, more_below, true)
-}
-
-/// `probe_layer`, told whether `r` may hold OCI `.wh.NAME` markers.
-fn probe_layer_with(
-    r: &RealEntry,
-    name: &OsStr,
-    more_below: bool,
-    may_have_markers: bool,
-) -> io::Result<Probe<Hit>> {
-    let oci = more_below && may_have_markers;
-    let fd = match sys::openat(
-        r.fd.get()?.as_fd(),
-        name,
-        libc::O_PATH | libc::O_NOFOLLOW,
-        0,
-    ) {
-        Ok(fd) => fd,
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ENOENT) | Some(libc::ENAMETOOLONG)
-            ) =>
-        {
-            // Absent here: an OCI `.wh.NAME` beside it still hides it below.
-            return Ok(if oci && oci_sibling_exists(r, name.as_bytes())? {
-                Probe::Whiteout
-            } else {
-                Probe::Absent
-            });
-        }
-        Err(e) => return Err(e),
-    };
-    let st = sys::fstat(fd.as_fd())?;
-    if whiteout::is_chardev_whiteout(&st)
-        || (r.marks.xwhiteouts && whiteout::may_be_xattr_whiteout(&st) && has_xattr_whiteout(&fd)?)
-    {
-        return Ok(Probe::Whiteout);
-    }
-    if (st.st_mode & libc::S_IFMT) != libc::S_IFDIR {
-        return Ok(Probe::NonDir(Hit {
-            layer: r.layer,
-            fd,
-            st,
-            marks: DirMarks::default(),
-            at: Some((r.fd.get()?, Arc::from(name))),
-        }));
-    }
-    let mut marks = read_dir_marks(&fd)?;
-    if more_below && !marks.opaque {
-        // OCI: `.wh..wh..opq` inside, or `.wh.NAME` beside a re-added dir.
-        marks.opaque =
-            exists(&fd, whiteout::OCI_OPAQUE)? || (oci && oci_sibling_exists(r, name.as_bytes())?);
-    }
-    let opaque = marks.opaque;
-    Ok(Probe::Dir(
-        Hit {
-            layer: r.layer,
-            fd,
-            st,
-            marks,
-            at: None,
-        },
-        opaque,
-    ))
-}
-
-fn exists(dir: &OwnedFd, name: &[u8]) -> io::Result<bool> {
-    match sys::lstatat(dir.as_fd(), OsStr::from_bytes(name)) {
-        Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-fn oci_sibling_exists(r: &RealEntry, name: &[u8]) -> io::Result<bool> {
-    let wh = whiteout::oci_whiteout_name(name);
-    if wh.len() > 255 {
-        return Ok(false);
-    }
-    match sys::lstatat(r.fd.get()?.as_fd(), OsStr::from_bytes(&wh)) {
-        Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// A directory's `overlay.redirect`, in either namespace (None when absent
-/// or malformed).
-/// The `overlay.redirect` of a layer directory: None without one, EINVAL
-/// for a malformed value (kernel overlayfs fails the lookup so too).
-fn read_redirect(fd: &OwnedFd) -> Option<io::Result<Redirect>> {
-    for ns in [XattrNs::Trusted, XattrNs::User] {
-        if let Ok(v) = sys::getxattr_fd(fd.as_fd(), &ns.name("redirect")) {
-            return Some(Redirect::parse(&v).map_err(|e| {
-                log::warn!(
-                    "invalid overlay.redirect {:?}: {e}",
-                    String::from_utf8_lossy(&v[..v.len().min(100)])
-                );
-                e
-            }));
-        }
-    }
-    None
-}
-
-/// Reads a directory's overlay marks (opaque y/x, redirect) in either
-/// namespace. One listxattr in the common case of a directory without
-/// xattrs.
-pub fn read_dir_marks(fd: &OwnedFd) -> io::Result<DirMarks> {
-    let list = match sys::listxattr_fd(fd.as_fd()) {
-        Ok(l) => l,
-        // A layer on a filesystem without xattrs has no marks.
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(DirMarks::default()),
-        Err(e) => return Err(e),
-    };
-    let mut marks = DirMarks {
-        redirect: whiteout::has_overlay_xattr(&list, b"redirect"),
-        ..DirMarks::default()
-    };
-    if !whiteout::has_overlay_xattr(&list, b"opaque") {
-        return Ok(marks);
-    }
-    for ns in [XattrNs::Trusted, XattrNs::User] {
-        match sys::getxattr_fd(fd.as_fd(), &ns.name("opaque")) {
-            Ok(v) => marks = marks.merge(DirMarks::from_opaque_value(&v)),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::ENOTSUP)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(marks)
-}
-
-fn is_xattr_whiteout_at(r: &RealEntry, name: &[u8]) -> io::Result<bool> {
-    let fd = sys::openat(
-        r.fd.get()?.as_fd(),
-        OsStr::from_bytes(name),
-        libc::O_PATH | libc::O_NOFOLLOW,
-        0,
-    )?;
-    has_xattr_whiteout(&fd)
-}
-
-/// True when a file carries `overlay.whiteout` in either namespace.
-pub(crate) fn has_xattr_whiteout(fd: &OwnedFd) -> io::Result<bool> {
-    for ns in [XattrNs::Trusted, XattrNs::User] {
-        let name: CString = ns.name("whiteout");
-        match sys::getxattr_fd(fd.as_fd(), &name) {
-            Ok(_) => return Ok(true),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::ENOTSUP)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(false)
 }

@@ -197,6 +197,15 @@ pub fn check_redirect_name(name: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+pub fn oci_marker(name: &std::ffi::OsStr) -> std::io::Result<std::ffi::OsString> {
+    let mut m = std::ffi::OsString::from(".wh.");
+    m.push(name);
+    if m.len() > 255 {
+        return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    Ok(m)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

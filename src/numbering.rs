@@ -1,0 +1,268 @@
+//! The inode numbers shown at the mountpoint, and the origin handles they
+//! are recovered from. One type owns every number handed out:
+//!
+//! - a real object's number follows its identity by the xino rule
+//!   (`LayerStack::xino`), as kernel overlayfs' does;
+//! - a copied-up object keeps its origin's number: remembered for copy-ups
+//!   of this mount, decoded from the `overlay.origin` handle for older ones;
+//! - an identity with no room in the xino range gets a fallback number,
+//!   stable for the mount; an object that must not reuse its own (its
+//!   number is still held by a deleted one) gets a fresh one.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::inode::ROOT_INO;
+use crate::layers::{LayerIdx, LayerStack};
+use crate::origin;
+use crate::sys::{self, Stat};
+use crate::whiteout::XattrNs;
+
+/// A real object's identity: (st_dev, st_ino) on its filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RealKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl RealKey {
+    pub fn of(st: &Stat) -> RealKey {
+        RealKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }
+    }
+}
+
+/// What origin handles need of each layer: its filesystem's UUID (written
+/// into an origin) and its root opened for reading (`open_by_handle_at`
+/// wants a real fd on the filesystem, not an O_PATH one), where that
+/// filesystem's handles last.
+#[derive(Debug)]
+pub struct LayerHandles {
+    uuids: Vec<[u8; 16]>,
+    roots: Vec<Option<Arc<OwnedFd>>>,
+}
+
+impl LayerHandles {
+    pub fn open(layers: &LayerStack) -> LayerHandles {
+        let mut uuids = Vec::with_capacity(layers.len());
+        let mut roots = Vec::with_capacity(layers.len());
+        for (_, layer) in layers.iter() {
+            // Handles of a FUSE filesystem name the kernel's node ids, which
+            // change from mount to mount: no origin is recorded or followed
+            // there (a stale one could name another file).
+            let rd = sys::reopen(layer.root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+                .ok()
+                .filter(|f| {
+                    sys::fstatfs_type(f.as_fd())
+                        .is_ok_and(|t| t != crate::features::FUSE_SUPER_MAGIC)
+                })
+                .map(Arc::new);
+            uuids.push(
+                rd.as_ref()
+                    .map(|f| sys::fs_uuid(f.as_fd()))
+                    .unwrap_or([0; 16]),
+            );
+            roots.push(rd);
+        }
+        LayerHandles { uuids, roots }
+    }
+
+    /// The fd to open file handles of layer `idx` with, where its
+    /// filesystem's handles last.
+    pub fn root(&self, idx: LayerIdx) -> Option<&Arc<OwnedFd>> {
+        self.roots[idx.0].as_ref()
+    }
+
+    pub fn uuid(&self, idx: LayerIdx) -> [u8; 16] {
+        self.uuids[idx.0]
+    }
+}
+
+/// Every number handed out, and how they are found again.
+#[derive(Debug)]
+pub struct Numbering {
+    /// Numbers of upper objects whose number is not their own identity:
+    /// copy-ups (which keep the origin's number) and renumbered objects.
+    remembered: DashMap<RealKey, u64>,
+    fallback: DashMap<RealKey, u64>,
+    next_fallback: AtomicU64,
+    handles: LayerHandles,
+    /// The upper layer and the namespace of its `overlay.*` xattrs.
+    upper: Option<(LayerIdx, XattrNs)>,
+}
+
+impl Numbering {
+    pub fn new(
+        layers: &LayerStack,
+        handles: LayerHandles,
+        upper: Option<(LayerIdx, XattrNs)>,
+    ) -> Numbering {
+        Numbering {
+            remembered: DashMap::new(),
+            fallback: DashMap::new(),
+            next_fallback: AtomicU64::new(layers.fallback_base().max(2)),
+            handles,
+            upper,
+        }
+    }
+
+    pub fn handles(&self) -> &LayerHandles {
+        &self.handles
+    }
+
+    /// The number shown for a real object of identity `key`.
+    pub fn number_for(&self, layers: &LayerStack, key: RealKey) -> u64 {
+        if let Some(n) = self.remembered.get(&key) {
+            return *n;
+        }
+        match layers.xino(key.dev, key.ino) {
+            Some(n) if n != ROOT_INO && n != 0 => n,
+            _ => self.fallback_number(key),
+        }
+    }
+
+    /// The number remembered for the upper object `key`, if any.
+    pub fn remembered(&self, key: RealKey) -> Option<u64> {
+        self.remembered.get(&key).map(|n| *n)
+    }
+
+    /// The upper object `key` shows `number` (a copy-up keeps its
+    /// origin's; a renumbered object its fresh one).
+    pub fn remember(&self, key: RealKey, number: u64) {
+        self.remembered.insert(key, number);
+    }
+
+    /// The upper object `key` is gone: a new object that gets its inode
+    /// number is numbered afresh.
+    pub fn forget(&self, key: RealKey) {
+        self.remembered.remove(&key);
+    }
+
+    /// The number for an identity that has no persistent number.
+    pub fn fallback_number(&self, key: RealKey) -> u64 {
+        *self
+            .fallback
+            .entry(key)
+            .or_insert_with(|| self.next_fallback.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A number never handed out before, for objects that cannot use their
+    /// own (see `Inode::is_unlinked`).
+    pub fn fresh_number(&self) -> u64 {
+        self.next_fallback.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The identity of the lower file an upper one was copied up from, by
+    /// its origin handle (needs CAP_DAC_READ_SEARCH; without it the upper's
+    /// own number is used, stable for the mount but not across copy-up).
+    pub fn origin_key(&self, layers: &LayerStack, fd: BorrowedFd<'_>) -> Option<RealKey> {
+        let found = self.decode_origin(layers, fd)?;
+        let st = sys::fstat(found.as_fd()).ok()?;
+        Some(RealKey::of(&st))
+    }
+
+    /// Opens the lower file an upper one was copied up from.
+    pub fn decode_origin(&self, layers: &LayerStack, fd: BorrowedFd<'_>) -> Option<OwnedFd> {
+        let (upper, ns) = self.upper?;
+        let value = sys::getxattr_fd(fd, &ns.name("origin")).ok()?;
+        let o = origin::decode(&value)?;
+        for (idx, _) in layers.iter() {
+            if idx == upper || self.handles.uuid(idx) != o.uuid {
+                continue;
+            }
+            let Some(root) = self.handles.root(idx) else {
+                continue;
+            };
+            if let Ok(found) = sys::open_by_handle(root.as_fd(), &o.handle) {
+                let st = sys::fstat(found.as_fd()).ok()?;
+                // As the kernel's `ovl_acceptable`: a directory origin
+                // must lie inside the layer (a handle decodes anything on
+                // the filesystem); a non-directory is used only for its
+                // number, which the kernel takes wherever it lies.
+                let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                if st.st_nlink > 0 && (!is_dir || dir_in_layer(layers, &found, idx)) {
+                    return Some(found);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Whether directory `fd` is layer `idx`'s root or below it, found by
+/// walking `..` up to the layer root or the filesystem's root.
+fn dir_in_layer(layers: &LayerStack, fd: &OwnedFd, idx: LayerIdx) -> bool {
+    let Ok(root) = sys::fstat(layers.root_fd(idx)) else {
+        return false;
+    };
+    let Ok(mut cur) = sys::reopen(fd.as_fd(), libc::O_PATH | libc::O_DIRECTORY) else {
+        return false;
+    };
+    // Bounded: a directory tree is finite, but a bound costs nothing.
+    for _ in 0..1_000_000 {
+        let Ok(st) = sys::fstat(cur.as_fd()) else {
+            return false;
+        };
+        if st.st_dev == root.st_dev && st.st_ino == root.st_ino {
+            return true;
+        }
+        let Ok(up) = sys::openat(
+            cur.as_fd(),
+            OsStr::new(".."),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        ) else {
+            return false;
+        };
+        match sys::fstat(up.as_fd()) {
+            Ok(ust) if ust.st_dev == st.st_dev && ust.st_ino != st.st_ino => cur = up,
+            _ => return false,
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbering() -> (tempfile::TempDir, LayerStack, Numbering) {
+        let t = tempfile::tempdir().unwrap();
+        let l = t.path().join("l");
+        std::fs::create_dir(&l).unwrap();
+        let layers = LayerStack::open(None, &[l]).unwrap();
+        let handles = LayerHandles::open(&layers);
+        let n = Numbering::new(&layers, handles, None);
+        (t, layers, n)
+    }
+
+    #[test]
+    fn fallback_numbers_are_stable_and_distinct() {
+        let (_t, _layers, n) = numbering();
+        let k = |ino| RealKey { dev: 1, ino };
+        let a = n.fallback_number(k(2));
+        let b = n.fallback_number(k(3));
+        assert_ne!(a, b);
+        assert_eq!(a, n.fallback_number(k(2)));
+        assert_ne!(n.fresh_number(), a);
+    }
+
+    #[test]
+    fn a_remembered_number_wins_until_forgotten() {
+        let (_t, layers, n) = numbering();
+        let st = sys::fstat(layers.root_fd(LayerIdx(0))).unwrap();
+        let key = RealKey::of(&st);
+        let own = n.number_for(&layers, key);
+        assert_eq!(own, st.st_ino, "one filesystem: the real number");
+        n.remember(key, 4242);
+        assert_eq!(n.number_for(&layers, key), 4242);
+        n.forget(key);
+        assert_eq!(n.number_for(&layers, key), own);
+    }
+}
