@@ -16,8 +16,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::ids::RealKey;
 use crate::inode::{Inode, RealEntry, RealFd};
-use crate::numbering::RealKey;
 use crate::ops::{errno, LayerFs};
 use crate::origin;
 use crate::sys::{self, TimeSpec};

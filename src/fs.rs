@@ -138,7 +138,7 @@ impl Fuse {
     fn serve_mode(
         &self,
         ino: u64,
-        fh: u64,
+        fh: crate::ids::FileHandle,
         may_pass: bool,
         open_backing: impl FnOnce(&std::os::fd::OwnedFd) -> io::Result<fuser::BackingId>,
     ) -> Passthrough {
@@ -302,7 +302,7 @@ impl Filesystem for Fuse {
                 let may_pass = !immutable || !self.fs.is_writable();
                 match self.serve_mode(ino.0, fh, may_pass, |fd| reply.open_backing(fd)) {
                     Passthrough::Use(id) => {
-                        reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id)
+                        reply.opened_passthrough(fh.into(), FopenFlags::FOPEN_NOFLUSH, &id)
                     }
                     Passthrough::Cached => {
                         // A lower file cannot change: keep its page cache.
@@ -312,7 +312,7 @@ impl Filesystem for Fuse {
                         } else {
                             FopenFlags::FOPEN_NOFLUSH
                         };
-                        reply.opened(FileHandle(fh), f)
+                        reply.opened(fh.into(), f)
                     }
                 }
             }
@@ -331,7 +331,7 @@ impl Filesystem for Fuse {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
+        match self.fs.read(fh.into(), offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),
         }
@@ -360,10 +360,10 @@ impl Filesystem for Fuse {
     ) {
         let passthrough = self
             .fs
-            .file(fh.0)
+            .file(fh.into())
             .map(|f| f.backing.get().is_some())
             .unwrap_or(false);
-        self.fs.release(fh.0);
+        self.fs.release(fh.into());
         self.backings.released(ino.0, passthrough);
         reply.ok();
     }
@@ -510,7 +510,7 @@ impl Filesystem for Fuse {
             size,
             atime: atime.map(time_spec),
             mtime: mtime.map(time_spec),
-            fh: fh.map(|f| f.0),
+            fh: fh.map(Into::into),
             // FATTR_KILL_SUIDGID is not passed on by fuser: a truncate by
             // anyone but root stands for a caller without CAP_FSETID.
             kill_suidgid: (req.uid() != 0).then(|| self.caller(req).1),
@@ -617,7 +617,7 @@ impl Filesystem for Fuse {
         let kill = write_flags
             .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
             .then(|| self.caller(req).1);
-        match self.fs.write(fh.0, offset, data, kill) {
+        match self.fs.write(fh.into(), offset, data, kill) {
             Ok((n, killed)) => {
                 if killed {
                     self.attributes_changed(ino.0);
@@ -636,7 +636,7 @@ impl Filesystem for Fuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty_reply(self.fs.fsync(fh.0, datasync), reply);
+        Self::empty_reply(self.fs.fsync(fh.into(), datasync), reply);
     }
 
     fn fsyncdir(
@@ -697,7 +697,7 @@ impl Filesystem for Fuse {
                         &self.ttl,
                         &attr,
                         Generation(0),
-                        FileHandle(fh),
+                        fh.into(),
                         FopenFlags::FOPEN_NOFLUSH,
                         &id,
                     ),
@@ -705,7 +705,7 @@ impl Filesystem for Fuse {
                         &self.ttl,
                         &attr,
                         Generation(0),
-                        FileHandle(fh),
+                        fh.into(),
                         FopenFlags::FOPEN_NOFLUSH,
                     ),
                 }
@@ -724,7 +724,7 @@ impl Filesystem for Fuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        Self::empty_reply(self.fs.fallocate(fh.0, offset, length, mode), reply);
+        Self::empty_reply(self.fs.fallocate(fh.into(), offset, length, mode), reply);
     }
 
     fn lseek(
@@ -736,7 +736,7 @@ impl Filesystem for Fuse {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.fs.lseek(fh.0, offset, whence) {
+        match self.fs.lseek(fh.into(), offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(e)),
         }
@@ -757,7 +757,7 @@ impl Filesystem for Fuse {
     ) {
         match self
             .fs
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+            .copy_file_range(fh_in.into(), offset_in, fh_out.into(), offset_out, len)
         {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),

@@ -158,7 +158,7 @@ pub struct InodeCache {
     /// generation it was made at: the newest serves new readdirs while its
     /// generation is current; older ones keep serving readdirs that began
     /// on them, so an iteration sees one consistent snapshot.
-    pub listings: Mutex<std::collections::VecDeque<(u64, Arc<Vec<crate::ops::DirEntryOut>>)>>,
+    pub listings: Mutex<std::collections::VecDeque<(u64, Arc<Vec<crate::listing::DirEntryOut>>)>>,
     /// Bumped by every change of the directory's entries: a listing made
     /// while a change ran is not cached.
     pub listing_gen: AtomicU64,

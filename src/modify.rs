@@ -10,6 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use fuser::FileAttr;
 
 use crate::copyup::CopyMode;
+use crate::ids::FileHandle;
 use crate::ops::{errno, LayerFs};
 use crate::sys::{self, TimeSpec};
 use crate::whiteout;
@@ -23,7 +24,7 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<TimeSpec>,
     pub mtime: Option<TimeSpec>,
-    pub fh: Option<u64>,
+    pub fh: Option<FileHandle>,
     /// A size change by a caller without CAP_FSETID, of this group: clear
     /// setuid/setgid (the kernel leaves it to us under
     /// FUSE_HANDLE_KILLPRIV_V2).
@@ -108,7 +109,7 @@ impl LayerFs {
     /// changed.
     pub fn write(
         &self,
-        fh: u64,
+        fh: FileHandle,
         offset: u64,
         data: &[u8],
         kill: Option<u32>,
@@ -134,7 +135,7 @@ impl LayerFs {
         Ok((done as u32, killed))
     }
 
-    pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
+    pub fn fsync(&self, fh: FileHandle, datasync: bool) -> io::Result<()> {
         if !self.opts.fsync {
             return Ok(());
         }
@@ -155,21 +156,21 @@ impl LayerFs {
         sys::fsync(d.as_fd(), datasync)
     }
 
-    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+    pub fn fallocate(&self, fh: FileHandle, offset: u64, len: u64, mode: i32) -> io::Result<()> {
         let file = self.file(fh)?;
         sys::fallocate(file.fd.as_fd(), mode, offset, len)
     }
 
-    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> io::Result<i64> {
+    pub fn lseek(&self, fh: FileHandle, offset: i64, whence: i32) -> io::Result<i64> {
         let file = self.file(fh)?;
         sys::lseek(file.fd.as_fd(), offset, whence)
     }
 
     pub fn copy_file_range(
         &self,
-        fh_in: u64,
+        fh_in: FileHandle,
         off_in: u64,
-        fh_out: u64,
+        fh_out: FileHandle,
         off_out: u64,
         len: u64,
     ) -> io::Result<u32> {

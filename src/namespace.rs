@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use fuser::FileAttr;
 
+use crate::ids::{FileHandle, RealKey};
 use crate::inode::{Inode, InodeState, RealEntry, ROOT_INO};
 use crate::layer_read::UpperSlot;
 use crate::lookup::Resolved;
-use crate::numbering::RealKey;
 use crate::ops::{check_name, errno, LayerFs};
 use crate::sys;
 use crate::whiteout::{self, Redirect, XattrNs};
@@ -357,7 +357,7 @@ impl LayerFs {
         flags: i32,
         uid: u32,
         gid: u32,
-    ) -> io::Result<(Arc<Inode>, FileAttr, u64)> {
+    ) -> io::Result<(Arc<Inode>, FileAttr, FileHandle)> {
         let dir = self.inode(parent)?;
         let (owner, _) = self.owner_for(&dir, uid, gid)?;
         let perm = mode & 0o7777;
@@ -369,7 +369,7 @@ impl LayerFs {
         dir.dir_changed();
         let (inode, attr) = self.new_upper_inode(parent, name, path)?;
         let fd = fd.ok_or_else(|| errno(libc::EIO))?;
-        Ok((inode, attr, self.add_file(fd)))
+        Ok((inode, attr, self.files.add(Arc::new(fd))))
     }
 
     pub fn mknod(

@@ -16,27 +16,12 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::ids::RealKey;
 use crate::inode::ROOT_INO;
 use crate::layers::{LayerIdx, LayerStack};
 use crate::origin;
-use crate::sys::{self, Stat};
+use crate::sys;
 use crate::whiteout::XattrNs;
-
-/// A real object's identity: (st_dev, st_ino) on its filesystem.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RealKey {
-    pub dev: u64,
-    pub ino: u64,
-}
-
-impl RealKey {
-    pub fn of(st: &Stat) -> RealKey {
-        RealKey {
-            dev: st.st_dev,
-            ino: st.st_ino,
-        }
-    }
-}
 
 /// What origin handles need of each layer: its filesystem's UUID (written
 /// into an origin) and its root opened for reading (`open_by_handle_at`

@@ -4,25 +4,23 @@
 //! changes in `modify.rs`, copy-up in `copyup.rs`. `fs.rs` converts FUSE
 //! arguments, calls these and replies.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
-use fuser::{FileAttr, FileType};
+use fuser::FileAttr;
 
 use crate::attr;
-use crate::copyup::CopyMode;
-use crate::dir::{self, MergedEntry};
+use crate::ids::{LayerMask, RealKey};
 use crate::inode::{Inode, InodeState, InodeTable, RealEntry, RealFd, ROOT_INO};
-use crate::layer_read::{self, probe_layer, probe_layer_with, read_dir_marks, read_redirect, Hit};
+use crate::layer_read::{probe_layer, probe_layer_with, read_dir_marks, read_redirect, Hit};
 use crate::layers::{LayerIdx, LayerStack};
 use crate::lookup::{self, Probe, Resolved};
-use crate::numbering::{LayerHandles, Numbering, RealKey};
+use crate::numbering::{LayerHandles, Numbering};
+use crate::open_files::OpenFiles;
 use crate::sys::{self, Stat};
 use crate::whiteout::{self, DirMarks, Redirect, XattrNs};
 use crate::workdir::WorkDir;
@@ -90,66 +88,6 @@ pub struct UpperCtx {
     pub oci_whiteouts: bool,
 }
 
-/// An open regular file.
-#[derive(Debug)]
-pub struct OpenFile {
-    /// Shared with other read-only opens of the same lower file.
-    pub fd: Arc<OwnedFd>,
-    /// Its passthrough backing id, held until release.
-    pub backing: std::sync::OnceLock<Arc<fuser::BackingId>>,
-}
-
-/// One entry of an open directory's snapshot.
-#[derive(Debug, Clone)]
-pub struct DirEntryOut {
-    pub name: OsString,
-    pub kind: FileType,
-    pub ino: u64,
-    /// Lower layers (bit = layer index) whose part of the directory holds
-    /// the name, as an entry or a whiteout: a lookup from the listing
-    /// (readdirplus) probes only those, plus the upper. `ALL_LAYERS` when
-    /// unknown.
-    pub layers: u128,
-    /// The readdir cookie that resumes after this entry (see
-    /// `name_cookie`).
-    pub cookie: u64,
-}
-
-/// Every layer may hold the name: probe them all.
-pub const ALL_LAYERS: u128 = u128::MAX;
-
-/// Part of a directory listing for one readdir request.
-#[derive(Debug)]
-pub struct DirPage {
-    pub entries: Arc<Vec<DirEntryOut>>,
-    /// First entry to send.
-    pub start: usize,
-}
-
-impl DirPage {
-    /// The readdir cookie that resumes after entry `index`.
-    pub fn cookie_after(&self, index: usize) -> u64 {
-        self.entries[index].cookie
-    }
-}
-
-/// Listings kept per directory (the newest is the one served).
-const LISTINGS_KEPT: usize = 1;
-
-/// The readdir cookie of a name: a position that depends on the name only,
-/// so that an iteration resumed in a newer listing (the directory changed
-/// between two readdir calls) continues after the same point and returns
-/// no name twice, as ext4's hash-ordered directories do. A listing is
-/// sorted by it; 1 and 2 are `.` and `..`; the values stay below 2^62 (the
-/// kernel keeps directory positions as a signed offset). The hash is keyed
-/// per process, so names cannot be chosen to collide.
-fn name_cookie(name: &[u8]) -> u64 {
-    use std::hash::BuildHasher;
-    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
-        std::sync::OnceLock::new();
-    3 + (KEY.get_or_init(Default::default).hash_one(name) >> 2)
-}
-
 /// The whole filesystem state, shared by every worker thread.
 #[derive(Debug)]
 pub struct LayerFs {
@@ -164,8 +102,7 @@ pub struct LayerFs {
     /// Past this fd number, new directory inodes hold file handles rather
     /// than fds (see `dir_ref`): three quarters of the open-file limit.
     fd_pressure: u64,
-    files: DashMap<u64, Arc<OpenFile>>,
-    next_fh: AtomicU64,
+    pub(crate) files: OpenFiles,
     /// The session's notifier once mounted (shared with `fs.rs`).
     pub(crate) notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
@@ -231,8 +168,7 @@ impl LayerFs {
             numbering,
             upper_handles,
             fd_pressure: sys::nofile_limit().map_or(768, |n| n / 4 * 3),
-            files: DashMap::new(),
-            next_fh: AtomicU64::new(1),
+            files: OpenFiles::default(),
             notifier: Default::default(),
         })
     }
@@ -319,10 +255,6 @@ impl LayerFs {
             .collect()
     }
 
-    pub(crate) fn new_fh(&self) -> u64 {
-        self.next_fh.fetch_add(1, Ordering::Relaxed)
-    }
-
     /// The number shown for a real object of identity (dev, ino).
     pub(crate) fn number_for(&self, key: RealKey) -> u64 {
         self.numbering.number_for(&self.layers, key)
@@ -333,7 +265,7 @@ impl LayerFs {
     /// same), found through the in-memory map for copy-ups of this mount and
     /// through the `overlay.origin` handle for older ones; a merged
     /// directory's origin is its first lower part.
-    fn number_for_hits(&self, hits: &[Hit]) -> u64 {
+    pub(crate) fn number_for_hits(&self, hits: &[Hit]) -> u64 {
         let top = &hits[0];
         if self.is_upper(top.layer) {
             let key = RealKey::of(&top.st);
@@ -463,7 +395,7 @@ impl LayerFs {
     /// Looks `name` up in directory `parent`; on success the returned inode
     /// carries one more lookup reference, which the kernel will forget.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<(Arc<Inode>, FileAttr)> {
-        self.lookup_hinted(parent, name, ALL_LAYERS)
+        self.lookup_hinted(parent, name, LayerMask::ALL)
     }
 
     /// `lookup`, probing only the lower layers in `layers` (and the upper):
@@ -473,7 +405,7 @@ impl LayerFs {
         &self,
         parent: u64,
         name: &OsStr,
-        layers: u128,
+        layers: LayerMask,
     ) -> io::Result<(Arc<Inode>, FileAttr)> {
         check_name(name)?;
         let dir = self.inode(parent)?;
@@ -582,7 +514,7 @@ impl LayerFs {
         &self,
         dir: &Inode,
         name: &OsStr,
-        layers: u128,
+        layers: LayerMask,
     ) -> io::Result<Resolved<Hit>> {
         let reals = dir.reals();
         let clean = dir
@@ -597,7 +529,7 @@ impl LayerFs {
         reals: &[RealEntry],
         name: &OsStr,
     ) -> io::Result<Resolved<Hit>> {
-        self.resolve_masked(reals, name, 0, ALL_LAYERS)
+        self.resolve_masked(reals, name, 0, LayerMask::ALL)
     }
 
     /// `clean`: bit i set when layer i's part of the directory is known to
@@ -613,7 +545,7 @@ impl LayerFs {
         reals: &[RealEntry],
         name: &OsStr,
         clean: u64,
-        mut layers: u128,
+        mut layers: LayerMask,
     ) -> io::Result<Resolved<Hit>> {
         let n = reals.len();
         let follow = self.opts.redirect_dir.follows();
@@ -642,7 +574,7 @@ impl LayerFs {
                 }
                 let r = &reals[pos];
                 pos += 1;
-                let skip = r.layer.0 < 128 && layers & (1 << r.layer.0) == 0;
+                let skip = !layers.contains(r.layer);
                 if skip && !self.is_upper(r.layer) {
                     return Some(Ok(Probe::Absent));
                 }
@@ -676,7 +608,7 @@ impl LayerFs {
                     }
                 } else if redirect {
                     // The name changes below: the listing says nothing.
-                    layers = ALL_LAYERS;
+                    layers = LayerMask::ALL;
                     match read_redirect(&hit.fd) {
                         Some(Ok(Redirect::Relative(new))) => match absolute.as_mut() {
                             // It renames the last component of the path.
@@ -788,97 +720,6 @@ impl LayerFs {
         sys::readlink_fd(inode.top().fd.get()?.as_fd())
     }
 
-    // ---- files --------------------------------------------------------
-
-    /// Opens a regular file, copying it up first when opened for writing.
-    /// Returns the handle and whether its content is immutable (a lower
-    /// file), so the kernel may keep its page cache.
-    pub fn open(&self, ino: u64, flags: i32) -> io::Result<(u64, bool)> {
-        let inode = self.inode(ino)?;
-        let wants_write = (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        let top = if wants_write {
-            let mode = if flags & libc::O_TRUNC != 0 {
-                CopyMode::Truncated
-            } else {
-                CopyMode::Full
-            };
-            self.copy_up_with(&inode, mode)?
-        } else {
-            // A metacopy's data is in its lower file.
-            let s = inode.state.read();
-            s.reals.get(1).unwrap_or(&s.reals[0]).clone()
-        };
-        let lower = !self.is_upper(top.layer);
-        let fd = if lower {
-            // Lower files never change: one read-only fd serves every
-            // read-only open of the file while any is open.
-            let mut cached = inode.cache.lower_read_fd.lock();
-            match cached.upgrade() {
-                Some(fd) => fd,
-                None => {
-                    let fd = Arc::new(sys::reopen(top.fd.get()?.as_fd(), libc::O_RDONLY)?);
-                    *cached = Arc::downgrade(&fd);
-                    fd
-                }
-            }
-        } else {
-            let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_TRUNC;
-            Arc::new(sys::reopen(
-                top.fd.get()?.as_fd(),
-                (flags & keep) | libc::O_NOCTTY,
-            )?)
-        };
-        let fh = self.new_fh();
-        self.files.insert(
-            fh,
-            Arc::new(OpenFile {
-                fd,
-                backing: Default::default(),
-            }),
-        );
-        Ok((fh, lower))
-    }
-
-    /// Registers an fd opened by create() as a handle.
-    pub(crate) fn add_file(&self, fd: OwnedFd) -> u64 {
-        let fh = self.new_fh();
-        self.files.insert(
-            fh,
-            Arc::new(OpenFile {
-                fd: fd.into(),
-                backing: Default::default(),
-            }),
-        );
-        fh
-    }
-
-    pub(crate) fn file(&self, fh: u64) -> io::Result<Arc<OpenFile>> {
-        self.files
-            .get(&fh)
-            .map(|f| Arc::clone(f.value()))
-            .ok_or_else(|| errno(libc::EBADF))
-    }
-
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
-        let file = self.file(fh)?;
-        let mut buf = vec![0u8; size as usize];
-        let mut done = 0;
-        while done < buf.len() {
-            match sys::pread(file.fd.as_fd(), &mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        buf.truncate(done);
-        Ok(buf)
-    }
-
-    pub fn release(&self, fh: u64) {
-        self.files.remove(&fh);
-    }
-
     /// Whether any layer lives on a stacked filesystem (overlayfs, FUSE):
     /// passthrough then needs a stacking depth of 2.
     pub fn layers_are_stacked(&self) -> bool {
@@ -886,153 +727,6 @@ impl LayerFs {
         const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
         self.layers.iter().any(|(_, l)| {
             matches!(sys::fstatfs_type(l.root.as_fd()), Ok(t) if t == OVERLAYFS_SUPER_MAGIC || t == FUSE_SUPER_MAGIC)
-        })
-    }
-
-    // ---- directories --------------------------------------------------
-
-    /// The current merged listing of a directory, cached in its inode.
-    pub(crate) fn current_listing(
-        &self,
-        inode: &Inode,
-    ) -> io::Result<(u64, Arc<Vec<DirEntryOut>>)> {
-        if !inode.is_dir {
-            return Err(errno(libc::ENOTDIR));
-        }
-        // Held while listing: concurrent readers of one directory wait for
-        // one listing instead of each making its own.
-        let mut cached = inode.cache.listings.lock();
-        let gen = inode.cache.listing_gen.load(Ordering::SeqCst);
-        if let Some((g, l)) = cached.front() {
-            if *g == gen {
-                return Ok((gen, Arc::clone(l)));
-            }
-        }
-        let l = Arc::new(self.list_dir(inode)?);
-        // A change that ran meanwhile makes this listing stale already.
-        if inode.cache.listing_gen.load(Ordering::SeqCst) == gen {
-            cached.push_front((gen, Arc::clone(&l)));
-            cached.truncate(LISTINGS_KEPT);
-        }
-        Ok((gen, l))
-    }
-
-    /// The merged listing of a directory inode, `.` and `..` first.
-    fn list_dir(&self, inode: &Inode) -> io::Result<Vec<DirEntryOut>> {
-        let (reals, parent) = {
-            let s = inode.state.read();
-            (s.reals.clone(), s.parent)
-        };
-        let merged = self.merged_listing(&reals, inode)?;
-        let parent_ino = if inode.ino == ROOT_INO {
-            inode.st_ino
-        } else {
-            self.inodes
-                .get(parent)
-                .map(|p| p.st_ino)
-                .unwrap_or(inode.st_ino)
-        };
-        let mut entries = Vec::with_capacity(merged.len() + 2);
-        entries.push(DirEntryOut {
-            name: ".".into(),
-            kind: FileType::Directory,
-            ino: inode.st_ino,
-            layers: ALL_LAYERS,
-            cookie: 1,
-        });
-        entries.push(DirEntryOut {
-            name: "..".into(),
-            kind: FileType::Directory,
-            ino: parent_ino,
-            layers: ALL_LAYERS,
-            cookie: 2,
-        });
-        let merged_dir = reals.len() > 1;
-        for e in merged {
-            let r = &reals[e.layer_pos];
-            let dev = self.layers.layer(r.layer).dev;
-            let ino = if merged_dir && self.is_upper(r.layer) {
-                // An upper entry of a merged directory may be a copy-up
-                // that shows its origin's number: find it as stat would.
-                self.entry_number(&reals, r, &e.name)
-                    .unwrap_or_else(|| self.number_for(RealKey { dev, ino: e.d_ino }))
-            } else {
-                self.number_for(RealKey { dev, ino: e.d_ino })
-            };
-            entries.push(DirEntryOut {
-                ino,
-                kind: attr::file_type_of_dtype(e.d_type),
-                cookie: name_cookie(&e.name),
-                name: OsString::from_vec(e.name),
-                layers: global_layers(e.present, &reals),
-            });
-        }
-        entries[2..]
-            .sort_unstable_by(|a, b| a.cookie.cmp(&b.cookie).then_with(|| a.name.cmp(&b.name)));
-        Ok(entries)
-    }
-
-    /// The number `stat` would show for an upper entry of a merged
-    /// directory, so that d_ino matches st_ino across copy-up.
-    fn entry_number(&self, reals: &[RealEntry], r: &RealEntry, name: &[u8]) -> Option<u64> {
-        let name = OsStr::from_bytes(name);
-        let dir = r.fd.get().ok()?;
-        let fd = sys::openat(dir.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()?;
-        let st = sys::fstat(fd.as_fd()).ok()?;
-        if let Some(n) = self.numbering.remembered(RealKey::of(&st)) {
-            return Some(n);
-        }
-        if (st.st_mode & libc::S_IFMT) == libc::S_IFDIR {
-            // A merged subdirectory's number comes from its lower part.
-            return match self.resolve_in(reals, name).ok()? {
-                Resolved::Dir(hits) => Some(self.number_for_hits(&hits)),
-                _ => None,
-            };
-        }
-        let origin = self.numbering.origin_key(&self.layers, fd.as_fd())?;
-        let n = self.number_for(origin);
-        self.numbering.remember(RealKey::of(&st), n);
-        Some(n)
-    }
-
-    /// The merged listing of a directory's real parts, top first,
-    /// recording in `inode` which layers' parts hold no OCI markers (so
-    /// later lookups need not probe for them).
-    fn merged_listing(&self, reals: &[RealEntry], inode: &Inode) -> io::Result<Vec<MergedEntry>> {
-        let mut listings = Vec::with_capacity(reals.len());
-        let mut clean = 0u64;
-        for r in reals {
-            let (entries, markers) = layer_read::list_layer_dir(r)?;
-            // An OCI-format upper gains markers as names are deleted.
-            let oci_upper =
-                self.is_upper(r.layer) && self.upper.as_ref().is_some_and(|u| u.oci_whiteouts);
-            if !markers && !oci_upper && r.layer.0 < 64 {
-                clean |= 1 << r.layer.0;
-            }
-            listings.push(entries);
-        }
-        inode.cache.oci_clean.fetch_or(clean, Ordering::Relaxed);
-        Ok(dir::merge_listings(listings))
-    }
-
-    /// The entries of directory `ino` after the readdir cookie `offset`.
-    /// Directories are never opened (OPENDIR answers ENOSYS, so the kernel
-    /// neither sends OPENDIR nor RELEASEDIR and caches listings itself), so
-    /// there is no per-iteration snapshot to keep: a cookie is a position
-    /// by name (`name_cookie`) and resumes in the current listing, which
-    /// gives each name at most once per iteration however much the
-    /// directory changes meanwhile (snapshots kept by generation ran out
-    /// under load, and resuming by index then repeated names).
-    pub fn readdir(&self, ino: u64, offset: u64) -> io::Result<DirPage> {
-        let inode = self.inode(ino)?;
-        let (_, entries) = self.current_listing(&inode)?;
-        let start = match offset {
-            0..=2 => offset as usize,
-            _ => 2 + entries[2..].partition_point(|e| e.cookie <= offset),
-        };
-        Ok(DirPage {
-            start: start.min(entries.len()),
-            entries,
         })
     }
 
@@ -1099,23 +793,6 @@ impl LayerFs {
         *cached = Some(Arc::clone(&list));
         Ok(Some(list))
     }
-}
-
-/// The global layer mask of a listing's positional presence mask.
-fn global_layers(present: u64, reals: &[RealEntry]) -> u128 {
-    if present & (1 << 63) != 0 {
-        return ALL_LAYERS;
-    }
-    let mut mask = 0u128;
-    for (pos, r) in reals.iter().enumerate().take(63) {
-        if present & (1 << pos) != 0 {
-            if r.layer.0 >= 128 {
-                return ALL_LAYERS;
-            }
-            mask |= 1 << r.layer.0;
-        }
-    }
-    mask
 }
 
 /// Whether a live inode's top real object is the file `st` describes

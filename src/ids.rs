@@ -1,0 +1,77 @@
+//! Types for the id domains, so that one cannot stand for another: the
+//! identity of a real object, the open-file handles given to the kernel,
+//! and sets of layers. Node ids and inode numbers are the kernel's
+//! `fuser::INodeNo` at the FUSE boundary (`fs.rs`).
+
+use crate::layers::LayerIdx;
+use crate::sys::Stat;
+
+/// A real object's identity: (st_dev, st_ino) on its filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RealKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl RealKey {
+    pub fn of(st: &Stat) -> RealKey {
+        RealKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }
+    }
+}
+
+/// The handle of an open file, as given to the kernel in OPEN's reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileHandle(pub u64);
+
+impl From<fuser::FileHandle> for FileHandle {
+    fn from(fh: fuser::FileHandle) -> Self {
+        FileHandle(fh.0)
+    }
+}
+
+impl From<FileHandle> for fuser::FileHandle {
+    fn from(fh: FileHandle) -> Self {
+        fuser::FileHandle(fh.0)
+    }
+}
+
+/// A set of layers, by index (layers past the 128th are always members:
+/// a mask cannot tell them apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerMask(u128);
+
+impl LayerMask {
+    /// Every layer: nothing is known of where a name lies.
+    pub const ALL: LayerMask = LayerMask(u128::MAX);
+    pub const EMPTY: LayerMask = LayerMask(0);
+
+    pub fn contains(self, idx: LayerIdx) -> bool {
+        idx.0 >= 128 || self.0 & (1 << idx.0) != 0
+    }
+
+    /// This set with `idx` added.
+    pub fn with(self, idx: LayerIdx) -> LayerMask {
+        if idx.0 >= 128 {
+            return LayerMask::ALL;
+        }
+        LayerMask(self.0 | 1 << idx.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mask_holds_what_was_added_and_every_layer_past_128() {
+        let m = LayerMask::EMPTY.with(LayerIdx(3));
+        assert!(m.contains(LayerIdx(3)));
+        assert!(!m.contains(LayerIdx(2)));
+        assert!(m.contains(LayerIdx(200)));
+        assert_eq!(m.with(LayerIdx(128)), LayerMask::ALL);
+        assert!(LayerMask::ALL.contains(LayerIdx(0)));
+    }
+}
