@@ -92,6 +92,40 @@ pub fn from_stat(st: &Stat, ino: u64, merged_dir: bool) -> FileAttr {
     }
 }
 
+/// Attributes of a merged object from its top real file: `merged_dir`
+/// gives a merged directory nlink 1 (kernel overlayfs), `delta` corrects a
+/// copied-up hardlink's count, and a metacopy file reports the blocks of
+/// the lower file holding its data.
+pub(crate) fn compose(
+    st: &Stat,
+    number: u64,
+    merged_dir: bool,
+    delta: Option<i64>,
+    data: Option<&Stat>,
+) -> FileAttr {
+    let mut a = from_stat(st, number, merged_dir);
+    if let Some(d) = delta {
+        a.nlink = (a.nlink as i64 + d).clamp(1, u32::MAX as i64) as u32;
+    }
+    if let Some(data) = data {
+        a.blocks = data.st_blocks as u64;
+    }
+    a
+}
+
+/// Parses kernel overlayfs' `overlay.nlink` ("U+N" / "L-N"): the overlay
+/// link count relative to the upper (U) or lower (L) inode's. Returned as a
+/// delta to the upper count; an "L" value, written by kernel overlayfs with
+/// the lower count as base, cannot be turned into one here and is ignored.
+pub(crate) fn parse_nlink(v: &[u8], upper_nlink: i64) -> Option<i64> {
+    let s = std::str::from_utf8(v).ok()?;
+    let rest = s.strip_prefix('U')?;
+    // The kernel reads the delta as an int (kstrtoint) and ignores a value
+    // out of range or one giving a count below 1.
+    let delta = rest.trim_end_matches('\n').parse::<i32>().ok()? as i64;
+    (upper_nlink + delta > 0 && upper_nlink + delta <= u32::MAX as i64).then_some(delta)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

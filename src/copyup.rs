@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use crate::ids::RealKey;
 use crate::inode::{Inode, RealEntry, RealFd};
-use crate::ops::{errno, LayerFs};
 use crate::origin;
+use crate::overlay::{errno, LayerFs};
 use crate::sys::{self, TimeSpec};
 use crate::whiteout::{self, DirMarks, XattrNs};
 use crate::workdir::Staged;

@@ -1,4 +1,4 @@
-//! The `fuser::Filesystem` glue: converts arguments, calls `ops`, replies.
+//! The `fuser::Filesystem` glue: converts arguments, calls `LayerFs`'s operations, replies.
 //! No overlay logic lives here.
 
 use std::ffi::OsStr;
@@ -17,9 +17,9 @@ use fuser::{
     ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::handles::{Backings, Passthrough};
+use crate::backing::{Backings, Passthrough};
 use crate::modify::SetAttr;
-use crate::ops::LayerFs;
+use crate::overlay::LayerFs;
 use crate::sys::TimeSpec;
 
 fn time_spec(t: TimeOrNow) -> TimeSpec {
@@ -134,7 +134,7 @@ impl Fuse {
     }
 
     /// How to serve an open file: passthrough to its real file when the
-    /// kernel allows (see `handles`), else through the daemon.
+    /// kernel allows (see `backing`), else through the daemon.
     fn serve_mode(
         &self,
         ino: u64,

@@ -14,7 +14,7 @@ use crate::attr;
 use crate::dir::LayerEntry;
 use crate::inode::RealEntry;
 use crate::layers::LayerIdx;
-use crate::lookup::Probe;
+use crate::resolve::Probe;
 use crate::sys::{self, Stat};
 use crate::whiteout::{self, DirMarks, Redirect, XattrNs};
 

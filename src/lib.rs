@@ -1,14 +1,16 @@
 //! layerfs: a union filesystem on FUSE with the semantics of Linux kernel
-//! overlayfs. The overlay rules live in plain modules (`lookup`, `dir`,
-//! `whiteout`, `inode`, `ops`) testable without a mount; `fs` is the thin
-//! fuser glue and `sys` the only module with `unsafe`.
+//! overlayfs. The overlay rules live in plain modules (`resolve`, `dir`,
+//! `whiteout`) and the filesystem object `overlay::LayerFs`, whose
+//! operations are grouped by concern (`lookup`, `listing`, `open_files`,
+//! `names`, `modify`, `xattrs`, `copyup`), all testable without a mount;
+//! `fs` is the thin fuser glue and `sys` the only module with `unsafe`.
 
 pub mod attr;
+pub mod backing;
 pub mod copyup;
 pub mod dir;
 pub mod features;
 pub mod fs;
-pub mod handles;
 pub mod idmap;
 pub mod ids;
 pub mod inode;
@@ -19,18 +21,20 @@ pub mod logging;
 pub mod lookup;
 pub mod modify;
 pub mod mount;
-pub mod namespace;
+pub mod names;
 pub mod numbering;
 pub mod open_files;
-pub mod ops;
 pub mod options;
 pub mod origin;
+pub mod overlay;
+pub mod resolve;
 pub mod sys;
 pub mod whiteout;
 pub mod workdir;
+pub mod xattrs;
 
 // The filesystem object and what builds it, for callers (the mount code,
 // the unmounted test tier) that need not know which module holds each.
 pub use layers::LayerStack;
-pub use ops::{FsOptions, LayerFs};
+pub use overlay::{FsOptions, LayerFs};
 pub use workdir::WorkDir;

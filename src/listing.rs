@@ -15,8 +15,8 @@ use crate::dir::{self, MergedEntry};
 use crate::ids::{LayerMask, RealKey};
 use crate::inode::{Inode, RealEntry, ROOT_INO};
 use crate::layer_read;
-use crate::lookup::Resolved;
-use crate::ops::{errno, LayerFs};
+use crate::overlay::{errno, LayerFs};
+use crate::resolve::Resolved;
 use crate::sys;
 
 /// One entry of an open directory's snapshot.

@@ -5,15 +5,13 @@
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::ffi::OsStrExt;
 
 use fuser::FileAttr;
 
 use crate::copyup::CopyMode;
 use crate::ids::FileHandle;
-use crate::ops::{errno, LayerFs};
+use crate::overlay::LayerFs;
 use crate::sys::{self, TimeSpec};
-use crate::whiteout;
 
 /// The attribute changes of one setattr request.
 #[derive(Debug, Default, Clone, Copy)]
@@ -179,26 +177,5 @@ impl LayerFs {
         let len = len.min(u32::MAX as u64 & !0xfff) as usize;
         let n = sys::copy_file_range(fin.fd.as_fd(), off_in, fout.fd.as_fd(), off_out, len)?;
         Ok(n as u32)
-    }
-
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
-        if whiteout::is_private_xattr(name.as_bytes()) {
-            return Err(errno(libc::EPERM));
-        }
-        let inode = self.inode(ino)?;
-        let up = self.copy_up_meta(&inode)?;
-        sys::setxattr_fd(up.fd.get()?.as_fd(), &sys::cstr(name)?, value, flags)
-    }
-
-    pub fn removexattr(&self, ino: u64, name: &OsStr) -> io::Result<()> {
-        if whiteout::is_private_xattr(name.as_bytes()) {
-            return Err(errno(libc::ENODATA));
-        }
-        let inode = self.inode(ino)?;
-        let c = sys::cstr(name)?;
-        // Removing what is not there changes nothing: no copy-up for it.
-        sys::getxattr_fd(inode.top().fd.get()?.as_fd(), &c)?;
-        let up = self.copy_up_meta(&inode)?;
-        sys::removexattr_fd(up.fd.get()?.as_fd(), &c)
     }
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::layers::LayerStack;
-use crate::ops::{FsOptions, LayerFs};
 use crate::options::MountOptions;
+use crate::overlay::{FsOptions, LayerFs};
 use crate::sys;
 use crate::workdir::WorkDir;
 

@@ -10,7 +10,7 @@ use dashmap::DashMap;
 
 use crate::copyup::CopyMode;
 use crate::ids::FileHandle;
-use crate::ops::{errno, LayerFs};
+use crate::overlay::{errno, LayerFs};
 use crate::sys;
 
 /// The open files, by handle.

@@ -1,0 +1,313 @@
+//! The filesystem object: its state (layers, inode table, numbering, open
+//! files, the upper's context), its construction, and the accessors the
+//! operations share. The operations are grouped by concern in their own
+//! modules (`lookup`, `listing`, `open_files`, `names`, `modify`, `xattrs`,
+//! `copyup`), each a plain `impl LayerFs` block of functions returning
+//! `io::Result`; `fs.rs` converts FUSE arguments, calls them and replies.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::FileAttr;
+
+use crate::attr;
+use crate::ids::RealKey;
+use crate::inode::{Inode, InodeState, InodeTable, RealEntry, RealFd, ROOT_INO};
+use crate::layer_read::read_dir_marks;
+use crate::layers::{LayerIdx, LayerStack};
+use crate::numbering::{LayerHandles, Numbering};
+use crate::open_files::OpenFiles;
+use crate::sys;
+use crate::whiteout::XattrNs;
+use crate::workdir::WorkDir;
+
+pub(crate) fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+/// Tunables fixed at mount time.
+#[derive(Debug, Clone)]
+pub struct FsOptions {
+    /// How long the kernel may cache attributes and entries.
+    pub timeout: Duration,
+    /// fsync copy-ups and honour fsync requests (off with `volatile`).
+    pub fsync: bool,
+    /// A read-only mount even though an upper layer is given.
+    pub read_only: bool,
+    /// Metadata-only copy-up (kernel overlayfs' `metacopy=on`).
+    pub metacopy: bool,
+    /// Try FUSE passthrough for regular files.
+    pub passthrough: bool,
+    /// Do without the kernel's writeback cache (`writeback=0`).
+    pub no_writeback: bool,
+    /// Ids shown to the kernel versus ids stored (applied in `fs`).
+    pub ids: crate::idmap::IdMapping,
+    /// Whiteouts as xattr-marked files (kernel 6.7+ reads them) instead of
+    /// char 0/0 devices, for uppers that will be used where device nodes
+    /// cannot be made; fuse-overlayfs' FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT.
+    pub xattr_whiteouts: bool,
+    /// `redirect_dir=`: whether directory renames write redirects and
+    /// lookups follow them.
+    pub redirect_dir: crate::options::RedirectDir,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            timeout: Duration::from_secs(86400),
+            fsync: true,
+            read_only: false,
+            metacopy: false,
+            passthrough: true,
+            no_writeback: false,
+            ids: Default::default(),
+            xattr_whiteouts: false,
+            redirect_dir: Default::default(),
+        }
+    }
+}
+
+/// What the writable upper layer needs besides its directory fd.
+#[derive(Debug)]
+pub struct UpperCtx {
+    pub idx: LayerIdx,
+    pub work: WorkDir,
+    /// Namespace of the overlay xattrs written: trusted when privileged.
+    pub ns: XattrNs,
+    pub fsync: bool,
+    /// Write xattr whiteouts instead of char 0/0 devices.
+    pub xattr_whiteouts: bool,
+    /// Renames, with the fallbacks the upper's filesystem needs.
+    pub renames: crate::features::UpperRenames,
+    /// Whiteouts and opaque marks as OCI `.wh.` files (an upper with no
+    /// xattrs: `Features::oci_format`).
+    pub oci_whiteouts: bool,
+}
+
+/// The whole filesystem state, shared by every worker thread.
+#[derive(Debug)]
+pub struct LayerFs {
+    pub layers: LayerStack,
+    pub inodes: InodeTable,
+    pub opts: FsOptions,
+    upper: Option<UpperCtx>,
+    /// Inode numbers and the origin handles they come from.
+    pub(crate) numbering: Numbering,
+    /// Whether upper files can be reopened by file handle (see `RealFd`).
+    upper_handles: bool,
+    /// Past this fd number, new directory inodes hold file handles rather
+    /// than fds (see `dir_ref`): three quarters of the open-file limit.
+    fd_pressure: u64,
+    pub(crate) files: OpenFiles,
+    /// The session's notifier once mounted (shared with `fs.rs`).
+    pub(crate) notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+}
+
+impl LayerFs {
+    /// Builds the filesystem over an opened layer stack: the root inode is
+    /// the merge of every layer's root directory. `work` is the prepared
+    /// work directory when the stack has an upper layer.
+    pub fn new(layers: LayerStack, opts: FsOptions, work: Option<WorkDir>) -> io::Result<LayerFs> {
+        let mut reals = Vec::with_capacity(layers.len());
+        for (idx, layer) in layers.iter() {
+            let fd = sys::openat(layer.root.as_fd(), OsStr::new("."), libc::O_PATH, 0)?;
+            let marks = read_dir_marks(&fd)?;
+            reals.push(RealEntry {
+                layer: idx,
+                fd: fd.into(),
+                marks,
+            });
+        }
+        let handles = LayerHandles::open(&layers);
+        if reals.is_empty() {
+            return Err(errno(libc::EINVAL));
+        }
+        if let Some(w) = &work {
+            w.note_holder();
+        }
+        let upper = match (layers.upper(), work) {
+            (Some(idx), Some(work)) if !opts.read_only => Some(UpperCtx {
+                idx,
+                ns: work.xattr_ns(),
+                renames: crate::features::UpperRenames::new(*work.features()),
+                xattr_whiteouts: !work.features().oci_format()
+                    && (opts.xattr_whiteouts || !work.features().whiteout_mknod),
+                oci_whiteouts: work.features().oci_format(),
+                work,
+                fsync: opts.fsync,
+            }),
+            _ => None,
+        };
+        let top = sys::fstat(reals[0].fd.get()?.as_fd())?;
+        let st_ino = layers.xino(top.st_dev, top.st_ino).unwrap_or(ROOT_INO);
+        let root = Inode::new(
+            ROOT_INO,
+            st_ino,
+            true,
+            InodeState::new(reals, ROOT_INO, OsStr::new("")),
+        );
+        let upper_handles = upper.as_ref().is_some_and(|u| {
+            u.work.features().file_handles
+                && handles.root(u.idx).is_some_and(|root| {
+                    sys::name_to_handle(layers.root_fd(u.idx))
+                        .and_then(|h| sys::open_by_handle(root.as_fd(), &h))
+                        .is_ok()
+                })
+        });
+        let inodes = InodeTable::new(root);
+        let numbering = Numbering::new(&layers, handles, upper.as_ref().map(|u| (u.idx, u.ns)));
+        Ok(LayerFs {
+            layers,
+            inodes,
+            opts,
+            upper,
+            numbering,
+            upper_handles,
+            fd_pressure: sys::nofile_limit().map_or(768, |n| n / 4 * 3),
+            files: OpenFiles::default(),
+            notifier: Default::default(),
+        })
+    }
+
+    /// Drops the kernel's cached attributes of node `ino` after a change
+    /// it cannot see (only an attribute-only invalidation: no page or
+    /// inode locks are taken, so it is safe inside a request).
+    pub(crate) fn attributes_changed(&self, ino: u64) {
+        if let Some(n) = self.notifier.get() {
+            if let Err(e) = n.inval_inode(fuser::INodeNo(ino), -1, 0) {
+                log::debug!("inval_inode {ino}: {e}");
+            }
+        }
+    }
+
+    pub(crate) fn inode(&self, ino: u64) -> io::Result<Arc<Inode>> {
+        self.inodes.get(ino).ok_or_else(|| errno(libc::ESTALE))
+    }
+
+    /// The writable layer, or EROFS.
+    pub(crate) fn upper_ctx(&self) -> io::Result<&UpperCtx> {
+        self.upper.as_ref().ok_or_else(|| errno(libc::EROFS))
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.upper.is_some()
+    }
+
+    pub(crate) fn is_upper(&self, layer: LayerIdx) -> bool {
+        self.upper.as_ref().is_some_and(|u| u.idx == layer)
+    }
+
+    /// How an inode keeps hold of an upper object: a file handle for a
+    /// non-directory where possible, else the fd itself.
+    pub(crate) fn upper_ref(&self, fd: OwnedFd, is_dir: bool) -> RealFd {
+        if is_dir {
+            return match &self.upper {
+                Some(u) if self.upper_handles => self.dir_ref(u.idx, fd),
+                _ => fd.into(),
+            };
+        }
+        if self.upper_handles {
+            if let (Some(u), Ok(handle)) = (&self.upper, sys::name_to_handle(fd.as_fd())) {
+                if let Some(root) = &self.numbering.handles().root(u.idx) {
+                    return RealFd::Handle {
+                        root: Arc::clone(root),
+                        handle: Arc::new(handle),
+                    };
+                }
+            }
+        }
+        fd.into()
+    }
+
+    /// How an inode keeps hold of a directory of layer `idx`: its fd,
+    /// unless the daemon's open files near their limit (a path thousands
+    /// of directories deep keeps every level alive in the kernel, each
+    /// holding one fd per layer it has parts in): then by file handle
+    /// where the layer's filesystem has lasting ones, reopened at each use.
+    /// fds are handed out lowest first, so `fd`'s number is about how many
+    /// are open.
+    pub(crate) fn dir_ref(&self, idx: LayerIdx, fd: OwnedFd) -> RealFd {
+        use std::os::fd::AsRawFd;
+        if (fd.as_raw_fd() as u64) < self.fd_pressure {
+            return fd.into();
+        }
+        match (
+            self.numbering.handles().root(idx),
+            sys::name_to_handle(fd.as_fd()),
+        ) {
+            (Some(root), Ok(handle)) => RealFd::Handle {
+                root: Arc::clone(root),
+                handle: Arc::new(handle),
+            },
+            _ => fd.into(),
+        }
+    }
+
+    /// A directory's parts in the lower layers, top first.
+    pub(crate) fn lower_reals(&self, dir: &Inode) -> Vec<RealEntry> {
+        dir.reals()
+            .into_iter()
+            .filter(|r| !self.is_upper(r.layer))
+            .collect()
+    }
+
+    /// The number shown for a real object of identity (dev, ino).
+    pub(crate) fn number_for(&self, key: RealKey) -> u64 {
+        self.numbering.number_for(&self.layers, key)
+    }
+
+    pub(crate) fn attr_of(&self, inode: &Inode) -> io::Result<FileAttr> {
+        let (top, data) = {
+            let s = inode.state.read();
+            let data = (!inode.is_dir)
+                .then(|| s.reals.get(1).map(|r| r.fd.clone()))
+                .flatten();
+            (s.reals[0].fd.clone(), data)
+        };
+        let merged = inode.is_dir && inode.state.read().reals.len() > 1;
+        let st = sys::fstat(top.get()?.as_fd())?;
+        let data_st = match data {
+            Some(d) => Some(sys::fstat(d.get()?.as_fd())?),
+            None => None,
+        };
+        Ok(attr::compose(
+            &st,
+            inode.st_ino,
+            merged,
+            inode.nlink_delta(),
+            data_st.as_ref(),
+        ))
+    }
+
+    // ---- lookup -------------------------------------------------------
+
+    pub fn getattr(&self, ino: u64) -> io::Result<FileAttr> {
+        let inode = self.inode(ino)?;
+        self.attr_of(&inode)
+    }
+
+    pub fn readlink(&self, ino: u64) -> io::Result<Vec<u8>> {
+        let inode = self.inode(ino)?;
+        sys::readlink_fd(inode.top().fd.get()?.as_fd())
+    }
+
+    /// Whether any layer lives on a stacked filesystem (overlayfs, FUSE):
+    /// passthrough then needs a stacking depth of 2.
+    pub fn layers_are_stacked(&self) -> bool {
+        const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+        const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+        self.layers.iter().any(|(_, l)| {
+            matches!(sys::fstatfs_type(l.root.as_fd()), Ok(t) if t == OVERLAYFS_SUPER_MAGIC || t == FUSE_SUPER_MAGIC)
+        })
+    }
+
+    // ---- metadata -----------------------------------------------------
+
+    pub fn statfs(&self) -> io::Result<libc::statvfs> {
+        let idx = self.layers.upper().unwrap_or(LayerIdx(0));
+        sys::fstatvfs(self.layers.root_fd(idx))
+    }
+}
