@@ -187,7 +187,7 @@ impl LayerFs {
     pub fn copy_up_with(&self, inode: &Arc<Inode>, mode: CopyMode) -> io::Result<RealEntry> {
         let up = self.upper_ctx()?;
         {
-            let s = inode.state.read();
+            let s = inode.state();
             let top = &s.reals[0];
             if top.layer == up.idx
                 && (inode.is_dir || s.reals.len() == 1 || mode == CopyMode::MetaOnly)
@@ -198,7 +198,7 @@ impl LayerFs {
         let _guard = inode.copy_lock.lock();
         // Another thread may have finished the copy while we waited.
         let (top, nreals) = {
-            let s = inode.state.read();
+            let s = inode.state();
             (s.reals[0].clone(), s.reals.len())
         };
         if top.layer == up.idx {
@@ -223,7 +223,7 @@ impl LayerFs {
             m => m,
         };
         let (parent_ino, name) = {
-            let s = inode.state.read();
+            let s = inode.state();
             (s.parent, s.name.clone())
         };
         self.copy_up_ancestors(parent_ino)?;
@@ -253,7 +253,7 @@ impl LayerFs {
             // (as with kernel overlayfs' index=off).
             self.numbering
                 .remember(RealKey::of(&st), self.numbering.fresh_number());
-            let others = inode.state.read().other_names.clone();
+            let others = inode.state().other_names.clone();
             for (parent, other) in others {
                 if let Err(e) = self.link_name_up(fd.as_fd(), parent, &other) {
                     log::warn!("cannot link {other:?} to the copy of its hard link: {e}");
@@ -265,18 +265,7 @@ impl LayerFs {
             fd: self.upper_ref(fd, inode.is_dir),
             marks: DirMarks::default(),
         };
-        {
-            let mut s = inode.state.write();
-            if inode.is_dir || mode == CopyMode::MetaOnly {
-                // A directory keeps its lower parts; a metacopy keeps its
-                // lower file as the data source.
-                s.reals.insert(0, entry.clone());
-            } else {
-                s.reals = vec![entry.clone()];
-            }
-        }
-        *inode.cache.xattr_names.lock() = None;
-        *inode.cache.lower_read_fd.lock() = std::sync::Weak::new();
+        inode.copied_up(entry.clone(), inode.is_dir || mode == CopyMode::MetaOnly);
         if inode.is_dir {
             // Now merged, it shows nlink 1 as kernel overlayfs does; the
             // kernel refreshes only the directory a change was made in,
@@ -299,7 +288,7 @@ impl LayerFs {
         for _ in 0..(1 << 24) {
             let inode = self.inode(cur)?;
             let (in_upper, parent) = {
-                let s = inode.state.read();
+                let s = inode.state();
                 (s.reals[0].layer == up.idx, s.parent)
             };
             if in_upper || cur == crate::inode::ROOT_INO {
@@ -320,7 +309,7 @@ impl LayerFs {
     fn complete_metacopy(&self, inode: &Arc<Inode>, mode: CopyMode) -> io::Result<RealEntry> {
         let up = self.upper_ctx()?;
         let (upper, lower) = {
-            let s = inode.state.read();
+            let s = inode.state();
             (s.reals[0].clone(), s.reals[1].clone())
         };
         if mode == CopyMode::Full {
@@ -337,8 +326,7 @@ impl LayerFs {
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
             Err(e) => return Err(e),
         }
-        inode.state.write().reals.truncate(1);
-        *inode.cache.lower_read_fd.lock() = std::sync::Weak::new();
+        inode.data_copied_up();
         Ok(upper)
     }
 

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::layers::LayerIdx;
 use crate::whiteout::DirMarks;
@@ -128,6 +128,18 @@ impl InodeState {
     }
 }
 
+/// A mark the upper part of a directory can be given (see
+/// `Inode::mark_upper_part`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirMark {
+    /// `overlay.opaque=y` (or OCI `.wh..wh..opq`): hides the lower parts.
+    Opaque,
+    /// `overlay.opaque=x`: it holds xattr whiteouts.
+    XattrWhiteouts,
+    /// `overlay.redirect`: its lower parts are under another path.
+    Redirect,
+}
+
 #[derive(Debug)]
 pub struct Inode {
     /// FUSE node id.
@@ -136,7 +148,8 @@ pub struct Inode {
     pub st_ino: u64,
     pub is_dir: bool,
     lookups: AtomicU64,
-    pub state: RwLock<InodeState>,
+    /// Read through `state()`; written only by the methods below.
+    state: RwLock<InodeState>,
     /// Serialises copy-up of this inode only (never held while taking a
     /// child's lock: copy-up locks go child to parent).
     pub copy_lock: Mutex<()>,
@@ -215,6 +228,83 @@ impl Inode {
 
     pub fn mark_unlinked(&self) {
         self.unlinked.store(true, Ordering::Relaxed);
+    }
+
+    /// Its real objects and names, for reading.
+    pub fn state(&self) -> RwLockReadGuard<'_, InodeState> {
+        self.state.read()
+    }
+
+    /// It was copied up to `upper`: a directory keeps its lower parts
+    /// below the new one, and so does a metacopy (its lower file stays the
+    /// data source); any other object is the copy alone from now on.
+    pub fn copied_up(&self, upper: RealEntry, keeps_lowers: bool) {
+        {
+            let mut s = self.state.write();
+            if keeps_lowers {
+                s.reals.insert(0, upper);
+            } else {
+                s.reals = vec![upper];
+            }
+        }
+        *self.cache.xattr_names.lock() = None;
+        *self.cache.lower_read_fd.lock() = std::sync::Weak::new();
+    }
+
+    /// A metacopy's data was copied up: its lower file is no longer read.
+    pub fn data_copied_up(&self) {
+        self.state.write().reals.truncate(1);
+        *self.cache.lower_read_fd.lock() = std::sync::Weak::new();
+    }
+
+    /// Its last name in the upper is gone while the kernel may still hold
+    /// it: it keeps `fd` (the unlinked object, for an open file's fstat)
+    /// and its number is never given to a new object.
+    pub fn unlinked_holding(&self, fd: Arc<OwnedFd>) {
+        if let Some(r) = self.state.write().reals.first_mut() {
+            r.fd = RealFd::Held(fd);
+        }
+        self.mark_unlinked();
+    }
+
+    /// Puts `mark` on this directory's part in layer `upper`: `write`
+    /// records it on disk first, under the inode's lock, so two marks of
+    /// one directory never race (opaque=x must not overwrite opaque=y).
+    /// A mark already there (or one that supersedes it) is not written
+    /// again. An opaque directory no longer merges with its lower parts.
+    pub fn mark_upper_part(
+        &self,
+        upper: LayerIdx,
+        mark: DirMark,
+        write: impl FnOnce(&RealEntry) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let mut s = self.state.write();
+        let Some(pos) = s.reals.iter().position(|r| r.layer == upper) else {
+            // Only an opaque mark is asked for of a part that must exist.
+            return match mark {
+                DirMark::Opaque => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+                _ => Ok(()),
+            };
+        };
+        let marks = &s.reals[pos].marks;
+        let present = match mark {
+            DirMark::Opaque => false,
+            DirMark::XattrWhiteouts => marks.opaque || marks.xwhiteouts,
+            DirMark::Redirect => false,
+        };
+        if present {
+            return Ok(());
+        }
+        write(&s.reals[pos])?;
+        match mark {
+            DirMark::Opaque => {
+                s.reals[pos].marks.opaque = true;
+                s.reals.truncate(pos + 1);
+            }
+            DirMark::XattrWhiteouts => s.reals[pos].marks.xwhiteouts = true,
+            DirMark::Redirect => s.reals[pos].marks.redirect = true,
+        }
+        Ok(())
     }
 
     /// `name` in `parent` was found to lead to this inode (a non-directory

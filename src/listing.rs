@@ -111,7 +111,7 @@ impl LayerFs {
     /// The merged listing of a directory inode, `.` and `..` first.
     fn list_dir(&self, inode: &Inode) -> io::Result<Vec<DirEntryOut>> {
         let (reals, parent) = {
-            let s = inode.state.read();
+            let s = inode.state();
             (s.reals.clone(), s.parent)
         };
         let merged = self.merged_listing(&reals, inode)?;

@@ -25,7 +25,7 @@ use crate::whiteout::{self, DirMarks, Redirect, XattrNs};
 /// split one object in two).
 fn is_same_object(inode: &Inode, st: &Stat) -> bool {
     let same = || {
-        let top = inode.state.read().reals[0].fd.clone();
+        let top = inode.state().reals[0].fd.clone();
         match top.get().and_then(|fd| sys::fstat(fd.as_fd())) {
             Ok(have) => have.st_dev == st.st_dev && have.st_ino == st.st_ino,
             Err(_) => true,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use fuser::FileAttr;
 
 use crate::ids::{FileHandle, RealKey};
-use crate::inode::{Inode, InodeState, RealEntry, ROOT_INO};
+use crate::inode::{DirMark, Inode, InodeState, RealEntry, ROOT_INO};
 use crate::layer_read::UpperSlot;
 use crate::lookup::check_name;
 use crate::overlay::{errno, LayerFs};
@@ -149,14 +149,9 @@ impl LayerFs {
 
     fn mark_xwhiteouts(&self, dir: &Inode) -> io::Result<()> {
         let up = self.upper_ctx()?;
-        let mut s = dir.state.write();
-        if let Some(r) = s.reals.iter_mut().find(|r| r.layer == up.idx) {
-            if !r.marks.opaque && !r.marks.xwhiteouts {
-                sys::setxattr_fd(r.fd.get()?.as_fd(), &up.ns.name("opaque"), b"x", 0)?;
-                r.marks.xwhiteouts = true;
-            }
-        }
-        Ok(())
+        dir.mark_upper_part(up.idx, DirMark::XattrWhiteouts, |r| {
+            sys::setxattr_fd(r.fd.get()?.as_fd(), &up.ns.name("opaque"), b"x", 0)
+        })
     }
 
     /// Atomically replaces the upper entry `name` with a whiteout (built in
@@ -567,8 +562,7 @@ impl LayerFs {
         let Some(i) = self.live_inode_of(st) else {
             return;
         };
-        let mut s = i.state.write();
-        let Some(r) = s.reals.first_mut() else {
+        let Some(r) = i.state().reals.first().cloned() else {
             return;
         };
         if !self.is_upper(r.layer) || i.is_dir {
@@ -587,9 +581,7 @@ impl LayerFs {
         if same {
             // Keep the fd for as long as the kernel holds the inode (an
             // open file's stat), and never give its number to a new object.
-            r.fd = fd.into();
-            drop(s);
-            i.mark_unlinked();
+            i.unlinked_holding(Arc::new(fd));
         }
     }
 
@@ -651,12 +643,7 @@ impl LayerFs {
         };
         match sys::fstat(fd.as_fd()) {
             Ok(st) if st.st_nlink > 0 => {}
-            _ => {
-                if let Some(r) = inode.state.write().reals.first_mut() {
-                    r.fd = crate::inode::RealFd::Held(fd);
-                }
-                inode.mark_unlinked();
-            }
+            _ => inode.unlinked_holding(fd),
         }
     }
 
@@ -668,7 +655,7 @@ impl LayerFs {
             return Ok(Vec::new());
         }
         let (parent, name) = {
-            let s = inode.state.read();
+            let s = inode.state();
             (s.parent, s.name.clone())
         };
         let redirect = self.upper_redirect(inode);
@@ -712,7 +699,7 @@ impl LayerFs {
     /// The `overlay.redirect` on a directory's upper part, if any.
     fn upper_redirect(&self, inode: &Inode) -> Option<Redirect> {
         let upper = {
-            let s = inode.state.read();
+            let s = inode.state();
             s.reals.iter().find(|r| self.is_upper(r.layer)).cloned()
         }?;
         let f = upper.fd.get().ok()?;
@@ -753,11 +740,9 @@ impl LayerFs {
             let absolute = top.marks.redirect
                 && matches!(self.upper_redirect(inode), Some(Redirect::Absolute(_)));
             if !absolute {
-                sys::setxattr_fd(top.fd.get()?.as_fd(), &up.ns.name("redirect"), &path, 0)?;
-                let mut s = inode.state.write();
-                if let Some(r) = s.reals.iter_mut().find(|r| r.layer == up.idx) {
-                    r.marks.redirect = true;
-                }
+                inode.mark_upper_part(up.idx, DirMark::Redirect, |r| {
+                    sys::setxattr_fd(r.fd.get()?.as_fd(), &up.ns.name("redirect"), &path, 0)
+                })?;
             }
             return Ok(());
         }
@@ -794,25 +779,14 @@ impl LayerFs {
 
     fn set_opaque(&self, inode: &Inode) -> io::Result<()> {
         let up = self.upper_ctx()?;
-        let mut s = inode.state.write();
-        let Some(pos) = s.reals.iter().position(|r| r.layer == up.idx) else {
-            return Err(errno(libc::EIO));
-        };
-        if up.oci_whiteouts {
-            make_oci_marker(
-                s.reals[pos].fd.get()?.as_fd(),
-                OsStr::from_bytes(whiteout::OCI_OPAQUE),
-            )?;
-        } else {
-            sys::setxattr_fd(
-                s.reals[pos].fd.get()?.as_fd(),
-                &up.ns.name("opaque"),
-                b"y",
-                0,
-            )?;
-        }
-        s.reals[pos].marks.opaque = true;
-        s.reals.truncate(pos + 1);
+        inode.mark_upper_part(up.idx, DirMark::Opaque, |r| {
+            let fd = r.fd.get()?;
+            if up.oci_whiteouts {
+                make_oci_marker(fd.as_fd(), OsStr::from_bytes(whiteout::OCI_OPAQUE))
+            } else {
+                sys::setxattr_fd(fd.as_fd(), &up.ns.name("opaque"), b"y", 0)
+            }
+        })?;
         inode.dir_changed();
         Ok(())
     }

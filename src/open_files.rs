@@ -80,7 +80,7 @@ impl LayerFs {
             self.copy_up_with(&inode, mode)?
         } else {
             // A metacopy's data is in its lower file.
-            let s = inode.state.read();
+            let s = inode.state();
             s.reals.get(1).unwrap_or(&s.reals[0]).clone()
         };
         let lower = !self.is_upper(top.layer);
