@@ -46,6 +46,8 @@ struct Stack {
     upper: PathBuf,
     work: PathBuf,
     userxattr: bool,
+    /// `FsOptions::xattr_whiteouts`: whiteouts made as xattr-marked files.
+    xattr_whiteouts: bool,
     /// The lowers' fingerprints when the filesystem was built.
     before: Vec<BTreeMap<Vec<u8>, Node>>,
 }
@@ -72,6 +74,7 @@ impl Stack {
             upper,
             work,
             userxattr,
+            xattr_whiteouts: false,
             before: Vec::new(),
         }
     }
@@ -104,6 +107,7 @@ impl Stack {
         let opts = FsOptions {
             // Nothing here talks to a kernel: no backing files to set up.
             passthrough: false,
+            xattr_whiteouts: self.xattr_whiteouts,
             ..Default::default()
         };
         LayerFs::new(stack, opts, Some(work)).unwrap()
@@ -324,6 +328,7 @@ both!(
     setattr_and_write_copy_up,
     readdir_merges_and_dedups,
     overlay_xattrs_are_hidden,
+    xattr_whiteouts,
 );
 
 /// Three lowers: a whiteout in the middle one hides a name below it, an
@@ -388,8 +393,11 @@ fn lookup_through_three_layers_with_whiteouts_and_opaque_dirs(userxattr: bool) {
         2,
         "an opaque dir is not merged with the dir below"
     );
-    // A number is stable across lookups of the same object.
-    assert_eq!(walk(&fs, "a/y").unwrap().ino, walk(&fs, "a/y").unwrap().ino);
+    // All layers on one filesystem: st_ino is the real one, as the
+    // kernel's (xino leaves fsid 0 numbers unchanged).
+    let real = fs::metadata(l2.join("a/y")).unwrap().ino();
+    assert_eq!(walk(&fs, "a/y").unwrap().ino.0, real);
+    assert_eq!(walk(&fs, "a/y").unwrap().ino.0, real, "stable");
     assert_eq!(walk(&fs, "a/y").unwrap().kind, RegularFile);
     s.assert_lowers_untouched();
     assert_eq!(
@@ -497,8 +505,19 @@ fn rename_of_a_lower_file_copies_up_and_whites_out(userxattr: bool) {
     write(&s.l(0).join("dir/f"), b"data");
     chmod(&s.l(0).join("dir/f"), 0o604);
     mkdir(&s.l(0).join("other"));
+    write(&s.l(0).join("a2"), b"a2");
+    write(&s.l(0).join("victim"), b"victim");
     let fs = s.open();
     let before = walk(&fs, "dir/f").unwrap();
+
+    // Onto another lower file: it is replaced, no whiteout at the target.
+    let a2 = walk(&fs, "a2").unwrap().ino;
+    rename(&fs, "a2", "victim", 0).unwrap();
+    assert_eq!(fs::read(s.up("victim")).unwrap(), b"a2");
+    s.assert_whiteout("a2");
+    assert_eq!(read(&fs, "victim"), b"a2");
+    assert_eq!(walk(&fs, "victim").unwrap().ino, a2);
+    assert_eq!(errno(walk(&fs, "a2")), libc::ENOENT);
 
     rename(&fs, "dir/f", "moved", 0).unwrap();
     let md = fs::symlink_metadata(s.up("moved")).unwrap();
@@ -783,6 +802,11 @@ fn copy_up_keeps_data_mode_owner_times_and_xattrs(userxattr: bool) {
     let after = walk(&fs, "dir/tool").unwrap();
     assert_eq!(after.ino, before.ino, "st_ino survives copy-up");
     assert_eq!(
+        after.ino.0,
+        fs::metadata(&tool).unwrap().ino(),
+        "the origin's"
+    );
+    assert_eq!(
         (after.perm, after.uid, after.gid),
         (0o6750, owner.0, owner.1)
     );
@@ -963,5 +987,54 @@ fn overlay_xattrs_are_hidden(userxattr: bool) {
             libc::ENODATA
         );
     }
+    s.assert_lowers_untouched();
+}
+
+/// Whiteouts of the xattr kind (kernel 6.7+ reads them): in a lower layer,
+/// an empty file with `overlay.whiteout` in a dir marked `overlay.opaque`
+/// "x" hides the name below; with `xattr_whiteouts` the filesystem makes
+/// them so, marking the upper dir "x", and reads them back.
+fn xattr_whiteouts(userxattr: bool) {
+    let mut s = Stack::new(2, userxattr);
+    s.xattr_whiteouts = true;
+    let (l0, l1) = (s.l(0).to_path_buf(), s.l(1).to_path_buf());
+    write(&l1.join("dir/w"), b"below");
+    write(&l1.join("dir/k"), b"k");
+    write(&l1.join("dir/sub/x"), b"x");
+    write(&l0.join("dir/w"), b"");
+    setxattr(&l0.join("dir/w"), &s.x("whiteout"), b"");
+    setxattr(&l0.join("dir"), &s.x("opaque"), b"x");
+    let fs = s.open();
+
+    assert_eq!(errno(walk(&fs, "dir/w")), libc::ENOENT);
+    assert_eq!(names(&fs, "dir"), ["k", "sub"]);
+    assert_eq!(
+        walk(&fs, "dir").unwrap().nlink,
+        1,
+        "merged: \"x\" is not opaque"
+    );
+
+    unlink(&fs, "dir/k").unwrap();
+    assert!(s.is_whiteout("dir/k"));
+    let md = fs::symlink_metadata(s.up("dir/k")).unwrap();
+    assert!(md.is_file() && md.len() == 0, "the xattr kind: {md:?}");
+    assert_eq!(s.upper_x("dir/k", "whiteout").as_deref(), Some(&b""[..]));
+    assert_eq!(s.upper_x("dir", "opaque").as_deref(), Some(&b"x"[..]));
+    unlink(&fs, "dir/sub/x").unwrap();
+    rmdir(&fs, "dir/sub").unwrap();
+    s.assert_whiteout("dir/sub");
+    assert_eq!(names(&fs, "dir"), Vec::<String>::new());
+    for gone in ["dir/k", "dir/sub", "dir/w"] {
+        assert_eq!(errno(walk(&fs, gone)), libc::ENOENT, "{gone}");
+    }
+
+    // Read back by a new filesystem object, and replaced by a new name.
+    drop(fs);
+    let fs = s.open_again();
+    assert_eq!(names(&fs, "dir"), Vec::<String>::new());
+    create(&fs, &s, "dir/k", 0o644, b"new");
+    assert!(!s.is_whiteout("dir/k"));
+    assert_eq!(read(&fs, "dir/k"), b"new");
+    assert_eq!(names(&fs, "dir"), ["k"]);
     s.assert_lowers_untouched();
 }
