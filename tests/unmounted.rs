@@ -436,6 +436,10 @@ fn create_and_unlink_of_upper_and_lower_names(userxattr: bool) {
     assert_eq!(fs::read(s.up("ld/nf")).unwrap(), b"nf");
     s.assert_absent("ld/lf");
     assert_eq!(walk(&fs, "ld").unwrap().ino, ld);
+    assert!(
+        s.upper_x("ld", "origin").is_some(),
+        "a copied-up dir records its origin too, as the kernel's"
+    );
     assert_eq!(names(&fs, "ld"), ["lf", "nf"]);
     assert_eq!(walk(&fs, "ld").unwrap().nlink, 1, "now merged");
 
@@ -572,10 +576,13 @@ fn rename_of_a_lower_dir_writes_a_redirect(userxattr: bool) {
 
     // Same parent: a redirect to the old name. The kernel writes it
     // relative ("d"), layerfs absolute ("/d"): both read the same (see
-    // `same_dir_rename_of_a_lower_dir_writes_a_relative_redirect`).
+    // `same_dir_rename_of_a_lower_dir_writes_a_relative_redirect`). A cross-
+    // directory rename gets an absolute one from both (checked against a
+    // kernel mount: `mv d e` gives "d", `mv e p/q` then "/d").
     rename(&fs, "d", "e", 0).unwrap();
     let r = s.upper_x("e", "redirect");
     assert!(matches!(r.as_deref(), Some(b"d" | b"/d")), "redirect {r:?}");
+    assert!(s.upper_x("e", "origin").is_some());
     s.assert_whiteout("d");
     let on_disk: Vec<_> = fs::read_dir(s.up("e")).unwrap().collect();
     assert!(
@@ -613,7 +620,10 @@ fn rename_of_a_lower_dir_writes_a_redirect(userxattr: bool) {
 
 /// Kernel overlayfs (`ovl_set_redirect`, `ovl_need_absolute_redirect`)
 /// writes a relative redirect, the old name alone, when a directory is
-/// renamed within its parent; layerfs writes the absolute path.
+/// renamed within its parent; layerfs writes the absolute path. Seen on
+/// Linux 6.18: over lower `d/f`, `mv m/d m/e` leaves
+/// `trusted.overlay.redirect="d"` on `upper/e` (and a later `mv m/e m/p/q`
+/// "/d"); layerfs writes "/d" for the first. Both read back the same.
 #[test]
 #[ignore = "layerfs writes an absolute redirect (\"/d\") where the kernel writes \"d\""]
 fn same_dir_rename_of_a_lower_dir_writes_a_relative_redirect() {
