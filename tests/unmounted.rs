@@ -328,7 +328,37 @@ both!(
     setattr_and_write_copy_up,
     readdir_merges_and_dedups,
     overlay_xattrs_are_hidden,
-    xattr_whiteouts,
+    xattr_whiteouts_are_read,
+);
+
+/// As `both!`, with the `userxattr` variant ignored for a bug that shows
+/// for an unprivileged user only: run it with `--ignored` as one to see
+/// it (as root it passes).
+macro_rules! both_unprivileged_bug {
+    ($name:ident, $why:literal) => {
+        mod $name {
+            #[test]
+            fn trusted() {
+                if super::trusted_ok() {
+                    super::$name(false);
+                }
+            }
+            #[test]
+            #[ignore = $why]
+            fn userxattr() {
+                super::$name(true);
+            }
+        }
+    };
+}
+
+both_unprivileged_bug!(
+    copy_up_of_a_read_only_file,
+    "bug: unprivileged, copy-up sets the mode before the xattrs: EACCES on a file without owner write"
+);
+both_unprivileged_bug!(
+    xattr_whiteouts_are_made,
+    "bug: unprivileged, overlay.whiteout cannot be set on the mode-0 file made for it: EACCES"
 );
 
 /// Three lowers: a whiteout in the middle one hides a name below it, an
@@ -1000,29 +1030,43 @@ fn overlay_xattrs_are_hidden(userxattr: bool) {
     s.assert_lowers_untouched();
 }
 
-/// Whiteouts of the xattr kind (kernel 6.7+ reads them): in a lower layer,
+/// Lower layers with whiteouts of the xattr kind (kernel 6.7+ reads them):
 /// an empty file with `overlay.whiteout` in a dir marked `overlay.opaque`
-/// "x" hides the name below; with `xattr_whiteouts` the filesystem makes
-/// them so, marking the upper dir "x", and reads them back.
-fn xattr_whiteouts(userxattr: bool) {
+/// "x" hides the name below; such a dir is merged, not opaque.
+fn xattr_whiteouts_are_read(userxattr: bool) {
     let mut s = Stack::new(2, userxattr);
-    s.xattr_whiteouts = true;
-    let (l0, l1) = (s.l(0).to_path_buf(), s.l(1).to_path_buf());
+    xattr_whiteout_layers(&s);
+    let fs = s.open();
+    assert_eq!(errno(walk(&fs, "dir/w")), libc::ENOENT);
+    assert_eq!(names(&fs, "dir"), ["k", "sub"]);
+    assert_eq!(read(&fs, "dir/k"), b"k");
+    assert_eq!(
+        walk(&fs, "dir").unwrap().nlink,
+        1,
+        "merged: \"x\" is not opaque"
+    );
+    let root: Vec<String> = names(&fs, "");
+    assert_eq!(root, ["dir"]);
+    s.assert_lowers_untouched();
+}
+
+fn xattr_whiteout_layers(s: &Stack) {
+    let (l0, l1) = (s.l(0), s.l(1));
     write(&l1.join("dir/w"), b"below");
     write(&l1.join("dir/k"), b"k");
     write(&l1.join("dir/sub/x"), b"x");
     write(&l0.join("dir/w"), b"");
     setxattr(&l0.join("dir/w"), &s.x("whiteout"), b"");
     setxattr(&l0.join("dir"), &s.x("opaque"), b"x");
-    let fs = s.open();
+}
 
-    assert_eq!(errno(walk(&fs, "dir/w")), libc::ENOENT);
-    assert_eq!(names(&fs, "dir"), ["k", "sub"]);
-    assert_eq!(
-        walk(&fs, "dir").unwrap().nlink,
-        1,
-        "merged: \"x\" is not opaque"
-    );
+/// With `xattr_whiteouts`, the filesystem makes whiteouts of the xattr
+/// kind, marking the upper dir "x", and reads them back.
+fn xattr_whiteouts_are_made(userxattr: bool) {
+    let mut s = Stack::new(2, userxattr);
+    s.xattr_whiteouts = true;
+    xattr_whiteout_layers(&s);
+    let fs = s.open();
 
     unlink(&fs, "dir/k").unwrap();
     assert!(s.is_whiteout("dir/k"));
@@ -1046,5 +1090,38 @@ fn xattr_whiteouts(userxattr: bool) {
     assert!(!s.is_whiteout("dir/k"));
     assert_eq!(read(&fs, "dir/k"), b"new");
     assert_eq!(names(&fs, "dir"), ["k"]);
+    s.assert_lowers_untouched();
+}
+
+/// A file its owner may not write (0444) copied up with its user xattrs
+/// and origin: kernel overlayfs sets the xattrs first and the mode last
+/// (`ovl_copy_up_metadata`), so an unprivileged copy-up works too.
+fn copy_up_of_a_read_only_file(userxattr: bool) {
+    let mut s = Stack::new(1, userxattr);
+    let ro = s.l(0).join("ro");
+    let t = old_file(&ro, b"ro");
+    setxattr(&ro, "user.r", b"1");
+    chmod(&ro, 0o444);
+    write(&s.l(0).join("plain"), b"p");
+    chmod(&s.l(0).join("plain"), 0o400);
+    let fs = s.open();
+    let number = walk(&fs, "ro").unwrap().ino;
+    let (inode, _) = fs.lookup(ROOT_INO, os("ro")).unwrap();
+    fs.copy_up(&inode).unwrap();
+    let md = fs::symlink_metadata(s.up("ro")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o444);
+    assert_eq!(md.modified().unwrap(), t);
+    assert_eq!(fs::read(s.up("ro")).unwrap(), b"ro");
+    assert_eq!(xattr(&s.up("ro"), "user.r").as_deref(), Some(&b"1"[..]));
+    assert!(s.upper_x("ro", "origin").is_some(), "origin recorded");
+    assert_eq!(walk(&fs, "ro").unwrap().ino, number);
+    // Without xattrs of its own: the origin alone.
+    let (inode, _) = fs.lookup(ROOT_INO, os("plain")).unwrap();
+    fs.copy_up(&inode).unwrap();
+    assert_eq!(
+        fs::symlink_metadata(s.up("plain")).unwrap().mode() & 0o7777,
+        0o400
+    );
+    assert!(s.upper_x("plain", "origin").is_some(), "origin recorded");
     s.assert_lowers_untouched();
 }
