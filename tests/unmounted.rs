@@ -15,7 +15,9 @@
 //!
 //! Every scenario runs twice: `trusted` (needs root for `trusted.*`
 //! xattrs; a SKIP otherwise, a failure under CI) and `userxattr` (runs as
-//! anyone who owns the temp dir).
+//! anyone who owns the temp dir). The ignored tests record where layerfs
+//! differs from kernel overlayfs, or fails for an unprivileged user only
+//! (run them with `--ignored`, as such a user for those).
 
 mod common;
 
