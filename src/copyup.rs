@@ -2,7 +2,7 @@
 //!
 //! The copy is built in the work directory — data (reflink, else
 //! copy_file_range over data extents only, so holes stay holes), owner,
-//! mode, xattrs, times, and the `overlay.origin` handle of the lower file —
+//! xattrs, the `overlay.origin` handle of the lower file, times and mode —
 //! made durable, then renamed into the upper parent. A crash at any moment
 //! leaves either no upper copy or a complete one; the staged leftovers are
 //! removed at the next mount. Parents are copied up first. Each inode has
@@ -377,12 +377,11 @@ impl LayerFs {
             _ => sys::mknodat(work.fd(), &staged.name, st.st_mode, st.st_rdev)?,
         }
         let fd = sys::openat(work.fd(), &staged.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        // Owner first (chown clears setuid bits and capabilities), then mode,
-        // then xattrs, then times.
+        // Owner first (chown clears setuid bits and capabilities), then
+        // xattrs, times, and the mode last, as kernel overlayfs: an
+        // unprivileged daemon may set `user.*` xattrs only on a file its
+        // mode lets it write (a 0400 lower file would fail its copy-up).
         self.chown_upper(fd.as_fd(), st.st_uid, st.st_gid)?;
-        if fmt != libc::S_IFLNK {
-            sys::fchmod_fd(fd.as_fd(), st.st_mode & 0o7777)?;
-        }
         // An upper without xattrs (OCI format) cannot keep them.
         if !up.oci_whiteouts {
             copy_xattrs(src.fd.get()?.as_fd(), fd.as_fd())?;
@@ -402,22 +401,28 @@ impl LayerFs {
                 sys::fsync(d.as_fd(), false)?;
             }
         }
-        let mut in_index = false;
-        if indexed {
-            if let (Some(origin), Some(index)) = (origin, work.index_fd()) {
-                in_index = true;
-                // Overlay nlink = upper nlink + delta: the lower names all
-                // stay visible, while the upper inode gains the index link
-                // and the target name.
-                let delta = st.st_nlink as i64 - 2;
-                sys::setxattr_fd(
-                    fd.as_fd(),
-                    &up.ns.name("nlink"),
-                    format!("U{delta:+}").as_bytes(),
-                    0,
-                )?;
-                sys::link_fd(fd.as_fd(), index, &index_name(&origin))?;
-            }
+        let index_at = match (indexed, origin, work.index_fd()) {
+            (true, Some(origin), Some(index)) => Some((origin, index)),
+            _ => None,
+        };
+        if index_at.is_some() {
+            // Overlay nlink = upper nlink + delta: the lower names all
+            // stay visible, while the upper inode gains the index link
+            // and the target name.
+            let delta = st.st_nlink as i64 - 2;
+            sys::setxattr_fd(
+                fd.as_fd(),
+                &up.ns.name("nlink"),
+                format!("U{delta:+}").as_bytes(),
+                0,
+            )?;
+        }
+        if fmt != libc::S_IFLNK {
+            sys::fchmod_fd(fd.as_fd(), st.st_mode & 0o7777)?;
+        }
+        let in_index = index_at.is_some();
+        if let Some((origin, index)) = index_at {
+            sys::link_fd(fd.as_fd(), index, &index_name(&origin))?;
         }
         // Kernel overlayfs keeps the parent's times across a copy-up: the
         // directory did not change as the user sees it.

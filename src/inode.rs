@@ -288,7 +288,7 @@ impl Inode {
         };
         let marks = &s.reals[pos].marks;
         let present = match mark {
-            DirMark::Opaque => false,
+            DirMark::Opaque => marks.opaque,
             DirMark::XattrWhiteouts => marks.opaque || marks.xwhiteouts,
             DirMark::Redirect => false,
         };

@@ -121,7 +121,14 @@ impl LayerFs {
                 r => return r,
             }
         }
-        let f = sys::openat(at, name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0)?;
+        // Mode 0600: an unprivileged daemon may set and read `user.*`
+        // xattrs only on a file its mode lets it write and read.
+        let f = sys::openat(
+            at,
+            name,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0o600,
+        )?;
         sys::setxattr_fd(f.as_fd(), &up.ns.name("whiteout"), b"", 0)?;
         self.mark_xwhiteouts(dir)
     }
@@ -722,6 +729,7 @@ impl LayerFs {
         inode: &Arc<Inode>,
         dir: &Arc<Inode>,
         name: &OsStr,
+        samedir: bool,
     ) -> io::Result<()> {
         let up = self.upper_ctx()?;
         if inode.is_dir && self.has_lower_parts(inode) {
@@ -729,17 +737,22 @@ impl LayerFs {
                 // rename(2) callers copy instead (mv does).
                 return Err(errno(libc::EXDEV));
             }
-            // Compute before copy-up changes nothing of it, but the upper
-            // part must exist to carry the xattr.
-            let path = self.lower_path(inode)?;
+            // As kernel overlayfs (`ovl_set_redirect`): a directory that
+            // stays in its parent gets a relative redirect, its name (it
+            // has none yet, so that is its name in the lower layers); one
+            // that leaves gets the absolute path of its lower parts. An
+            // absolute redirect stays true wherever the directory goes, a
+            // relative one while it stays in the same parent: either is
+            // then kept.
+            let path = if samedir {
+                name.as_bytes().to_vec()
+            } else {
+                self.lower_path(inode)?
+            };
             let top = self.copy_up(inode)?;
-            // An absolute redirect stays true wherever the directory goes; a
-            // relative one (kernel overlayfs writes them for renames within
-            // one directory) names an entry of the old parent's lower parts
-            // only, so it is replaced, as the kernel does.
-            let absolute = top.marks.redirect
-                && matches!(self.upper_redirect(inode), Some(Redirect::Absolute(_)));
-            if !absolute {
+            let keep = top.marks.redirect
+                && (samedir || matches!(self.upper_redirect(inode), Some(Redirect::Absolute(_))));
+            if !keep {
                 inode.mark_upper_part(up.idx, DirMark::Redirect, |r| {
                     sys::setxattr_fd(r.fd.get()?.as_fd(), &up.ns.name("redirect"), &path, 0)
                 })?;
@@ -873,15 +886,14 @@ impl LayerFs {
             }
             _ => None,
         };
-        let dst_lower = self.lower_positive(&ddir, newname)?;
         let spu = self.upper_dir(&sdir)?;
         let dpu = self.upper_dir(&ddir)?;
         sdir.dir_changed();
         ddir.dir_changed();
-        self.prepare_rename_source(&src, &sdir, name)?;
+        self.prepare_rename_source(&src, &sdir, name, parent == newparent)?;
         if exchange {
             let d = dst.as_ref().ok_or_else(|| errno(libc::ENOENT))?;
-            self.prepare_rename_source(d, &ddir, newname)?;
+            self.prepare_rename_source(d, &ddir, newname, parent == newparent)?;
             let up = self.upper_ctx()?;
             up.renames.exchange(
                 &up.work,
@@ -972,13 +984,15 @@ impl LayerFs {
                 _ => rename()?,
             }
         }
-        // A directory with no lower parts of its own must not merge with
-        // whatever the lower layers hold under its new name.
-        if src.is_dir && !self.has_lower_parts(&src) && dst_lower {
+        // A directory with no lower parts of its own moved into a merged
+        // directory must not merge with whatever the lower layers hold (or
+        // a layer stacked below later will hold) under its new name: it is
+        // made opaque, as kernel overlayfs does (`ovl_rename`).
+        if src.is_dir && !self.has_lower_parts(&src) && self.has_lower_parts(&ddir) {
             self.set_opaque(&src)?;
         }
         if let Some(d) = &dst {
-            if exchange && d.is_dir && !self.has_lower_parts(d) && src_lower {
+            if exchange && d.is_dir && !self.has_lower_parts(d) && self.has_lower_parts(&sdir) {
                 self.set_opaque(d)?;
             }
         }

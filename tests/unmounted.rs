@@ -15,9 +15,7 @@
 //!
 //! Every scenario runs twice: `trusted` (needs root for `trusted.*`
 //! xattrs; a SKIP otherwise, a failure under CI) and `userxattr` (runs as
-//! anyone who owns the temp dir). The ignored tests record where layerfs
-//! differs from kernel overlayfs, or fails for an unprivileged user only
-//! (run them with `--ignored`, as such a user for those).
+//! anyone who owns the temp dir).
 
 mod common;
 
@@ -333,36 +331,8 @@ both!(
     xattr_whiteouts_are_read,
     upper_dir_moved_onto_a_whited_out_lower_dir_is_opaque,
     new_names_get_the_callers_owner_and_a_setgid_parents_group,
-);
-
-/// As `both!`, with the `userxattr` variant ignored for a bug that shows
-/// for an unprivileged user only: run it with `--ignored` as one to see
-/// it (as root it passes).
-macro_rules! both_unprivileged_bug {
-    ($name:ident, $why:literal) => {
-        mod $name {
-            #[test]
-            fn trusted() {
-                if super::trusted_ok() {
-                    super::$name(false);
-                }
-            }
-            #[test]
-            #[ignore = $why]
-            fn userxattr() {
-                super::$name(true);
-            }
-        }
-    };
-}
-
-both_unprivileged_bug!(
     copy_up_of_a_read_only_file,
-    "bug: unprivileged, copy-up sets the mode before the xattrs: EACCES on a file without owner write"
-);
-both_unprivileged_bug!(
     xattr_whiteouts_are_made,
-    "bug: unprivileged, overlay.whiteout cannot be set on the mode-0 file made for it: EACCES"
 );
 
 /// Three lowers: a whiteout in the middle one hides a name below it, an
@@ -659,7 +629,6 @@ fn rename_of_a_lower_dir_writes_a_redirect(userxattr: bool) {
 /// `trusted.overlay.redirect="d"` on `upper/e` (and a later `mv m/e m/p/q`
 /// "/d"); layerfs writes "/d" for the first. Both read back the same.
 #[test]
-#[ignore = "layerfs writes an absolute redirect (\"/d\") where the kernel writes \"d\""]
 fn same_dir_rename_of_a_lower_dir_writes_a_relative_redirect() {
     if !trusted_ok() {
         return;
@@ -1158,7 +1127,6 @@ fn upper_dir_moved_onto_a_whited_out_lower_dir_is_opaque(userxattr: bool) {
 /// name, so the upper it leaves differs, and such a dir would merge with
 /// a directory of that name in a lower layer stacked under it later.
 #[test]
-#[ignore = "layerfs marks an upper dir moved into a merged dir opaque only when a lower holds its new name; the kernel always does"]
 fn upper_dir_moved_into_a_merged_dir_is_opaque() {
     let mut s = Stack::new(1, true);
     write(&s.l(0).join("ld/f"), b"f");
