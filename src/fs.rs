@@ -41,8 +41,20 @@ fn time_spec(t: TimeOrNow) -> TimeSpec {
     }
 }
 
-fn errno(e: io::Error) -> Errno {
-    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+/// The errno answered for an operation's error. An EIO says nothing of
+/// its cause to the caller: the cause is logged here, where it is known.
+fn errno(op: &str, e: io::Error) -> Errno {
+    match e.raw_os_error() {
+        Some(libc::EIO) => {
+            log::warn!("{op}: answering EIO: {e}");
+            Errno::from_i32(libc::EIO)
+        }
+        Some(n) => Errno::from_i32(n),
+        None => {
+            log::error!("{op}: answering EIO for an error with no errno: {e}");
+            Errno::from_i32(libc::EIO)
+        }
+    }
 }
 
 /// A cached "no such entry": node id 0 with the entry timeout.
@@ -181,26 +193,26 @@ impl Fuse {
         (ids.uid.stored(req.uid()), ids.gid.stored(req.gid()))
     }
 
-    fn entry_reply(&self, res: io::Result<FileAttr>, reply: ReplyEntry) {
+    fn entry_reply(&self, op: &str, res: io::Result<FileAttr>, reply: ReplyEntry) {
         match res {
             Ok(attr) => reply.entry(&self.ttl, &self.shown(attr), Generation(0)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno(op, e)),
         }
     }
 
-    fn empty_reply(res: io::Result<()>, reply: ReplyEmpty) {
+    fn empty_reply(op: &str, res: io::Result<()>, reply: ReplyEmpty) {
         match res {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno(op, e)),
         }
     }
 
-    fn xattr_reply(&self, res: io::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
+    fn xattr_reply(&self, op: &str, res: io::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
         match res {
             Ok(data) if size == 0 => reply.size(data.len() as u32),
             Ok(data) if data.len() > size as usize => reply.error(Errno::ERANGE),
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno(op, e)),
         }
     }
 }
@@ -258,7 +270,7 @@ impl Filesystem for Fuse {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 reply.entry(&self.ttl, &negative_entry(), Generation(0))
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("lookup", e)),
         }
     }
 
@@ -275,14 +287,14 @@ impl Filesystem for Fuse {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
             Ok(attr) => reply.attr(&self.ttl, &self.shown(attr)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("getattr", e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.fs.readlink(ino.0) {
             Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("readlink", e)),
         }
     }
 
@@ -316,7 +328,7 @@ impl Filesystem for Fuse {
                     }
                 }
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("open", e)),
         }
     }
 
@@ -333,7 +345,7 @@ impl Filesystem for Fuse {
     ) {
         match self.fs.read(fh.into(), offset, size) {
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("read", e)),
         }
     }
 
@@ -386,7 +398,7 @@ impl Filesystem for Fuse {
     ) {
         let page = match self.fs.readdir(ino.0, offset) {
             Ok(p) => p,
-            Err(e) => return reply.error(errno(e)),
+            Err(e) => return reply.error(errno("readdir", e)),
         };
         for (i, e) in page.entries.iter().enumerate().skip(page.start) {
             if reply.add(INodeNo(e.ino), page.cookie_after(i), e.kind, &e.name) {
@@ -406,7 +418,7 @@ impl Filesystem for Fuse {
     ) {
         let page = match self.fs.readdir(ino.0, offset) {
             Ok(p) => p,
-            Err(e) => return reply.error(errno(e)),
+            Err(e) => return reply.error(errno("readdirplus", e)),
         };
         let mut added = 0usize;
         for (i, e) in page.entries.iter().enumerate().skip(page.start) {
@@ -415,7 +427,7 @@ impl Filesystem for Fuse {
                 // The kernel takes no reference for these two; any attrs do.
                 let mut attr = match self.fs.getattr(ino.0) {
                     Ok(a) => self.shown(a),
-                    Err(err) => return reply.error(errno(err)),
+                    Err(err) => return reply.error(errno("readdirplus", err)),
                 };
                 attr.ino = INodeNo(e.ino);
                 if reply.add(
@@ -442,7 +454,7 @@ impl Filesystem for Fuse {
                 // reports the error.
                 Err(err) if added == 0 => {
                     log::warn!("readdirplus of {:?} in node {}: {err}", e.name, ino.0);
-                    return reply.error(errno(err));
+                    return reply.error(errno("readdirplus", err));
                 }
                 Err(_) => break,
             };
@@ -468,7 +480,7 @@ impl Filesystem for Fuse {
                 s.f_namemax as u32,
                 s.f_frsize as u32,
             ),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("statfs", e)),
         }
     }
 
@@ -477,11 +489,11 @@ impl Filesystem for Fuse {
             crate::idmap::map_acl(&self.fs.opts.ids, name.as_bytes(), &mut v, true);
             v
         });
-        self.xattr_reply(value, size, reply);
+        self.xattr_reply("getxattr", value, size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.xattr_reply(self.fs.listxattr(ino.0), size, reply);
+        self.xattr_reply("listxattr", self.fs.listxattr(ino.0), size, reply);
     }
 
     fn setattr(
@@ -517,7 +529,7 @@ impl Filesystem for Fuse {
         };
         match self.fs.setattr(ino.0, a) {
             Ok(attr) => reply.attr(&self.ttl, &self.shown(attr)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("setattr", e)),
         }
     }
 
@@ -533,7 +545,7 @@ impl Filesystem for Fuse {
     ) {
         let (uid, gid) = self.caller(req);
         let r = self.fs.mknod(parent.0, name, mode, rdev, uid, gid);
-        self.entry_reply(r.map(|(_, a)| a), reply);
+        self.entry_reply("mknod", r.map(|(_, a)| a), reply);
     }
 
     fn mkdir(
@@ -547,15 +559,15 @@ impl Filesystem for Fuse {
     ) {
         let (uid, gid) = self.caller(req);
         let r = self.fs.mkdir(parent.0, name, mode, uid, gid);
-        self.entry_reply(r.map(|(_, a)| a), reply);
+        self.entry_reply("mkdir", r.map(|(_, a)| a), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty_reply(self.fs.unlink(parent.0, name), reply);
+        Self::empty_reply("unlink", self.fs.unlink(parent.0, name), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty_reply(self.fs.rmdir(parent.0, name), reply);
+        Self::empty_reply("rmdir", self.fs.rmdir(parent.0, name), reply);
     }
 
     fn symlink(
@@ -570,7 +582,7 @@ impl Filesystem for Fuse {
         let r = self
             .fs
             .symlink(parent.0, link_name, target.as_os_str(), uid, gid);
-        self.entry_reply(r.map(|(_, a)| a), reply);
+        self.entry_reply("symlink", r.map(|(_, a)| a), reply);
     }
 
     fn rename(
@@ -584,6 +596,7 @@ impl Filesystem for Fuse {
         reply: ReplyEmpty,
     ) {
         Self::empty_reply(
+            "rename",
             self.fs
                 .rename(parent.0, name, newparent.0, newname, flags.bits()),
             reply,
@@ -599,7 +612,7 @@ impl Filesystem for Fuse {
         reply: ReplyEntry,
     ) {
         let r = self.fs.link(ino.0, newparent.0, newname);
-        self.entry_reply(r.map(|(_, a)| a), reply);
+        self.entry_reply("link", r.map(|(_, a)| a), reply);
     }
 
     fn write(
@@ -624,7 +637,7 @@ impl Filesystem for Fuse {
                 }
                 reply.written(n)
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("write", e)),
         }
     }
 
@@ -636,7 +649,7 @@ impl Filesystem for Fuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty_reply(self.fs.fsync(fh.into(), datasync), reply);
+        Self::empty_reply("fsync", self.fs.fsync(fh.into(), datasync), reply);
     }
 
     fn fsyncdir(
@@ -647,7 +660,7 @@ impl Filesystem for Fuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty_reply(self.fs.fsyncdir(ino.0, datasync), reply);
+        Self::empty_reply("fsyncdir", self.fs.fsyncdir(ino.0, datasync), reply);
     }
 
     fn setxattr(
@@ -668,11 +681,11 @@ impl Filesystem for Fuse {
             crate::idmap::map_acl(ids, name.as_bytes(), &mut value, false);
             self.fs.setxattr(ino.0, name, &value, flags)
         };
-        Self::empty_reply(r, reply);
+        Self::empty_reply("setxattr", r, reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty_reply(self.fs.removexattr(ino.0, name), reply);
+        Self::empty_reply("removexattr", self.fs.removexattr(ino.0, name), reply);
     }
 
     fn create(
@@ -710,7 +723,7 @@ impl Filesystem for Fuse {
                     ),
                 }
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("create", e)),
         }
     }
 
@@ -724,7 +737,11 @@ impl Filesystem for Fuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        Self::empty_reply(self.fs.fallocate(fh.into(), offset, length, mode), reply);
+        Self::empty_reply(
+            "fallocate",
+            self.fs.fallocate(fh.into(), offset, length, mode),
+            reply,
+        );
     }
 
     fn lseek(
@@ -738,7 +755,7 @@ impl Filesystem for Fuse {
     ) {
         match self.fs.lseek(fh.into(), offset, whence) {
             Ok(o) => reply.offset(o),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("lseek", e)),
         }
     }
 
@@ -760,7 +777,7 @@ impl Filesystem for Fuse {
             .copy_file_range(fh_in.into(), offset_in, fh_out.into(), offset_out, len)
         {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno("copy_file_range", e)),
         }
     }
 }

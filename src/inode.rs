@@ -282,7 +282,10 @@ impl Inode {
         let Some(pos) = s.reals.iter().position(|r| r.layer == upper) else {
             // Only an opaque mark is asked for of a part that must exist.
             return match mark {
-                DirMark::Opaque => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+                DirMark::Opaque => {
+                    log::warn!("node {}: no upper part to make opaque", self.ino);
+                    Err(std::io::Error::from_raw_os_error(libc::EIO))
+                }
                 _ => Ok(()),
             };
         };

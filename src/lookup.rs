@@ -228,7 +228,10 @@ impl LayerFs {
                         _ => self.find_lowerdata(&dir, name)?,
                     };
                     // A metacopy whose data cannot be found cannot be read.
-                    let data = data.ok_or_else(|| errno(libc::EIO))?;
+                    let data = data.ok_or_else(|| {
+                        log::warn!("metacopy {name:?}: its data is in no lower layer");
+                        errno(libc::EIO)
+                    })?;
                     // Its number is its data's, as in the kernel, whatever
                     // its origin says.
                     origin_id = Some(RealKey::of(&data.st));

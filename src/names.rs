@@ -371,7 +371,11 @@ impl LayerFs {
         })?;
         dir.dir_changed();
         let (inode, attr) = self.new_upper_inode(parent, name, path)?;
-        let fd = fd.ok_or_else(|| errno(libc::EIO))?;
+        // `place` hands back what the closure made: always an fd here.
+        let fd = fd.ok_or_else(|| {
+            log::error!("create {name:?}: no fd from the open that made it");
+            errno(libc::EIO)
+        })?;
         Ok((inode, attr, self.files.add(Arc::new(fd))))
     }
 
@@ -763,6 +767,7 @@ impl LayerFs {
         let pu = self.upper_dir(dir)?;
         if let UpperSlot::Empty | UpperSlot::Whiteout = self.upper_slot(&pu, name)? {
             if inode.is_dir {
+                log::warn!("rename: directory {name:?} is not in the upper after its copy-up");
                 return Err(errno(libc::EIO));
             }
             // Another name of a lower hardlink set was copied up: give this
