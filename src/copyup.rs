@@ -190,7 +190,7 @@ impl LayerFs {
             let s = inode.state();
             let top = &s.reals[0];
             if top.layer == up.idx
-                && (inode.is_dir || s.reals.len() == 1 || mode == CopyMode::MetaOnly)
+                && (inode.is_dir() || s.reals.len() == 1 || mode == CopyMode::MetaOnly)
             {
                 return Ok(top.clone());
             }
@@ -202,7 +202,7 @@ impl LayerFs {
             (s.reals[0].clone(), s.reals.len())
         };
         if top.layer == up.idx {
-            if inode.is_dir || nreals == 1 || mode == CopyMode::MetaOnly {
+            if inode.is_dir() || nreals == 1 || mode == CopyMode::MetaOnly {
                 return Ok(top);
             }
             return self.complete_metacopy(inode, mode);
@@ -262,11 +262,11 @@ impl LayerFs {
         }
         let entry = RealEntry {
             layer: up.idx,
-            fd: self.upper_ref(fd, inode.is_dir),
+            fd: self.upper_ref(fd, inode.is_dir()),
             marks: DirMarks::default(),
         };
-        inode.copied_up(entry.clone(), inode.is_dir || mode == CopyMode::MetaOnly);
-        if inode.is_dir {
+        inode.copied_up(entry.clone(), inode.is_dir() || mode == CopyMode::MetaOnly);
+        if inode.is_dir() {
             // Now merged, it shows nlink 1 as kernel overlayfs does; the
             // kernel refreshes only the directory a change was made in,
             // not the ancestors copied up on the way.
@@ -471,7 +471,7 @@ impl LayerFs {
     /// Copies up the parent directory of a name operation: the upper dir
     /// fd to act in.
     pub fn upper_dir(&self, dir: &Arc<Inode>) -> io::Result<RealEntry> {
-        if !dir.is_dir {
+        if !dir.is_dir() {
             return Err(errno(libc::ENOTDIR));
         }
         self.copy_up(dir)

@@ -7,7 +7,13 @@
 //! every mount of the same layers and unique while the kernel holds it. Node
 //! id 1 is the root, whatever its real identity. Identities that do not fit
 //! (or would land on 1) get a number from a reserved fallback range, stable
-//! for the life of the mount.
+//! for the life of the mount (`numbering.rs` hands out every number).
+//!
+//! An inode owns its state: its kind (a directory, with its cached
+//! listings, or a non-directory, with its link-count delta and shared lower
+//! fd), its real objects and names, and its caches. Other modules read it
+//! and tell it what happened (`copied_up`, `name_moved`, `unlinked_holding`,
+//! `mark_upper_part`, `dir_changed`); only this module writes its fields.
 //!
 //! Concurrency rules:
 //! - the table is a sharded `DashMap`; a guard is never held across a call
@@ -146,7 +152,8 @@ pub struct Inode {
     pub ino: u64,
     /// The number shown as st_ino (differs from `ino` only for the root).
     pub st_ino: u64,
-    pub is_dir: bool,
+    /// A directory or not, with what only that kind keeps.
+    kind: NodeKind,
     lookups: AtomicU64,
     /// Read through `state()`; written only by the methods below.
     state: RwLock<InodeState>,
@@ -156,70 +163,184 @@ pub struct Inode {
     /// Its last name is gone: its number must not be given to a new object
     /// while the kernel still holds it.
     unlinked: AtomicBool,
-    /// For a copied-up lower hardlink (kept through the index): the link
-    /// count shown is the upper inode's plus this (`NO_DELTA` when unused).
-    nlink_delta: AtomicI64,
-    /// Caches that spare syscalls on hot paths; each is dropped by the
-    /// operations that change what it caches.
-    pub cache: InodeCache,
-}
-
-/// What an inode remembers of its real files between requests.
-#[derive(Debug, Default)]
-pub struct InodeCache {
-    /// A directory's recent merged listings, newest first, each with the
-    /// generation it was made at: the newest serves new readdirs while its
-    /// generation is current; older ones keep serving readdirs that began
-    /// on them, so an iteration sees one consistent snapshot.
-    pub listings: Mutex<std::collections::VecDeque<(u64, Arc<Vec<crate::listing::DirEntryOut>>)>>,
-    /// Bumped by every change of the directory's entries: a listing made
-    /// while a change ran is not cached.
-    pub listing_gen: AtomicU64,
     /// The xattr names of the top real object, as listxattr returns them
     /// (dropped by xattr changes and copy-up): answers "no such xattr"
     /// without a syscall, which `ls -l` asks for every file.
-    pub xattr_names: Mutex<Option<Arc<Vec<u8>>>>,
-    /// A read-only fd of a lower file, shared by its read-only opens while
-    /// any is open (weak: a closed file holds no fd).
-    pub lower_read_fd: Mutex<std::sync::Weak<OwnedFd>>,
+    xattr_names: Mutex<Option<Arc<Vec<u8>>>>,
+}
+
+/// The two kinds of node, each with the state only it has.
+#[derive(Debug)]
+enum NodeKind {
+    Dir(DirState),
+    NonDir(FileState),
+}
+
+/// What a directory keeps between requests.
+#[derive(Debug, Default)]
+struct DirState {
+    /// Recent merged listings, newest first, each with the generation it
+    /// was made at: the newest serves new readdirs while its generation is
+    /// current.
+    listings: Mutex<std::collections::VecDeque<(u64, Listing)>>,
+    /// Bumped by every change of the directory's entries: a listing made
+    /// while a change ran is not cached.
+    listing_gen: AtomicU64,
     /// Bit i set: layer i's part of this directory holds no OCI `.wh.`
     /// markers (learnt from listing it), so lookups skip probing for them.
-    pub oci_clean: AtomicU64,
+    oci_clean: AtomicU64,
 }
+
+/// What a non-directory keeps between requests.
+#[derive(Debug)]
+struct FileState {
+    /// For a copied-up lower hardlink (kept through the index): the link
+    /// count shown is the upper inode's plus this (`NO_DELTA` when unused).
+    nlink_delta: AtomicI64,
+    /// A read-only fd of a lower file, shared by its read-only opens while
+    /// any is open (weak: a closed file holds no fd).
+    lower_read_fd: Mutex<std::sync::Weak<OwnedFd>>,
+}
+
+/// A directory's merged listing, as cached.
+pub type Listing = Arc<Vec<crate::listing::DirEntryOut>>;
+
+/// Listings kept per directory (the newest is the one served).
+const LISTINGS_KEPT: usize = 1;
 
 const NO_DELTA: i64 = i64::MIN;
 
 impl Inode {
     pub fn new(ino: u64, st_ino: u64, is_dir: bool, state: InodeState) -> Inode {
+        let kind = if is_dir {
+            NodeKind::Dir(DirState::default())
+        } else {
+            NodeKind::NonDir(FileState {
+                nlink_delta: AtomicI64::new(NO_DELTA),
+                lower_read_fd: Mutex::new(std::sync::Weak::new()),
+            })
+        };
         Inode {
             ino,
             st_ino,
-            is_dir,
+            kind,
             lookups: AtomicU64::new(0),
             state: RwLock::new(state),
             copy_lock: Mutex::new(()),
             unlinked: AtomicBool::new(false),
-            nlink_delta: AtomicI64::new(NO_DELTA),
-            cache: InodeCache::default(),
+            xattr_names: Mutex::new(None),
         }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        matches!(self.kind, NodeKind::Dir(_))
     }
 
     pub fn nlink_delta(&self) -> Option<i64> {
-        match self.nlink_delta.load(Ordering::Relaxed) {
-            NO_DELTA => None,
-            d => Some(d),
+        match &self.kind {
+            NodeKind::NonDir(f) => match f.nlink_delta.load(Ordering::Relaxed) {
+                NO_DELTA => None,
+                d => Some(d),
+            },
+            NodeKind::Dir(_) => None,
         }
     }
 
+    /// Only a non-directory has a link count of its own to adjust.
     pub fn set_nlink_delta(&self, d: Option<i64>) {
-        self.nlink_delta
-            .store(d.unwrap_or(NO_DELTA), Ordering::Relaxed);
+        if let NodeKind::NonDir(f) = &self.kind {
+            f.nlink_delta
+                .store(d.unwrap_or(NO_DELTA), Ordering::Relaxed);
+        }
     }
 
     /// A directory's entries changed (or are about to): its cached listing
     /// is stale, and one being made right now must not be cached.
     pub fn dir_changed(&self) {
-        self.cache.listing_gen.fetch_add(1, Ordering::SeqCst);
+        if let NodeKind::Dir(d) = &self.kind {
+            d.listing_gen.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A directory's current listing with its generation: the cached one
+    /// while no change came since it was made, else the one `make` makes
+    /// (cached unless a change ran meanwhile). Concurrent readers of one
+    /// directory wait for one listing instead of each making their own.
+    pub fn listing(
+        &self,
+        make: impl FnOnce() -> std::io::Result<Vec<crate::listing::DirEntryOut>>,
+    ) -> std::io::Result<(u64, Listing)> {
+        let NodeKind::Dir(d) = &self.kind else {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOTDIR));
+        };
+        let mut cached = d.listings.lock();
+        let gen = d.listing_gen.load(Ordering::SeqCst);
+        if let Some((g, l)) = cached.front() {
+            if *g == gen {
+                return Ok((gen, Arc::clone(l)));
+            }
+        }
+        let l = Arc::new(make()?);
+        if d.listing_gen.load(Ordering::SeqCst) == gen {
+            cached.push_front((gen, Arc::clone(&l)));
+            cached.truncate(LISTINGS_KEPT);
+        }
+        Ok((gen, l))
+    }
+
+    /// The layers (bit = layer index, below 64) whose part of this
+    /// directory was seen to hold no OCI markers.
+    pub fn oci_clean(&self) -> u64 {
+        match &self.kind {
+            NodeKind::Dir(d) => d.oci_clean.load(Ordering::Relaxed),
+            NodeKind::NonDir(_) => 0,
+        }
+    }
+
+    /// A listing found no OCI markers in the parts of layers `mask`.
+    pub fn saw_oci_clean(&self, mask: u64) {
+        if let NodeKind::Dir(d) = &self.kind {
+            d.oci_clean.fetch_or(mask, Ordering::Relaxed);
+        }
+    }
+
+    /// The read-only fd of a lower file shared by its open handles: the
+    /// one an open handle still holds, else the one `open` opens.
+    pub fn shared_lower_fd(
+        &self,
+        open: impl FnOnce() -> std::io::Result<OwnedFd>,
+    ) -> std::io::Result<Arc<OwnedFd>> {
+        let NodeKind::NonDir(f) = &self.kind else {
+            return open().map(Arc::new);
+        };
+        let mut cached = f.lower_read_fd.lock();
+        if let Some(fd) = cached.upgrade() {
+            return Ok(fd);
+        }
+        let fd = Arc::new(open()?);
+        *cached = Arc::downgrade(&fd);
+        Ok(fd)
+    }
+
+    fn forget_lower_fd(&self) {
+        if let NodeKind::NonDir(f) = &self.kind {
+            *f.lower_read_fd.lock() = std::sync::Weak::new();
+        }
+    }
+
+    /// The top object's xattr names: the cached list, else the one `list`
+    /// returns (cached).
+    pub fn xattr_names(
+        &self,
+        list: impl FnOnce() -> std::io::Result<Vec<u8>>,
+    ) -> std::io::Result<Arc<Vec<u8>>> {
+        let mut cached = self.xattr_names.lock();
+        if let Some(l) = &*cached {
+            return Ok(Arc::clone(l));
+        }
+        let l = Arc::new(list()?);
+        *cached = Some(Arc::clone(&l));
+        Ok(l)
     }
 
     pub fn is_unlinked(&self) -> bool {
@@ -247,14 +368,14 @@ impl Inode {
                 s.reals = vec![upper];
             }
         }
-        *self.cache.xattr_names.lock() = None;
-        *self.cache.lower_read_fd.lock() = std::sync::Weak::new();
+        *self.xattr_names.lock() = None;
+        self.forget_lower_fd();
     }
 
     /// A metacopy's data was copied up: its lower file is no longer read.
     pub fn data_copied_up(&self) {
         self.state.write().reals.truncate(1);
-        *self.cache.lower_read_fd.lock() = std::sync::Weak::new();
+        self.forget_lower_fd();
     }
 
     /// Its last name in the upper is gone while the kernel may still hold
@@ -313,7 +434,7 @@ impl Inode {
     /// `name` in `parent` was found to lead to this inode (a non-directory
     /// can have several names).
     pub fn name_seen(&self, parent: u64, name: &std::ffi::OsStr) {
-        if self.is_dir || self.state.read().is_named(parent, name) {
+        if self.is_dir() || self.state.read().is_named(parent, name) {
             return;
         }
         let mut s = self.state.write();

@@ -5,7 +5,6 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use fuser::FileType;
@@ -15,7 +14,7 @@ use crate::dir::{self, MergedEntry};
 use crate::ids::{LayerMask, RealKey};
 use crate::inode::{Inode, RealEntry, ROOT_INO};
 use crate::layer_read;
-use crate::overlay::{errno, LayerFs};
+use crate::overlay::LayerFs;
 use crate::resolve::Resolved;
 use crate::sys;
 
@@ -49,9 +48,6 @@ impl DirPage {
         self.entries[index].cookie
     }
 }
-
-/// Listings kept per directory (the newest is the one served).
-const LISTINGS_KEPT: usize = 1;
 
 /// The readdir cookie of a name: a position that depends on the name only,
 /// so that an iteration resumed in a newer listing (the directory changed
@@ -87,25 +83,7 @@ impl LayerFs {
         &self,
         inode: &Inode,
     ) -> io::Result<(u64, Arc<Vec<DirEntryOut>>)> {
-        if !inode.is_dir {
-            return Err(errno(libc::ENOTDIR));
-        }
-        // Held while listing: concurrent readers of one directory wait for
-        // one listing instead of each making its own.
-        let mut cached = inode.cache.listings.lock();
-        let gen = inode.cache.listing_gen.load(Ordering::SeqCst);
-        if let Some((g, l)) = cached.front() {
-            if *g == gen {
-                return Ok((gen, Arc::clone(l)));
-            }
-        }
-        let l = Arc::new(self.list_dir(inode)?);
-        // A change that ran meanwhile makes this listing stale already.
-        if inode.cache.listing_gen.load(Ordering::SeqCst) == gen {
-            cached.push_front((gen, Arc::clone(&l)));
-            cached.truncate(LISTINGS_KEPT);
-        }
-        Ok((gen, l))
+        inode.listing(|| self.list_dir(inode))
     }
 
     /// The merged listing of a directory inode, `.` and `..` first.
@@ -202,7 +180,7 @@ impl LayerFs {
             }
             listings.push(entries);
         }
-        inode.cache.oci_clean.fetch_or(clean, Ordering::Relaxed);
+        inode.saw_oci_clean(clean);
         Ok(dir::merge_listings(listings))
     }
 

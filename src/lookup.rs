@@ -189,7 +189,7 @@ impl LayerFs {
     ) -> io::Result<(Arc<Inode>, FileAttr)> {
         check_name(name)?;
         let dir = self.inode(parent)?;
-        if !dir.is_dir {
+        if !dir.is_dir() {
             return Err(errno(libc::ENOTDIR));
         }
         if whiteout::is_oci_marker(name.as_bytes()) {
@@ -300,10 +300,7 @@ impl LayerFs {
         layers: LayerMask,
     ) -> io::Result<Resolved<Hit>> {
         let reals = dir.reals();
-        let clean = dir
-            .cache
-            .oci_clean
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let clean = dir.oci_clean();
         self.resolve_masked(&reals, name, clean, layers)
     }
 

@@ -453,7 +453,7 @@ impl LayerFs {
         newname: &OsStr,
     ) -> io::Result<(Arc<Inode>, FileAttr)> {
         let inode = self.inode(ino)?;
-        if inode.is_dir {
+        if inode.is_dir() {
             return Err(errno(libc::EPERM));
         }
         let src = self.copy_up(&inode)?;
@@ -525,7 +525,7 @@ impl LayerFs {
     /// Returns whether it copied `inode` up. Only a file not copied up yet
     /// is concerned: its name then lives below and nowhere above.
     fn index_before_removal(&self, inode: &Arc<Inode>) -> io::Result<bool> {
-        if inode.is_dir || self.upper_ctx()?.work.index_fd().is_none() {
+        if inode.is_dir() || self.upper_ctx()?.work.index_fd().is_none() {
             return Ok(false);
         }
         let top = inode.top();
@@ -576,7 +576,7 @@ impl LayerFs {
         let Some(r) = i.state().reals.first().cloned() else {
             return;
         };
-        if !self.is_upper(r.layer) || i.is_dir {
+        if !self.is_upper(r.layer) || i.is_dir() {
             return;
         }
         let same = match &r.fd {
@@ -599,7 +599,7 @@ impl LayerFs {
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> io::Result<()> {
         let dir = self.inode(parent)?;
         let child = self.child(parent, name)?;
-        if !child.is_dir {
+        if !child.is_dir() {
             return Err(errno(libc::ENOTDIR));
         }
         // Only "." and "..": empty.
@@ -736,7 +736,7 @@ impl LayerFs {
         samedir: bool,
     ) -> io::Result<()> {
         let up = self.upper_ctx()?;
-        if inode.is_dir && self.has_lower_parts(inode) {
+        if inode.is_dir() && self.has_lower_parts(inode) {
             if !self.creates_redirects()? {
                 // rename(2) callers copy instead (mv does).
                 return Err(errno(libc::EXDEV));
@@ -766,7 +766,7 @@ impl LayerFs {
         let top = self.copy_up(inode)?;
         let pu = self.upper_dir(dir)?;
         if let UpperSlot::Empty | UpperSlot::Whiteout = self.upper_slot(&pu, name)? {
-            if inode.is_dir {
+            if inode.is_dir() {
                 log::warn!("rename: directory {name:?} is not in the upper after its copy-up");
                 return Err(errno(libc::EIO));
             }
@@ -846,17 +846,17 @@ impl LayerFs {
                 return Ok(());
             }
             if !exchange {
-                if src.is_dir && !d.is_dir {
+                if src.is_dir() && !d.is_dir() {
                     return Err(errno(libc::ENOTDIR));
                 }
-                if !src.is_dir && d.is_dir {
+                if !src.is_dir() && d.is_dir() {
                     return Err(errno(libc::EISDIR));
                 }
             }
         }
         if !self.creates_redirects()? {
             // Checked before emptiness, in the kernel's order.
-            let immovable = |i: &Arc<Inode>| i.is_dir && self.has_lower_parts(i);
+            let immovable = |i: &Arc<Inode>| i.is_dir() && self.has_lower_parts(i);
             if immovable(&src) || (exchange && dst.as_ref().is_some_and(immovable)) {
                 return Err(errno(libc::EXDEV));
             }
@@ -867,21 +867,21 @@ impl LayerFs {
         // which fails with ENOTEMPTY after the source was copied up and
         // redirected, as in the kernel, whose upper then has those copies.
         let oci = self.upper_ctx()?.oci_whiteouts;
-        let checked = |d: &Arc<Inode>| d.is_dir && (oci || self.has_lower_parts(d));
+        let checked = |d: &Arc<Inode>| d.is_dir() && (oci || self.has_lower_parts(d));
         if let Some(d) = &dst {
             if !exchange && checked(d) && self.current_listing(d)?.1.len() > 2 {
                 return Err(errno(libc::ENOTEMPTY));
             }
         }
         if let Some(d) = &dst {
-            if !exchange && !d.is_dir {
+            if !exchange && !d.is_dir() {
                 self.index_before_removal(d)?;
             }
         }
         let src_lower = self.lower_positive(&sdir, name)?;
         // The object a rename may unlink, held open across it.
         let dst_held = match &dst {
-            Some(d) if !d.is_dir && !exchange => {
+            Some(d) if !d.is_dir() && !exchange => {
                 let top = d.top();
                 if self.is_upper(top.layer) {
                     top.fd.get().ok()
@@ -911,7 +911,7 @@ impl LayerFs {
             let mut slot = self.upper_slot(&dpu, newname)?;
             if let Some(d) = &dst {
                 let in_upper = matches!(slot, UpperSlot::Entry(..));
-                if !d.is_dir && !in_upper {
+                if !d.is_dir() && !in_upper {
                     // The target name lived only below: it disappears.
                     self.adjust_nlink_delta(d, -1)?;
                 }
@@ -940,7 +940,7 @@ impl LayerFs {
                     if src_lower {
                         self.make_whiteout(sfd.as_fd(), name, &sdir)?;
                     }
-                    if src.is_dir && !self.has_lower_parts(&src) {
+                    if src.is_dir() && !self.has_lower_parts(&src) {
                         let top = src.top();
                         make_oci_marker(
                             top.fd.get()?.as_fd(),
@@ -993,11 +993,11 @@ impl LayerFs {
         // directory must not merge with whatever the lower layers hold (or
         // a layer stacked below later will hold) under its new name: it is
         // made opaque, as kernel overlayfs does (`ovl_rename`).
-        if src.is_dir && !self.has_lower_parts(&src) && self.has_lower_parts(&ddir) {
+        if src.is_dir() && !self.has_lower_parts(&src) && self.has_lower_parts(&ddir) {
             self.set_opaque(&src)?;
         }
         if let Some(d) = &dst {
-            if exchange && d.is_dir && !self.has_lower_parts(d) && self.has_lower_parts(&sdir) {
+            if exchange && d.is_dir() && !self.has_lower_parts(d) && self.has_lower_parts(&sdir) {
                 self.set_opaque(d)?;
             }
         }
@@ -1012,7 +1012,7 @@ impl LayerFs {
         if let Some(d) = &dst {
             if exchange {
                 d.name_moved((newparent, newname), (parent, name));
-            } else if d.is_dir {
+            } else if d.is_dir() {
                 d.mark_unlinked();
             } else {
                 d.name_gone(newparent, newname);

@@ -87,15 +87,7 @@ impl LayerFs {
         let fd = if lower {
             // Lower files never change: one read-only fd serves every
             // read-only open of the file while any is open.
-            let mut cached = inode.cache.lower_read_fd.lock();
-            match cached.upgrade() {
-                Some(fd) => fd,
-                None => {
-                    let fd = Arc::new(sys::reopen(top.fd.get()?.as_fd(), libc::O_RDONLY)?);
-                    *cached = Arc::downgrade(&fd);
-                    fd
-                }
-            }
+            inode.shared_lower_fd(|| sys::reopen(top.fd.get()?.as_fd(), libc::O_RDONLY))?
         } else {
             let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_TRUNC;
             Arc::new(sys::reopen(

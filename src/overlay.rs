@@ -262,12 +262,12 @@ impl LayerFs {
     pub(crate) fn attr_of(&self, inode: &Inode) -> io::Result<FileAttr> {
         let (top, data) = {
             let s = inode.state();
-            let data = (!inode.is_dir)
+            let data = (!inode.is_dir())
                 .then(|| s.reals.get(1).map(|r| r.fd.clone()))
                 .flatten();
             (s.reals[0].fd.clone(), data)
         };
-        let merged = inode.is_dir && inode.state().reals.len() > 1;
+        let merged = inode.is_dir() && inode.state().reals.len() > 1;
         let st = sys::fstat(top.get()?.as_fd())?;
         let data_st = match data {
             Some(d) => Some(sys::fstat(d.get()?.as_fd())?),

@@ -58,17 +58,10 @@ impl LayerFs {
         if self.is_upper(top.layer) {
             return Ok(None);
         }
-        let mut cached = inode.cache.xattr_names.lock();
-        if let Some(l) = &*cached {
-            return Ok(Some(Arc::clone(l)));
-        }
-        let list = match sys::listxattr_fd(top.fd.get()?.as_fd()) {
-            Ok(l) => l,
-            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        let list = Arc::new(list);
-        *cached = Some(Arc::clone(&list));
+        let list = inode.xattr_names(|| match sys::listxattr_fd(top.fd.get()?.as_fd()) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(Vec::new()),
+            r => r,
+        })?;
         Ok(Some(list))
     }
 
