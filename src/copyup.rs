@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crate::ids::RealKey;
 use crate::inode::{Inode, RealEntry, RealFd};
 use crate::origin;
-use crate::overlay::{errno, LayerFs};
+use crate::overlay::{errno, LayerFs, UpperCtx};
 use crate::sys::{self, TimeSpec};
 use crate::whiteout::{self, DirMarks, XattrNs};
 use crate::workdir::Staged;
@@ -171,6 +171,156 @@ pub fn index_name(origin: &[u8]) -> std::ffi::OsString {
     s.into()
 }
 
+/// Everything building one copy needs, and nothing more: the upper's
+/// context, how to copy, and what the filesystem knows of the source.
+pub struct CopyJob<'a> {
+    pub upper: &'a UpperCtx,
+    pub mode: CopyMode,
+    /// Link the copy into the index (a lower file with several names).
+    pub indexed: bool,
+    /// The source's origin handle, kernel format (None where its
+    /// filesystem has no lasting handles).
+    pub origin: Option<Vec<u8>>,
+    /// Ids are squashed: an owner the upper cannot be given is no error.
+    pub ids_squashed: bool,
+}
+
+impl CopyJob<'_> {
+    fn chown(&self, fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+        match sys::fchown_fd(fd, uid, gid) {
+            Err(e) if self.ids_squashed && e.raw_os_error() == Some(libc::EPERM) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Records where an upper object came from, in the kernel's format.
+    /// Filesystems that cannot make file handles get no origin, as with
+    /// kernel overlayfs.
+    fn set_origin(&self, dst: BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
+        let up = self.upper;
+        if up.oci_whiteouts {
+            return Ok(None);
+        }
+        let Some(v) = self.origin.clone() else {
+            return Ok(None);
+        };
+        match sys::setxattr_fd(dst, &up.ns.name("origin"), &v, 0) {
+            // user.* xattrs are refused on symlinks and devices: such an
+            // upper simply has no origin, as with kernel userxattr mounts.
+            Err(e) if up.ns == XattrNs::User && e.raw_os_error() == Some(libc::EPERM) => Ok(None),
+            Err(e) => Err(e),
+            Ok(()) => Ok(Some(v)),
+        }
+    }
+}
+
+/// Builds the copy of `src` (whose stat is `st`) in the work directory
+/// and renames it to `name` in `parent_upper`; returns an O_PATH fd of
+/// the new object and whether it was linked into the index.
+fn stage_copy(
+    job: &CopyJob<'_>,
+    src: &RealEntry,
+    st: &sys::Stat,
+    parent_upper: BorrowedFd<'_>,
+    name: &OsStr,
+) -> io::Result<(OwnedFd, bool)> {
+    let (up, mode, indexed) = (job.upper, job.mode, job.indexed);
+    let work = &up.work;
+    let staged = Staged::new(work);
+    let fmt = st.st_mode & libc::S_IFMT;
+    let mut data_fd = None;
+    match fmt {
+        libc::S_IFREG => {
+            let dst = sys::openat(
+                work.fd(),
+                &staged.name,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                0o600,
+            )?;
+            match mode {
+                CopyMode::Full => {
+                    let srcf = sys::reopen(src.fd.get()?.as_fd(), libc::O_RDONLY)?;
+                    copy_data(srcf.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                    // Only copied data needs an fsync before the rename,
+                    // as with kernel overlayfs (metadata is journaled).
+                    if st.st_size > 0 {
+                        data_fd = Some(dst);
+                    }
+                }
+                // Same size, no blocks: reads go to the lower file.
+                CopyMode::MetaOnly => sys::ftruncate(dst.as_fd(), st.st_size as u64)?,
+                CopyMode::Truncated => {}
+            }
+        }
+        libc::S_IFDIR => sys::mkdirat(work.fd(), &staged.name, 0o700)?,
+        libc::S_IFLNK => {
+            let target = sys::readlink_fd(src.fd.get()?.as_fd())?;
+            sys::symlinkat(OsStr::from_bytes(&target), work.fd(), &staged.name)?;
+        }
+        _ => sys::mknodat(work.fd(), &staged.name, st.st_mode, st.st_rdev)?,
+    }
+    let fd = sys::openat(work.fd(), &staged.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+    // Owner first (chown clears setuid bits and capabilities), then
+    // xattrs, times, and the mode last, as kernel overlayfs: an
+    // unprivileged daemon may set `user.*` xattrs only on a file its
+    // mode lets it write (a 0400 lower file would fail its copy-up).
+    job.chown(fd.as_fd(), st.st_uid, st.st_gid)?;
+    // An upper without xattrs (OCI format) cannot keep them.
+    if !up.oci_whiteouts {
+        copy_xattrs(src.fd.get()?.as_fd(), fd.as_fd())?;
+    }
+    let origin = job.set_origin(fd.as_fd())?;
+    if mode == CopyMode::MetaOnly {
+        sys::setxattr_fd(fd.as_fd(), &up.ns.name("metacopy"), b"", 0)?;
+    }
+    sys::utimens_at(
+        fd.as_fd(),
+        OsStr::new(""),
+        time_of(st.st_atime, st.st_atime_nsec),
+        time_of(st.st_mtime, st.st_mtime_nsec),
+    )?;
+    if let Some(d) = &data_fd {
+        if up.fsync {
+            sys::fsync(d.as_fd(), false)?;
+        }
+    }
+    let index_at = match (indexed, origin, work.index_fd()) {
+        (true, Some(origin), Some(index)) => Some((origin, index)),
+        _ => None,
+    };
+    if index_at.is_some() {
+        // Overlay nlink = upper nlink + delta: the lower names all
+        // stay visible, while the upper inode gains the index link
+        // and the target name.
+        let delta = st.st_nlink as i64 - 2;
+        sys::setxattr_fd(
+            fd.as_fd(),
+            &up.ns.name("nlink"),
+            format!("U{delta:+}").as_bytes(),
+            0,
+        )?;
+    }
+    if fmt != libc::S_IFLNK {
+        sys::fchmod_fd(fd.as_fd(), st.st_mode & 0o7777)?;
+    }
+    let in_index = index_at.is_some();
+    if let Some((origin, index)) = index_at {
+        sys::link_fd(fd.as_fd(), index, &index_name(&origin))?;
+    }
+    // Kernel overlayfs keeps the parent's times across a copy-up: the
+    // directory did not change as the user sees it.
+    let pst = sys::fstat(parent_upper)?;
+    up.renames
+        .noreplace(work.fd(), &staged.name, parent_upper, name)?;
+    staged.commit();
+    let _ = sys::utimens_at(
+        parent_upper,
+        OsStr::new(""),
+        time_of(pst.st_atime, pst.st_atime_nsec),
+        time_of(pst.st_mtime, pst.st_mtime_nsec),
+    );
+    Ok((fd, in_index))
+}
 impl LayerFs {
     /// Ensures `inode` has an upper object with its data, and returns it.
     /// Directories get only the directory itself; their entries stay below.
@@ -232,14 +382,14 @@ impl LayerFs {
         // A lower file with several names goes through the index, so that
         // every name keeps reaching the one upper copy.
         let hardlinked = regular && st.st_nlink > 1 && mode != CopyMode::MetaOnly;
-        let (fd, indexed) = self.stage_copy(
-            &top,
-            &st,
-            parent_up.fd.get()?.as_fd(),
-            &name,
+        let job = CopyJob {
+            upper: self.upper_ctx()?,
             mode,
-            hardlinked,
-        )?;
+            indexed: hardlinked,
+            origin: self.origin_of(&top),
+            ids_squashed: self.opts.ids.squashed(),
+        };
+        let (fd, indexed) = stage_copy(&job, &top, &st, parent_up.fd.get()?.as_fd(), &name)?;
         let ust = sys::fstat(fd.as_fd())?;
         self.numbering.remember(RealKey::of(&ust), inode.st_ino);
         if indexed {
@@ -330,115 +480,6 @@ impl LayerFs {
         Ok(upper)
     }
 
-    /// Builds the copy of `src` in the work directory and renames it to
-    /// `name` in `parent_upper`; returns an O_PATH fd of the new object.
-    fn stage_copy(
-        &self,
-        src: &RealEntry,
-        st: &sys::Stat,
-        parent_upper: BorrowedFd<'_>,
-        name: &OsStr,
-        mode: CopyMode,
-        indexed: bool,
-    ) -> io::Result<(OwnedFd, bool)> {
-        let up = self.upper_ctx()?;
-        let work = &up.work;
-        let staged = Staged::new(work);
-        let fmt = st.st_mode & libc::S_IFMT;
-        let mut data_fd = None;
-        match fmt {
-            libc::S_IFREG => {
-                let dst = sys::openat(
-                    work.fd(),
-                    &staged.name,
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-                    0o600,
-                )?;
-                match mode {
-                    CopyMode::Full => {
-                        let srcf = sys::reopen(src.fd.get()?.as_fd(), libc::O_RDONLY)?;
-                        copy_data(srcf.as_fd(), dst.as_fd(), st.st_size as u64)?;
-                        // Only copied data needs an fsync before the rename,
-                        // as with kernel overlayfs (metadata is journaled).
-                        if st.st_size > 0 {
-                            data_fd = Some(dst);
-                        }
-                    }
-                    // Same size, no blocks: reads go to the lower file.
-                    CopyMode::MetaOnly => sys::ftruncate(dst.as_fd(), st.st_size as u64)?,
-                    CopyMode::Truncated => {}
-                }
-            }
-            libc::S_IFDIR => sys::mkdirat(work.fd(), &staged.name, 0o700)?,
-            libc::S_IFLNK => {
-                let target = sys::readlink_fd(src.fd.get()?.as_fd())?;
-                sys::symlinkat(OsStr::from_bytes(&target), work.fd(), &staged.name)?;
-            }
-            _ => sys::mknodat(work.fd(), &staged.name, st.st_mode, st.st_rdev)?,
-        }
-        let fd = sys::openat(work.fd(), &staged.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        // Owner first (chown clears setuid bits and capabilities), then
-        // xattrs, times, and the mode last, as kernel overlayfs: an
-        // unprivileged daemon may set `user.*` xattrs only on a file its
-        // mode lets it write (a 0400 lower file would fail its copy-up).
-        self.chown_upper(fd.as_fd(), st.st_uid, st.st_gid)?;
-        // An upper without xattrs (OCI format) cannot keep them.
-        if !up.oci_whiteouts {
-            copy_xattrs(src.fd.get()?.as_fd(), fd.as_fd())?;
-        }
-        let origin = self.set_origin(src, fd.as_fd())?;
-        if mode == CopyMode::MetaOnly {
-            sys::setxattr_fd(fd.as_fd(), &up.ns.name("metacopy"), b"", 0)?;
-        }
-        sys::utimens_at(
-            fd.as_fd(),
-            OsStr::new(""),
-            time_of(st.st_atime, st.st_atime_nsec),
-            time_of(st.st_mtime, st.st_mtime_nsec),
-        )?;
-        if let Some(d) = &data_fd {
-            if up.fsync {
-                sys::fsync(d.as_fd(), false)?;
-            }
-        }
-        let index_at = match (indexed, origin, work.index_fd()) {
-            (true, Some(origin), Some(index)) => Some((origin, index)),
-            _ => None,
-        };
-        if index_at.is_some() {
-            // Overlay nlink = upper nlink + delta: the lower names all
-            // stay visible, while the upper inode gains the index link
-            // and the target name.
-            let delta = st.st_nlink as i64 - 2;
-            sys::setxattr_fd(
-                fd.as_fd(),
-                &up.ns.name("nlink"),
-                format!("U{delta:+}").as_bytes(),
-                0,
-            )?;
-        }
-        if fmt != libc::S_IFLNK {
-            sys::fchmod_fd(fd.as_fd(), st.st_mode & 0o7777)?;
-        }
-        let in_index = index_at.is_some();
-        if let Some((origin, index)) = index_at {
-            sys::link_fd(fd.as_fd(), index, &index_name(&origin))?;
-        }
-        // Kernel overlayfs keeps the parent's times across a copy-up: the
-        // directory did not change as the user sees it.
-        let pst = sys::fstat(parent_upper)?;
-        up.renames
-            .noreplace(work.fd(), &staged.name, parent_upper, name)?;
-        staged.commit();
-        let _ = sys::utimens_at(
-            parent_upper,
-            OsStr::new(""),
-            time_of(pst.st_atime, pst.st_atime_nsec),
-            time_of(pst.st_mtime, pst.st_mtime_nsec),
-        );
-        Ok((fd, in_index))
-    }
-
     /// The origin value (kernel format) of a lower object, if its
     /// filesystem can make file handles.
     pub(crate) fn origin_of(&self, src: &RealEntry) -> Option<Vec<u8>> {
@@ -446,26 +487,6 @@ impl LayerFs {
         self.numbering.handles().root(src.layer)?;
         let handle = sys::name_to_handle(src.fd.get().ok()?.as_fd()).ok()?;
         origin::encode(&self.numbering.handles().uuid(src.layer), &handle)
-    }
-
-    /// Records where an upper object came from, in the kernel's format.
-    /// Filesystems that cannot make file handles get no origin, as with
-    /// kernel overlayfs.
-    fn set_origin(&self, src: &RealEntry, dst: BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
-        let up = self.upper_ctx()?;
-        if up.oci_whiteouts {
-            return Ok(None);
-        }
-        let Some(v) = self.origin_of(src) else {
-            return Ok(None);
-        };
-        match sys::setxattr_fd(dst, &up.ns.name("origin"), &v, 0) {
-            // user.* xattrs are refused on symlinks and devices: such an
-            // upper simply has no origin, as with kernel userxattr mounts.
-            Err(e) if up.ns == XattrNs::User && e.raw_os_error() == Some(libc::EPERM) => Ok(None),
-            Err(e) => Err(e),
-            Ok(()) => Ok(Some(v)),
-        }
     }
 
     /// Copies up the parent directory of a name operation: the upper dir
