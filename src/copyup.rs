@@ -54,11 +54,15 @@ pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> io::Resu
         }
     }
     if len <= SMALL_FILE {
-        // Too small for holes to matter: one copy, no extent walk.
-        copy_range(src, dst, 0, len)?;
-        return sys::ftruncate(dst, len);
+        // Too small for holes to matter: one copy, no extent walk; the
+        // size needs setting only if the source shrank meanwhile.
+        if copy_range(src, dst, 0, len)? < len {
+            return sys::ftruncate(dst, len);
+        }
+        return Ok(());
     }
     let mut off: u64 = 0;
+    let mut end: u64 = 0;
     while off < len {
         let data = match sys::lseek(src, off as i64, libc::SEEK_DATA) {
             Ok(d) => d as u64,
@@ -71,19 +75,25 @@ pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> io::Resu
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => len,
             Err(e) => return Err(e),
         };
-        copy_range(src, dst, data, hole)?;
+        end = copy_range(src, dst, data, hole)?;
         off = hole;
     }
-    sys::ftruncate(dst, len)
+    // A hole at the end (or a source that shrank) leaves the size short.
+    if end < len {
+        sys::ftruncate(dst, len)?;
+    }
+    Ok(())
 }
 
-fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut from: u64, to: u64) -> io::Result<()> {
+/// Copies bytes `from..to`; returns where the copy ended (short of `to`
+/// only if the source ended first).
+fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut from: u64, to: u64) -> io::Result<u64> {
     let mut fallback = false;
     while from < to {
         let chunk = ((to - from) as usize).min(1 << 30);
         if !fallback {
             match sys::copy_file_range(src, from, dst, from, chunk) {
-                Ok(0) => return Ok(()), // source shrank: nothing more to copy
+                Ok(0) => return Ok(from), // source shrank: nothing more to copy
                 Ok(n) => {
                     from += n as u64;
                     continue;
@@ -105,7 +115,7 @@ fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut from: u64, to: u64) 
         let mut buf = vec![0u8; chunk.min(1 << 20)];
         let n = sys::pread(src, &mut buf, from)?;
         if n == 0 {
-            return Ok(());
+            return Ok(from);
         }
         let mut done = 0;
         while done < n {
@@ -113,7 +123,7 @@ fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut from: u64, to: u64) 
         }
         from += n as u64;
     }
-    Ok(())
+    Ok(from)
 }
 
 /// Copies every xattr but overlay's private ones. A failure fails the
@@ -187,6 +197,11 @@ pub struct CopyJob<'a> {
 
 impl CopyJob<'_> {
     fn chown(&self, fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+        if self.upper.created_owner == Some((uid, gid)) {
+            // Made with that owner already (root-owned image files, as
+            // root): the chown would change nothing.
+            return Ok(());
+        }
         match sys::fchown_fd(fd, uid, gid) {
             Err(e) if self.ids_squashed && e.raw_os_error() == Some(libc::EPERM) => Ok(()),
             r => r,

@@ -85,6 +85,10 @@ pub struct UpperCtx {
     /// Whiteouts and opaque marks as OCI `.wh.` files (an upper with no
     /// xattrs: `Features::oci_format`).
     pub oci_whiteouts: bool,
+    /// The owner of what the daemon creates in the work dir (its own ids;
+    /// None where a setgid work dir gives its group instead): a copy
+    /// whose source has that owner needs no chown.
+    pub created_owner: Option<(u32, u32)>,
 }
 
 /// The whole filesystem state, shared by every worker thread.
@@ -136,6 +140,10 @@ impl LayerFs {
                 xattr_whiteouts: !work.features().oci_format()
                     && (opts.xattr_whiteouts || !work.features().whiteout_mknod),
                 oci_whiteouts: work.features().oci_format(),
+                created_owner: sys::fstat(work.fd())
+                    .ok()
+                    .filter(|st| st.st_mode & libc::S_ISGID == 0)
+                    .map(|_| (sys::geteuid(), sys::getegid())),
                 work,
                 fsync: opts.fsync,
             }),
