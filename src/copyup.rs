@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::ids::RealKey;
+use crate::ids::{NodeId, RealKey};
 use crate::inode::{Inode, RealEntry, RealFd};
 use crate::origin;
 use crate::overlay::{errno, LayerFs, UpperCtx};
@@ -445,7 +445,7 @@ impl LayerFs {
     /// lower tree recurses one level only: a recursion as deep as the tree
     /// (10,000 levels in a hostile image) would overflow the worker
     /// thread's stack and end the daemon.
-    fn copy_up_ancestors(&self, ino: u64) -> io::Result<()> {
+    fn copy_up_ancestors(&self, ino: NodeId) -> io::Result<()> {
         let up = self.upper_ctx()?;
         let mut missing = Vec::new();
         let mut cur = ino;

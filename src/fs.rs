@@ -265,7 +265,7 @@ impl Filesystem for Fuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent.0, name) {
+        match self.fs.lookup(parent.into(), name) {
             Ok((_, attr)) => reply.entry(&self.ttl, &self.shown(attr), Generation(0)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 reply.entry(&self.ttl, &negative_entry(), Generation(0))
@@ -275,7 +275,7 @@ impl Filesystem for Fuse {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.forget(ino.0, nlookup);
+        self.fs.forget(ino.into(), nlookup);
         let n = self
             .forgets
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -285,25 +285,25 @@ impl Filesystem for Fuse {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
+        match self.fs.getattr(ino.into()) {
             Ok(attr) => reply.attr(&self.ttl, &self.shown(attr)),
             Err(e) => reply.error(errno("getattr", e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
+        match self.fs.readlink(ino.into()) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno("readlink", e)),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let opened = match self.fs.open(ino.0, self.open_flags(flags.0)) {
+        let opened = match self.fs.open(ino.into(), self.open_flags(flags.0)) {
             // A write-only file this daemon may not read: as asked, then
             // (partial pages are then written through, not cached).
             Err(e) if e.raw_os_error() == Some(libc::EACCES) && self.writeback => {
-                self.fs.open(ino.0, flags.0 & !libc::O_APPEND)
+                self.fs.open(ino.into(), flags.0 & !libc::O_APPEND)
             }
             r => r,
         };
@@ -312,7 +312,7 @@ impl Filesystem for Fuse {
                 // Without a writable upper nothing is ever copied up, so a
                 // lower file can pass through too.
                 let may_pass = !immutable || !self.fs.is_writable();
-                match self.serve_mode(ino.0, fh, may_pass, |fd| reply.open_backing(fd)) {
+                match self.serve_mode(ino.into(), fh, may_pass, |fd| reply.open_backing(fd)) {
                     Passthrough::Use(id) => {
                         reply.opened_passthrough(fh.into(), FopenFlags::FOPEN_NOFLUSH, &id)
                     }
@@ -376,7 +376,7 @@ impl Filesystem for Fuse {
             .map(|f| f.backing.get().is_some())
             .unwrap_or(false);
         self.fs.release(fh.into());
-        self.backings.released(ino.0, passthrough);
+        self.backings.released(ino.into(), passthrough);
         reply.ok();
     }
 
@@ -396,7 +396,7 @@ impl Filesystem for Fuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let page = match self.fs.readdir(ino.0, offset) {
+        let page = match self.fs.readdir(ino.into(), offset) {
             Ok(p) => p,
             Err(e) => return reply.error(errno("readdir", e)),
         };
@@ -416,7 +416,7 @@ impl Filesystem for Fuse {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let page = match self.fs.readdir(ino.0, offset) {
+        let page = match self.fs.readdir(ino.into(), offset) {
             Ok(p) => p,
             Err(e) => return reply.error(errno("readdirplus", e)),
         };
@@ -425,7 +425,7 @@ impl Filesystem for Fuse {
             let off = page.cookie_after(i);
             if e.name == "." || e.name == ".." {
                 // The kernel takes no reference for these two; any attrs do.
-                let mut attr = match self.fs.getattr(ino.0) {
+                let mut attr = match self.fs.getattr(ino.into()) {
                     Ok(a) => self.shown(a),
                     Err(err) => return reply.error(errno("readdirplus", err)),
                 };
@@ -445,7 +445,7 @@ impl Filesystem for Fuse {
             }
             // Each entry returned counts as a lookup; one that does not fit
             // in the buffer is given back at once.
-            let (inode, attr) = match self.fs.lookup_hinted(ino.0, &e.name, e.layers) {
+            let (inode, attr) = match self.fs.lookup_hinted(ino.into(), &e.name, e.layers) {
                 Ok(found) => found,
                 // Gone since the listing was made: not an entry any more.
                 Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
@@ -485,7 +485,7 @@ impl Filesystem for Fuse {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let value = self.fs.getxattr(ino.0, name).map(|mut v| {
+        let value = self.fs.getxattr(ino.into(), name).map(|mut v| {
             crate::idmap::map_acl(&self.fs.opts.ids, name.as_bytes(), &mut v, true);
             v
         });
@@ -493,7 +493,7 @@ impl Filesystem for Fuse {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.xattr_reply("listxattr", self.fs.listxattr(ino.0), size, reply);
+        self.xattr_reply("listxattr", self.fs.listxattr(ino.into()), size, reply);
     }
 
     fn setattr(
@@ -527,7 +527,7 @@ impl Filesystem for Fuse {
             // anyone but root stands for a caller without CAP_FSETID.
             kill_suidgid: (req.uid() != 0).then(|| self.caller(req).1),
         };
-        match self.fs.setattr(ino.0, a) {
+        match self.fs.setattr(ino.into(), a) {
             Ok(attr) => reply.attr(&self.ttl, &self.shown(attr)),
             Err(e) => reply.error(errno("setattr", e)),
         }
@@ -544,7 +544,7 @@ impl Filesystem for Fuse {
         reply: ReplyEntry,
     ) {
         let (uid, gid) = self.caller(req);
-        let r = self.fs.mknod(parent.0, name, mode, rdev, uid, gid);
+        let r = self.fs.mknod(parent.into(), name, mode, rdev, uid, gid);
         self.entry_reply("mknod", r.map(|(_, a)| a), reply);
     }
 
@@ -558,16 +558,16 @@ impl Filesystem for Fuse {
         reply: ReplyEntry,
     ) {
         let (uid, gid) = self.caller(req);
-        let r = self.fs.mkdir(parent.0, name, mode, uid, gid);
+        let r = self.fs.mkdir(parent.into(), name, mode, uid, gid);
         self.entry_reply("mkdir", r.map(|(_, a)| a), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty_reply("unlink", self.fs.unlink(parent.0, name), reply);
+        Self::empty_reply("unlink", self.fs.unlink(parent.into(), name), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty_reply("rmdir", self.fs.rmdir(parent.0, name), reply);
+        Self::empty_reply("rmdir", self.fs.rmdir(parent.into(), name), reply);
     }
 
     fn symlink(
@@ -581,7 +581,7 @@ impl Filesystem for Fuse {
         let (uid, gid) = self.caller(req);
         let r = self
             .fs
-            .symlink(parent.0, link_name, target.as_os_str(), uid, gid);
+            .symlink(parent.into(), link_name, target.as_os_str(), uid, gid);
         self.entry_reply("symlink", r.map(|(_, a)| a), reply);
     }
 
@@ -598,7 +598,7 @@ impl Filesystem for Fuse {
         Self::empty_reply(
             "rename",
             self.fs
-                .rename(parent.0, name, newparent.0, newname, flags.bits()),
+                .rename(parent.into(), name, newparent.into(), newname, flags.bits()),
             reply,
         );
     }
@@ -611,7 +611,7 @@ impl Filesystem for Fuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let r = self.fs.link(ino.0, newparent.0, newname);
+        let r = self.fs.link(ino.into(), newparent.into(), newname);
         self.entry_reply("link", r.map(|(_, a)| a), reply);
     }
 
@@ -633,7 +633,7 @@ impl Filesystem for Fuse {
         match self.fs.write(fh.into(), offset, data, kill) {
             Ok((n, killed)) => {
                 if killed {
-                    self.attributes_changed(ino.0);
+                    self.attributes_changed(ino.into());
                 }
                 reply.written(n)
             }
@@ -660,7 +660,7 @@ impl Filesystem for Fuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty_reply("fsyncdir", self.fs.fsyncdir(ino.0, datasync), reply);
+        Self::empty_reply("fsyncdir", self.fs.fsyncdir(ino.into(), datasync), reply);
     }
 
     fn setxattr(
@@ -675,17 +675,17 @@ impl Filesystem for Fuse {
     ) {
         let ids = &self.fs.opts.ids;
         let r = if ids.is_identity() {
-            self.fs.setxattr(ino.0, name, value, flags)
+            self.fs.setxattr(ino.into(), name, value, flags)
         } else {
             let mut value = value.to_vec();
             crate::idmap::map_acl(ids, name.as_bytes(), &mut value, false);
-            self.fs.setxattr(ino.0, name, &value, flags)
+            self.fs.setxattr(ino.into(), name, &value, flags)
         };
         Self::empty_reply("setxattr", r, reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty_reply("removexattr", self.fs.removexattr(ino.0, name), reply);
+        Self::empty_reply("removexattr", self.fs.removexattr(ino.into(), name), reply);
     }
 
     fn create(
@@ -701,11 +701,11 @@ impl Filesystem for Fuse {
         let (uid, gid) = self.caller(req);
         match self
             .fs
-            .create(parent.0, name, mode, self.open_flags(flags), uid, gid)
+            .create(parent.into(), name, mode, self.open_flags(flags), uid, gid)
         {
             Ok((_, attr, fh)) => {
                 let attr = self.shown(attr);
-                match self.serve_mode(attr.ino.0, fh, true, |fd| reply.open_backing(fd)) {
+                match self.serve_mode(attr.ino.into(), fh, true, |fd| reply.open_backing(fd)) {
                     Passthrough::Use(id) => reply.created_passthrough(
                         &self.ttl,
                         &attr,

@@ -1,10 +1,44 @@
 //! Types for the id domains, so that one cannot stand for another: the
-//! identity of a real object, the open-file handles given to the kernel,
-//! and sets of layers. Node ids and inode numbers are the kernel's
-//! `fuser::INodeNo` at the FUSE boundary (`fs.rs`).
+//! kernel's node ids, the identity of a real object, the open-file handles
+//! given to the kernel, and sets of layers. Each converts from and to
+//! fuser's types once, at the FUSE boundary (`fs.rs`).
 
 use crate::layers::LayerIdx;
 use crate::sys::Stat;
+
+/// A node id: how the kernel names an inode in every request. It is the
+/// inode number the node shows (see `numbering.rs`), except for the root,
+/// whose id is always 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u64);
+
+impl NodeId {
+    pub const ROOT: NodeId = NodeId(1);
+
+    /// The node of an object other than the root is named by the inode
+    /// number it shows: the kernel then answers stat with the node id.
+    pub fn of_number(number: u64) -> NodeId {
+        NodeId(number)
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<fuser::INodeNo> for NodeId {
+    fn from(n: fuser::INodeNo) -> Self {
+        NodeId(n.0)
+    }
+}
+
+impl From<NodeId> for fuser::INodeNo {
+    fn from(n: NodeId) -> Self {
+        fuser::INodeNo(n.0)
+    }
+}
 
 /// A real object's identity: (st_dev, st_ino) on its filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -34,11 +34,12 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
+use crate::ids::NodeId;
 use crate::layers::LayerIdx;
 use crate::whiteout::DirMarks;
 
 /// The FUSE root node id.
-pub const ROOT_INO: u64 = 1;
+pub const ROOT_INO: NodeId = NodeId::ROOT;
 
 /// How an inode reaches one real object.
 #[derive(Debug, Clone)]
@@ -105,18 +106,18 @@ pub struct InodeState {
     /// a directory has one per contributing layer.
     pub reals: Vec<RealEntry>,
     /// One name it is reachable by: its parent's node id and its name there.
-    pub parent: u64,
+    pub parent: NodeId,
     pub name: OsString,
     /// The other names a non-directory with several links is known by
     /// (lower hardlinks, links made through the mount). Copy-up places the
     /// copy at a name that still exists, so when one name goes, another
     /// takes its place.
-    pub other_names: Vec<(u64, OsString)>,
+    pub other_names: Vec<(NodeId, OsString)>,
 }
 
 impl InodeState {
     /// A state reachable by one name.
-    pub fn new(reals: Vec<RealEntry>, parent: u64, name: &std::ffi::OsStr) -> InodeState {
+    pub fn new(reals: Vec<RealEntry>, parent: NodeId, name: &std::ffi::OsStr) -> InodeState {
         InodeState {
             reals,
             parent,
@@ -125,7 +126,7 @@ impl InodeState {
         }
     }
 
-    fn is_named(&self, parent: u64, name: &std::ffi::OsStr) -> bool {
+    fn is_named(&self, parent: NodeId, name: &std::ffi::OsStr) -> bool {
         (self.parent == parent && self.name == name)
             || self
                 .other_names
@@ -149,7 +150,7 @@ pub enum DirMark {
 #[derive(Debug)]
 pub struct Inode {
     /// FUSE node id.
-    pub ino: u64,
+    pub ino: NodeId,
     /// The number shown as st_ino (differs from `ino` only for the root).
     pub st_ino: u64,
     /// A directory or not, with what only that kind keeps.
@@ -211,7 +212,7 @@ const LISTINGS_KEPT: usize = 1;
 const NO_DELTA: i64 = i64::MIN;
 
 impl Inode {
-    pub fn new(ino: u64, st_ino: u64, is_dir: bool, state: InodeState) -> Inode {
+    pub fn new(ino: NodeId, st_ino: u64, is_dir: bool, state: InodeState) -> Inode {
         let kind = if is_dir {
             NodeKind::Dir(DirState::default())
         } else {
@@ -433,7 +434,7 @@ impl Inode {
 
     /// `name` in `parent` was found to lead to this inode (a non-directory
     /// can have several names).
-    pub fn name_seen(&self, parent: u64, name: &std::ffi::OsStr) {
+    pub fn name_seen(&self, parent: NodeId, name: &std::ffi::OsStr) {
         if self.is_dir() || self.state.read().is_named(parent, name) {
             return;
         }
@@ -445,7 +446,7 @@ impl Inode {
 
     /// `name` in `parent` no longer leads to this inode: another of its
     /// names, if it has one, becomes the one it is reached by.
-    pub fn name_gone(&self, parent: u64, name: &std::ffi::OsStr) {
+    pub fn name_gone(&self, parent: NodeId, name: &std::ffi::OsStr) {
         let mut s = self.state.write();
         if s.parent == parent && s.name == name {
             if let Some((p, n)) = s.other_names.pop() {
@@ -458,7 +459,7 @@ impl Inode {
     }
 
     /// The name `from` of this inode is now `to` (a rename).
-    pub fn name_moved(&self, from: (u64, &std::ffi::OsStr), to: (u64, &std::ffi::OsStr)) {
+    pub fn name_moved(&self, from: (NodeId, &std::ffi::OsStr), to: (NodeId, &std::ffi::OsStr)) {
         let mut s = self.state.write();
         let to_owned = (to.0, to.1.to_os_string());
         if let Some(other) = s
@@ -505,7 +506,7 @@ impl Inode {
 /// Sharded map of live inodes, plus the fallback numbering.
 #[derive(Debug)]
 pub struct InodeTable {
-    map: DashMap<u64, Arc<Inode>>,
+    map: DashMap<NodeId, Arc<Inode>>,
 }
 
 impl InodeTable {
@@ -515,13 +516,13 @@ impl InodeTable {
         InodeTable { map }
     }
 
-    pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
+    pub fn get(&self, ino: NodeId) -> Option<Arc<Inode>> {
         self.map.get(&ino).map(|r| Arc::clone(r.value()))
     }
 
     /// Returns the live inode with node id `ino`, or inserts the one `make`
     /// builds, and adds one lookup reference either way.
-    pub fn lookup_insert(&self, ino: u64, make: impl FnOnce() -> Inode) -> Arc<Inode> {
+    pub fn lookup_insert(&self, ino: NodeId, make: impl FnOnce() -> Inode) -> Arc<Inode> {
         match self.map.entry(ino) {
             Entry::Occupied(e) => {
                 let inode = Arc::clone(e.get());
@@ -539,7 +540,7 @@ impl InodeTable {
 
     /// Drops `n` lookup references; the inode leaves the table when none is
     /// left. The root is never removed.
-    pub fn forget(&self, ino: u64, n: u64) {
+    pub fn forget(&self, ino: NodeId, n: u64) {
         if ino == ROOT_INO {
             return;
         }
@@ -565,6 +566,10 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
 
+    fn n(id: u64) -> NodeId {
+        NodeId(id)
+    }
+
     fn state() -> InodeState {
         let fd = std::fs::File::open("/").unwrap();
         InodeState::new(
@@ -578,7 +583,7 @@ mod tests {
         )
     }
 
-    fn names(i: &Inode) -> (u64, OsString, Vec<(u64, OsString)>) {
+    fn names(i: &Inode) -> (NodeId, OsString, Vec<(NodeId, OsString)>) {
         let s = i.state.read();
         (s.parent, s.name.clone(), s.other_names.clone())
     }
@@ -586,31 +591,31 @@ mod tests {
     #[test]
     fn names_of_a_hardlink_follow_unlink_and_rename() {
         use std::ffi::OsStr;
-        let i = Inode::new(10, 10, false, state());
+        let i = Inode::new(n(10), 10, false, state());
         i.name_seen(ROOT_INO, OsStr::new("x"));
-        i.name_seen(5, OsStr::new("y"));
-        i.name_seen(5, OsStr::new("y"));
-        assert_eq!(names(&i), (ROOT_INO, "x".into(), vec![(5, "y".into())]));
+        i.name_seen(n(5), OsStr::new("y"));
+        i.name_seen(n(5), OsStr::new("y"));
+        assert_eq!(names(&i), (ROOT_INO, "x".into(), vec![(n(5), "y".into())]));
         // The primary name goes: the other one takes its place.
         i.name_gone(ROOT_INO, OsStr::new("x"));
-        assert_eq!(names(&i), (5, "y".into(), vec![]));
-        i.name_seen(6, OsStr::new("z"));
-        i.name_moved((6, OsStr::new("z")), (7, OsStr::new("w")));
-        assert_eq!(names(&i), (5, "y".into(), vec![(7, "w".into())]));
-        i.name_moved((5, OsStr::new("y")), (8, OsStr::new("v")));
-        assert_eq!(names(&i), (8, "v".into(), vec![(7, "w".into())]));
+        assert_eq!(names(&i), (n(5), "y".into(), vec![]));
+        i.name_seen(n(6), OsStr::new("z"));
+        i.name_moved((n(6), OsStr::new("z")), (n(7), OsStr::new("w")));
+        assert_eq!(names(&i), (n(5), "y".into(), vec![(n(7), "w".into())]));
+        i.name_moved((n(5), OsStr::new("y")), (n(8), OsStr::new("v")));
+        assert_eq!(names(&i), (n(8), "v".into(), vec![(n(7), "w".into())]));
         // Renamed onto its other name: one name is left.
-        i.name_moved((8, OsStr::new("v")), (7, OsStr::new("w")));
-        assert_eq!(names(&i), (7, "w".into(), vec![]));
+        i.name_moved((n(8), OsStr::new("v")), (n(7), OsStr::new("w")));
+        assert_eq!(names(&i), (n(7), "w".into(), vec![]));
         // Its last name gone: it keeps the stale one (nothing reaches it).
-        i.name_gone(7, OsStr::new("w"));
+        i.name_gone(n(7), OsStr::new("w"));
         assert_eq!(names(&i).1, OsString::from("w"));
     }
 
     #[test]
     fn directories_have_one_name() {
-        let i = Inode::new(10, 10, true, state());
-        i.name_seen(5, std::ffi::OsStr::new("y"));
+        let i = Inode::new(n(10), 10, true, state());
+        i.name_seen(n(5), std::ffi::OsStr::new("y"));
         assert!(names(&i).2.is_empty());
     }
 
@@ -621,16 +626,16 @@ mod tests {
     #[test]
     fn lookups_and_forget() {
         let t = table();
-        let a = t.lookup_insert(10, || Inode::new(10, 10, false, state()));
-        let b = t.lookup_insert(10, || panic!("must reuse the live inode"));
+        let a = t.lookup_insert(n(10), || Inode::new(n(10), 10, false, state()));
+        let b = t.lookup_insert(n(10), || panic!("must reuse the live inode"));
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(a.lookup_count(), 2);
-        t.forget(10, 1);
-        assert!(t.get(10).is_some());
-        t.forget(10, 1);
-        assert!(t.get(10).is_none());
+        t.forget(n(10), 1);
+        assert!(t.get(n(10)).is_some());
+        t.forget(n(10), 1);
+        assert!(t.get(n(10)).is_none());
         // A count that reached zero never comes back: a new lookup builds a new inode.
-        let c = t.lookup_insert(10, || Inode::new(10, 10, false, state()));
+        let c = t.lookup_insert(n(10), || Inode::new(n(10), 10, false, state()));
         assert!(!Arc::ptr_eq(&a, &c));
         assert_eq!(c.lookup_count(), 1);
     }
@@ -638,9 +643,9 @@ mod tests {
     #[test]
     fn batch_forget_more_than_held_removes() {
         let t = table();
-        t.lookup_insert(11, || Inode::new(11, 11, false, state()));
-        t.forget(11, 5);
-        assert!(t.get(11).is_none());
+        t.lookup_insert(n(11), || Inode::new(n(11), 11, false, state()));
+        t.forget(n(11), 5);
+        assert!(t.get(n(11)).is_none());
         t.forget(ROOT_INO, 100);
         assert!(t.get(ROOT_INO).is_some());
     }
@@ -653,8 +658,8 @@ mod tests {
                 let t = Arc::clone(&t);
                 std::thread::spawn(move || {
                     for _ in 0..2000 {
-                        t.lookup_insert(20, || Inode::new(20, 20, false, state()));
-                        t.forget(20, 1);
+                        t.lookup_insert(n(20), || Inode::new(n(20), 20, false, state()));
+                        t.forget(n(20), 1);
                     }
                 })
             })
@@ -662,7 +667,7 @@ mod tests {
         for th in threads {
             th.join().unwrap();
         }
-        assert!(t.get(20).is_none());
+        assert!(t.get(n(20)).is_none());
         assert_eq!(t.len(), 1);
     }
 }

@@ -11,7 +11,7 @@ use fuser::FileType;
 
 use crate::attr;
 use crate::dir::{self, MergedEntry};
-use crate::ids::{LayerMask, RealKey};
+use crate::ids::{LayerMask, NodeId, RealKey};
 use crate::inode::{Inode, RealEntry, ROOT_INO};
 use crate::layer_read;
 use crate::overlay::LayerFs;
@@ -192,7 +192,7 @@ impl LayerFs {
     /// gives each name at most once per iteration however much the
     /// directory changes meanwhile (snapshots kept by generation ran out
     /// under load, and resuming by index then repeated names).
-    pub fn readdir(&self, ino: u64, offset: u64) -> io::Result<DirPage> {
+    pub fn readdir(&self, ino: NodeId, offset: u64) -> io::Result<DirPage> {
         let inode = self.inode(ino)?;
         let (_, entries) = self.current_listing(&inode)?;
         let start = match offset {

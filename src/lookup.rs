@@ -11,7 +11,7 @@ use std::sync::Arc;
 use fuser::FileAttr;
 
 use crate::attr;
-use crate::ids::{LayerMask, RealKey};
+use crate::ids::{LayerMask, NodeId, RealKey};
 use crate::inode::{Inode, InodeState, RealEntry, RealFd};
 use crate::layer_read::{probe_layer, probe_layer_with, read_redirect, Hit};
 use crate::layers::LayerIdx;
@@ -174,7 +174,7 @@ impl LayerFs {
 
     /// Looks `name` up in directory `parent`; on success the returned inode
     /// carries one more lookup reference, which the kernel will forget.
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<(Arc<Inode>, FileAttr)> {
+    pub fn lookup(&self, parent: NodeId, name: &OsStr) -> io::Result<(Arc<Inode>, FileAttr)> {
         self.lookup_hinted(parent, name, LayerMask::ALL)
     }
 
@@ -183,7 +183,7 @@ impl LayerFs {
     /// layers never change, so the hint stays true.
     pub fn lookup_hinted(
         &self,
-        parent: u64,
+        parent: NodeId,
         name: &OsStr,
         layers: LayerMask,
     ) -> io::Result<(Arc<Inode>, FileAttr)> {
@@ -257,7 +257,7 @@ impl LayerFs {
         // live inode of the other object, with its content.
         if self
             .inodes
-            .get(number)
+            .get(NodeId::of_number(number))
             .is_some_and(|i| i.is_unlinked() || !is_same_object(&i, top))
         {
             number = self.numbering.fresh_number();
@@ -265,7 +265,7 @@ impl LayerFs {
         }
         let data_st = (!is_dir && hits.len() > 1).then(|| &hits[1].st);
         let attr = attr::compose(top, number, is_dir && hits.len() > 1, delta, data_st);
-        let inode = self.inodes.lookup_insert(number, || {
+        let inode = self.inodes.lookup_insert(NodeId::of_number(number), || {
             let reals = hits
                 .into_iter()
                 .map(|h| RealEntry {
@@ -281,7 +281,12 @@ impl LayerFs {
                     marks: h.marks,
                 })
                 .collect();
-            let inode = Inode::new(number, number, is_dir, InodeState::new(reals, parent, name));
+            let inode = Inode::new(
+                NodeId::of_number(number),
+                number,
+                is_dir,
+                InodeState::new(reals, parent, name),
+            );
             inode.set_nlink_delta(delta);
             inode
         });
@@ -478,13 +483,13 @@ impl LayerFs {
         Ok((probe_layer(&cur, OsStr::from_bytes(last), more)?, stop))
     }
 
-    pub fn forget(&self, ino: u64, n: u64) {
+    pub fn forget(&self, ino: NodeId, n: u64) {
         self.inodes.forget(ino, n);
     }
 
     /// Looks a child up for a name operation, without keeping a reference
     /// (the kernel holds its own on a child it operates on).
-    pub(crate) fn child(&self, parent: u64, name: &OsStr) -> io::Result<Arc<Inode>> {
+    pub(crate) fn child(&self, parent: NodeId, name: &OsStr) -> io::Result<Arc<Inode>> {
         let (inode, _) = self.lookup(parent, name)?;
         self.inodes.forget(inode.ino, 1);
         Ok(inode)

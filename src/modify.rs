@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use fuser::FileAttr;
 
 use crate::copyup::CopyMode;
-use crate::ids::FileHandle;
+use crate::ids::{FileHandle, NodeId};
 use crate::overlay::LayerFs;
 use crate::sys::{self, TimeSpec};
 
@@ -64,7 +64,7 @@ impl LayerFs {
         }
     }
 
-    pub fn setattr(&self, ino: u64, a: SetAttr) -> io::Result<FileAttr> {
+    pub fn setattr(&self, ino: NodeId, a: SetAttr) -> io::Result<FileAttr> {
         let inode = self.inode(ino)?;
         let up = match a.size {
             Some(0) => self.copy_up_with(&inode, CopyMode::Truncated)?,
@@ -141,7 +141,7 @@ impl LayerFs {
         sys::fsync(file.fd.as_fd(), datasync)
     }
 
-    pub fn fsyncdir(&self, ino: u64, datasync: bool) -> io::Result<()> {
+    pub fn fsyncdir(&self, ino: NodeId, datasync: bool) -> io::Result<()> {
         if !self.opts.fsync {
             return Ok(());
         }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use fuser::FileAttr;
 
-use crate::ids::{FileHandle, RealKey};
+use crate::ids::{FileHandle, NodeId, RealKey};
 use crate::inode::{DirMark, Inode, InodeState, RealEntry, ROOT_INO};
 use crate::layer_read::UpperSlot;
 use crate::lookup::check_name;
@@ -296,7 +296,7 @@ impl LayerFs {
     /// its one real object without a full lookup. Takes a lookup reference.
     fn new_upper_inode(
         &self,
-        parent: u64,
+        parent: NodeId,
         name: &OsStr,
         path: OwnedFd,
     ) -> io::Result<(Arc<Inode>, FileAttr)> {
@@ -310,7 +310,7 @@ impl LayerFs {
         let key = RealKey::of(&st);
         self.numbering.forget(key);
         let mut number = self.number_for(key);
-        if let Some(old) = self.inodes.get(number) {
+        if let Some(old) = self.inodes.get(NodeId::of_number(number)) {
             // Whatever the kernel still holds under this number is not the
             // object just made: it was deleted (perhaps behind the node's
             // back, as whiteouts inside a removed directory are), so it
@@ -320,9 +320,9 @@ impl LayerFs {
             self.numbering.remember(key, number);
         }
         let attr = crate::attr::from_stat(&st, number, false);
-        let inode = self.inodes.lookup_insert(number, || {
+        let inode = self.inodes.lookup_insert(NodeId::of_number(number), || {
             Inode::new(
-                number,
+                NodeId::of_number(number),
                 number,
                 is_dir,
                 InodeState::new(
@@ -354,7 +354,7 @@ impl LayerFs {
 
     pub fn create(
         &self,
-        parent: u64,
+        parent: NodeId,
         name: &OsStr,
         mode: u32,
         flags: i32,
@@ -381,7 +381,7 @@ impl LayerFs {
 
     pub fn mknod(
         &self,
-        parent: u64,
+        parent: NodeId,
         name: &OsStr,
         mode: u32,
         rdev: u32,
@@ -410,7 +410,7 @@ impl LayerFs {
 
     pub fn mkdir(
         &self,
-        parent: u64,
+        parent: NodeId,
         name: &OsStr,
         mode: u32,
         uid: u32,
@@ -431,7 +431,7 @@ impl LayerFs {
 
     pub fn symlink(
         &self,
-        parent: u64,
+        parent: NodeId,
         name: &OsStr,
         target: &OsStr,
         uid: u32,
@@ -448,8 +448,8 @@ impl LayerFs {
 
     pub fn link(
         &self,
-        ino: u64,
-        newparent: u64,
+        ino: NodeId,
+        newparent: NodeId,
         newname: &OsStr,
     ) -> io::Result<(Arc<Inode>, FileAttr)> {
         let inode = self.inode(ino)?;
@@ -465,7 +465,7 @@ impl LayerFs {
         self.lookup(newparent, newname)
     }
 
-    pub fn unlink(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+    pub fn unlink(&self, parent: NodeId, name: &OsStr) -> io::Result<()> {
         let dir = self.inode(parent)?;
         let pu = self.upper_dir(&dir)?;
         dir.dir_changed();
@@ -545,7 +545,7 @@ impl LayerFs {
     pub(crate) fn link_name_up(
         &self,
         target: BorrowedFd<'_>,
-        parent: u64,
+        parent: NodeId,
         name: &OsStr,
     ) -> io::Result<()> {
         let dir = self.inode(parent)?;
@@ -563,7 +563,7 @@ impl LayerFs {
     /// kernel holds one.
     fn live_inode_of(&self, st: &sys::Stat) -> Option<Arc<Inode>> {
         let n = self.number_for(RealKey::of(st));
-        self.inodes.get(n)
+        self.inodes.get(NodeId::of_number(n))
     }
 
     /// The last name of the upper object `st` is gone: its number must not
@@ -596,7 +596,7 @@ impl LayerFs {
         }
     }
 
-    pub fn rmdir(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+    pub fn rmdir(&self, parent: NodeId, name: &OsStr) -> io::Result<()> {
         let dir = self.inode(parent)?;
         let child = self.child(parent, name)?;
         if !child.is_dir() {
@@ -811,9 +811,9 @@ impl LayerFs {
 
     pub fn rename(
         &self,
-        parent: u64,
+        parent: NodeId,
         name: &OsStr,
-        newparent: u64,
+        newparent: NodeId,
         newname: &OsStr,
         flags: u32,
     ) -> io::Result<()> {

@@ -107,7 +107,7 @@ impl Numbering {
             return *n;
         }
         match layers.xino(key.dev, key.ino) {
-            Some(n) if n != ROOT_INO && n != 0 => n,
+            Some(n) if n != ROOT_INO.0 && n != 0 => n,
             _ => self.fallback_number(key),
         }
     }

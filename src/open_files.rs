@@ -9,7 +9,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::copyup::CopyMode;
-use crate::ids::FileHandle;
+use crate::ids::{FileHandle, NodeId};
 use crate::overlay::{errno, LayerFs};
 use crate::sys;
 
@@ -68,7 +68,7 @@ impl LayerFs {
     /// Opens a regular file, copying it up first when opened for writing.
     /// Returns the handle and whether its content is immutable (a lower
     /// file), so the kernel may keep its page cache.
-    pub fn open(&self, ino: u64, flags: i32) -> io::Result<(FileHandle, bool)> {
+    pub fn open(&self, ino: NodeId, flags: i32) -> io::Result<(FileHandle, bool)> {
         let inode = self.inode(ino)?;
         let wants_write = (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let top = if wants_write {

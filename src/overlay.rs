@@ -14,7 +14,7 @@ use std::time::Duration;
 use fuser::FileAttr;
 
 use crate::attr;
-use crate::ids::RealKey;
+use crate::ids::{NodeId, RealKey};
 use crate::inode::{Inode, InodeState, InodeTable, RealEntry, RealFd, ROOT_INO};
 use crate::layer_read::read_dir_marks;
 use crate::layers::{LayerIdx, LayerStack};
@@ -150,7 +150,7 @@ impl LayerFs {
             _ => None,
         };
         let top = sys::fstat(reals[0].fd.get()?.as_fd())?;
-        let st_ino = layers.xino(top.st_dev, top.st_ino).unwrap_or(ROOT_INO);
+        let st_ino = layers.xino(top.st_dev, top.st_ino).unwrap_or(ROOT_INO.0);
         let root = Inode::new(
             ROOT_INO,
             st_ino,
@@ -183,15 +183,15 @@ impl LayerFs {
     /// Drops the kernel's cached attributes of node `ino` after a change
     /// it cannot see (only an attribute-only invalidation: no page or
     /// inode locks are taken, so it is safe inside a request).
-    pub(crate) fn attributes_changed(&self, ino: u64) {
+    pub(crate) fn attributes_changed(&self, ino: NodeId) {
         if let Some(n) = self.notifier.get() {
-            if let Err(e) = n.inval_inode(fuser::INodeNo(ino), -1, 0) {
+            if let Err(e) = n.inval_inode(ino.into(), -1, 0) {
                 log::debug!("inval_inode {ino}: {e}");
             }
         }
     }
 
-    pub(crate) fn inode(&self, ino: u64) -> io::Result<Arc<Inode>> {
+    pub(crate) fn inode(&self, ino: NodeId) -> io::Result<Arc<Inode>> {
         self.inodes.get(ino).ok_or_else(|| errno(libc::ESTALE))
     }
 
@@ -292,12 +292,12 @@ impl LayerFs {
 
     // ---- lookup -------------------------------------------------------
 
-    pub fn getattr(&self, ino: u64) -> io::Result<FileAttr> {
+    pub fn getattr(&self, ino: NodeId) -> io::Result<FileAttr> {
         let inode = self.inode(ino)?;
         self.attr_of(&inode)
     }
 
-    pub fn readlink(&self, ino: u64) -> io::Result<Vec<u8>> {
+    pub fn readlink(&self, ino: NodeId) -> io::Result<Vec<u8>> {
         let inode = self.inode(ino)?;
         sys::readlink_fd(inode.top().fd.get()?.as_fd())
     }

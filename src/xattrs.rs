@@ -9,13 +9,14 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
+use crate::ids::NodeId;
 use crate::inode::Inode;
 use crate::overlay::{errno, LayerFs};
 use crate::sys;
 use crate::whiteout;
 
 impl LayerFs {
-    pub fn getxattr(&self, ino: u64, name: &OsStr) -> io::Result<Vec<u8>> {
+    pub fn getxattr(&self, ino: NodeId, name: &OsStr) -> io::Result<Vec<u8>> {
         if whiteout::is_private_xattr(name.as_bytes()) {
             return Err(errno(libc::ENODATA));
         }
@@ -40,7 +41,7 @@ impl LayerFs {
         }
     }
 
-    pub fn listxattr(&self, ino: u64) -> io::Result<Vec<u8>> {
+    pub fn listxattr(&self, ino: NodeId) -> io::Result<Vec<u8>> {
         let inode = self.inode(ino)?;
         let list = match self.lower_xattr_names(&inode)? {
             Some(l) => l,
@@ -65,7 +66,7 @@ impl LayerFs {
         Ok(Some(list))
     }
 
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    pub fn setxattr(&self, ino: NodeId, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
         if whiteout::is_private_xattr(name.as_bytes()) {
             return Err(errno(libc::EPERM));
         }
@@ -74,7 +75,7 @@ impl LayerFs {
         sys::setxattr_fd(up.fd.get()?.as_fd(), &sys::cstr(name)?, value, flags)
     }
 
-    pub fn removexattr(&self, ino: u64, name: &OsStr) -> io::Result<()> {
+    pub fn removexattr(&self, ino: NodeId, name: &OsStr) -> io::Result<()> {
         if whiteout::is_private_xattr(name.as_bytes()) {
             return Err(errno(libc::ENODATA));
         }

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use fuser::{FileAttr, FileType};
+use layerfs::ids::NodeId;
 use layerfs::inode::ROOT_INO;
 use layerfs::modify::SetAttr;
 use layerfs::{FsOptions, LayerFs, LayerStack, WorkDir};
@@ -220,14 +221,16 @@ fn walk(fs: &LayerFs, path: &str) -> io::Result<FileAttr> {
 }
 
 /// The node id of a path (its parent's, for a name to make).
-fn ino(fs: &LayerFs, path: &str) -> u64 {
+fn ino(fs: &LayerFs, path: &str) -> NodeId {
     if path.is_empty() {
         return ROOT_INO;
     }
-    walk(fs, path)
-        .unwrap_or_else(|e| panic!("lookup {path}: {e}"))
-        .ino
-        .0
+    NodeId(
+        walk(fs, path)
+            .unwrap_or_else(|e| panic!("lookup {path}: {e}"))
+            .ino
+            .0,
+    )
 }
 
 fn split(path: &str) -> (&str, &str) {
@@ -739,7 +742,7 @@ fn link_of_a_lower_file(userxattr: bool) {
     let f = walk(&fs, "f").unwrap();
     assert_eq!(f.nlink, 1);
 
-    let (_, attr) = fs.link(f.ino.0, ino(&fs, "dir"), os("g")).unwrap();
+    let (_, attr) = fs.link(NodeId(f.ino.0), ino(&fs, "dir"), os("g")).unwrap();
     assert_eq!(attr.ino, f.ino, "the link is the same object");
     assert_eq!(attr.nlink, 2);
     let (uf, ug) = (
