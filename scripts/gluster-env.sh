@@ -64,7 +64,7 @@ up)
     nsenter -t "$srv" -m -n -u gluster --mode=script volume create lfs "192.0.2.1:$dir/brick" force
     # Client caches that can serve a name a rename just made stale: off on
     # a volume holding overlay uppers (see README, shared storage).
-    for o in stat-prefetch quick-read io-cache read-ahead readdir-ahead open-behind nl-cache; do
+    for o in stat-prefetch quick-read io-cache read-ahead readdir-ahead open-behind nl-cache write-behind client-io-threads; do
         nsenter -t "$srv" -m -n -u gluster --mode=script volume set lfs "performance.$o" off >/dev/null
     done
     nsenter -t "$srv" -m -n -u gluster --mode=script volume start lfs

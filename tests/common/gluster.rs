@@ -798,4 +798,7 @@ pub const UPPER_VOLUME_OPTIONS: &[&str] = &[
     "performance.readdir-ahead",
     "performance.open-behind",
     "performance.nl-cache",
+    // Reorder namespace operations of a busy client (README).
+    "performance.write-behind",
+    "performance.client-io-threads",
 ];

@@ -418,7 +418,7 @@ pub fn diff(a: &BTreeMap<Vec<u8>, Node>, b: &BTreeMap<Vec<u8>, Node>, cmp: Compa
     let show = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
     for (k, na) in a {
         match b.get(k) {
-            None => d.push(format!("only in first: {}", show(k))),
+            None => d.push(format!("only in first: {} {}", show(k), brief(na))),
             Some(nb) => {
                 let mut x = na.clone();
                 let mut y = nb.clone();
@@ -447,12 +447,19 @@ pub fn diff(a: &BTreeMap<Vec<u8>, Node>, b: &BTreeMap<Vec<u8>, Node>, cmp: Compa
             }
         }
     }
-    for k in b.keys() {
+    for (k, nb) in b {
         if !a.contains_key(k) {
-            d.push(format!("only in second: {}", show(k)));
+            d.push(format!("only in second: {} {}", show(k), brief(nb)));
         }
     }
     d
+}
+
+/// A node as a diff line shows it (long contents cut).
+fn brief(n: &Node) -> String {
+    let mut s = format!("{n:?}");
+    s.truncate(300);
+    s
 }
 
 pub fn assert_same(a: &Path, b: &Path, cmp: Compare) {
