@@ -539,6 +539,7 @@ fn serve(
 ) -> Result<(), MountError> {
     // The kernel sends modes already masked by the caller's umask.
     sys::set_umask(0);
+    reserve_fd_table(&stack);
     let fs =
         LayerFs::new(stack, fs_opts, work).map_err(|e| MountError(format!("cannot start: {e}")))?;
     let fs = Arc::new(fs);
@@ -602,6 +603,26 @@ fn serve(
         unmount(&plan.mountpoint);
     }
     result.map_err(|e| MountError(format!("session ended with an error: {e}")))
+}
+
+/// How many descriptors the daemon's fd table is made to hold before its
+/// first thread starts (fewer if the open-file limit is lower).
+const FD_TABLE_RESERVE: u64 = 8192;
+
+/// Grows the fd table while the process has one thread (see
+/// `sys::reserve_fd_table`). Each time a multi-threaded daemon crossed a
+/// power of two of open fds (64, 128, ...) the request that opened the fd,
+/// and every other fd allocation meanwhile, waited for an RCU grace period:
+/// 5 to 10 ms, paid by the first `ls` of every mount (its lookups cross 64
+/// fds with 10 layers, 256 with 50).
+fn reserve_fd_table(stack: &LayerStack) {
+    let Some((_, layer)) = stack.iter().next() else {
+        return;
+    };
+    let n = sys::nofile_limit().map_or(1024, |l| l.min(FD_TABLE_RESERVE));
+    if let Err(e) = sys::reserve_fd_table(layer.root.as_fd(), n as i32) {
+        log::debug!("cannot grow the fd table to {n}: {e}");
+    }
 }
 
 /// Points stdio at /dev/null (stderr at the log file, when one is given)
