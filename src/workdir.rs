@@ -210,25 +210,15 @@ impl WorkDir {
         Ok(wd)
     }
 
-    /// Probes what the upper's filesystem offers (see `features`) in a
-    /// scratch directory of the work dir, says which fallbacks are in use,
+    /// Probes what the upper's filesystem offers (see `features`) in the
+    /// emptied work dir, says which fallbacks are in use,
     /// and picks the namespace overlay xattrs are written in: `trusted.`
     /// where this process may (real root), else `user.` (as kernel
     /// overlayfs' `userxattr`). Fails, naming the problem, on a filesystem
     /// without xattrs.
     fn probe_features(&self, upperdir: &Path, userxattr: bool) -> io::Result<(Features, XattrNs)> {
-        let scratch = Staged::new(self);
-        sys::mkdirat(self.fd(), &scratch.name, 0o700)?;
-        let dir = sys::openat(
-            self.fd(),
-            &scratch.name,
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        )?;
-        let (mut features, mut notes) = crate::features::probe(dir.as_fd())?;
+        let (mut features, mut notes) = crate::features::probe(self.fd())?;
         crate::features::disable_from_env(&mut features, &mut notes);
-        drop(dir);
-        drop(scratch);
         log::debug!(
             "upperdir {}: probed {features:?}; missing: {notes}",
             upperdir.display()
