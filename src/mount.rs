@@ -60,26 +60,44 @@ fn describe(e: &io::Error) -> String {
     }
 }
 
+/// The canonical path of the directory `fd` is open on, from one readlink
+/// of /proc/self/fd/N (realpath(3) reads a link per path component, which
+/// adds up over 50 layers). None where /proc does not give a usable path:
+/// not mounted, a directory out of this process's root ("(unreachable)"),
+/// or one just removed (" (deleted)").
+fn canonical_from_fd(fd: std::os::fd::BorrowedFd<'_>) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    ))
+    .ok()?;
+    (p.is_absolute() && !p.as_os_str().as_bytes().ends_with(b" (deleted)")).then_some(p)
+}
+
 /// Resolves `p` against the working directory and checks it is a
 /// directory this process can read (and write, if `writable`).
 fn check_dir(what: &str, p: &Path, writable: bool) -> Result<(PathBuf, sys::Stat), MountError> {
     let abs = std::path::absolute(p)
         .map_err(|e| MountError(format!("{what} {}: {}", p.display(), describe(&e))))?;
-    let canon = abs
-        .canonicalize()
-        .map_err(|e| MountError(format!("{what} {}: {}", p.display(), describe(&e))))?;
-    let st = sys::stat_path(&canon)
+    let st = sys::stat_path(&abs)
         .map_err(|e| MountError(format!("{what} {}: {}", p.display(), describe(&e))))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
         return fail(format!("{what} {}: is not a directory", p.display()));
     }
-    let fd = sys::open_path(&canon, libc::O_RDONLY | libc::O_DIRECTORY).map_err(|e| {
+    let fd = sys::open_path(&abs, libc::O_RDONLY | libc::O_DIRECTORY).map_err(|e| {
         MountError(format!(
             "{what} {}: cannot be read: {}",
             p.display(),
             describe(&e)
         ))
     })?;
+    let canon = match canonical_from_fd(fd.as_fd()) {
+        Some(c) => c,
+        None => abs
+            .canonicalize()
+            .map_err(|e| MountError(format!("{what} {}: {}", p.display(), describe(&e))))?,
+    };
     drop(fd);
     // Entering it (search permission) is needed as well as listing it.
     sys::access_path(&canon, libc::R_OK | libc::X_OK).map_err(|e| {
@@ -653,4 +671,51 @@ fn detach_stdio(o: &MountOptions) {
         }
     }
     let _ = std::env::set_current_dir("/");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// FDSize in /proc/self/status: the slots of this process's fd table.
+    fn fd_table_size() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("FDSize:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn reserving_grows_the_fd_table_and_leaves_no_fd_open() {
+        let before = fd_table_size();
+        let want = (before * 4).min(sys::nofile_limit().unwrap());
+        assert!(want > before, "open-file limit {want} too low to test");
+        let dir = tempfile::tempdir().unwrap();
+        let fd = sys::open_path(dir.path(), libc::O_PATH | libc::O_DIRECTORY).unwrap();
+        sys::reserve_fd_table(fd.as_fd(), want as i32).unwrap();
+        assert!(fd_table_size() >= want, "{} < {want}", fd_table_size());
+        // The copy made to grow it is closed again.
+        let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+        assert!(open < want / 2, "{open} fds open");
+    }
+
+    #[test]
+    fn a_directory_is_named_by_its_canonical_path() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, t.path().join("link")).unwrap();
+        let (canon, st) = check_dir("lowerdir", &t.path().join("link/./"), false).unwrap();
+        assert_eq!(canon, real.canonicalize().unwrap());
+        assert_eq!(st.st_ino, sys::stat_path(&real).unwrap().st_ino);
+        let err = check_dir("lowerdir", &t.path().join("missing"), false).unwrap_err();
+        assert!(err.0.ends_with("does not exist"), "{err}");
+        std::fs::write(t.path().join("file"), b"").unwrap();
+        let err = check_dir("lowerdir", &t.path().join("file"), false).unwrap_err();
+        assert!(err.0.ends_with("is not a directory"), "{err}");
+    }
 }
