@@ -558,9 +558,17 @@ fn serve(
     // The kernel sends modes already masked by the caller's umask.
     sys::set_umask(0);
     reserve_fd_table(&stack);
+    let locks = work.as_ref().and_then(|w| {
+        w.lock_release()
+            .map_err(|e| log::debug!("no early release of the work dir locks: {e}"))
+            .ok()
+    });
     let fs =
         LayerFs::new(stack, fs_opts, work).map_err(|e| MountError(format!("cannot start: {e}")))?;
     let fs = Arc::new(fs);
+    // Kept past the session, which drops its own reference as it ends: the
+    // locks are released before the state is torn down (see below).
+    let state = Arc::clone(&fs);
     // Signals go to one waiting thread only; block them before any thread
     // (fuser's workers included) exists.
     sys::block_termination_signals()
@@ -619,7 +627,13 @@ fn serve(
     let result = session.run();
     if result.is_err() {
         unmount(&plan.mountpoint);
+    } else if let Some(locks) = locks {
+        // Every worker has been joined (an error may mean one panicked
+        // and others still run): nothing uses the work dir any more. A
+        // mount of the same upper need not wait for the teardown.
+        locks.release();
     }
+    drop(state);
     result.map_err(|e| MountError(format!("session ended with an error: {e}")))
 }
 
