@@ -123,11 +123,36 @@ impl fmt::Display for ProbeNotes {
     }
 }
 
-/// Probes the filesystem holding `dir` (a scratch directory of the work
-/// directory, empty, which the caller removes afterwards) for every
-/// feature in [`Features`]. Only a failure to set up the probe itself is
-/// an error; a feature that fails is recorded as missing, with why.
+/// Names of the probe's files in the work directory: `#` starts no name
+/// that kernel overlayfs or the staging code (`#lfsN`) makes there.
+const PROBE_A: &str = "#probe-a";
+const PROBE_B: &str = "#probe-b";
+const PROBE_C: &str = "#probe-c";
+const PROBE_W: &str = "#probe-w";
+
+/// Removes the probe's files however the probe ended. Freed data blocks
+/// can cost a synchronous discard, hence no directory of its own.
+struct ProbeFiles<'a>(BorrowedFd<'a>);
+
+impl Drop for ProbeFiles<'_> {
+    fn drop(&mut self) {
+        for n in [PROBE_A, PROBE_B, PROBE_C, PROBE_W] {
+            match sys::unlinkat(self.0, OsStr::new(n), 0) {
+                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                    log::warn!("cannot remove the probe file {n}: {e}");
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Probes the filesystem holding `dir` (the work directory, emptied, which
+/// no other thread uses yet) for every feature in [`Features`], and
+/// removes what it made there. Only a failure to set up the probe itself
+/// is an error; a feature that fails is recorded as missing, with why.
 pub fn probe(dir: BorrowedFd<'_>) -> io::Result<(Features, ProbeNotes)> {
+    let _cleanup = ProbeFiles(dir);
     let mut notes = ProbeNotes::default();
     let mut f = Features::ALL;
     let mut note = |what: &'static str, ok: &mut bool, r: io::Result<()>| match r {
@@ -138,7 +163,7 @@ pub fn probe(dir: BorrowedFd<'_>) -> io::Result<(Features, ProbeNotes)> {
         }
     };
     let name = |s: &str| OsStr::new(s).to_os_string();
-    let (a, b, c) = (name("a"), name("b"), name("c"));
+    let (a, b, c) = (name(PROBE_A), name(PROBE_B), name(PROBE_C));
     let create = |n: &OsStr| {
         sys::openat(
             dir,
@@ -192,7 +217,7 @@ pub fn probe(dir: BorrowedFd<'_>) -> io::Result<(Features, ProbeNotes)> {
         sys::open_by_handle(root.as_fd(), &h).map(drop)
     });
     note("file handles", &mut f.file_handles, r);
-    let w = name("w");
+    let w = name(PROBE_W);
     let r = sys::mknodat(dir, &w, libc::S_IFCHR | 0o600, 0);
     note("char 0/0 mknod", &mut f.whiteout_mknod, r);
     for (ns, ok, what) in [
@@ -207,7 +232,7 @@ pub fn probe(dir: BorrowedFd<'_>) -> io::Result<(Features, ProbeNotes)> {
         let entries = sys::read_dir_fd(d.as_fd())?;
         if entries
             .iter()
-            .any(|e| e.name == b"a" && e.d_type == libc::DT_UNKNOWN)
+            .any(|e| e.name == PROBE_A.as_bytes() && e.d_type == libc::DT_UNKNOWN)
         {
             return Err(io::Error::other("entries come as DT_UNKNOWN"));
         }
@@ -425,6 +450,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let d = sys::open_path(t.path(), libc::O_PATH | libc::O_DIRECTORY).unwrap();
         let (f, notes) = probe(d.as_fd()).unwrap();
+        // The probe leaves the directory as it found it: empty.
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
         // trusted.* needs root, reflink a filesystem that shares extents:
         // neither is a fallback of concern here.
         assert!(f.rename_noreplace && f.rename_exchange, "{notes}");

@@ -60,26 +60,44 @@ fn describe(e: &io::Error) -> String {
     }
 }
 
+/// The canonical path of the directory `fd` is open on, from one readlink
+/// of /proc/self/fd/N (realpath(3) reads a link per path component, which
+/// adds up over 50 layers). None where /proc does not give a usable path:
+/// not mounted, a directory out of this process's root ("(unreachable)"),
+/// or one just removed (" (deleted)").
+fn canonical_from_fd(fd: std::os::fd::BorrowedFd<'_>) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    ))
+    .ok()?;
+    (p.is_absolute() && !p.as_os_str().as_bytes().ends_with(b" (deleted)")).then_some(p)
+}
+
 /// Resolves `p` against the working directory and checks it is a
 /// directory this process can read (and write, if `writable`).
 fn check_dir(what: &str, p: &Path, writable: bool) -> Result<(PathBuf, sys::Stat), MountError> {
     let abs = std::path::absolute(p)
         .map_err(|e| MountError(format!("{what} {}: {}", p.display(), describe(&e))))?;
-    let canon = abs
-        .canonicalize()
-        .map_err(|e| MountError(format!("{what} {}: {}", p.display(), describe(&e))))?;
-    let st = sys::stat_path(&canon)
+    let st = sys::stat_path(&abs)
         .map_err(|e| MountError(format!("{what} {}: {}", p.display(), describe(&e))))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
         return fail(format!("{what} {}: is not a directory", p.display()));
     }
-    let fd = sys::open_path(&canon, libc::O_RDONLY | libc::O_DIRECTORY).map_err(|e| {
+    let fd = sys::open_path(&abs, libc::O_RDONLY | libc::O_DIRECTORY).map_err(|e| {
         MountError(format!(
             "{what} {}: cannot be read: {}",
             p.display(),
             describe(&e)
         ))
     })?;
+    let canon = match canonical_from_fd(fd.as_fd()) {
+        Some(c) => c,
+        None => abs
+            .canonicalize()
+            .map_err(|e| MountError(format!("{what} {}: {}", p.display(), describe(&e))))?,
+    };
     drop(fd);
     // Entering it (search permission) is needed as well as listing it.
     sys::access_path(&canon, libc::R_OK | libc::X_OK).map_err(|e| {
@@ -539,9 +557,18 @@ fn serve(
 ) -> Result<(), MountError> {
     // The kernel sends modes already masked by the caller's umask.
     sys::set_umask(0);
+    reserve_fd_table(&stack);
+    let locks = work.as_ref().and_then(|w| {
+        w.lock_release()
+            .map_err(|e| log::debug!("no early release of the work dir locks: {e}"))
+            .ok()
+    });
     let fs =
         LayerFs::new(stack, fs_opts, work).map_err(|e| MountError(format!("cannot start: {e}")))?;
     let fs = Arc::new(fs);
+    // Kept past the session, which drops its own reference as it ends: the
+    // locks are released before the state is torn down (see below).
+    let state = Arc::clone(&fs);
     // Signals go to one waiting thread only; block them before any thread
     // (fuser's workers included) exists.
     sys::block_termination_signals()
@@ -600,8 +627,34 @@ fn serve(
     let result = session.run();
     if result.is_err() {
         unmount(&plan.mountpoint);
+    } else if let Some(locks) = locks {
+        // Every worker has been joined (an error may mean one panicked
+        // and others still run): nothing uses the work dir any more. A
+        // mount of the same upper need not wait for the teardown.
+        locks.release();
     }
+    drop(state);
     result.map_err(|e| MountError(format!("session ended with an error: {e}")))
+}
+
+/// How many descriptors the daemon's fd table is made to hold before its
+/// first thread starts (fewer if the open-file limit is lower).
+const FD_TABLE_RESERVE: u64 = 8192;
+
+/// Grows the fd table while the process has one thread (see
+/// `sys::reserve_fd_table`). Each time a multi-threaded daemon crossed a
+/// power of two of open fds (64, 128, ...) the request that opened the fd,
+/// and every other fd allocation meanwhile, waited for an RCU grace period:
+/// 5 to 10 ms, paid by the first `ls` of every mount (its lookups cross 64
+/// fds with 10 layers, 256 with 50).
+fn reserve_fd_table(stack: &LayerStack) {
+    let Some((_, layer)) = stack.iter().next() else {
+        return;
+    };
+    let n = sys::nofile_limit().map_or(1024, |l| l.min(FD_TABLE_RESERVE));
+    if let Err(e) = sys::reserve_fd_table(layer.root.as_fd(), n as i32) {
+        log::debug!("cannot grow the fd table to {n}: {e}");
+    }
 }
 
 /// Points stdio at /dev/null (stderr at the log file, when one is given)
@@ -632,4 +685,51 @@ fn detach_stdio(o: &MountOptions) {
         }
     }
     let _ = std::env::set_current_dir("/");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// FDSize in /proc/self/status: the slots of this process's fd table.
+    fn fd_table_size() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("FDSize:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn reserving_grows_the_fd_table_and_leaves_no_fd_open() {
+        let before = fd_table_size();
+        let want = (before * 4).min(sys::nofile_limit().unwrap());
+        assert!(want > before, "open-file limit {want} too low to test");
+        let dir = tempfile::tempdir().unwrap();
+        let fd = sys::open_path(dir.path(), libc::O_PATH | libc::O_DIRECTORY).unwrap();
+        sys::reserve_fd_table(fd.as_fd(), want as i32).unwrap();
+        assert!(fd_table_size() >= want, "{} < {want}", fd_table_size());
+        // The copy made to grow it is closed again.
+        let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+        assert!(open < want / 2, "{open} fds open");
+    }
+
+    #[test]
+    fn a_directory_is_named_by_its_canonical_path() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, t.path().join("link")).unwrap();
+        let (canon, st) = check_dir("lowerdir", &t.path().join("link/./"), false).unwrap();
+        assert_eq!(canon, real.canonicalize().unwrap());
+        assert_eq!(st.st_ino, sys::stat_path(&real).unwrap().st_ino);
+        let err = check_dir("lowerdir", &t.path().join("missing"), false).unwrap_err();
+        assert!(err.0.ends_with("does not exist"), "{err}");
+        std::fs::write(t.path().join("file"), b"").unwrap();
+        let err = check_dir("lowerdir", &t.path().join("file"), false).unwrap_err();
+        assert!(err.0.ends_with("is not a directory"), "{err}");
+    }
 }

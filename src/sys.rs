@@ -925,6 +925,20 @@ pub fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
+/// Grows this process's fd table to hold at least `n` descriptors: a copy
+/// of `fd` is made at a number at or above `n - 1` and closed again (the
+/// kernel never shrinks the table). Growing the table of a process with
+/// several threads waits for an RCU grace period (`expand_fdtable`,
+/// milliseconds), during which every fd allocation of every thread waits;
+/// a single-threaded process grows it without that wait.
+pub fn reserve_fd_table(fd: BorrowedFd<'_>, n: RawFd) -> io::Result<()> {
+    // SAFETY: F_DUPFD_CLOEXEC only creates a descriptor, owned right below.
+    let copy = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, n.max(1) - 1) })?;
+    // SAFETY: `copy` was just created and nothing else owns it.
+    drop(unsafe { OwnedFd::from_raw_fd(copy) });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

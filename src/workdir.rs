@@ -210,25 +210,15 @@ impl WorkDir {
         Ok(wd)
     }
 
-    /// Probes what the upper's filesystem offers (see `features`) in a
-    /// scratch directory of the work dir, says which fallbacks are in use,
+    /// Probes what the upper's filesystem offers (see `features`) in the
+    /// emptied work dir, says which fallbacks are in use,
     /// and picks the namespace overlay xattrs are written in: `trusted.`
     /// where this process may (real root), else `user.` (as kernel
     /// overlayfs' `userxattr`). Fails, naming the problem, on a filesystem
     /// without xattrs.
     fn probe_features(&self, upperdir: &Path, userxattr: bool) -> io::Result<(Features, XattrNs)> {
-        let scratch = Staged::new(self);
-        sys::mkdirat(self.fd(), &scratch.name, 0o700)?;
-        let dir = sys::openat(
-            self.fd(),
-            &scratch.name,
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        )?;
-        let (mut features, mut notes) = crate::features::probe(dir.as_fd())?;
+        let (mut features, mut notes) = crate::features::probe(self.fd())?;
         crate::features::disable_from_env(&mut features, &mut notes);
-        drop(dir);
-        drop(scratch);
         log::debug!(
             "upperdir {}: probed {features:?}; missing: {notes}",
             upperdir.display()
@@ -268,6 +258,16 @@ impl WorkDir {
                 log::warn!("cannot update {HOLDER_FILE}: {e}");
             }
         }
+    }
+
+    /// Copies of the descriptors holding this work dir's locks, to let the
+    /// locks go before the rest of the mount's state is torn down (see
+    /// [`LockRelease`]).
+    pub fn lock_release(&self) -> io::Result<LockRelease> {
+        Ok(LockRelease {
+            flocks: vec![self._lock.try_clone()?, self._upper_lock.try_clone()?],
+            holder: self.holder.as_ref().map(|h| h.try_clone()).transpose()?,
+        })
     }
 
     pub fn features(&self) -> &Features {
@@ -313,6 +313,35 @@ impl WorkDir {
     }
 }
 
+/// The work dir's locks, released early: a daemon whose mount is gone
+/// still closes every fd it holds (one RCU grace period per private mount
+/// copy of a layer, the inode table's fds), and a mount of the same upper
+/// made right after `umount` waited for all of it. Flocks and OFD locks
+/// belong to the open file, which these copies share, so unlocking through
+/// them releases the locks the `WorkDir` holds.
+#[derive(Debug)]
+pub struct LockRelease {
+    flocks: Vec<OwnedFd>,
+    holder: Option<OwnedFd>,
+}
+
+impl LockRelease {
+    /// Lets another mount take the work and upper dirs. Only once nothing
+    /// of this mount uses the work dir any more: the next mount empties it.
+    pub fn release(self) {
+        if let Some(h) = &self.holder {
+            if let Err(e) = sys::ofd_setlk(h.as_fd(), libc::F_UNLCK) {
+                log::debug!("cannot unlock {HOLDER_FILE}: {e}");
+            }
+        }
+        for fd in &self.flocks {
+            if let Err(e) = sys::flock(fd.as_fd(), libc::LOCK_UN) {
+                log::debug!("cannot unlock the work or upper dir: {e}");
+            }
+        }
+    }
+}
+
 /// A staged entry in the work directory, removed on drop unless it was
 /// renamed into place ([`Staged::commit`]).
 pub struct Staged<'a> {
@@ -343,5 +372,40 @@ impl Drop for Staged<'_> {
                 log::warn!("cannot remove staged {:?}: {e}", self.name);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether another open file could take the flock of `dir` now.
+    fn flock_free(dir: &Path) -> bool {
+        let fd = sys::open_path(dir, libc::O_RDONLY | libc::O_DIRECTORY).unwrap();
+        sys::flock(fd.as_fd(), libc::LOCK_EX | libc::LOCK_NB).is_ok()
+    }
+
+    #[test]
+    fn released_locks_let_the_next_mount_in_while_the_state_lives() {
+        let t = tempfile::tempdir().unwrap();
+        let (upper, work) = (t.path().join("upper"), t.path().join("work"));
+        fs::create_dir(&upper).unwrap();
+        fs::create_dir(&work).unwrap();
+        let first = WorkDir::prepare(&work, &upper, false).unwrap();
+        assert!(!flock_free(&work) && !flock_free(&upper));
+        first.lock_release().unwrap().release();
+        assert!(flock_free(&work) && flock_free(&upper));
+        // The record lock on the holder note is gone too: a second work
+        // dir state is made at once, not after the 2 s wait for a holder.
+        let start = Instant::now();
+        let second = WorkDir::prepare(&work, &upper, false).unwrap();
+        assert!(start.elapsed() < Duration::from_secs(1));
+        let note = fs::read_to_string(work.join(HOLDER_FILE)).unwrap();
+        assert!(
+            note.contains(&format!("pid {}", std::process::id())),
+            "{note}"
+        );
+        drop(first);
+        drop(second);
     }
 }
