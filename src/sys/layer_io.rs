@@ -1,48 +1,13 @@
-//! Thin, safe wrappers over the syscalls layerfs needs.
-//!
-//! This is the only module allowed to use `unsafe`. Every wrapper takes
-//! borrowed fds and byte names and returns owned fds or plain data, and turns
-//! `-1`/errno into `std::io::Error` carrying the errno of the failed call.
-#![allow(unsafe_code)]
+//! Files, directories, xattrs, links, renames, data and file handles in the
+//! layers: everything the filesystem does to real objects.
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, OsStr};
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-/// `struct stat` as the kernel fills it.
-pub type Stat = libc::stat;
-
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret as usize)
-    }
-}
-
-/// A name or path as a NUL-terminated string; a name with an inner NUL is
-/// EINVAL, as the kernel would say.
-pub fn cstr(name: &OsStr) -> io::Result<CString> {
-    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
-
-/// The path under /proc that reopens an fd, used for calls that have no
-/// fd-relative form that accepts O_PATH fds (xattrs, reopen with new flags).
-fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
-    // Cannot contain NUL: digits only.
-    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
-}
+use super::{cstr, cvt, cvt_size, proc_fd_path, Stat};
 
 /// `openat(dir, name, flags, mode)`, always with O_CLOEXEC.
 pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
@@ -288,195 +253,6 @@ fn parse_dirents(buf: &[u8], out: &mut Vec<RawDirent>) {
         });
         pos += reclen;
     }
-}
-
-/// Raises the soft RLIMIT_NOFILE to the hard limit: every live inode holds an
-/// O_PATH fd, so the default 1024 is far too low for an image's tree.
-pub fn raise_nofile_limit() -> io::Result<u64> {
-    let mut lim = MaybeUninit::<libc::rlimit>::uninit();
-    // SAFETY: valid out-pointer.
-    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) })?;
-    // SAFETY: getrlimit succeeded.
-    let mut lim = unsafe { lim.assume_init() };
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: valid pointer to an initialised rlimit.
-        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
-    }
-    Ok(lim.rlim_cur)
-}
-
-/// The open-file limit (soft) of this process.
-pub fn nofile_limit() -> io::Result<u64> {
-    let mut lim = MaybeUninit::<libc::rlimit>::uninit();
-    // SAFETY: valid out-pointer.
-    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) })?;
-    // SAFETY: getrlimit succeeded.
-    Ok(unsafe { lim.assume_init() }.rlim_cur)
-}
-
-/// The outcome of `fork()` for the caller.
-pub enum Forked {
-    Parent { child: libc::pid_t },
-    Child,
-}
-
-/// `fork()`. Only call while the process has a single thread.
-pub fn fork() -> io::Result<Forked> {
-    // SAFETY: the caller guarantees the process is single-threaded, so the
-    // child inherits no lock held by another thread.
-    let pid = unsafe { libc::fork() };
-    match pid {
-        -1 => Err(io::Error::last_os_error()),
-        0 => Ok(Forked::Child),
-        child => Ok(Forked::Parent { child }),
-    }
-}
-
-/// `setsid()`: the daemon leaves the caller's session and terminal.
-pub fn setsid() -> io::Result<()> {
-    // SAFETY: no pointers involved.
-    cvt(unsafe { libc::setsid() })?;
-    Ok(())
-}
-
-/// `dup2(from, to)`, used to point stdio at /dev/null in the daemon.
-pub fn dup2(from: BorrowedFd<'_>, to: RawFd) -> io::Result<()> {
-    // SAFETY: dup2 only manipulates the fd table; `to` is one of 0..=2.
-    cvt(unsafe { libc::dup2(from.as_raw_fd(), to) })?;
-    Ok(())
-}
-
-/// Blocks the termination signals in the calling thread (and in every thread
-/// it creates afterwards), so that one thread can wait for them with
-/// [`wait_termination_signal`].
-pub fn block_termination_signals() -> io::Result<()> {
-    let set = termination_sigset();
-    // SAFETY: valid sigset pointer; null old-set pointer is allowed.
-    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if r != 0 {
-        return Err(io::Error::from_raw_os_error(r));
-    }
-    Ok(())
-}
-
-fn termination_sigset() -> libc::sigset_t {
-    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigemptyset initialises the set; sigaddset only writes into it.
-    unsafe {
-        libc::sigemptyset(set.as_mut_ptr());
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(set.as_mut_ptr(), s);
-        }
-        set.assume_init()
-    }
-}
-
-/// Waits until SIGTERM, SIGINT or SIGHUP arrives; returns its number.
-pub fn wait_termination_signal() -> i32 {
-    let set = termination_sigset();
-    let mut sig = 0;
-    // SAFETY: valid pointers; the signals are blocked in this thread.
-    unsafe { libc::sigwait(&set, &mut sig) };
-    sig
-}
-
-/// `access(path, mode)` for paths the administrator gave at mount time.
-pub fn access_path(path: &Path, mode: i32) -> io::Result<()> {
-    let c = cstr(path.as_os_str())?;
-    // SAFETY: valid C string.
-    cvt(unsafe { libc::access(c.as_ptr(), mode) })?;
-    Ok(())
-}
-
-/// `umount2(path, flags)`.
-pub fn umount(path: &Path, flags: i32) -> io::Result<()> {
-    let c = cstr(path.as_os_str())?;
-    // SAFETY: valid C string.
-    cvt(unsafe { libc::umount2(c.as_ptr(), flags) })?;
-    Ok(())
-}
-
-/// A detached, private copy of the mount at `path` (and of the mounts below
-/// it if `recursive`), as an O_PATH fd of its root: `open_tree` with
-/// `OPEN_TREE_CLONE`, then `mount_setattr` to stop mount events propagating
-/// into or out of it.
-/// Files opened through it pin the copy, not the mounts the admin sees,
-/// which can then be unmounted while the copy lives on (the superblock is
-/// shared); the copy goes away with its last open file. Needs
-/// CAP_SYS_ADMIN in the mount namespace's user namespace.
-pub fn clone_mount_tree(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
-    const OPEN_TREE_CLONE: libc::c_uint = 1;
-    const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
-    // libc's MS_PRIVATE is a c_ulong; mount_attr wants a u64 on every arch.
-    const MS_PRIVATE: u64 = 1 << 18;
-    /// `struct mount_attr` (MOUNT_ATTR_SIZE_VER0).
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    let c = cstr(path.as_os_str())?;
-    let mut flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC;
-    if recursive {
-        flags |= libc::AT_RECURSIVE as libc::c_uint;
-    }
-    // SAFETY: valid C string; open_tree returns a new fd or -1.
-    let ret = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the fd was just returned to us and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(ret as RawFd) };
-    let attr = MountAttr {
-        attr_set: 0,
-        attr_clr: 0,
-        propagation: MS_PRIVATE,
-        userns_fd: 0,
-    };
-    // SAFETY: the fd is valid, the path is a static empty C string and attr
-    // is a live struct of the size passed.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
-}
-
-/// `mount(2)`.
-pub fn mount(
-    source: &OsStr,
-    target: &Path,
-    fstype: &OsStr,
-    flags: libc::c_ulong,
-    data: &OsStr,
-) -> io::Result<()> {
-    let (s, t, f, d) = (
-        cstr(source)?,
-        cstr(target.as_os_str())?,
-        cstr(fstype)?,
-        cstr(data)?,
-    );
-    // SAFETY: all four are valid NUL-terminated strings for the call.
-    cvt(unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr().cast()) })?;
-    Ok(())
-}
-
-/// Real uid and gid of this process.
-pub fn getuid_gid() -> (u32, u32) {
-    // SAFETY: no arguments, cannot fail.
-    unsafe { (libc::getuid(), libc::getgid()) }
 }
 
 /// `mkdirat(dir, name, mode)`.
@@ -841,40 +617,6 @@ pub fn flock(fd: BorrowedFd<'_>, op: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Gives freed heap memory back to the kernel (glibc `malloc_trim`):
-/// glibc keeps what its per-thread arenas freed, so after the kernel
-/// forgets a large walk's inodes the daemon's RSS would stay at the walk's
-/// peak.
-#[cfg(target_env = "gnu")]
-pub fn malloc_trim() {
-    // SAFETY: malloc_trim has no preconditions; it only walks the heap.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(target_env = "gnu"))]
-pub fn malloc_trim() {}
-
-/// Sets the process umask; the daemon runs with 0 so that the modes the
-/// kernel sends (already masked by the caller's umask) land unchanged.
-pub fn set_umask(mask: u32) -> u32 {
-    // SAFETY: no pointers involved, cannot fail.
-    unsafe { libc::umask(mask as libc::mode_t) as u32 }
-}
-
-/// Effective uid of this process.
-pub fn geteuid() -> u32 {
-    // SAFETY: no arguments, cannot fail.
-    unsafe { libc::geteuid() }
-}
-
-/// Effective gid of this process.
-pub fn getegid() -> u32 {
-    // SAFETY: no arguments, cannot fail.
-    unsafe { libc::getegid() }
-}
-
 /// `pread` into a buffer, retried on EINTR by the caller's loop.
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     // SAFETY: `buf` is writable for its length.
@@ -900,42 +642,6 @@ pub fn ofd_setlk(fd: BorrowedFd<'_>, kind: i32) -> io::Result<()> {
     fl.l_whence = libc::SEEK_SET as libc::c_short;
     // SAFETY: `fl` is a valid flock that outlives the call.
     cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) })?;
-    Ok(())
-}
-
-/// Whether this process runs in the initial user namespace (where root
-/// holds the capabilities FUSE passthrough needs), not in a container's.
-pub fn in_initial_user_ns() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| {
-        let f: Vec<&str> = m.split_whitespace().collect();
-        f == ["0", "0", "4294967295"]
-    })
-}
-
-/// This machine's host name, for lock holder notes.
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length, and gethostname writes
-    // at most that many bytes.
-    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if r != 0 {
-        return "unknown-host".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
-/// Grows this process's fd table to hold at least `n` descriptors: a copy
-/// of `fd` is made at a number at or above `n - 1` and closed again (the
-/// kernel never shrinks the table). Growing the table of a process with
-/// several threads waits for an RCU grace period (`expand_fdtable`,
-/// milliseconds), during which every fd allocation of every thread waits;
-/// a single-threaded process grows it without that wait.
-pub fn reserve_fd_table(fd: BorrowedFd<'_>, n: RawFd) -> io::Result<()> {
-    // SAFETY: F_DUPFD_CLOEXEC only creates a descriptor, owned right below.
-    let copy = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, n.max(1) - 1) })?;
-    // SAFETY: `copy` was just created and nothing else owns it.
-    drop(unsafe { OwnedFd::from_raw_fd(copy) });
     Ok(())
 }
 
