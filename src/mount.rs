@@ -16,20 +16,69 @@ use crate::overlay::{FsOptions, LayerFs};
 use crate::sys;
 use crate::workdir::WorkDir;
 
-/// A start-up failure, worded for the person who typed the command.
+/// A start-up failure, worded for the person who typed the command; each
+/// kind keeps what it is about, and a failed step the error of its syscall.
 #[derive(Debug)]
-pub struct MountError(pub String);
+pub enum MountError {
+    /// Options missing, or not fitting together.
+    Options(String),
+    /// A directory given on the command line cannot serve.
+    Dir {
+        what: &'static str,
+        path: PathBuf,
+        problem: String,
+    },
+    /// Directories that must be apart overlap, or must share a filesystem
+    /// and do not.
+    Layout(String),
+    /// The work dir cannot be used (held by another daemon, which is named;
+    /// or not in a state to recover).
+    WorkDir(String),
+    /// A start-up step failed.
+    Step { step: String, err: io::Error },
+    /// The daemon failed before the mount was up, and said why.
+    Daemon(String),
+}
 
-impl fmt::Display for MountError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+impl MountError {
+    fn dir(what: &'static str, path: &Path, problem: impl Into<String>) -> MountError {
+        MountError::Dir {
+            what,
+            path: path.to_path_buf(),
+            problem: problem.into(),
+        }
+    }
+
+    fn step(step: impl Into<String>) -> impl FnOnce(io::Error) -> MountError {
+        let step = step.into();
+        move |err| MountError::Step { step, err }
     }
 }
 
-impl std::error::Error for MountError {}
+impl fmt::Display for MountError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MountError::Options(m)
+            | MountError::Layout(m)
+            | MountError::WorkDir(m)
+            | MountError::Daemon(m) => f.write_str(m),
+            MountError::Dir {
+                what,
+                path,
+                problem,
+            } => write!(f, "{what} {}: {problem}", path.display()),
+            MountError::Step { step, err } => write!(f, "{step}: {err}"),
+        }
+    }
+}
 
-fn fail<T>(msg: impl Into<String>) -> Result<T, MountError> {
-    Err(MountError(msg.into()))
+impl std::error::Error for MountError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MountError::Step { err, .. } => Some(err),
+            _ => None,
+        }
+    }
 }
 
 /// What the command line asks for.
@@ -77,42 +126,33 @@ fn canonical_from_fd(fd: std::os::fd::BorrowedFd<'_>) -> Option<PathBuf> {
 
 /// Resolves `p` against the working directory and checks it is a
 /// directory this process can read (and write, if `writable`).
-fn check_dir(what: &str, p: &Path, writable: bool) -> Result<(PathBuf, sys::Stat), MountError> {
-    let abs = std::path::absolute(p)
-        .map_err(|e| MountError(format!("{what} {}: {}", p.display(), describe(&e))))?;
-    let st = sys::stat_path(&abs)
-        .map_err(|e| MountError(format!("{what} {}: {}", p.display(), describe(&e))))?;
+fn check_dir(
+    what: &'static str,
+    p: &Path,
+    writable: bool,
+) -> Result<(PathBuf, sys::Stat), MountError> {
+    let bad = |e: io::Error| MountError::dir(what, p, describe(&e));
+    let abs = std::path::absolute(p).map_err(bad)?;
+    let st = sys::stat_path(&abs).map_err(bad)?;
     if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-        return fail(format!("{what} {}: is not a directory", p.display()));
+        return Err(MountError::dir(what, p, "is not a directory"));
     }
-    let fd = sys::open_path(&abs, libc::O_RDONLY | libc::O_DIRECTORY).map_err(|e| {
-        MountError(format!(
-            "{what} {}: cannot be read: {}",
-            p.display(),
-            describe(&e)
-        ))
-    })?;
+    let fd = sys::open_path(&abs, libc::O_RDONLY | libc::O_DIRECTORY)
+        .map_err(|e| MountError::dir(what, p, format!("cannot be read: {}", describe(&e))))?;
     let canon = match canonical_from_fd(fd.as_fd()) {
         Some(c) => c,
-        None => abs
-            .canonicalize()
-            .map_err(|e| MountError(format!("{what} {}: {}", p.display(), describe(&e))))?,
+        None => abs.canonicalize().map_err(bad)?,
     };
     drop(fd);
     // Entering it (search permission) is needed as well as listing it.
-    sys::access_path(&canon, libc::R_OK | libc::X_OK).map_err(|e| {
-        MountError(format!(
-            "{what} {}: cannot be entered: {}",
-            p.display(),
-            describe(&e)
-        ))
-    })?;
+    sys::access_path(&canon, libc::R_OK | libc::X_OK)
+        .map_err(|e| MountError::dir(what, p, format!("cannot be entered: {}", describe(&e))))?;
     if writable {
         if let Err(e) = sys::access_path(&canon, libc::W_OK | libc::X_OK) {
-            return fail(format!(
-                "{what} {}: is not writable: {}",
-                p.display(),
-                describe(&e)
+            return Err(MountError::dir(
+                what,
+                p,
+                format!("is not writable: {}", describe(&e)),
             ));
         }
     }
@@ -149,11 +189,21 @@ fn inside(child: &Path, parent: &Path) -> bool {
 pub fn plan(req: &MountRequest) -> Result<Plan, MountError> {
     let o = &req.options;
     if o.lowerdirs.is_empty() {
-        return fail("no lower layer given: use -o lowerdir=DIR[:DIR...]");
+        return Err(MountError::Options(
+            "no lower layer given: use -o lowerdir=DIR[:DIR...]".into(),
+        ));
     }
     match (&o.upperdir, &o.workdir) {
-        (Some(_), None) => return fail("upperdir= needs workdir= as well"),
-        (None, Some(_)) => return fail("workdir= needs upperdir= as well"),
+        (Some(_), None) => {
+            return Err(MountError::Options(
+                "upperdir= needs workdir= as well".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(MountError::Options(
+                "workdir= needs upperdir= as well".into(),
+            ))
+        }
         _ => {}
     }
     let mut lowers = Vec::with_capacity(o.lowerdirs.len());
@@ -168,27 +218,27 @@ pub fn plan(req: &MountRequest) -> Result<Plan, MountError> {
         let (u, ust) = check_dir("upperdir", u, !o.read_only)?;
         let (w, wst) = check_dir("workdir", w, !o.read_only)?;
         if ust.st_dev != wst.st_dev {
-            return fail(format!(
+            return Err(MountError::Layout(format!(
                 "workdir {} is on another filesystem than upperdir {}: they must share one filesystem",
                 w.display(),
                 u.display()
-            ));
+            )));
         }
         if u == w || inside(&u, &w) || inside(&w, &u) {
-            return fail(format!(
+            return Err(MountError::Layout(format!(
                 "upperdir {} and workdir {} must not be inside each other",
                 u.display(),
                 w.display()
-            ));
+            )));
         }
         for l in &lowers {
             for (what, d) in [("upperdir", &u), ("workdir", &w)] {
                 if inside(d, l) || inside(l, d) {
-                    return fail(format!(
+                    return Err(MountError::Layout(format!(
                         "{what} {} overlaps lowerdir {}: layers must be separate trees",
                         d.display(),
                         l.display()
-                    ));
+                    )));
                 }
             }
         }
@@ -197,11 +247,11 @@ pub fn plan(req: &MountRequest) -> Result<Plan, MountError> {
     }
     for l in lowers.iter().chain(upper.iter()).chain(work.iter()) {
         if inside(&mountpoint, l) {
-            return fail(format!(
+            return Err(MountError::Layout(format!(
                 "mountpoint {} is inside layer {}: the mount would contain itself",
                 mountpoint.display(),
                 l.display()
-            ));
+            )));
         }
     }
     Ok(Plan {
@@ -391,7 +441,7 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
         .map(|p| p.upper.as_path())
         .or(plan.upper.as_deref());
     let stack = LayerStack::open(upper_open, &plan.lowers)
-        .map_err(|e| MountError(format!("cannot open the layers: {e}")))?;
+        .map_err(MountError::step("cannot open the layers"))?;
     let mut fs_opts = FsOptions {
         fsync: !req.options.no_fsync,
         read_only: req.options.read_only,
@@ -416,9 +466,9 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
                 WorkDir::prepare_at(w, u, open_w, open_u, req.options.userxattr).map_err(|e| {
                     // Our own messages already name the directory.
                     if e.raw_os_error().is_some() {
-                        MountError(format!("workdir {}: {e}", w.display()))
+                        MountError::dir("workdir", w, e.to_string())
                     } else {
-                        MountError(e.to_string())
+                        MountError::WorkDir(e.to_string())
                     }
                 })?,
             )
@@ -429,7 +479,7 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
         if fs_opts.metacopy && w.xattr_ns() == crate::whiteout::XattrNs::User {
             // Kernel overlayfs refuses metacopy with userxattr too: anyone
             // could forge a user.overlay.metacopy pointing at other data.
-            return Err(MountError(
+            return Err(MountError::Options(
                 "metacopy=on needs trusted.overlay.* xattrs (root, without userxattr)".into(),
             ));
         }
@@ -437,9 +487,9 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
 
     let mut notify: Option<UnixStream> = None;
     if !req.foreground {
-        let (parent_end, child_end) = UnixStream::pair()
-            .map_err(|e| MountError(format!("cannot create a socket pair: {e}")))?;
-        match sys::fork().map_err(|e| MountError(format!("cannot fork: {e}")))? {
+        let (parent_end, child_end) =
+            UnixStream::pair().map_err(MountError::step("cannot create a socket pair"))?;
+        match sys::fork().map_err(MountError::step("cannot fork"))? {
             sys::Forked::Parent { .. } => {
                 drop(child_end);
                 return wait_for_child(parent_end);
@@ -541,9 +591,11 @@ fn wait_for_child(mut sock: UnixStream) -> Result<(), MountError> {
     if msg == "ok" {
         Ok(())
     } else if msg.is_empty() {
-        fail("the layerfs daemon exited before the mount was up")
+        Err(MountError::Daemon(
+            "the layerfs daemon exited before the mount was up".into(),
+        ))
     } else {
-        Err(MountError(msg))
+        Err(MountError::Daemon(msg))
     }
 }
 
@@ -563,25 +615,20 @@ fn serve(
             .map_err(|e| log::debug!("no early release of the work dir locks: {e}"))
             .ok()
     });
-    let fs =
-        LayerFs::new(stack, fs_opts, work).map_err(|e| MountError(format!("cannot start: {e}")))?;
+    let fs = LayerFs::new(stack, fs_opts, work).map_err(MountError::step("cannot start"))?;
     let fs = Arc::new(fs);
     // Kept past the session, which drops its own reference as it ends: the
     // locks are released before the state is torn down (see below).
     let state = Arc::clone(&fs);
     // Signals go to one waiting thread only; block them before any thread
     // (fuser's workers included) exists.
-    sys::block_termination_signals()
-        .map_err(|e| MountError(format!("cannot set up signal handling: {e}")))?;
+    sys::block_termination_signals().map_err(MountError::step("cannot set up signal handling"))?;
     let ms = settings(req, plan);
     let config = fuse_config(&ms);
     let fuse = crate::fs::Fuse::new(fs);
     let notifier = fuse.notifier_slot();
     let mount_err = |e: io::Error| {
-        MountError(format!(
-            "cannot mount on {}: {e}",
-            plan.mountpoint.display()
-        ))
+        MountError::step(format!("cannot mount on {}", plan.mountpoint.display()))(e)
     };
     let session = match mount_direct(&ms, &plan.mountpoint).map_err(mount_err)? {
         Some(dev) => fuser::Session::from_fd(fuse, dev, ms.acl, config).map_err(|e| {
@@ -623,7 +670,7 @@ fn serve(
             );
             std::process::exit(0);
         })
-        .map_err(|e| MountError(format!("cannot start the signal thread: {e}")))?;
+        .map_err(MountError::step("cannot start the signal thread"))?;
     let result = session.run();
     if result.is_err() {
         unmount(&plan.mountpoint);
@@ -634,7 +681,7 @@ fn serve(
         locks.release();
     }
     drop(state);
-    result.map_err(|e| MountError(format!("session ended with an error: {e}")))
+    result.map_err(MountError::step("session ended with an error"))
 }
 
 /// How many descriptors the daemon's fd table is made to hold before its
@@ -727,9 +774,19 @@ mod tests {
         assert_eq!(canon, real.canonicalize().unwrap());
         assert_eq!(st.st_ino, sys::stat_path(&real).unwrap().st_ino);
         let err = check_dir("lowerdir", &t.path().join("missing"), false).unwrap_err();
-        assert!(err.0.ends_with("does not exist"), "{err}");
+        assert!(
+            matches!(&err, MountError::Dir { what: "lowerdir", problem, .. } if problem == "does not exist"),
+            "{err}"
+        );
         std::fs::write(t.path().join("file"), b"").unwrap();
         let err = check_dir("lowerdir", &t.path().join("file"), false).unwrap_err();
-        assert!(err.0.ends_with("is not a directory"), "{err}");
+        assert!(
+            matches!(&err, MountError::Dir { problem, .. } if problem == "is not a directory"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().ends_with("file: is not a directory"),
+            "{err}"
+        );
     }
 }
