@@ -714,10 +714,7 @@ impl LayerFs {
             s.reals.iter().find(|r| self.is_upper(r.layer)).cloned()
         }?;
         let f = upper.fd.get().ok()?;
-        [whiteout::XattrNs::Trusted, whiteout::XattrNs::User]
-            .iter()
-            .find_map(|ns| sys::getxattr_fd(f.as_fd(), &ns.name("redirect")).ok())
-            .and_then(|v| Redirect::parse(&v).ok())
+        crate::layer_read::read_redirect(&f)?.ok()
     }
 
     fn has_lower_parts(&self, inode: &Inode) -> bool {
