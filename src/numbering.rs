@@ -37,29 +37,26 @@ impl LayerHandles {
     pub fn open(layers: &LayerStack) -> LayerHandles {
         let mut uuids = Vec::with_capacity(layers.len());
         let mut roots = Vec::with_capacity(layers.len());
+        // What one filesystem answers holds for every layer on it (50
+        // layers of an image usually share one): (reopens handles, UUID).
+        let mut per_dev: std::collections::HashMap<u64, (bool, [u8; 16])> = Default::default();
         for (_, layer) in layers.iter() {
-            // Handles of a FUSE filesystem name the kernel's node ids, which
-            // change from mount to mount: no origin is recorded or followed
-            // there (a stale one could name another file).
-            let rd = sys::reopen(layer.root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
-                .ok()
-                .filter(|f| {
-                    sys::fstatfs_type(f.as_fd())
-                        .is_ok_and(|t| t != crate::features::FUSE_SUPER_MAGIC)
-                })
-                .map(Arc::new);
-            uuids.push(
-                rd.as_ref()
-                    .map(|f| sys::fs_uuid(f.as_fd()))
-                    .unwrap_or([0; 16]),
-            );
-            roots.push(rd);
+            let Ok(rd) = sys::reopen(layer.root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY) else {
+                uuids.push([0; 16]);
+                roots.push(None);
+                continue;
+            };
+            let (reopens, uuid) = *per_dev
+                .entry(layer.dev)
+                .or_insert_with(|| (handles_reopen(layer, &rd), sys::fs_uuid(rd.as_fd())));
+            uuids.push(if reopens { uuid } else { [0; 16] });
+            roots.push(reopens.then(|| Arc::new(rd)));
         }
         LayerHandles { uuids, roots }
     }
 
     /// The fd to open file handles of layer `idx` with, where its
-    /// filesystem's handles last.
+    /// filesystem's handles last and this process may open them.
     pub fn root(&self, idx: LayerIdx) -> Option<&Arc<OwnedFd>> {
         self.roots[idx.0].as_ref()
     }
@@ -67,6 +64,22 @@ impl LayerHandles {
     pub fn uuid(&self, idx: LayerIdx) -> [u8; 16] {
         self.uuids[idx.0]
     }
+}
+
+/// Whether file handles of `layer`'s filesystem can be opened again by
+/// this process. Handles of a FUSE filesystem name the kernel's node ids,
+/// which change from mount to mount: no origin is recorded or followed
+/// there (a stale one could name another file). And opening a handle needs
+/// CAP_DAC_READ_SEARCH in the initial user namespace: a rootless daemon
+/// makes handles but cannot open them (EPERM), so it must hold its
+/// directories by fd and write no origin it could not follow.
+fn handles_reopen(layer: &crate::layers::Layer, rd: &OwnedFd) -> bool {
+    if sys::fstatfs_type(rd.as_fd()).map_or(true, |t| t == crate::features::FUSE_SUPER_MAGIC) {
+        return false;
+    }
+    sys::name_to_handle(layer.root.as_fd())
+        .and_then(|h| sys::open_by_handle(rd.as_fd(), &h))
+        .is_ok()
 }
 
 /// Every number handed out, and how they are found again.

@@ -409,3 +409,52 @@ echo UNMOUNTED
         b"deleted through the mount\n"
     );
 }
+
+/// An unprivileged daemon may make file handles but not open them
+/// (CAP_DAC_READ_SEARCH in the initial namespace): past three quarters of
+/// its open-file limit it must keep holding directories by fd, not switch
+/// to handles that answer EPERM (seen as `chown -R` failing with "cannot
+/// read directory: Operation not permitted" on a large tree).
+#[test]
+fn unprivileged_daemon_reaches_every_directory_past_three_quarters_of_its_fd_limit() {
+    require!("fusermount3", "setpriv", "unshare");
+    let t = tempfile::Builder::new().prefix("lfsfd").tempdir().unwrap();
+    let base = t.path();
+    let user = TestUser::new(base, "lfsfduser", 1750, Path::new("/nonexistent"));
+    let id = user.id;
+    let (lower, upper, work, mnt) = (
+        base.join("lower"),
+        base.join("upper"),
+        base.join("work"),
+        base.join("mnt"),
+    );
+    // 420 directories: over 3/4 of a 512-fd limit (384), under the limit
+    // (read only: a copied-up directory holds one more fd, and without
+    // handles every upper file one, see the README's limitations).
+    for i in 0..420 {
+        write(&lower.join(format!("d{i:03}/f")), b"x\n");
+    }
+    for d in [&upper, &work, &mnt] {
+        mkdir(d);
+    }
+    user.own(&[&lower, &upper, &work, &mnt]);
+    let as_user = format!("setpriv --reuid={id} --regid={id} --clear-groups");
+    let (ok, text) = user.run_in_namespace(&format!(
+        r#"
+{as_user} sh -c 'ulimit -n 512; exec {bin} -o lowerdir={lower},upperdir={upper},workdir={work} {mnt}'
+{as_user} sh -c 'cd {mnt}; echo DIRS $(ls -d d* | wc -l); echo FILES $(cat d*/f | wc -l); echo LISTED $(ls -R | grep -c "^f$")'
+{as_user} fusermount3 -u {mnt}
+echo UNMOUNTED
+"#,
+        bin = user.bin.display(),
+        lower = lower.display(),
+        upper = upper.display(),
+        work = work.display(),
+        mnt = mnt.display(),
+    ));
+    assert!(ok && text.contains("UNMOUNTED"), "{text}");
+    for want in ["DIRS 420", "FILES 420", "LISTED 420"] {
+        assert!(text.contains(want), "{want} expected:\n{text}");
+    }
+    assert!(!text.contains("not permitted"), "{text}");
+}
