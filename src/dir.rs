@@ -2,6 +2,11 @@
 //! minus whiteouts and markers, each name once.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
+
+use fuser::FileType;
+
+use crate::ids::LayerMask;
 
 /// One raw entry of one layer, already classified by the caller (which may
 /// need a stat or an xattr to tell a whiteout from a file).
@@ -84,6 +89,22 @@ where
         }
     }
     out
+}
+
+/// One entry of an open directory's snapshot.
+#[derive(Debug, Clone)]
+pub struct DirEntryOut {
+    pub name: OsString,
+    pub kind: FileType,
+    pub ino: u64,
+    /// Lower layers (bit = layer index) whose part of the directory holds
+    /// the name, as an entry or a whiteout: a lookup from the listing
+    /// (readdirplus) probes only those, plus the upper. `LayerMask::ALL` when
+    /// unknown.
+    pub layers: LayerMask,
+    /// The readdir cookie that resumes after this entry (see
+    /// `name_cookie`).
+    pub cookie: u64,
 }
 
 #[cfg(test)]

@@ -204,7 +204,7 @@ struct FileState {
 }
 
 /// A directory's merged listing, as cached.
-pub type Listing = Arc<Vec<crate::listing::DirEntryOut>>;
+pub type Listing = Arc<Vec<crate::dir::DirEntryOut>>;
 
 /// Listings kept per directory (the newest is the one served).
 const LISTINGS_KEPT: usize = 1;
@@ -269,7 +269,7 @@ impl Inode {
     /// directory wait for one listing instead of each making their own.
     pub fn listing(
         &self,
-        make: impl FnOnce() -> std::io::Result<Vec<crate::listing::DirEntryOut>>,
+        make: impl FnOnce() -> std::io::Result<Vec<crate::dir::DirEntryOut>>,
     ) -> std::io::Result<(u64, Listing)> {
         let NodeKind::Dir(d) = &self.kind else {
             return Err(std::io::Error::from_raw_os_error(libc::ENOTDIR));

@@ -10,29 +10,13 @@ use std::sync::Arc;
 use fuser::FileType;
 
 use crate::attr;
-use crate::dir::{self, MergedEntry};
+use crate::dir::{self, DirEntryOut, MergedEntry};
 use crate::ids::{LayerMask, NodeId, RealKey};
 use crate::inode::{Inode, RealEntry, ROOT_INO};
 use crate::layer_read;
 use crate::overlay::LayerFs;
 use crate::resolve::Resolved;
 use crate::sys;
-
-/// One entry of an open directory's snapshot.
-#[derive(Debug, Clone)]
-pub struct DirEntryOut {
-    pub name: OsString,
-    pub kind: FileType,
-    pub ino: u64,
-    /// Lower layers (bit = layer index) whose part of the directory holds
-    /// the name, as an entry or a whiteout: a lookup from the listing
-    /// (readdirplus) probes only those, plus the upper. `LayerMask::ALL` when
-    /// unknown.
-    pub layers: LayerMask,
-    /// The readdir cookie that resumes after this entry (see
-    /// `name_cookie`).
-    pub cookie: u64,
-}
 
 /// Part of a directory listing for one readdir request.
 #[derive(Debug)]
