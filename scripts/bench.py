@@ -213,8 +213,12 @@ def daemon_rss_kib(mnt, name):
 
 def timed(cmd, cwd):
     t0 = time.perf_counter()
-    sh(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    r = subprocess.run(cmd, shell=True, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        err = r.stderr.decode(errors="replace").strip().splitlines()
+        raise RuntimeError(f"`{cmd}` in {cwd} failed ({r.returncode}): " + " / ".join(err[:3] + ["..."] + err[-3:] if len(err) > 6 else err))
+    return dt
 
 
 def warm(cmd):
@@ -395,9 +399,13 @@ def mode_line(env, uid=None, subid=None):
     opts = env.layerfs_opts or ""
     if env.rootless:
         return (f"mode: rootless: uid {uid}, root in its own user namespace (ids 1-65535 mapped to "
-                f"{subid}-{subid + 65534}), which also holds the mounts; kernel overlayfs with "
+                f"{subid}-{subid + 65534}), which also holds the mounts; open files 1024, hard "
+                f"limit {NOFILE_HARD} (systemd's default for a login session); kernel overlayfs with "
                 f"userxattr; fuse-overlayfs and layerfs mounted with mount(2) there; no FUSE "
-                f"passthrough (it needs CAP_SYS_ADMIN in the initial namespace)"
+                f"passthrough (it needs CAP_SYS_ADMIN in the initial namespace): layerfs serves "
+                f"file data itself, "
+                + ("without" if "writeback=0" in opts.replace(" ", "") else "with")
+                + " the kernel's writeback cache"
                 + (f"; layerfs -o {opts}" if opts else ""))
     passthrough = "passthrough=off" not in opts.replace(" ", "")
     return ("mode: root; layerfs "
@@ -463,6 +471,7 @@ def unmount_left(base):
 
 SUBID_BASE = 400000
 SUBID_COUNT = 65535
+NOFILE_HARD = 524288
 
 
 def free_id(start):
@@ -549,6 +558,10 @@ def rootless_main(args, scale, big_mib, reps):
             f"for f in passwd group subuid subgid; do mount --bind {etc}/$f /etc/$f; done\n"
             f"mount -t tmpfs tmpfs {base}/dev && mknod -m 666 {base}/dev/fuse c 10 229\n"
             f"mount --bind {base}/dev/fuse /dev/fuse\n"
+            # systemd's default for a login session (DefaultLimitNOFILE),
+            # which a rootless podman user has; layerfs and fuse-overlayfs
+            # raise the soft limit to the hard one.
+            f"ulimit -H -n {NOFILE_HARD} && ulimit -S -n 1024\n"
             f"exec setpriv --reuid={uid} --regid={uid} --clear-groups "
             f"unshare --user --mount --map-root-user "
             f"--map-users={SUBID_BASE},1,{SUBID_COUNT} --map-groups={SUBID_BASE},1,{SUBID_COUNT} "
