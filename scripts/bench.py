@@ -6,11 +6,20 @@ overlayfs measured in the same run.
 
 Run through scripts/bench.sh (which builds layerfs and installs
 fuse-overlayfs). Needs root. Stdlib only.
+
+--rootless runs the same workloads as an unprivileged user in its own user
+namespace, as rootless podman does (see rootless_main): the root process
+builds the image, makes the user, and then only serves drop_caches for the
+cold rows; everything measured, mounts included, runs in a worker process
+that is that user, root in its namespace.
 """
 
 import argparse
 import os
 import random
+import resource
+import shlex
+import signal
 import shutil
 import statistics
 import subprocess
@@ -25,19 +34,42 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, shell=True, check=True, **kw)
 
 
-def drop_caches():
+def write_drop_caches(what):
     sh("sync")
     with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3")
+        f.write(what)
+
+
+# In rootless mode the worker cannot write /proc/sys/vm/drop_caches (it is
+# root only in its own user namespace): it asks the root parent over two
+# pipes (requests to the parent, replies from it).
+ROOT_PARENT = [None]
+
+
+def drop_caches(what="3"):
+    if ROOT_PARENT[0] is None:
+        write_drop_caches(what)
+        return
+    req, rep = ROOT_PARENT[0]
+    os.write(req, f"drop {what}\n".encode())
+    if os.read(rep, 16) != b"ok\n":
+        raise RuntimeError("the root parent did not drop the caches")
 
 
 # ---- the image ---------------------------------------------------------------
 
-def build_image(base, scale, big_mib):
+def image_layers(base):
+    return [os.path.join(base, f"layer{i}") for i in range(3)]  # 0 = top
+
+
+def build_image(base, scale, big_mib, opaque_xattr="trusted.overlay.opaque"):
     """Three layers like an image: a base, a layer that adds files, a layer
-    that deletes and replaces; plus a 10,000-entry directory and big files."""
+    that deletes and replaces; plus a 10,000-entry directory and big files.
+    Opaque directories are marked with `opaque_xattr`: trusted.* is
+    invisible in a user namespace, where overlayfs (`userxattr`), layerfs
+    and fuse-overlayfs read user.overlay.opaque instead."""
     rng = random.Random(42)
-    layers = [os.path.join(base, f"layer{i}") for i in range(3)]  # 0 = top
+    layers = image_layers(base)
     for layer in layers:
         os.makedirs(layer)
     ndirs = [int(2000 * scale), int(600 * scale), int(400 * scale)]
@@ -66,7 +98,7 @@ def build_image(base, scale, big_mib):
         os.makedirs(dp, exist_ok=True)
         with open(os.path.join(dp, "new"), "w") as fh:
             fh.write("replaced")
-        sh(f"setfattr -n trusted.overlay.opaque -v y {dp}")
+        sh(f"setfattr -n {opaque_xattr} -v y {dp}")
     big_dir = os.path.join(layers[2], "bigdir")
     os.makedirs(big_dir)
     for i in range(int(10000 * min(scale * 2, 1))):
@@ -78,14 +110,16 @@ def build_image(base, scale, big_mib):
     return layers
 
 
+def many_layer_paths(base, n):
+    return [os.path.join(base, f"ml{n}", f"l{i}") for i in range(n)]
+
+
 def many_layers(base, n):
-    layers = []
-    for i in range(n):
-        p = os.path.join(base, f"ml{n}", f"l{i}")
+    layers = many_layer_paths(base, n)
+    for i, p in enumerate(layers):
         os.makedirs(os.path.join(p, f"dir{i}"))
         with open(os.path.join(p, f"dir{i}", "file"), "w") as fh:
             fh.write(str(i))
-        layers.append(p)
     return layers
 
 
@@ -97,6 +131,11 @@ class Env:
         self.layers = layers
         self.layerfs = layerfs
         self.layerfs_opts = ""
+        # Rootless: kernel overlayfs needs `userxattr` in a user namespace,
+        # and layerfs' start-up warning (no file handles there) goes to a
+        # log instead of once per mount.
+        self.rootless = False
+        self.layerfs_log = None
         self.mnt = {}
         for t in TARGETS:
             self.mnt[t] = os.path.join(base, "mnt-" + t)
@@ -129,12 +168,18 @@ class Env:
         if extra:
             opts += "," + extra
         if t == "kernel":
+            if self.rootless:
+                opts += ",userxattr"
             sh(f"mount -t overlay overlay -o {opts} {mnt}")
         elif t == "fuse-overlayfs":
             sh(f"fuse-overlayfs -o {opts} {mnt}", stderr=subprocess.DEVNULL)
         else:
             more = f",{self.layerfs_opts}" if self.layerfs_opts else ""
-            sh(f"{self.layerfs} -o {opts}{more} {mnt}")
+            if self.layerfs_log:
+                with open(self.layerfs_log, "a") as log:
+                    sh(f"{self.layerfs} -o {opts}{more} {mnt}", stderr=log)
+            else:
+                sh(f"{self.layerfs} -o {opts}{more} {mnt}")
 
     def umount(self, t):
         if t == "native":
@@ -169,8 +214,12 @@ def daemon_rss_kib(mnt, name):
 
 def timed(cmd, cwd):
     t0 = time.perf_counter()
-    sh(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    r = subprocess.run(cmd, shell=True, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        err = r.stderr.decode(errors="replace").strip().splitlines()
+        raise RuntimeError(f"`{cmd}` in {cwd} failed ({r.returncode}): " + " / ".join(err[:3] + ["..."] + err[-3:] if len(err) > 6 else err))
+    return dt
 
 
 def warm(cmd):
@@ -346,6 +395,246 @@ WORKLOADS = [
 ]
 
 
+# Rows whose meaning needs what a user namespace does not give, with why.
+ROOTLESS_SKIP = {
+    "chown -R with metacopy=on": "userxattr mode has no metacopy: kernel overlayfs refuses "
+                                 "metacopy=on with userxattr (EINVAL), layerfs follows its rules, "
+                                 "fuse-overlayfs has none",
+}
+
+
+def mode_line(env, uid=None, subid=None):
+    opts = env.layerfs_opts or ""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if env.rootless:
+        return (f"mode: rootless: uid {uid}, root in its own user namespace (ids 1-65535 mapped to "
+                f"{subid}-{subid + 65534}), which also holds the mounts; open files {soft}, hard "
+                f"limit {hard}; kernel overlayfs with "
+                f"userxattr; fuse-overlayfs and layerfs mounted with mount(2) there; no FUSE "
+                f"passthrough (it needs CAP_SYS_ADMIN in the initial namespace): layerfs serves "
+                f"file data itself, "
+                + ("without" if "writeback=0" in opts.replace(" ", "") else "with")
+                + " the kernel's writeback cache"
+                + (f"; layerfs -o {opts}" if opts else ""))
+    passthrough = "passthrough=off" not in opts.replace(" ", "")
+    return ("mode: root; layerfs "
+            + ("with FUSE passthrough for upper files" if passthrough else "without FUSE passthrough")
+            + (f"; layerfs -o {opts}" if opts else ""))
+
+
+def run_benchmark(env, args, reps):
+    """Mounts every target on the image under env.base and prints one line
+    pair per workload, then the daemons' memory."""
+    for t in TARGETS:
+        env.mount(t)
+    if env.layerfs_log and os.path.exists(env.layerfs_log):
+        with open(env.layerfs_log) as log:
+            said = log.read().strip()
+        if said:
+            print(f"layerfs at start-up (every mount): {said.splitlines()[0]}", flush=True)
+    # The same tree on every target, or the rows compare different work.
+    counts = {t: subprocess.run("find . | wc -l", shell=True, cwd=env.mnt[t], capture_output=True,
+                                text=True).stdout.strip() for t in TARGETS[1:]}
+    if len(set(counts.values())) != 1:
+        print(f"WARNING: the targets show different trees (entries: {counts})", flush=True)
+    env.tarball = os.path.join(env.base, "image.tar")
+    sh(f"tar cf {env.tarball} -C {env.mnt['kernel']} usr")
+    results = {}
+    only = [o for o in args.only.split(",") if o]
+    for name, fn in WORKLOADS:
+        if only and not any(name.startswith(o) for o in only):
+            continue
+        if env.rootless and name in ROOTLESS_SKIP:
+            print(f"{name:38} skipped: {ROOTLESS_SKIP[name]}", flush=True)
+            continue
+        results[name] = {t: [] for t in TARGETS}
+        failed = {}
+        for _ in range(reps):
+            for t in TARGETS:
+                if t in failed:
+                    continue
+                try:
+                    v = fn(env, t, env.mnt[t])
+                except (RuntimeError, subprocess.CalledProcessError, OSError) as e:
+                    # One target failing a workload is a result, not the
+                    # end of the run: say so on the row, start that target
+                    # afresh and go on.
+                    failed[t] = str(e)
+                    results[name][t] = []
+                    if t != "native":
+                        env.umount(t)
+                        env.mount(t)
+                    continue
+                if v is not None:
+                    results[name][t].append(v)
+        report_line(name, results[name], failed)
+    # Memory: walk everything, let the kernel forget, read the daemons.
+    for t in ("fuse-overlayfs", "layerfs"):
+        sh("find . > /dev/null", cwd=env.mnt[t])
+    drop_caches("2")
+    time.sleep(1)
+    print(f"daemon RSS after a full walk and drop_caches: layerfs {daemon_rss_kib(env.mnt['layerfs'], 'layerfs') / 1024:.1f} MiB, "
+          f"fuse-overlayfs {daemon_rss_kib(env.mnt['fuse-overlayfs'], 'fuse-overlayfs') / 1024:.1f} MiB")
+
+
+def unmount_left(base):
+    # Never delete through a mount that is still there.
+    left = [l.split()[1] for l in open("/proc/self/mounts") if base in l.split()[1]]
+    for m in left:
+        subprocess.run(["umount", "-l", m])
+
+
+# ---- rootless mode -----------------------------------------------------------
+# The model is tests/rootless.rs: a user that exists only inside a private
+# mount namespace (passwd, group, subuid and subgid bind-mounted over /etc,
+# and a /dev/fuse it may open, since this host's is 0600), who then enters a
+# user namespace of its own mapping it to root and its subordinate ids to
+# 1-65535, as podman does. The worker runs there for the whole benchmark, so
+# no timed command pays for entering a namespace.
+
+SUBID_BASE = 400000
+SUBID_COUNT = 65535
+NOFILE_HARD = 524288
+
+
+def free_id(start):
+    """A uid (and gid of the same number) no account and no process uses."""
+    used = set()
+    for f in ("/etc/passwd", "/etc/group"):
+        for line in open(f):
+            parts = line.split(":")
+            if len(parts) > 2 and parts[2].isdigit():
+                used.add(int(parts[2]))
+    used.update(uid for _, uid in processes())
+    return next(i for i in range(start, 60000) if i not in used)
+
+
+def processes():
+    """(pid, uid) of every process."""
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                yield int(pid), os.stat(f"/proc/{pid}").st_uid
+            except OSError:
+                continue
+
+
+def kill_user(uid):
+    """Kills the benchmark user's processes (layerfs and fuse-overlayfs
+    daemons a failed worker left), which also ends its namespaces and so
+    their mounts. The uid was free when the run began: they are all ours."""
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        pids = [pid for pid, u in processes() if u == uid]
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.1)
+
+
+def rootless_main(args, scale, big_mib, reps):
+    for tool in ("setpriv", "unshare", "newuidmap", "newgidmap", "fuse-overlayfs"):
+        if not shutil.which(tool):
+            sys.exit(f"--rootless needs {tool}")
+    # base (root's): etc and dev for the namespace; base/img: the user's.
+    base = tempfile.mkdtemp(prefix="layerfs-bench-rootless-", dir="/var/tmp")
+    os.chmod(base, 0o755)
+    img = os.path.join(base, "img")
+    uid = free_id(2900)
+    name = "lfsbench"
+    try:
+        print(f"building the image in {img} (scale {scale}, big file {big_mib} MiB)...", flush=True)
+        os.makedirs(img)
+        build_image(img, scale, big_mib, opaque_xattr="user.overlay.opaque")
+        for n in (10, 50):
+            many_layers(img, n)
+        bindir = os.path.join(img, "bin")
+        os.makedirs(bindir)
+        shutil.copy(args.layerfs, os.path.join(bindir, "layerfs"))
+        shutil.copy(os.path.abspath(__file__), os.path.join(bindir, "bench.py"))
+        sh(f"chown -R {uid}:{uid} {img}")
+        etc = os.path.join(base, "etc")
+        os.makedirs(etc)
+        os.makedirs(os.path.join(base, "dev"))
+        with open(os.path.join(etc, "passwd"), "w") as f:
+            f.write(open("/etc/passwd").read() + f"{name}:x:{uid}:{uid}::{img}:/bin/sh\n")
+        with open(os.path.join(etc, "group"), "w") as f:
+            f.write(open("/etc/group").read() + f"{name}:x:{uid}:\n")
+        for f in ("subuid", "subgid"):
+            with open(os.path.join(etc, f), "w") as fh:
+                fh.write(f"{name}:{SUBID_BASE}:{SUBID_COUNT}\n")
+
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        worker = [
+            "python3", os.path.join(bindir, "bench.py"), "--worker",
+            "--base", img, "--layerfs", os.path.join(bindir, "layerfs"),
+            "--ctl", f"{req_w},{rep_r}", "--uid", str(uid), "--reps", str(reps),
+            "--only", args.only, "--layerfs-opts", args.layerfs_opts,
+        ] + (["--quick"] if args.quick else [])
+        script = (
+            "set -e\n"
+            f"for f in passwd group subuid subgid; do mount --bind {etc}/$f /etc/$f; done\n"
+            f"mount -t tmpfs tmpfs {base}/dev && mknod -m 666 {base}/dev/fuse c 10 229\n"
+            f"mount --bind {base}/dev/fuse /dev/fuse\n"
+            # systemd's default for a login session (DefaultLimitNOFILE),
+            # which a rootless podman user has, where root may raise the
+            # hard limit (without CAP_SYS_RESOURCE, as in some containers,
+            # the inherited one stays; the mode line shows which ran).
+            # layerfs and fuse-overlayfs raise the soft limit to the hard.
+            f"ulimit -H -n {NOFILE_HARD} 2>/dev/null || true\n"
+            "ulimit -S -n 1024\n"
+            f"exec setpriv --reuid={uid} --regid={uid} --clear-groups "
+            f"unshare --user --mount --map-root-user "
+            f"--map-users={SUBID_BASE},1,{SUBID_COUNT} --map-groups={SUBID_BASE},1,{SUBID_COUNT} "
+            + " ".join(shlex.quote(a) for a in worker) + "\n"
+        )
+        user_env = {"HOME": img, "USER": name, "LOGNAME": name,
+                    "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
+        proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                                pass_fds=(req_w, rep_r), env=user_env, cwd=img)
+        os.close(req_w)
+        os.close(rep_r)
+        # Serve drop_caches until the worker closes its end.
+        with os.fdopen(req_r) as requests:
+            for line in requests:
+                what = line.split()
+                if len(what) == 2 and what[0] == "drop" and what[1] in ("1", "2", "3"):
+                    write_drop_caches(what[1])
+                    os.write(rep_w, b"ok\n")
+                else:
+                    os.write(rep_w, b"no\n")
+        os.close(rep_w)
+        rc = proc.wait()
+        if rc != 0:
+            sys.exit(f"the rootless worker failed ({rc})")
+    finally:
+        kill_user(uid)
+        unmount_left(base)
+        sh(f"rm -rf {base}")
+
+
+def worker_main(args, scale, big_mib, reps):
+    req, rep = (int(x) for x in args.ctl.split(","))
+    ROOT_PARENT[0] = (req, rep)
+    env = Env(args.base, image_layers(args.base), args.layerfs)
+    env.rootless = True
+    env.layerfs_log = os.path.join(args.base, "layerfs.log")
+    env.layerfs_opts = args.layerfs_opts
+    env.big_mib = big_mib
+    env.many = {n: many_layer_paths(args.base, n) for n in (10, 50)}
+    print(mode_line(env, uid=args.uid, subid=SUBID_BASE), flush=True)
+    try:
+        run_benchmark(env, args, reps)
+    finally:
+        env.umount_all()
+        unmount_left(args.base)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small image, about a minute")
@@ -353,10 +642,23 @@ def main():
     ap.add_argument("--layerfs", required=True)
     ap.add_argument("--only", default="", help="comma-separated workload name prefixes")
     ap.add_argument("--layerfs-opts", default="", help="extra -o options for layerfs (experiments)")
+    ap.add_argument("--rootless", action="store_true",
+                    help="as an unprivileged user in a user namespace (still started as root)")
+    # Internal: the rootless worker, started by rootless_main.
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--base", help=argparse.SUPPRESS)
+    ap.add_argument("--ctl", help=argparse.SUPPRESS)
+    ap.add_argument("--uid", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     scale, big_mib, reps = (0.15, 64, 5) if args.quick else (1.0, 512, 5)
     if args.reps:
         reps = args.reps
+    if args.worker:
+        return worker_main(args, scale, big_mib, reps)
+    if os.geteuid() != 0:
+        sys.exit("run as root (--rootless too: root makes the user and drops caches)")
+    if args.rootless:
+        return rootless_main(args, scale, big_mib, reps)
     base = tempfile.mkdtemp(prefix="layerfs-bench-", dir="/var/tmp")
     env = None
     try:
@@ -366,44 +668,20 @@ def main():
         env.layerfs_opts = args.layerfs_opts
         env.big_mib = big_mib
         env.many = {n: many_layers(base, n) for n in (10, 50)}
-        for t in TARGETS:
-            env.mount(t)
-        env.tarball = os.path.join(base, "image.tar")
-        sh(f"tar cf {env.tarball} -C {env.mnt['kernel']} usr")
-        results = {}
-        only = [o for o in args.only.split(",") if o]
-        for name, fn in WORKLOADS:
-            if only and not any(name.startswith(o) for o in only):
-                continue
-            results[name] = {t: [] for t in TARGETS}
-            for _ in range(reps):
-                for t in TARGETS:
-                    v = fn(env, t, env.mnt[t])
-                    if v is not None:
-                        results[name][t].append(v)
-            report_line(name, results[name])
-        # Memory: walk everything, let the kernel forget, read the daemons.
-        for t in ("fuse-overlayfs", "layerfs"):
-            sh("find . > /dev/null", cwd=env.mnt[t])
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("2")
-        time.sleep(1)
-        print(f"daemon RSS after a full walk and drop_caches: layerfs {daemon_rss_kib(env.mnt['layerfs'], 'layerfs') / 1024:.1f} MiB, "
-              f"fuse-overlayfs {daemon_rss_kib(env.mnt['fuse-overlayfs'], 'fuse-overlayfs') / 1024:.1f} MiB")
+        print(mode_line(env), flush=True)
+        run_benchmark(env, args, reps)
     finally:
         if env:
             env.umount_all()
-        # Never delete through a mount that is still there.
-        left = [l.split()[1] for l in open("/proc/self/mounts") if base in l.split()[1]]
-        for m in left:
-            subprocess.run(["umount", "-l", m])
+        unmount_left(base)
         sh(f"rm -rf {base}")
 
 
 HEADER_DONE = [False]
 
 
-def report_line(name, res):
+def report_line(name, res, failed=None):
+    failed = failed or {}
     if not HEADER_DONE[0]:
         print(f"{'workload':38} " + " ".join(f"{t:>22}" for t in TARGETS))
         print(f"{'':38} " + " ".join(f"{'median s (x kernel)':>22}" for _ in TARGETS))
@@ -412,6 +690,9 @@ def report_line(name, res):
     cells = []
     for t in TARGETS:
         v = res[t]
+        if t in failed:
+            cells.append(f"{'FAILED':>22}")
+            continue
         if not v:
             cells.append(f"{'n/a':>22}")
             continue
@@ -424,6 +705,8 @@ def report_line(name, res):
         v = res[t]
         ranges.append(f"[{min(v):.4f}-{max(v):.4f}]".rjust(22) if v else " " * 22)
     print(f"{'  min-max':38} " + " ".join(ranges), flush=True)
+    for t, why in failed.items():
+        print(f"  {t} failed: {why}", flush=True)
 
 
 if __name__ == "__main__":
