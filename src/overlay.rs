@@ -157,14 +157,10 @@ impl LayerFs {
             true,
             InodeState::new(reals, ROOT_INO, OsStr::new("")),
         );
-        let upper_handles = upper.as_ref().is_some_and(|u| {
-            u.work.features().file_handles
-                && handles.root(u.idx).is_some_and(|root| {
-                    sys::name_to_handle(layers.root_fd(u.idx))
-                        .and_then(|h| sys::open_by_handle(root.as_fd(), &h))
-                        .is_ok()
-                })
-        });
+        // `LayerHandles` offers a root only where a handle was reopened.
+        let upper_handles = upper
+            .as_ref()
+            .is_some_and(|u| u.work.features().file_handles && handles.root(u.idx).is_some());
         let inodes = InodeTable::new(root);
         let numbering = Numbering::new(&layers, handles, upper.as_ref().map(|u| (u.idx, u.ns)));
         Ok(LayerFs {
