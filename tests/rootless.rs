@@ -127,6 +127,12 @@ impl TestUser {
     }
 }
 
+/// The lower, upper, work and mount dirs of a test's stack in `base`.
+fn layer_dirs(base: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    let d = |n: &str| base.join(n);
+    (d("lower"), d("upper"), d("work"), d("mnt"))
+}
+
 /// Lines `KEY=value` printed by the script.
 fn value<'a>(out: &'a str, key: &str) -> &'a str {
     out.lines()
@@ -333,12 +339,7 @@ fn unprivileged_user_mounts_through_fusermount3() {
     let base = t.path();
     let user = TestUser::new(base, "lfsfuser", 1700, Path::new("/nonexistent"));
     let id = user.id;
-    let (lower, upper, work, mnt) = (
-        base.join("lower"),
-        base.join("upper"),
-        base.join("work"),
-        base.join("mnt"),
-    );
+    let (lower, upper, work, mnt) = layer_dirs(base);
     write(&lower.join("dir/file"), b"lower data\n");
     write(&lower.join("gone"), b"deleted through the mount\n");
     write(&lower.join("root-owned"), b"read only\n");
@@ -422,12 +423,7 @@ fn unprivileged_daemon_reaches_every_directory_past_three_quarters_of_its_fd_lim
     let base = t.path();
     let user = TestUser::new(base, "lfsfduser", 1750, Path::new("/nonexistent"));
     let id = user.id;
-    let (lower, upper, work, mnt) = (
-        base.join("lower"),
-        base.join("upper"),
-        base.join("work"),
-        base.join("mnt"),
-    );
+    let (lower, upper, work, mnt) = layer_dirs(base);
     // 420 directories: over 3/4 of a 512-fd limit (384), under the limit
     // (read only: a copied-up directory holds one more fd, and without
     // handles every upper file one, see the README's limitations).
