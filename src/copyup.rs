@@ -404,7 +404,8 @@ impl LayerFs {
             origin: self.origin_of(&top),
             ids_squashed: self.opts.ids.squashed(),
         };
-        let (fd, indexed) = stage_copy(&job, &top, &st, parent_up.fd.get()?.as_fd(), &name)?;
+        let parent_fd = parent_up.fd.get()?;
+        let (fd, indexed) = stage_copy(&job, &top, &st, parent_fd.as_fd(), &name)?;
         let ust = sys::fstat(fd.as_fd())?;
         self.numbering.remember(RealKey::of(&ust), inode.st_ino);
         if indexed {
@@ -427,7 +428,10 @@ impl LayerFs {
         }
         let entry = RealEntry {
             layer: up.idx,
-            fd: self.upper_ref(fd, inode.is_dir()),
+            // An indexed copy has several names: it is held, never named.
+            fd: self.upper_ref(fd, inode.is_dir(), || {
+                (!indexed).then(|| (parent_fd, Arc::from(name.as_os_str())))
+            }),
             marks: DirMarks::default(),
         };
         inode.copied_up(entry.clone(), inode.is_dir() || mode == CopyMode::MetaOnly);

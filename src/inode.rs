@@ -61,6 +61,62 @@ pub enum RealFd {
         root: Arc<OwnedFd>,
         handle: Arc<crate::sys::FileHandleBytes>,
     },
+    /// An upper non-directory with a single link, reopened by its name in
+    /// its parent's upper directory: where handles cannot be opened
+    /// (rootless, FUSE uppers) and the daemon's fds near their limit, so
+    /// that copying up or creating a whole image does not hold an fd per
+    /// file. Renames keep the name current ([`Inode::upper_name_moved`]);
+    /// a second link turns it back into a held fd ([`Inode::hold_upper`]).
+    Named(Arc<UpperName>),
+}
+
+/// Where a [`RealFd::Named`] object is, shared by every copy of its entry
+/// so that a rename seen by one is seen by all.
+#[derive(Debug)]
+pub struct UpperName {
+    at: Mutex<(Arc<OwnedFd>, Arc<std::ffi::OsStr>)>,
+    /// Its (st_dev, st_ino): what is opened by name must be it.
+    key: (u64, u64),
+}
+
+impl UpperName {
+    pub fn new(dir: Arc<OwnedFd>, name: Arc<std::ffi::OsStr>, key: (u64, u64)) -> UpperName {
+        UpperName {
+            at: Mutex::new((dir, name)),
+            key,
+        }
+    }
+
+    pub fn key(&self) -> (u64, u64) {
+        self.key
+    }
+
+    /// Opens it by its recorded name. A rename of it runs the real rename
+    /// before it records the new name: in between, the old name is gone or
+    /// is another object, so the open is tried again until the record
+    /// catches up (or, after about 50 ms, the object is taken to be gone).
+    fn open(&self) -> std::io::Result<OwnedFd> {
+        use std::os::fd::AsFd;
+        for attempt in 0..64u32 {
+            let (dir, name) = self.at.lock().clone();
+            match crate::sys::openat(dir.as_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+                Ok(fd) => {
+                    let st = crate::sys::fstat(fd.as_fd())?;
+                    if (st.st_dev, st.st_ino) == self.key {
+                        return Ok(fd);
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+            if attempt < 8 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        Err(std::io::Error::from_raw_os_error(libc::ESTALE))
+    }
 }
 
 impl RealFd {
@@ -78,6 +134,7 @@ impl RealFd {
                 std::os::fd::AsFd::as_fd(&**root),
                 handle,
             )?)),
+            RealFd::Named(n) => Ok(Arc::new(n.open()?)),
         }
     }
 }
@@ -487,6 +544,39 @@ impl Inode {
         });
     }
 
+    /// Its upper object, reached by name, was renamed to `name` in the
+    /// upper directory `dir` (an inode reached otherwise needs nothing).
+    pub fn upper_name_moved(&self, dir: Arc<OwnedFd>, name: &std::ffi::OsStr) {
+        if let Some(RealEntry {
+            fd: RealFd::Named(n),
+            ..
+        }) = self.state.read().reals.first()
+        {
+            *n.at.lock() = (dir, Arc::from(name));
+        }
+    }
+
+    /// Its upper object, reached by name, is about to get a second name:
+    /// from now on it is held by fd, as a name alone no longer follows it
+    /// once either name is removed.
+    pub fn hold_upper(&self) -> std::io::Result<()> {
+        let named = match self.state.read().reals.first() {
+            Some(RealEntry {
+                fd: RealFd::Named(n),
+                ..
+            }) => Arc::clone(n),
+            _ => return Ok(()),
+        };
+        let fd = Arc::new(named.open()?);
+        let mut s = self.state.write();
+        if let Some(r) = s.reals.first_mut() {
+            if matches!(&r.fd, RealFd::Named(n) if Arc::ptr_eq(n, &named)) {
+                r.fd = RealFd::Held(fd);
+            }
+        }
+        Ok(())
+    }
+
     /// A snapshot of the real entries, cheap to take (Arc clones).
     pub fn reals(&self) -> Vec<RealEntry> {
         self.state.read().reals.clone()
@@ -521,7 +611,8 @@ impl InodeTable {
     }
 
     /// Returns the live inode with node id `ino`, or inserts the one `make`
-    /// builds, and adds one lookup reference either way.
+    /// builds, and adds one lookup reference either way. `make` runs under
+    /// the lock of the entry's shard: it must not touch the table.
     pub fn lookup_insert(&self, ino: NodeId, make: impl FnOnce() -> Inode) -> Arc<Inode> {
         match self.map.entry(ino) {
             Entry::Occupied(e) => {

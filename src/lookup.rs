@@ -273,10 +273,10 @@ impl LayerFs {
                     // A lower file is reached by name when needed: no fd is
                     // held per file, whatever the size of the tree walked.
                     fd: match h.at {
-                        Some((dir, name)) if !self.is_upper(h.layer) => RealFd::At { dir, name },
-                        _ if self.is_upper(h.layer) => self.upper_ref(h.fd, is_dir),
-                        _ if is_dir => self.dir_ref(h.layer, h.fd),
-                        _ => h.fd.into(),
+                        _ if self.is_upper(h.layer) => self.upper_ref(h.fd, is_dir, || h.at),
+                        Some((dir, name)) => RealFd::At { dir, name },
+                        None if is_dir => self.dir_ref(h.layer, h.fd),
+                        None => h.fd.into(),
                     },
                     marks: h.marks,
                 })

@@ -320,6 +320,16 @@ impl LayerFs {
             self.numbering.remember(key, number);
         }
         let attr = crate::attr::from_stat(&st, number, false);
+        // Where it is, for reaching it by name: found before the table's
+        // entry is locked (its parent lives in the same table).
+        let at = self
+            .reaches_by_name(&path, is_dir)
+            .then(|| self.inode(parent).ok())
+            .flatten()
+            .map(|dir| dir.top())
+            .filter(|dir| self.is_upper(dir.layer))
+            .and_then(|dir| dir.fd.get().ok())
+            .map(|dir_fd| (dir_fd, Arc::<OsStr>::from(name)));
         let inode = self.inodes.lookup_insert(NodeId::of_number(number), || {
             Inode::new(
                 NodeId::of_number(number),
@@ -328,7 +338,7 @@ impl LayerFs {
                 InodeState::new(
                     vec![RealEntry {
                         layer: up.idx,
-                        fd: self.upper_ref(path, is_dir),
+                        fd: self.upper_ref(path, is_dir, || at),
                         marks: Default::default(),
                     }],
                     parent,
@@ -456,7 +466,9 @@ impl LayerFs {
         if inode.is_dir() {
             return Err(errno(libc::EPERM));
         }
-        let src = self.copy_up(&inode)?;
+        self.copy_up(&inode)?;
+        inode.hold_upper()?;
+        let src = inode.top();
         let dir = self.inode(newparent)?;
         self.place(&dir, newname, false, None, None, |at, n| {
             sys::link_fd(src.fd.get()?.as_fd(), at, n).map(|_| None)
@@ -580,10 +592,11 @@ impl LayerFs {
             return;
         }
         let same = match &r.fd {
-            // A handle no longer opens an unlinked file.
+            // A handle no longer opens an unlinked file, nor a name.
             crate::inode::RealFd::Handle { handle, .. } => {
                 sys::name_to_handle(fd.as_fd()).is_ok_and(|h| h == **handle)
             }
+            crate::inode::RealFd::Named(n) => n.key() == (st.st_dev, st.st_ino),
             other => other
                 .get()
                 .and_then(|f| sys::fstat(f.as_fd()))
@@ -1006,9 +1019,11 @@ impl LayerFs {
             d.dir_changed();
         }
         src.name_moved((parent, name), (newparent, newname));
+        src.upper_name_moved(dpu.fd.get()?, newname);
         if let Some(d) = &dst {
             if exchange {
                 d.name_moved((newparent, newname), (parent, name));
+                d.upper_name_moved(spu.fd.get()?, name);
             } else if d.is_dir() {
                 d.mark_unlinked();
             } else {

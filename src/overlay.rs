@@ -15,7 +15,7 @@ use fuser::FileAttr;
 
 use crate::attr;
 use crate::ids::{NodeId, RealKey};
-use crate::inode::{Inode, InodeState, InodeTable, RealEntry, RealFd, ROOT_INO};
+use crate::inode::{Inode, InodeState, InodeTable, RealEntry, RealFd, UpperName, ROOT_INO};
 use crate::layer_read::read_dir_marks;
 use crate::layers::{LayerIdx, LayerStack};
 use crate::numbering::{LayerHandles, Numbering};
@@ -170,7 +170,7 @@ impl LayerFs {
             upper,
             numbering,
             upper_handles,
-            fd_pressure: sys::nofile_limit().map_or(768, |n| n / 4 * 3),
+            fd_pressure: fd_pressure(),
             files: OpenFiles::default(),
             notifier: Default::default(),
         })
@@ -205,8 +205,27 @@ impl LayerFs {
     }
 
     /// How an inode keeps hold of an upper object: a file handle for a
-    /// non-directory where possible, else the fd itself.
-    pub(crate) fn upper_ref(&self, fd: OwnedFd, is_dir: bool) -> RealFd {
+    /// non-directory where possible, else the fd itself; past three
+    /// quarters of the daemon's open-file limit, a non-directory with one
+    /// link is reached by its name (`at`: its upper parent and name)
+    /// instead, so that no fd is held per file.
+    pub(crate) fn upper_ref(
+        &self,
+        fd: OwnedFd,
+        is_dir: bool,
+        at: impl FnOnce() -> Option<(Arc<OwnedFd>, Arc<OsStr>)>,
+    ) -> RealFd {
+        if self.reaches_by_name(&fd, is_dir) {
+            if let (Ok(st), Some((dir, name))) = (sys::fstat(fd.as_fd()), at()) {
+                if st.st_nlink == 1 {
+                    return RealFd::Named(Arc::new(UpperName::new(
+                        dir,
+                        name,
+                        (st.st_dev, st.st_ino),
+                    )));
+                }
+            }
+        }
         if is_dir {
             return match &self.upper {
                 Some(u) if self.upper_handles => self.dir_ref(u.idx, fd),
@@ -224,6 +243,12 @@ impl LayerFs {
             }
         }
         fd.into()
+    }
+
+    /// Whether `upper_ref` would reach the upper object `fd` by its name.
+    pub(crate) fn reaches_by_name(&self, fd: &OwnedFd, is_dir: bool) -> bool {
+        use std::os::fd::AsRawFd;
+        !is_dir && !self.upper_handles && (fd.as_raw_fd() as u64) >= self.fd_pressure
     }
 
     /// How an inode keeps hold of a directory of layer `idx`: its fd,
@@ -314,4 +339,18 @@ impl LayerFs {
         let idx = self.layers.upper().unwrap_or(LayerIdx(0));
         sys::fstatvfs(self.layers.root_fd(idx))
     }
+}
+
+/// The fd number past which the daemon stops holding an fd per object
+/// where it can reach the object otherwise: three quarters of its open-file
+/// limit. `LAYERFS_FD_PRESSURE` sets it, so that tests can run every
+/// operation on objects reached that way.
+fn fd_pressure() -> u64 {
+    if let Some(n) = std::env::var("LAYERFS_FD_PRESSURE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
+    sys::nofile_limit().map_or(768, |n| n / 4 * 3)
 }

@@ -96,6 +96,12 @@ impl Pair {
         if v.oci_upper {
             env.push(("LAYERFS_DISABLE_FEATURES", "xattr_trusted,xattr_user"));
         }
+        if v.upper_files_by_name {
+            // Handles could not be opened rootless; every fd is past the
+            // pressure mark.
+            env.push(("LAYERFS_DISABLE_FEATURES", "file_handles"));
+            env.push(("LAYERFS_FD_PRESSURE", "0"));
+        }
         let ours = try_mount_layerfs_env(&ours_opts, &base.join("m-ours"), &env).unwrap();
         let kopts = format!("{},{kernel_opts}", upper_opts(base, "kernel"));
         let kernel = mount_kernel(&lowers, &base.join("m-kernel"), &kopts);
@@ -447,6 +453,9 @@ struct Variant {
     /// Upper features layerfs must do without (`LAYERFS_DISABLE_FEATURES`),
     /// as on network filesystems.
     disabled_features: &'static str,
+    /// layerfs reaches every upper file by its name, holding no fd for it
+    /// (as a rootless daemon does near its open-file limit).
+    upper_files_by_name: bool,
     /// More layerfs options (`passthrough=off`: the kernel's writeback
     /// cache, as rootless mounts have).
     extra: &'static str,
@@ -687,6 +696,29 @@ fn random_operations_match_kernel_overlayfs_without_rename_flags_or_handles() {
     ] {
         let v = Variant {
             disabled_features: features,
+            ..Variant::default()
+        };
+        run_differential_with(seed, 300, v);
+    }
+}
+
+#[test]
+fn random_operations_match_kernel_overlayfs_with_upper_files_reached_by_name() {
+    require_root!();
+    // A rootless daemon cannot open file handles; near its open-file limit
+    // it reaches upper files by parent and name instead of holding an fd
+    // for each, so renames, links, unlinks and open files must all follow.
+    // Here that starts at the first fd, with and without passthrough.
+    for (seed, extra) in [
+        (61u64, ""),
+        (62, ""),
+        (63, "passthrough=off"),
+        (8, ""),
+        (12, "passthrough=off"),
+    ] {
+        let v = Variant {
+            upper_files_by_name: true,
+            extra,
             ..Variant::default()
         };
         run_differential_with(seed, 300, v);
