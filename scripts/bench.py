@@ -137,6 +137,8 @@ class Env:
         self.rootless = False
         self.layerfs_log = None
         self.mnt = {}
+        # More mount options per target, for the rows that change them.
+        self.extra = {t: "" for t in TARGETS}
         for t in TARGETS:
             self.mnt[t] = os.path.join(base, "mnt-" + t)
             os.makedirs(self.mnt[t], exist_ok=True)
@@ -165,8 +167,9 @@ class Env:
             os.makedirs(d)
         lower = self.lowerdir(layers)
         opts = f"lowerdir={lower},upperdir={u},workdir={w}"
-        if extra:
-            opts += "," + extra
+        for more in (extra, self.extra[t]):
+            if more:
+                opts += "," + more
         if t == "kernel":
             if self.rootless:
                 opts += ",userxattr"
@@ -346,6 +349,24 @@ def chown_all_metacopy(env, t, m):
     return dt
 
 
+def without_sync(fn):
+    """The same workload with the copy-up's fsync off wherever there is one
+    to turn off: kernel overlayfs `volatile`, layerfs `fsync=0`;
+    fuse-overlayfs never syncs a copy-up. The like-for-like comparison
+    with fuse-overlayfs."""
+    def run(env, t, m):
+        if t == "native":
+            return None
+        env.extra[t] = {"kernel": "volatile", "layerfs": "fsync=0"}.get(t, "")
+        try:
+            return fn(env, t, m)
+        finally:
+            env.extra[t] = ""
+            env.umount(t)
+            env.mount(t)
+    return run
+
+
 def mount_time(n):
     def run(env, t, m):
         if t == "native":
@@ -385,7 +406,11 @@ WORKLOADS = [
     ("seq write new big file", seq_write),
     ("copy-up: append to 1000 files", copy_up_small),
     ("copy-up: open big file for write", in_fresh("python3 -c \"open('big.bin','r+b').close()\"", native=False)),
+    ("copy-up: append, no fsync", without_sync(copy_up_small)),
+    ("copy-up: open big, no fsync",
+     without_sync(in_fresh("python3 -c \"open('big.bin','r+b').close()\"", native=False))),
     ("chown -R whole image", chown_all),
+    ("chown -R, no fsync", without_sync(chown_all)),
     ("chown -R with metacopy=on", chown_all_metacopy),
     ("untar image", untar),
     ("create+delete 2000 files", create_delete),
