@@ -469,9 +469,11 @@ fn unprivileged_daemon_copies_up_and_creates_more_files_than_it_may_open() {
     let user = TestUser::new(base, "lfsnfuser", 1800, Path::new("/nonexistent"));
     let id = user.id;
     let (lower, upper, work, mnt) = layer_dirs(base);
-    // 1,200 lower files and 800 new ones against a 256-fd limit.
-    for d in 0..20 {
-        for f in 0..60 {
+    // 1,200 lower files and 800 new ones against a 256-fd limit, in 80
+    // directories: copied up, they hold 160 fds (held files must leave
+    // them room).
+    for d in 0..80 {
+        for f in 0..15 {
             write(
                 &lower.join(format!("d{d:02}/f{f:02}")),
                 format!("{d}/{f}\n").as_bytes(),
