@@ -311,6 +311,17 @@ def seq_write(env, t, m):
     return timed(f"dd if=/dev/zero of=out.bin bs=1M count={env.big_mib} conv=fsync", d)
 
 
+def small_writes(bs_kib, mib, sync):
+    """A new file written `bs_kib` KiB at a time: the page cache's work in
+    the kernel, FUSE's writeback cache (or passthrough) in layerfs."""
+    def run(env, t, m):
+        d = fresh(env, t)
+        count = mib * 1024 // bs_kib
+        conv = " conv=fsync" if sync else ""
+        return timed(f"dd if=/dev/zero of=out.bin bs={bs_kib}k count={count}{conv}", d)
+    return run
+
+
 def untar(env, t, m):
     d = fresh(env, t)
     return timed(f"tar xf {env.tarball}", d)
@@ -404,6 +415,8 @@ WORKLOADS = [
     ("seq read big lower file (warm)", warm("dd if=big.bin of=/dev/null bs=1M")),
     ("random 4k reads big file", rand_reads),
     ("seq write new big file", seq_write),
+    ("4k writes, 256 MiB, fsync", small_writes(4, 256, True)),
+    ("1k writes, 64 MiB", small_writes(1, 64, False)),
     ("copy-up: append to 1000 files", copy_up_small),
     ("copy-up: open big file for write", in_fresh("python3 -c \"open('big.bin','r+b').close()\"", native=False)),
     ("copy-up: append, no fsync", without_sync(copy_up_small)),
