@@ -133,6 +133,36 @@ fn layer_dirs(base: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     (d("lower"), d("upper"), d("work"), d("mnt"))
 }
 
+/// Mounts the stack of `layer_dirs(base)` (lower already filled) as `user`
+/// with an open-file limit of `limit`, runs `script` (sh -e) as the user in
+/// the mountpoint, and unmounts: whether all of it succeeded, and its
+/// output (which ends with UNMOUNTED when the unmount was reached).
+fn run_with_fd_limit(user: &TestUser, base: &Path, limit: u32, script: &str) -> (bool, String) {
+    let (lower, upper, work, mnt) = layer_dirs(base);
+    for d in [&upper, &work, &mnt] {
+        mkdir(d);
+    }
+    user.own(&[&lower, &upper, &work, &mnt]);
+    let script_path = base.join("in-mount.sh");
+    fs::write(&script_path, format!("cd {}\n{script}", mnt.display())).unwrap();
+    chmod(&script_path, 0o644);
+    let as_user = format!("setpriv --reuid={0} --regid={0} --clear-groups", user.id);
+    user.run_in_namespace(&format!(
+        r#"
+{as_user} sh -c 'ulimit -n {limit}; exec {bin} -o lowerdir={lower},upperdir={upper},workdir={work} {mnt}'
+{as_user} sh -e {script}
+{as_user} fusermount3 -u {mnt}
+echo UNMOUNTED
+"#,
+        bin = user.bin.display(),
+        lower = lower.display(),
+        upper = upper.display(),
+        work = work.display(),
+        mnt = mnt.display(),
+        script = script_path.display(),
+    ))
+}
+
 /// Lines `KEY=value` printed by the script.
 fn value<'a>(out: &'a str, key: &str) -> &'a str {
     out.lines()
@@ -422,32 +452,18 @@ fn unprivileged_daemon_reaches_every_directory_past_three_quarters_of_its_fd_lim
     let t = tempfile::Builder::new().prefix("lfsfd").tempdir().unwrap();
     let base = t.path();
     let user = TestUser::new(base, "lfsfduser", 1750, Path::new("/nonexistent"));
-    let id = user.id;
-    let (lower, upper, work, mnt) = layer_dirs(base);
+    let (lower, ..) = layer_dirs(base);
     // 420 directories: over 3/4 of a 512-fd limit (384), under the limit
-    // (read only: a copied-up directory holds one more fd, and without
-    // handles every upper file one, see the README's limitations).
+    // (read only: a copied-up directory holds one more fd).
     for i in 0..420 {
         write(&lower.join(format!("d{i:03}/f")), b"x\n");
     }
-    for d in [&upper, &work, &mnt] {
-        mkdir(d);
-    }
-    user.own(&[&lower, &upper, &work, &mnt]);
-    let as_user = format!("setpriv --reuid={id} --regid={id} --clear-groups");
-    let (ok, text) = user.run_in_namespace(&format!(
-        r#"
-{as_user} sh -c 'ulimit -n 512; exec {bin} -o lowerdir={lower},upperdir={upper},workdir={work} {mnt}'
-{as_user} sh -c 'cd {mnt}; echo DIRS $(ls -d d* | wc -l); echo FILES $(cat d*/f | wc -l); echo LISTED $(ls -R | grep -c "^f$")'
-{as_user} fusermount3 -u {mnt}
-echo UNMOUNTED
-"#,
-        bin = user.bin.display(),
-        lower = lower.display(),
-        upper = upper.display(),
-        work = work.display(),
-        mnt = mnt.display(),
-    ));
+    let (ok, text) = run_with_fd_limit(
+        &user,
+        base,
+        512,
+        r#"echo DIRS $(ls -d d* | wc -l); echo FILES $(cat d*/f | wc -l); echo LISTED $(ls -R | grep -c "^f$")"#,
+    );
     assert!(ok && text.contains("UNMOUNTED"), "{text}");
     for want in ["DIRS 420", "FILES 420", "LISTED 420"] {
         assert!(text.contains(want), "{want} expected:\n{text}");
@@ -467,8 +483,7 @@ fn unprivileged_daemon_copies_up_and_creates_more_files_than_it_may_open() {
     let t = tempfile::Builder::new().prefix("lfsnf").tempdir().unwrap();
     let base = t.path();
     let user = TestUser::new(base, "lfsnfuser", 1800, Path::new("/nonexistent"));
-    let id = user.id;
-    let (lower, upper, work, mnt) = layer_dirs(base);
+    let (lower, upper, ..) = layer_dirs(base);
     // 1,200 lower files and 800 new ones against a 256-fd limit, in 80
     // directories: copied up, they hold 160 fds (held files must leave
     // them room).
@@ -480,17 +495,11 @@ fn unprivileged_daemon_copies_up_and_creates_more_files_than_it_may_open() {
             );
         }
     }
-    for d in [&upper, &work, &mnt] {
-        mkdir(d);
-    }
-    user.own(&[&lower, &upper, &work, &mnt]);
-    let as_user = format!("setpriv --reuid={id} --regid={id} --clear-groups");
-    let (ok, text) = user.run_in_namespace(&format!(
-        r#"
-{as_user} sh -c 'ulimit -n 256; exec {bin} -o lowerdir={lower},upperdir={upper},workdir={work} {mnt}'
-{as_user} sh -e -c '
-cd {mnt}
-chmod -R g+w d*; echo CHMOD done
+    let (ok, text) = run_with_fd_limit(
+        &user,
+        base,
+        256,
+        r#"chmod -R g+w d*; echo CHMOD done
 for f in d*/f*; do echo more >> $f; done; echo APPENDED done
 i=0; while [ $i -lt 800 ]; do echo new$i > n$i; i=$((i+1)); done; echo CREATED done
 i=0; while [ $i -lt 400 ]; do mv n$i m$i; i=$((i+1)); done; echo MOVED done
@@ -506,16 +515,8 @@ echo HARD1 $(cat hard1 | tr "\n" " ")
 echo MOVEDF $(cat d02/moved | tr "\n" " ")
 echo LOWERS $(cat d*/f* | grep -c more)
 echo NEWS $(cat n* m* | wc -l)
-'
-{as_user} fusermount3 -u {mnt}
-echo UNMOUNTED
 "#,
-        bin = user.bin.display(),
-        lower = lower.display(),
-        upper = upper.display(),
-        work = work.display(),
-        mnt = mnt.display(),
-    ));
+    );
     assert!(ok && text.contains("UNMOUNTED"), "{text}");
     assert!(!text.contains("Too many open files"), "{text}");
     for want in [
