@@ -241,7 +241,14 @@ fn stage_copy(
 ) -> io::Result<(OwnedFd, bool)> {
     let (up, mode, indexed) = (job.upper, job.mode, job.indexed);
     let work = &up.work;
-    let staged = Staged::new(work);
+    // A copy that will be linked into the index carries, in its staged
+    // name, the nlink delta right while it is staged (see
+    // `Staged::index_link`).
+    let staged = if indexed && work.index_fd().is_some() {
+        Staged::index_link(work, st.st_nlink as i64 - 2)
+    } else {
+        Staged::new(work)
+    };
     let fmt = st.st_mode & libc::S_IFMT;
     let mut data_fd = None;
     match fmt {
@@ -321,6 +328,7 @@ fn stage_copy(
     let in_index = index_at.is_some();
     if let Some((origin, index)) = index_at {
         sys::link_fd(fd.as_fd(), index, &index_name(&origin))?;
+        crate::crashpoint::reached("copyup-indexed");
     }
     // Kernel overlayfs keeps the parent's times across a copy-up: the
     // directory did not change as the user sees it.

@@ -8,6 +8,7 @@
 pub mod attr;
 pub mod backing;
 pub mod copyup;
+pub mod crashpoint;
 pub mod dir;
 pub mod features;
 pub mod fs;

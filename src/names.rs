@@ -508,20 +508,28 @@ impl LayerFs {
                     Resolved::NonDir(h) => h,
                     Resolved::Dir(_) => return Err(errno(libc::EISDIR)),
                 };
-                if hit.st.st_nlink > 1
-                    && hit.st.st_mode & libc::S_IFMT == libc::S_IFREG
-                    && self.index_before_removal(&self.child(parent, name)?)?
-                {
-                    // Now in the index (and perhaps in the upper under this
-                    // very name): remove it as such.
-                    return self.unlink(parent, name);
+                if hit.st.st_nlink > 1 && hit.st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                    let child = self.child(parent, name)?;
+                    if self.index_before_removal(&child)? {
+                        // Now in the index (and perhaps in the upper under
+                        // this very name): remove it as such.
+                        return self.unlink(parent, name);
+                    }
+                    if child.nlink_delta().is_some() && self.is_upper(child.top().layer) {
+                        // As kernel overlayfs (`ovl_nlink_start`): the name
+                        // is linked up first, so that its removal takes one
+                        // upper link and one shown link together, and a
+                        // crash in between leaves the count right.
+                        self.link_up(&child, &pu, name)?;
+                        return self.unlink(parent, name);
+                    }
                 }
                 self.make_whiteout(pu.fd.get()?.as_fd(), name, &dir)?;
-                // One name of a copied-up lower hardlink set went away.
+                // One name of a copied-up lower hardlink set (kept without
+                // an index) went away.
                 if hit.st.st_nlink > 1 {
                     if let Some(i) = self.live_inode_of(&hit.st) {
                         i.name_gone(parent, name);
-                        self.adjust_nlink_delta(&i, -1)?;
                     }
                 }
             }
@@ -550,6 +558,42 @@ impl LayerFs {
         }
         self.copy_up(inode)?;
         Ok(true)
+    }
+
+    /// Gives `inode`'s upper object the name `name` in upper directory
+    /// `pu`, where that name showed the lower file until now (kernel
+    /// overlayfs' link-up): the upper count gains a link, the shown count
+    /// stays. For a file kept through the index, the link is staged in the
+    /// work dir under a name carrying the new `overlay.nlink` delta, so a
+    /// crash at any step leaves the count right (`Staged::index_link`).
+    fn link_up(&self, inode: &Inode, pu: &RealEntry, name: &OsStr) -> io::Result<()> {
+        let up = self.upper_ctx()?;
+        // Two link-ups of one file must not both start from the same delta.
+        let _one_at_a_time = inode.copy_lock.lock();
+        let top_fd = inode.top().fd.get()?;
+        if let UpperSlot::Whiteout = self.upper_slot(pu, name)? {
+            self.remove_whiteout(pu, name)?;
+        }
+        let Some(delta) = inode.nlink_delta() else {
+            return sys::link_fd(top_fd.as_fd(), pu.fd.get()?.as_fd(), name);
+        };
+        let linked = delta - 1;
+        let staged = Staged::index_link(&up.work, linked);
+        sys::link_fd(top_fd.as_fd(), up.work.fd(), &staged.name)?;
+        crate::crashpoint::reached("linkup-staged");
+        sys::setxattr_fd(
+            top_fd.as_fd(),
+            &up.ns.name("nlink"),
+            format!("U{linked:+}").as_bytes(),
+            0,
+        )?;
+        crate::crashpoint::reached("linkup-counted");
+        // On failure the staged link goes, and the count with it.
+        up.renames
+            .noreplace(up.work.fd(), &staged.name, pu.fd.get()?.as_fd(), name)?;
+        staged.commit();
+        inode.set_nlink_delta(Some(linked));
+        Ok(())
     }
 
     /// Gives the upper object `target` the name `name` in directory node
@@ -630,25 +674,6 @@ impl LayerFs {
         }
         dir.dir_changed();
         child.mark_unlinked();
-        Ok(())
-    }
-
-    /// A lower-only name of a copied-up hardlink went away or was replaced
-    /// by an upper link: the shown link count moves against the upper one.
-    fn adjust_nlink_delta(&self, inode: &Inode, by: i64) -> io::Result<()> {
-        let Some(d) = inode.nlink_delta() else {
-            return Ok(());
-        };
-        let up = self.upper_ctx()?;
-        let d = d + by;
-        let top = inode.top();
-        sys::setxattr_fd(
-            top.fd.get()?.as_fd(),
-            &up.ns.name("nlink"),
-            format!("U{d:+}").as_bytes(),
-            0,
-        )?;
-        inode.set_nlink_delta(Some(d));
         Ok(())
     }
 
@@ -782,12 +807,9 @@ impl LayerFs {
             }
             // Another name of a lower hardlink set was copied up: give this
             // name the same upper inode.
-            if let UpperSlot::Whiteout = self.upper_slot(&pu, name)? {
-                self.remove_whiteout(&pu, name)?;
-            }
             let top_fd = top.fd.get()?;
-            match sys::link_fd(top_fd.as_fd(), pu.fd.get()?.as_fd(), name) {
-                Ok(()) => self.adjust_nlink_delta(inode, -1)?,
+            match self.link_up(inode, &pu, name) {
+                Ok(()) => {}
                 // The name was there after all (a network filesystem's
                 // client may answer a lookup of a name it just renamed
                 // in with ENOENT): fine if it is this very file.
@@ -920,10 +942,14 @@ impl LayerFs {
         } else {
             let mut slot = self.upper_slot(&dpu, newname)?;
             if let Some(d) = &dst {
-                let in_upper = matches!(slot, UpperSlot::Entry(..));
-                if !d.is_dir() && !in_upper {
-                    // The target name lived only below: it disappears.
-                    self.adjust_nlink_delta(d, -1)?;
+                let mut in_upper = matches!(slot, UpperSlot::Entry(..));
+                if !d.is_dir() && !in_upper && d.nlink_delta().is_some() {
+                    // The target name of a file kept through the index lived
+                    // only below: linked up first, the rename over it then
+                    // takes one upper link and one shown link together.
+                    self.link_up(d, &dpu, newname)?;
+                    slot = self.upper_slot(&dpu, newname)?;
+                    in_upper = true;
                 }
                 // An empty merged directory may still hold whiteouts in its
                 // upper part; the rename needs it truly empty.

@@ -104,6 +104,15 @@ fn write_holder_note(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Prefix of a staged link to an indexed file (see [`Staged::index_link`]).
+const NLINK_TAG: &str = "#lfsnl";
+
+/// The delta a staged name carries, if it is an index link's.
+fn nlink_tag(name: &OsStr) -> Option<i64> {
+    let rest = name.to_str()?.strip_prefix(NLINK_TAG)?;
+    rest.split_once('.')?.0.parse().ok()
+}
+
 /// Name of the holder note in WORKDIR (beside `work` and `index`, which
 /// kernel overlayfs ignores).
 const HOLDER_FILE: &str = "layerfs.lock";
@@ -292,6 +301,14 @@ impl WorkDir {
         OsString::from(format!("#lfs{n:x}"))
     }
 
+    /// A staging name for a link to an indexed file (see
+    /// [`Staged::index_link`]): it carries the `overlay.nlink` delta that
+    /// is right while the staged link exists.
+    fn nlink_tagged_name(&self, delta: i64) -> OsString {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        OsString::from(format!("{NLINK_TAG}{delta:+}.{n:x}"))
+    }
+
     /// Removes a staged entry and everything below it.
     pub fn remove(&self, name: &OsStr) -> io::Result<()> {
         let p = self.path.join(name);
@@ -303,11 +320,40 @@ impl WorkDir {
         }
     }
 
-    /// Empties the work directory (leftovers of a crash).
+    /// Empties the work directory (leftovers of a crash). A staged link to
+    /// an indexed file first gives the file the link count it has without
+    /// that link (see [`Staged::index_link`]).
     fn clean(&self) -> io::Result<()> {
         for e in fs::read_dir(&self.path)? {
-            let e = e?;
-            self.remove(&e.file_name())?;
+            let name = e?.file_name();
+            if let Some(delta) = nlink_tag(&name) {
+                self.settle_nlink(&name, delta)?;
+            }
+            self.remove(&name)?;
+        }
+        Ok(())
+    }
+
+    /// Before the staged link `name`, tagged with `delta`, is removed: if it
+    /// is still linked to an index entry, the entry's `overlay.nlink` (in
+    /// whichever namespace it was written) becomes the delta right without
+    /// it, whether or not the crash came before the value was updated.
+    fn settle_nlink(&self, name: &OsStr, delta: i64) -> io::Result<()> {
+        let fd = sys::openat(self.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let st = sys::fstat(fd.as_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink < 2 {
+            return Ok(());
+        }
+        for ns in [XattrNs::Trusted, XattrNs::User] {
+            let key = ns.name("nlink");
+            if sys::getxattr_fd(fd.as_fd(), &key).is_ok() {
+                let settled = delta + 1;
+                log::info!(
+                    "work dir: a link-up cut by a crash: overlay.nlink of inode {} is U{settled:+}",
+                    st.st_ino
+                );
+                return sys::setxattr_fd(fd.as_fd(), &key, format!("U{settled:+}").as_bytes(), 0);
+            }
         }
         Ok(())
     }
@@ -359,6 +405,25 @@ impl<'a> Staged<'a> {
         }
     }
 
+    /// A staged name for a link to a file kept through the index (a lower
+    /// hard-link set copied up), whose `overlay.nlink` is `U+delta` while
+    /// this staged link exists.
+    ///
+    /// A link count and an xattr cannot change in one syscall, so a link-up
+    /// (a new upper name for the index entry, which adds an upper link but
+    /// no name the user sees) is staged here first: should the daemon die
+    /// with the link still in the work dir, the next mount's cleanup knows
+    /// from the name alone what `overlay.nlink` must say once the link is
+    /// gone (`delta + 1`), whether the crash came before or after the
+    /// xattr was written.
+    pub fn index_link(work: &'a WorkDir, delta: i64) -> Staged<'a> {
+        Staged {
+            name: work.nlink_tagged_name(delta),
+            work,
+            armed: true,
+        }
+    }
+
     /// The entry has left the work directory: nothing to clean.
     pub fn commit(mut self) {
         self.armed = false;
@@ -368,6 +433,11 @@ impl<'a> Staged<'a> {
 impl Drop for Staged<'_> {
     fn drop(&mut self) {
         if self.armed {
+            if let Some(delta) = nlink_tag(&self.name) {
+                if let Err(e) = self.work.settle_nlink(&self.name, delta) {
+                    log::warn!("cannot settle the link count of {:?}: {e}", self.name);
+                }
+            }
             if let Err(e) = self.work.remove(&self.name) {
                 log::warn!("cannot remove staged {:?}: {e}", self.name);
             }
