@@ -5,9 +5,12 @@
 //! `LAYERFS_CRASH_AT=NAME` ends the daemon the first time it passes point
 //! NAME, `NAME:N` the Nth time; `any:N` the Nth point of any name, so that
 //! a seeded test can pick a step of the upper's history rather than a
-//! moment in time. Without the variable a point costs one atomic load.
+//! moment in time: every successful call of `sys` that changes a layer is
+//! point `step`. Points count only once the kernel's session has started
+//! ([`arm`]), so that the mount itself always comes up. Without the
+//! variable a point costs one atomic load.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 struct Plan {
@@ -37,8 +40,18 @@ fn parse(spec: &str) -> Option<Plan> {
     })
 }
 
+static ARMED: AtomicBool = AtomicBool::new(false);
+
+/// The filesystem is serving: from now on crash points count.
+pub fn arm() {
+    ARMED.store(true, Ordering::Release);
+}
+
 /// Passes crash point `name`: the daemon dies here if the plan says so.
 pub fn reached(name: &'static str) {
+    if !ARMED.load(Ordering::Acquire) {
+        return;
+    }
     let Some(p) = plan() else {
         return;
     };

@@ -30,8 +30,19 @@
 //! index entry is left without a name, kernel overlayfs (`index=on`) reads
 //! the upper as the same tree, and the lowers are byte-identical.
 //!
-//! `LAYERFS_CRASH_KILLS` (default 50) sets the number of kills;
-//! `scripts/crash.sh` runs a long series.
+//! Where each kill lands is decided by the seed: odd rounds end the daemon
+//! at its Nth step that changes a layer (`LAYERFS_CRASH_AT=any:N`, the
+//! daemon's own crash point, so the kill falls between two syscalls of a
+//! multi-step change rather than wherever the clock says), even rounds and
+//! any round whose step is not reached in time by `kill -9` after a seeded
+//! delay. The workers' interleaving is still the scheduler's, so a round
+//! replays the same kill points, not the same history.
+//!
+//! `LAYERFS_CRASH_KILLS` (default 50) sets the number of kills and
+//! `LAYERFS_CRASH_SEED` (default 1) the seed; a failure prints both, and
+//! `LAYERFS_CRASH_SEED=S LAYERFS_CRASH_KILLS=R+1 cargo test --release
+//! --test crash` replays the run up to round R. `scripts/crash.sh` runs a
+//! long series.
 
 mod common;
 
@@ -231,6 +242,8 @@ struct Ctx {
     /// Operations completed per worker, to see that each got going.
     done: [AtomicU64; 6],
     seed: u64,
+    /// The daemon's.
+    pid: u32,
 }
 
 impl Ctx {
@@ -743,10 +756,20 @@ fn kill_9_at_any_point_of_mixed_work() {
     // with no upper name yet: evidence the kills cut copy-ups midway.
     let mut cut_staging = 0;
     let mut half_indexed = 0;
+    let mut at_steps = 0;
     let started = Instant::now();
     for round in 0..kills {
         // ---- work, then SIGKILL at a random moment
-        let m = try_mount_layerfs(&opts, &mnt).unwrap();
+        // Odd rounds: the daemon ends itself at a seeded step; the timer
+        // below is then only the fallback.
+        let step = (round % 2 == 1).then(|| 20 + rng.below(3000));
+        let crash_at = step.map(|n| format!("any:{n}"));
+        let env: Vec<(&str, &str)> = crash_at
+            .as_deref()
+            .map(|c| ("LAYERFS_CRASH_AT", c))
+            .into_iter()
+            .collect();
+        let m = try_mount_layerfs_env(&opts, &mnt, &env).unwrap();
         let pid = daemon_pid(&mnt).expect("daemon pid");
         let ctx = Arc::new(Ctx {
             mnt: mnt.clone(),
@@ -756,6 +779,7 @@ fn kill_9_at_any_point_of_mixed_work() {
             gen: AtomicU64::new(gen),
             done: Default::default(),
             seed: seed ^ ((round as u64) << 8),
+            pid,
         });
         let handles: Vec<_> = WORKERS
             .iter()
@@ -763,7 +787,13 @@ fn kill_9_at_any_point_of_mixed_work() {
                 let c = Arc::clone(&ctx);
                 thread::spawn(move || {
                     if let Err(e) = f(&c) {
-                        if !c.killed.load(Ordering::SeqCst) {
+                        // A daemon that died at its crash point answers
+                        // ENOTCONN before the test knows it is dead.
+                        let dead = matches!(
+                            e.raw_os_error(),
+                            Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+                        ) && !alive(c.pid);
+                        if !c.killed.load(Ordering::SeqCst) && !dead {
                             c.errors.lock().unwrap().push(format!("{name}: {e}"));
                         }
                     }
@@ -771,9 +801,21 @@ fn kill_9_at_any_point_of_mixed_work() {
             })
             .collect();
         let delay = 10 + rng.below(500);
-        thread::sleep(Duration::from_millis(delay));
+        let until = Instant::now() + Duration::from_millis(delay);
+        while Instant::now() < until && alive(pid) {
+            thread::sleep(Duration::from_millis(2));
+        }
         ctx.killed.store(true, Ordering::SeqCst);
-        kill9(pid);
+        let self_ended = !alive(pid);
+        at_steps += usize::from(self_ended);
+        if !self_ended {
+            kill9(pid);
+        }
+        let how = match (step, self_ended) {
+            (Some(n), true) => format!("the daemon ended at its step {n}"),
+            (Some(n), false) => format!("step {n} not reached: kill -9 after {delay} ms"),
+            (None, _) => format!("kill -9 after {delay} ms"),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while alive(pid) || handles.iter().any(|h| !h.is_finished()) {
             assert!(
@@ -838,7 +880,9 @@ fn kill_9_at_any_point_of_mixed_work() {
         );
         assert!(
             bad.is_empty(),
-            "round {round} (seed {seed}, kill after {delay} ms; keep dirs with LAYERFS_KEEP_TEST_DIRS):\n{}",
+            "round {round} (seed {seed}, {how}; replay with LAYERFS_CRASH_SEED={seed} \
+             LAYERFS_CRASH_KILLS={}, keep dirs with LAYERFS_KEEP_TEST_DIRS):\n{}",
+            round + 1,
             bad.join("\n")
         );
         // What survived this crash is the baseline of the next round: an
@@ -879,7 +923,7 @@ fn kill_9_at_any_point_of_mixed_work() {
         }
     }
     eprintln!(
-        "{kills} kills in {:.1} s; kills during work of each worker {:?}: {hits:?}; \
+        "{kills} kills ({at_steps} at a seeded step) in {:.1} s; kills during work of each worker {:?}: {hits:?}; \
          {cut_staging} left a staged object in the work dir, {half_indexed} index entries without an upper name",
         started.elapsed().as_secs_f64(),
         WORKERS.map(|w| w.0)

@@ -9,6 +9,12 @@ use std::path::Path;
 
 use super::{cstr, cvt, cvt_size, proc_fd_path, Stat};
 
+/// A step that changes a layer succeeded: a crash test may end the
+/// daemon here (`LAYERFS_CRASH_AT=any:N`, see `crashpoint`).
+fn step_done() {
+    crate::crashpoint::reached("step");
+}
+
 /// `openat(dir, name, flags, mode)`, always with O_CLOEXEC.
 pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
     let c = cstr(name)?;
@@ -23,7 +29,11 @@ pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::R
         )
     })?;
     // SAFETY: `fd` was just returned by openat and is not owned elsewhere.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if flags & libc::O_CREAT != 0 {
+        step_done();
+    }
+    Ok(fd)
 }
 
 /// `open(path, flags)` for paths the administrator gave at mount time.
@@ -167,6 +177,7 @@ pub fn setxattr_fd(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) ->
             flags,
         )
     })?;
+    step_done();
     Ok(())
 }
 
@@ -175,6 +186,7 @@ pub fn removexattr_fd(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     let p = proc_fd_path(fd);
     // SAFETY: valid C strings.
     cvt(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) })?;
+    step_done();
     Ok(())
 }
 
@@ -260,6 +272,7 @@ pub fn mkdirat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
     let c = cstr(name)?;
     // SAFETY: valid C string.
     cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) })?;
+    step_done();
     Ok(())
 }
 
@@ -275,6 +288,7 @@ pub fn mknodat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u64) -> io::R
             rdev as libc::dev_t,
         )
     })?;
+    step_done();
     Ok(())
 }
 
@@ -284,6 +298,7 @@ pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Resul
     let c = cstr(name)?;
     // SAFETY: valid C strings.
     cvt(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) })?;
+    step_done();
     Ok(())
 }
 
@@ -305,6 +320,7 @@ pub fn linkat(
             0,
         )
     })?;
+    step_done();
     Ok(())
 }
 
@@ -323,6 +339,7 @@ pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::Res
             libc::AT_SYMLINK_FOLLOW,
         )
     })?;
+    step_done();
     Ok(())
 }
 
@@ -331,6 +348,7 @@ pub fn unlinkat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> io::Result<()>
     let c = cstr(name)?;
     // SAFETY: valid C string.
     cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) })?;
+    step_done();
     Ok(())
 }
 
@@ -354,6 +372,7 @@ pub fn renameat2(
             flags,
         )
     })?;
+    step_done();
     Ok(())
 }
 
@@ -370,6 +389,7 @@ pub fn fchown_fd(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
             libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
         )
     })?;
+    step_done();
     Ok(())
 }
 
@@ -379,6 +399,7 @@ pub fn fchmod_fd(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
     let p = proc_fd_path(fd);
     // SAFETY: valid C string.
     cvt(unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) })?;
+    step_done();
     Ok(())
 }
 
@@ -423,6 +444,7 @@ pub fn utimens_at(
     let c = cstr(name)?;
     // SAFETY: valid C string and a two-element timespec array.
     cvt(unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), ts.as_ptr(), flags) })?;
+    step_done();
     Ok(())
 }
 
@@ -430,6 +452,7 @@ pub fn utimens_at(
 pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     // SAFETY: no pointers involved.
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) })?;
+    step_done();
     Ok(())
 }
 
@@ -456,6 +479,7 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
             libc::fsync(fd.as_raw_fd())
         }
     })?;
+    step_done();
     Ok(())
 }
 
