@@ -82,7 +82,7 @@ pub fn run(cli: Cli) -> io::Result<()> {
         Cmd::Create { name, from } => {
             let (bases, seeds): (Vec<String>, Vec<String>) = from
                 .into_iter()
-                .partition(|f| f.contains('@') && !f.contains('/'));
+                .partition(|f| super::store::is_base_spec(f));
             if bases.len() > 1 || (!bases.is_empty() && !seeds.is_empty()) {
                 return Err(super::store::err(
                     "--from VOLUME@SNAP is given alone, not with directories",

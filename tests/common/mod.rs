@@ -245,12 +245,14 @@ pub fn try_mount_layerfs_env(opts: &str, mnt: &Path, env: &[(&str, &str)]) -> io
     })
 }
 
+/// `lowerdir=…`, escaped by the parser's own rule.
 pub fn lowerdir_opt(lowers: &[PathBuf]) -> String {
-    let l: Vec<String> = lowers
-        .iter()
-        .map(|p| p.to_string_lossy().replace(':', "\\:").replace(',', "\\,"))
-        .collect();
-    format!("lowerdir={}", l.join(":"))
+    layerfs::options::encode_stack(lowers, None).expect("UTF-8 test paths")
+}
+
+/// `lowerdir=…,upperdir=…,workdir=…` for a writable stack.
+pub fn stack_opts(lowers: &[PathBuf], upper: &Path, work: &Path) -> String {
+    layerfs::options::encode_stack(lowers, Some((upper, work))).expect("UTF-8 test paths")
 }
 
 pub fn mount_layerfs(lowers: &[PathBuf], mnt: &Path) -> Mounted {
