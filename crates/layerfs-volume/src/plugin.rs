@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 
 use layerfs::options::parse_lowerdirs;
 
-use super::stack::Volumes;
-use super::store::{err, is_base_spec};
+use crate::store::{err, is_base_spec};
+use crate::volumes::Volumes;
 
 /// Docker's default location for a plugin named `layerfs`.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/layerfs.sock";

@@ -2,6 +2,8 @@
 //! backup restored on a fresh store, hostile tars, and the Docker volume
 //! plugin API spoken over its unix socket. Mounted: run as root.
 
+// The mounted-test helpers of the filesystem crate, shared.
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,7 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
+/// `layerfs-volume`, which mounts with the `layerfs` beside it: checked
+/// to be there, lest the one on PATH is tested instead.
 fn bin() -> &'static str {
+    let _ = common::layerfs_bin();
     env!("CARGO_BIN_EXE_layerfs-volume")
 }
 
