@@ -68,7 +68,7 @@ fsz=$(stat -c %s "$D/full.tar"); isz=$(stat -c %s "$D/inc.tar")
 "$B" --store "$S" rm cl >/dev/null
 rm -rf "$D/copy" "$D/full.tar" "$D/inc.tar"
 
-# The Docker rows, with an engine started here as tests/volumes.rs does: its
+# The Docker rows, with an engine started here as crates/layerfs-volume/tests/volumes.rs does: its
 # own data root, exec root, socket, pidfile and config file, and a temp dir
 # over /run/docker/plugins (this is a private mount namespace) where the
 # layerfs plugin serves.

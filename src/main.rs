@@ -19,7 +19,8 @@ Arguments:
 /// What `--help` says after the options.
 const AFTER_HELP: &str = "\
 Mount options (-o, comma-separated):
-  lowerdir=DIR[:DIR...]  lower layers, top first (\\: escapes a colon)
+  lowerdir=DIR[:DIR...]  lower layers, top first (in a path, \\ escapes the
+                         next character: \\: \\, \\\\)
   upperdir=DIR           writable layer (needs workdir)
   workdir=DIR            empty dir on the upper's filesystem
   timeout=SECONDS        kernel entry/attribute cache time (default 86400)

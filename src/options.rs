@@ -2,7 +2,7 @@
 //! mount(8) / mount.fuse3 pass along.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::idmap::{overflow_id, parse_ranges, IdMap, IdMapping, IdRange};
@@ -176,6 +176,61 @@ const IGNORED: &[&str] = &[
     "verity",
 ];
 
+// The option string's escape, one rule for reading (`parse`) and writing
+// (`escape` and the `encode_` functions), as kernel overlayfs reads it
+// (fs/overlayfs/params.c): `,` separates options and `:` the lowerdir
+// entries, and a backslash takes the next character as it is, so `\,`,
+// `\:` and `\\` are a literal comma, colon and backslash.
+
+/// Escapes one option value so that `parse` reads it back unchanged: `\`,
+/// `,`, `:` and whitespace (an item's unescaped trailing whitespace is
+/// trimmed) get a backslash.
+pub fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, '\\' | ',' | ':') || c.is_whitespace() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// One path as an option value. Options are text: a path that is not
+/// UTF-8 cannot be given.
+pub fn encode_path(path: &Path) -> Result<String, OptionError> {
+    match path.to_str() {
+        Some(s) => Ok(escape(s)),
+        None => err(format!("layer path {} is not UTF-8", path.display())),
+    }
+}
+
+/// A `lowerdir=` value: the layers top first, each escaped, joined by `:`.
+pub fn encode_lowerdirs<P: AsRef<Path>>(dirs: &[P]) -> Result<String, OptionError> {
+    let parts = dirs
+        .iter()
+        .map(|d| encode_path(d.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(parts.join(":"))
+}
+
+/// The options that mount a layer stack: `lowerdir=` and, for a writable
+/// stack, `upperdir=` and `workdir=` (given as `(upper, work)`).
+pub fn encode_stack<P: AsRef<Path>>(
+    lowers: &[P],
+    upper: Option<(&Path, &Path)>,
+) -> Result<String, OptionError> {
+    let mut opts = format!("lowerdir={}", encode_lowerdirs(lowers)?);
+    if let Some((upper, work)) = upper {
+        opts.push_str(&format!(
+            ",upperdir={},workdir={}",
+            encode_path(upper)?,
+            encode_path(work)?
+        ));
+    }
+    Ok(opts)
+}
+
 /// Splits on `sep` where it is not escaped by a backslash; backslashes are
 /// kept for the next level to unescape.
 fn split_escaped(s: &str, sep: char) -> Vec<String> {
@@ -198,6 +253,26 @@ fn split_escaped(s: &str, sep: char) -> Vec<String> {
     parts
 }
 
+/// An item without the whitespace around it (`-o "ro, nodev"`), keeping an
+/// escaped whitespace character at its end, which belongs to a value.
+fn trim_item(item: &str) -> &str {
+    let item = item.trim_start();
+    let mut end = 0;
+    let mut chars = item.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c == '\\' {
+            end = match chars.next() {
+                Some((j, n)) => j + n.len_utf8(),
+                None => i + 1,
+            };
+        } else if !c.is_whitespace() {
+            end = i + c.len_utf8();
+        }
+    }
+    &item[..end]
+}
+
+/// Drops the escaping backslashes (a trailing lone one too, as the kernel).
 fn unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
@@ -213,7 +288,8 @@ fn unescape(s: &str) -> String {
     out
 }
 
-/// Parses `lowerdir=` value: colon-separated, top first, `\:` escapes a colon.
+/// Parses `lowerdir=` value: colon-separated, top first, a backslash
+/// escapes the next character (`\:` a colon, `\\` a backslash).
 pub fn parse_lowerdirs(v: &str) -> Result<Vec<PathBuf>, OptionError> {
     let mut dirs = Vec::new();
     for part in split_escaped(v, ':') {
@@ -244,7 +320,7 @@ impl MountOptions {
         let mut o = MountOptions::default();
         for arg in args {
             for item in split_escaped(arg.as_ref(), ',') {
-                let item = item.trim();
+                let item = trim_item(&item);
                 if item.is_empty() {
                     continue;
                 }
@@ -311,19 +387,20 @@ impl MountOptions {
             Some((n, v)) => (n, Some(v)),
             None => (item, None),
         };
+        // A value with its escapes resolved (lowerdir= splits first).
         let need = |what: &str| -> Result<String, OptionError> {
             match value {
-                Some(v) if !v.is_empty() => Ok(v.to_string()),
+                Some(v) if !v.is_empty() => Ok(unescape(v)),
                 _ => err(format!("option {name} needs a value: {name}={what}")),
             }
         };
         match name {
             "lowerdir" => {
-                let v = need("DIR[:DIR...]")?;
-                self.lowerdirs = parse_lowerdirs(&v)?;
+                need("DIR[:DIR...]")?;
+                self.lowerdirs = parse_lowerdirs(value.unwrap_or_default())?;
             }
-            "upperdir" => self.upperdir = Some(PathBuf::from(unescape(&need("DIR")?))),
-            "workdir" => self.workdir = Some(PathBuf::from(unescape(&need("DIR")?))),
+            "upperdir" => self.upperdir = Some(PathBuf::from(need("DIR")?)),
+            "workdir" => self.workdir = Some(PathBuf::from(need("DIR")?)),
             "timeout" => {
                 let v = need("SECONDS")?;
                 let secs: f64 = v
@@ -414,6 +491,7 @@ impl MountOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     #[test]
     fn basic() {
@@ -430,6 +508,57 @@ mod tests {
             o.lowerdirs,
             vec![PathBuf::from("/a:b"), PathBuf::from("/c,d")]
         );
+    }
+
+    #[test]
+    fn escaping_as_the_kernel_reads_it() {
+        assert_eq!(escape(r"/a,b\c:d e "), r"/a\,b\\c\:d\ e\ ");
+        let o = MountOptions::parse(&[r"lowerdir=/c\\d:/x\y, upperdir=/u\ ,workdir=/w\\"]).unwrap();
+        assert_eq!(o.lowerdirs, [PathBuf::from(r"/c\d"), PathBuf::from("/xy")]);
+        assert_eq!(o.upperdir, Some(PathBuf::from("/u ")), "escaped space kept");
+        assert_eq!(o.workdir, Some(PathBuf::from(r"/w\")));
+        let o = MountOptions::parse(&["lowerdir=/a , ro"]).unwrap();
+        assert_eq!(o.lowerdirs, [PathBuf::from("/a")], "bare space trimmed");
+        assert!(o.read_only);
+        let bad = std::ffi::OsStr::from_bytes(b"/a\xff");
+        assert!(encode_path(Path::new(bad)).is_err());
+    }
+
+    /// Encode then parse gives back every path, whatever it holds: a
+    /// small generator with a fixed seed over the characters that matter.
+    #[test]
+    fn encoded_stacks_parse_back_unchanged() {
+        const CHARS: &[char] = &[
+            '\\', ',', ':', ' ', '\t', '=', '/', '.', 'a', 'Z', '0', '"', '\'', 'é', '\n', '@',
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let path = |next: &mut dyn FnMut(usize) -> usize| -> PathBuf {
+            let len = 1 + next(12);
+            PathBuf::from(
+                (0..len)
+                    .map(|_| CHARS[next(CHARS.len())])
+                    .collect::<String>(),
+            )
+        };
+        for _ in 0..2000 {
+            let lowers: Vec<PathBuf> = (0..1 + next(4)).map(|_| path(&mut next)).collect();
+            let (upper, work) = (path(&mut next), path(&mut next));
+            let opts = encode_stack(&lowers, Some((&upper, &work))).unwrap();
+            let o = MountOptions::parse(&[format!(" {opts} ,ro")])
+                .unwrap_or_else(|e| panic!("{opts:?}: {e}"));
+            assert_eq!(o.lowerdirs, lowers, "{opts:?}");
+            assert_eq!(o.upperdir.as_ref(), Some(&upper), "{opts:?}");
+            assert_eq!(o.workdir.as_ref(), Some(&work), "{opts:?}");
+            assert!(o.read_only);
+            let from = encode_lowerdirs(&lowers).unwrap();
+            assert_eq!(parse_lowerdirs(&from).unwrap(), lowers, "{from:?}");
+        }
     }
 
     #[test]

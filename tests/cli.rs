@@ -399,6 +399,34 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Layer paths may hold every character a path can: the option string
+/// escapes `,` (the option separator), `:` (the lowerdir separator), `\\`
+/// and a trailing space, as kernel overlayfs reads them.
+#[test]
+fn layer_paths_with_commas_backslashes_colons_and_spaces() {
+    require_root!();
+    let t = tmp();
+    let b = t.path();
+    let lowers = [b.join("a,b"), b.join("c\\d"), b.join("e:f")].to_vec();
+    for (i, l) in lowers.iter().enumerate() {
+        write(&l.join(format!("f{i}")), format!("lower {i}").as_bytes());
+    }
+    write(&b.join("c\\d/shadowed"), b"below");
+    write(&b.join("a,b/shadowed"), b"above");
+    let (upper, work) = (b.join("up,per\\"), b.join("work "));
+    mkdir(&upper);
+    mkdir(&work);
+    let m = try_mount_layerfs(&stack_opts(&lowers, &upper, &work), &b.join("m")).unwrap();
+    for i in 0..3 {
+        let got = fs::read(m.path(&format!("f{i}"))).unwrap();
+        assert_eq!(got, format!("lower {i}").as_bytes());
+    }
+    assert_eq!(fs::read(m.path("shadowed")).unwrap(), b"above");
+    fs::write(m.path("new"), b"n").unwrap();
+    drop(m);
+    assert_eq!(fs::read(upper.join("new")).unwrap(), b"n");
+}
+
 #[test]
 fn signals_unmount_and_exit_zero() {
     require_root!();

@@ -585,7 +585,7 @@ fn the_volume_plugin_is_global_with_its_store_on_glusterfs() {
         let base = child_base();
         let store = base.join("gl/store");
         let sock = base.join("plugin.sock");
-        let mut plugin = std::process::Command::new(env!("CARGO_BIN_EXE_layerfs-volume"))
+        let mut plugin = std::process::Command::new(layerfs_volume_bin())
             .arg("--store")
             .arg(&store)
             .args(["serve", "--socket"])

@@ -13,10 +13,48 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// The `layerfs` binary: cargo names it to this package's tests; the
+/// volume crate's tests (which share these helpers) find it in the target
+/// dir, where a workspace build puts it.
 pub fn layerfs_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_layerfs")
+    static BIN: OnceLock<String> = OnceLock::new();
+    match option_env!("CARGO_BIN_EXE_layerfs") {
+        Some(bin) => bin,
+        None => BIN.get_or_init(|| workspace_bin("layerfs")),
+    }
+}
+
+/// The `layerfs-volume` binary, built by the volume crate of the workspace.
+pub fn layerfs_volume_bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    match option_env!("CARGO_BIN_EXE_layerfs-volume") {
+        Some(bin) => bin,
+        None => BIN.get_or_init(|| workspace_bin("layerfs-volume")),
+    }
+}
+
+/// A binary of another package of the workspace: cargo puts every member's
+/// binaries in one directory, the parent of the test's own `deps/`. Only
+/// a build of the whole workspace (`cargo test`, whose default members are
+/// both) makes it, and makes it current.
+fn workspace_bin(name: &str) -> String {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/PROFILE/deps/TEST")
+        .join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the workspace (cargo test --workspace), not one package",
+        bin.display()
+    );
+    bin.into_os_string()
+        .into_string()
+        .expect("UTF-8 target dir")
 }
 
 /// Whether a command is on PATH.
@@ -245,12 +283,14 @@ pub fn try_mount_layerfs_env(opts: &str, mnt: &Path, env: &[(&str, &str)]) -> io
     })
 }
 
+/// `lowerdir=…`, escaped by the parser's own rule.
 pub fn lowerdir_opt(lowers: &[PathBuf]) -> String {
-    let l: Vec<String> = lowers
-        .iter()
-        .map(|p| p.to_string_lossy().replace(':', "\\:").replace(',', "\\,"))
-        .collect();
-    format!("lowerdir={}", l.join(":"))
+    layerfs::options::encode_stack(lowers, None).expect("UTF-8 test paths")
+}
+
+/// `lowerdir=…,upperdir=…,workdir=…` for a writable stack.
+pub fn stack_opts(lowers: &[PathBuf], upper: &Path, work: &Path) -> String {
+    layerfs::options::encode_stack(lowers, Some((upper, work))).expect("UTF-8 test paths")
 }
 
 pub fn mount_layerfs(lowers: &[PathBuf], mnt: &Path) -> Mounted {

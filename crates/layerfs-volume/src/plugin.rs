@@ -15,8 +15,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::stack::Volumes;
-use super::store::err;
+use layerfs::options::parse_lowerdirs;
+
+use crate::store::{err, is_base_spec};
+use crate::volumes::Volumes;
 
 /// Docker's default location for a plugin named `layerfs`.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/layerfs.sock";
@@ -32,24 +34,42 @@ struct Request {
     id: String,
 }
 
-/// Options `docker volume create -o` may pass, mapped to `create`.
-fn create(vols: &Volumes, req: &Request) -> io::Result<()> {
-    let mut seeds = Vec::new();
-    let mut base = None;
-    for (k, v) in req.opts.iter().flatten() {
-        match k.as_str() {
-            // Several seeds: "from=/a:/b", top first; a VOLUME@SNAP clones.
-            "from" if v.contains('@') => base = Some(v.clone()),
-            "from" => seeds.extend(v.split(':').map(PathBuf::from)),
-            other => return Err(err(format!("unknown option {other:?} (known: from)"))),
+/// What `docker volume create -o` asked for: seed directories (top first)
+/// or a snapshot to clone.
+#[derive(Debug, Default, PartialEq)]
+struct CreateOpts {
+    seeds: Vec<PathBuf>,
+    base: Option<String>,
+}
+
+impl CreateOpts {
+    /// Docker passes each `-o KEY=VALUE` as it is. Several seeds are one
+    /// `from=/a:/b`, written as a `lowerdir=` value (`\:` and `\\` for a
+    /// colon or backslash in a path); `from=VOLUME@SNAP` clones.
+    fn parse(opts: Option<&HashMap<String, String>>) -> io::Result<CreateOpts> {
+        let mut c = CreateOpts::default();
+        for (k, v) in opts.into_iter().flatten() {
+            match k.as_str() {
+                "from" if is_base_spec(v) => c.base = Some(v.clone()),
+                "from" => c.seeds.extend(
+                    parse_lowerdirs(v).map_err(|e| err(e.0.replacen("lowerdir=", "from=", 1)))?,
+                ),
+                other => return Err(err(format!("unknown option {other:?} (known: from)"))),
+            }
         }
+        if c.base.is_some() && !c.seeds.is_empty() {
+            return Err(err(
+                "from=VOLUME@SNAP cannot be combined with seed directories",
+            ));
+        }
+        Ok(c)
     }
-    if base.is_some() && !seeds.is_empty() {
-        return Err(err(
-            "from=VOLUME@SNAP cannot be combined with seed directories",
-        ));
-    }
-    vols.create(&req.name, &seeds, base.as_deref()).map(|_| ())
+}
+
+fn create(vols: &Volumes, req: &Request) -> io::Result<()> {
+    let c = CreateOpts::parse(req.opts.as_ref())?;
+    vols.create(&req.name, &c.seeds, c.base.as_deref())
+        .map(|_| ())
 }
 
 /// Filesystems whose content other hosts see: a store there holds one set
@@ -206,8 +226,27 @@ pub fn serve(vols: &Volumes, socket: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod scope_tests {
+mod tests {
     use super::*;
+
+    fn from(v: &str) -> io::Result<CreateOpts> {
+        let opts = HashMap::from([("from".to_string(), v.to_string())]);
+        CreateOpts::parse(Some(&opts))
+    }
+
+    #[test]
+    fn from_is_a_lowerdir_list() {
+        let c = from(r"/srv/a,b:/srv/c\\d:/srv/e\:f:/srv/x@y").unwrap();
+        let want = [r"/srv/a,b", r"/srv/c\d", "/srv/e:f", "/srv/x@y"];
+        assert_eq!(c.seeds, want.map(PathBuf::from));
+        assert_eq!(c.base, None);
+        assert_eq!(from("web@s1").unwrap().base.as_deref(), Some("web@s1"));
+        let e = from("/a::/b").unwrap_err().to_string();
+        assert!(e.starts_with("from=/a::/b: empty layer path"), "{e}");
+        let opts = HashMap::from([("colour".to_string(), "red".to_string())]);
+        assert!(CreateOpts::parse(Some(&opts)).is_err());
+        assert_eq!(CreateOpts::parse(None).unwrap(), CreateOpts::default());
+    }
 
     #[test]
     fn a_local_store_is_local() {

@@ -2,6 +2,8 @@
 //! backup restored on a fresh store, hostile tars, and the Docker volume
 //! plugin API spoken over its unix socket. Mounted: run as root.
 
+// The mounted-test helpers of the filesystem crate, shared.
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,7 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
+/// `layerfs-volume`, which mounts with the `layerfs` beside it: checked
+/// to be there, lest the one on PATH is tested instead.
 fn bin() -> &'static str {
+    let _ = common::layerfs_bin();
     env!("CARGO_BIN_EXE_layerfs-volume")
 }
 
@@ -794,6 +799,72 @@ fn plugin_api_refcounts_and_survives_restart() {
     assert_eq!(r["Err"], "");
     let r = call(&sock, "VolumeDriver.Get", r#"{"Name":"web"}"#);
     assert!(r["Err"].as_str().unwrap().contains("no such volume"), "{r}");
+}
+
+/// Seed directories named with the option string's separators and its
+/// escape: through the CLI (one `--from` each) and through the plugin's
+/// `from=` (Docker's `-o from=`, a lowerdir list: `\\` escapes the next
+/// character, `:` separates).
+#[test]
+fn seeds_with_commas_backslashes_and_colons() {
+    require!();
+    let mut fx = Fixture::new();
+    let names = ["a,b", "c\\d", "e:f"];
+    let seeds: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let dir = fx.path(n);
+            common::write(&dir.join(format!("f{i}")), n.as_bytes());
+            common::write(&dir.join("top"), n.as_bytes());
+            dir.to_str().unwrap().to_string()
+        })
+        .collect();
+    let check = |mp: &Path| {
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(fs::read(mp.join(format!("f{i}"))).unwrap(), n.as_bytes());
+        }
+        assert_eq!(fs::read(mp.join("top")).unwrap(), b"a,b", "top first");
+    };
+
+    let mut args = vec!["create", "cli"];
+    for s in &seeds {
+        args.extend(["--from", s.as_str()]);
+    }
+    fx.ok(&args);
+    let mp = PathBuf::from(fx.ok(&["mount", "cli"]));
+    check(&mp);
+    common::write(&mp.join("new"), b"n");
+    fx.ok(&["umount", "cli"]);
+    fx.ok(&["snapshot", "cli"]);
+    let tar = fx.path("cli.tar");
+    fx.ok(&["export", "cli", "-o", tar.to_str().unwrap()]);
+    assert!(tar_entries(&tar).iter().any(|(p, ..)| p == "f1"));
+
+    let sock = fx.path("plugins/layerfs.sock");
+    start_plugin(&mut fx, &sock);
+    let from = format!(
+        "{}:{}:{}",
+        seeds[0],
+        seeds[1].replace('\\', "\\\\"),
+        seeds[2].replace(':', "\\:")
+    );
+    let create = serde_json::json!({"Name": "docker", "Opts": {"from": from}});
+    let r = call(&sock, "VolumeDriver.Create", &create.to_string());
+    assert_eq!(r["Err"], "", "{r}");
+    let m = call(
+        &sock,
+        "VolumeDriver.Mount",
+        r#"{"Name":"docker","ID":"c1"}"#,
+    );
+    assert_eq!(m["Err"], "", "{m}");
+    check(Path::new(m["Mountpoint"].as_str().unwrap()));
+    let r = call(
+        &sock,
+        "VolumeDriver.Unmount",
+        r#"{"Name":"docker","ID":"c1"}"#,
+    );
+    assert_eq!(r["Err"], "", "{r}");
 }
 
 /// A Docker Engine of the test's own: its data root, exec root, socket and

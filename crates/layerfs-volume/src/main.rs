@@ -1,21 +1,29 @@
 //! `layerfs-volume`: persistent copy-on-write volumes built as layerfs
 //! layer stacks, and the Docker volume plugin. A separate binary so that
 //! nothing here can be mistaken for the mount command line
-//! (`layerfs [SOURCE] MOUNTPOINT -o OPTS`) that mount(8) calls.
+//! (`layerfs [SOURCE] MOUNTPOINT -o OPTS`) that mount(8) calls, and a
+//! crate of its own so that its JSON, tar and HTTP crates stay out of the
+//! filesystem's: it uses only the `layerfs` library's public API, and
+//! mounts by running the `layerfs` binary.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-#[path = "../volume/mod.rs"]
-mod volume;
+mod cli;
+mod export;
+mod import;
+mod mounts;
+mod plugin;
+mod store;
+mod volumes;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp(None)
         .init();
-    let cli = volume::cli::Cli::parse();
-    match volume::cli::run(cli) {
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("layerfs-volume: {e}");

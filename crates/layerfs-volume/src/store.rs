@@ -88,6 +88,12 @@ pub fn check_name(what: &str, name: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether a `from` names a snapshot to clone (`VOLUME@SNAPSHOT`) rather
+/// than seed directories, which are paths and so hold a `/`.
+pub fn is_base_spec(from: &str) -> bool {
+    from.contains('@') && !from.contains('/')
+}
+
 /// Parses `VOLUME@SNAPSHOT`.
 pub fn parse_base(spec: &str) -> io::Result<Base> {
     let Some((volume, snapshot)) = spec.split_once('@') else {

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use super::plugin;
-use super::stack::Volumes;
-use super::store::{default_store, Store};
+use crate::plugin;
+use crate::store::{default_store, Store};
+use crate::volumes::Volumes;
 
 /// Persistent copy-on-write volumes as layerfs layer stacks, with
 /// snapshots, clones, incremental export and the Docker volume plugin API.
@@ -82,9 +82,9 @@ pub fn run(cli: Cli) -> io::Result<()> {
         Cmd::Create { name, from } => {
             let (bases, seeds): (Vec<String>, Vec<String>) = from
                 .into_iter()
-                .partition(|f| f.contains('@') && !f.contains('/'));
+                .partition(|f| crate::store::is_base_spec(f));
             if bases.len() > 1 || (!bases.is_empty() && !seeds.is_empty()) {
-                return Err(super::store::err(
+                return Err(crate::store::err(
                     "--from VOLUME@SNAP is given alone, not with directories",
                 ));
             }

@@ -19,8 +19,8 @@ use std::path::Path;
 use layerfs::sys::{self, TimeSpec};
 use layerfs::whiteout;
 
-use super::export::{Change, Kind, Node, Sink};
-use super::store::err;
+use crate::export::{Change, Kind, Node, Sink};
+use crate::store::err;
 
 fn os(b: &[u8]) -> &OsStr {
     OsStr::from_bytes(b)
@@ -412,7 +412,7 @@ pub fn apply_tar(input: impl Read, sink: &mut dyn Sink) -> io::Result<()> {
                     "refused entry {shown:?}: whiteout of {target:?}"
                 )));
             }
-            let p = super::export::join(&parent, target);
+            let p = crate::export::join(&parent, target);
             sink.put(&Change::Whiteout(p), None)?;
             continue;
         }

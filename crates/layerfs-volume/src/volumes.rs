@@ -1,7 +1,6 @@
 //! Operations on volumes as layer stacks: create, clone, snapshot, merge
 //! (snapshot removal, compaction), mount and unmount, export and import.
 //!
-//! Mounting runs the `layerfs` binary; nothing here links to the FUSE code.
 //! Every change takes the store lock and ends with an atomic metadata
 //! write, so a CLI and a plugin can share one store.
 
@@ -9,127 +8,11 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use super::export::{TarSink, Walker};
-use super::import::{apply_tar, LayerSink};
-use super::store::{check_name, err, now, parse_base, Base, Meta, Snapshot, Store};
-
-/// The layerfs binary: `$LAYERFS_BIN`, else the `layerfs` beside this
-/// executable, else `layerfs` on PATH.
-pub fn layerfs_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("LAYERFS_BIN") {
-        return PathBuf::from(p);
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        let beside = exe.with_file_name("layerfs");
-        if beside.exists() {
-            return beside;
-        }
-    }
-    PathBuf::from("layerfs")
-}
-
-/// Decodes the octal escapes of a /proc/mounts field.
-fn unescape_mount_field(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-/// Whether `dir` is a mountpoint in this mount namespace.
-pub fn in_proc_mounts(dir: &Path) -> bool {
-    let text = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let want = dir.as_os_str().as_encoded_bytes();
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(1))
-        .any(|m| unescape_mount_field(m) == want)
-}
-
-/// One lowerdir= value: colons escaped; commas cannot be carried.
-fn lowerdir_option(layers: &[PathBuf]) -> io::Result<String> {
-    let mut parts = Vec::new();
-    for l in layers {
-        let s = l
-            .to_str()
-            .ok_or_else(|| err(format!("layer path {} is not UTF-8", l.display())))?;
-        if s.contains(',') {
-            return Err(err(format!("layer path {s} contains ','")));
-        }
-        parts.push(s.replace(':', "\\:"));
-    }
-    Ok(parts.join(":"))
-}
-
-fn run_layerfs(opts: &str, mountpoint: &Path) -> io::Result<()> {
-    let bin = layerfs_bin();
-    let out = Command::new(&bin)
-        .arg("-o")
-        .arg(opts)
-        .arg(mountpoint)
-        .output()
-        .map_err(|e| err(format!("cannot run {}: {e}", bin.display())))?;
-    if !out.status.success() {
-        return Err(err(format!(
-            "mount of {} failed: {}",
-            mountpoint.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
-}
-
-fn unmount_dir(dir: &Path) -> io::Result<()> {
-    match layerfs::sys::umount(dir, 0) {
-        Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(err(format!(
-            "cannot unmount {}: busy (a process still uses it)",
-            dir.display()
-        ))),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
-        Err(e) => Err(err(format!("cannot unmount {}: {e}", dir.display()))),
-    }
-}
-
-/// A read-only layerfs mount of some layers, unmounted and removed on drop.
-pub struct View {
-    pub dir: PathBuf,
-}
-
-impl View {
-    pub fn mount(at: PathBuf, layers: &[PathBuf]) -> io::Result<View> {
-        fs::create_dir_all(&at)?;
-        let view = View { dir: at };
-        run_layerfs(&format!("lowerdir={}", lowerdir_option(layers)?), &view.dir)?;
-        Ok(view)
-    }
-}
-
-impl Drop for View {
-    fn drop(&mut self) {
-        if in_proc_mounts(&self.dir) {
-            if let Err(e) = unmount_dir(&self.dir) {
-                log::warn!("{e}; detaching it");
-                let _ = layerfs::sys::umount(&self.dir, libc::MNT_DETACH);
-            }
-        }
-        let _ = fs::remove_dir(&self.dir);
-    }
-}
+use crate::export::{TarSink, Walker};
+use crate::import::{apply_tar, LayerSink};
+use crate::mounts::{in_proc_mounts, run_layerfs, stack_options, unmount_dir, View};
+use crate::store::{check_name, err, now, parse_base, Base, Meta, Snapshot, Store};
 
 /// Which layers a merge folds into one: top first, and what stays below.
 struct MergeRange {
@@ -191,7 +74,8 @@ impl Volumes {
             if c.starts_with(&self.store.root) {
                 return Err(err(format!("seed {} is inside the store", s.display())));
             }
-            lowerdir_option(std::slice::from_ref(&c))?;
+            // Refused now, not at the first mount.
+            stack_options(std::slice::from_ref(&c), None)?;
             canon.push(c);
         }
         let base = match base {
@@ -235,7 +119,7 @@ impl Volumes {
                 fs::create_dir_all(tmp.join(d))?;
             }
             fill(&tmp)?;
-            super::store::write_atomic(&tmp, "meta.json", &serde_json::to_vec_pretty(meta)?)?;
+            crate::store::write_atomic(&tmp, "meta.json", &serde_json::to_vec_pretty(meta)?)?;
             fs::rename(&tmp, self.store.dir(&meta.name))
         })();
         if made.is_err() {
@@ -550,12 +434,10 @@ impl Volumes {
             for d in ["upper", "work", "merged"] {
                 fs::create_dir_all(dir.join(d))?;
             }
-            let opts = format!(
-                "lowerdir={},upperdir={},workdir={}",
-                lowerdir_option(&self.store.lower_stack(&meta)?)?,
-                lowerdir_option(&[dir.join("upper")])?,
-                lowerdir_option(&[dir.join("work")])?,
-            );
+            let opts = stack_options(
+                &self.store.lower_stack(&meta)?,
+                Some((&dir.join("upper"), &dir.join("work"))),
+            )?;
             run_layerfs(&opts, &mp)?;
             meta.holders.clear();
         }
@@ -629,12 +511,10 @@ impl Volumes {
         }
         let at = dir.join(format!(".settle-{}", std::process::id()));
         fs::create_dir_all(&at)?;
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lowerdir_option(&self.store.lower_stack(meta)?)?,
-            lowerdir_option(&[dir.join("upper")])?,
-            lowerdir_option(&[dir.join("work")])?,
-        );
+        let opts = stack_options(
+            &self.store.lower_stack(meta)?,
+            Some((&dir.join("upper"), &dir.join("work"))),
+        )?;
         run_layerfs(&opts, &at)?;
         let view = View { dir: at };
         let mut groups: std::collections::HashMap<u64, Vec<PathBuf>> = Default::default();
@@ -730,20 +610,4 @@ fn reset_dir(dir: &Path) -> io::Result<()> {
         fs::remove_dir_all(dir)?;
     }
     fs::create_dir(dir)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mount_fields() {
-        assert_eq!(unescape_mount_field("/a\\040b"), b"/a b".to_vec());
-        assert_eq!(unescape_mount_field("/a\\\\"), b"/a\\\\".to_vec());
-        assert_eq!(
-            lowerdir_option(&[PathBuf::from("/a:b"), PathBuf::from("/c")]).unwrap(),
-            "/a\\:b:/c"
-        );
-        assert!(lowerdir_option(&[PathBuf::from("/a,b")]).is_err());
-    }
 }

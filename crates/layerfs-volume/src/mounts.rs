@@ -1,0 +1,129 @@
+//! Mounting layer stacks with the `layerfs` binary: the options it is
+//! given, the read-only views the volume operations read through, and
+//! finding what is mounted in /proc/self/mounts. Nothing here links to the
+//! FUSE code.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::store::err;
+
+/// The layerfs binary: `$LAYERFS_BIN`, else the `layerfs` beside this
+/// executable, else `layerfs` on PATH.
+pub fn layerfs_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LAYERFS_BIN") {
+        return PathBuf::from(p);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        let beside = exe.with_file_name("layerfs");
+        if beside.exists() {
+            return beside;
+        }
+    }
+    PathBuf::from("layerfs")
+}
+
+/// Decodes the octal escapes of a /proc/mounts field.
+fn unescape_mount_field(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Whether `dir` is a mountpoint in this mount namespace.
+pub fn in_proc_mounts(dir: &Path) -> bool {
+    let text = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let want = dir.as_os_str().as_encoded_bytes();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .any(|m| unescape_mount_field(m) == want)
+}
+
+/// The mount options for a layer stack, escaped by the one rule the
+/// parser reads (`layerfs::options`).
+pub fn stack_options(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> io::Result<String> {
+    layerfs::options::encode_stack(lowers, upper).map_err(|e| err(e.0))
+}
+
+pub fn run_layerfs(opts: &str, mountpoint: &Path) -> io::Result<()> {
+    let bin = layerfs_bin();
+    let out = Command::new(&bin)
+        .arg("-o")
+        .arg(opts)
+        .arg(mountpoint)
+        .output()
+        .map_err(|e| err(format!("cannot run {}: {e}", bin.display())))?;
+    if !out.status.success() {
+        return Err(err(format!(
+            "mount of {} failed: {}",
+            mountpoint.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+pub fn unmount_dir(dir: &Path) -> io::Result<()> {
+    match layerfs::sys::umount(dir, 0) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(err(format!(
+            "cannot unmount {}: busy (a process still uses it)",
+            dir.display()
+        ))),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        Err(e) => Err(err(format!("cannot unmount {}: {e}", dir.display()))),
+    }
+}
+
+/// A read-only layerfs mount of some layers, unmounted and removed on drop.
+pub struct View {
+    pub dir: PathBuf,
+}
+
+impl View {
+    pub fn mount(at: PathBuf, layers: &[PathBuf]) -> io::Result<View> {
+        fs::create_dir_all(&at)?;
+        let view = View { dir: at };
+        run_layerfs(&stack_options(layers, None)?, &view.dir)?;
+        Ok(view)
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        if in_proc_mounts(&self.dir) {
+            if let Err(e) = unmount_dir(&self.dir) {
+                log::warn!("{e}; detaching it");
+                let _ = layerfs::sys::umount(&self.dir, libc::MNT_DETACH);
+            }
+        }
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_fields() {
+        assert_eq!(unescape_mount_field("/a\\040b"), b"/a b".to_vec());
+        assert_eq!(unescape_mount_field("/a\\\\"), b"/a\\\\".to_vec());
+    }
+}
