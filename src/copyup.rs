@@ -415,7 +415,7 @@ impl LayerFs {
         let parent_fd = parent_up.fd.get()?;
         let (fd, indexed) = stage_copy(&job, &top, &st, parent_fd.as_fd(), &name)?;
         let ust = sys::fstat(fd.as_fd())?;
-        self.numbering.remember(RealKey::of(&ust), inode.st_ino);
+        self.numbering.copied_up(RealKey::of(&ust), inode.st_ino);
         if indexed {
             inode.set_nlink_delta(Some(st.st_nlink as i64 - ust.st_nlink as i64));
         } else if hardlinked {
@@ -425,8 +425,7 @@ impl LayerFs {
             // keeps showing the one file, now and after a remount; names
             // not seen yet stay the lower file, under a node of their own
             // (as with kernel overlayfs' index=off).
-            self.numbering
-                .remember(RealKey::of(&st), self.numbering.fresh_number());
+            self.numbering.renumber(RealKey::of(&st));
             let others = inode.state().other_names.clone();
             for (parent, other) in others {
                 if let Err(e) = self.link_name_up(fd.as_fd(), parent, &other) {
