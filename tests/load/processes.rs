@@ -2,10 +2,14 @@
 //! many processes, as containers make it: the daemon sees each worker as a
 //! pid with its own credentials.
 //!
+//! The mount is made as root, so it admits every user (`allow_other`)
+//! and the kernel checks permissions on the attributes layerfs shows
+//! (`default_permissions`), as the CLI mounts as root.
+//!
 //! The test re-executes its own binary once per worker (`worker_process`,
 //! told which worker it is by `LAYERFS_LOAD_WORKER`); the odd workers
 //! drop to uid 1000+i, with gid 1000+i or, for every other one, the group
-//! `GROUP` shared with the root workers' setgid directory. Each worker does
+//! `GROUP` of the setgid directory `grp/`. Each worker does
 //! the threads' private and shared operations (its private directory and
 //! lower files are its own; `shared/` and its lower directories are
 //! sticky and world-writable, its lower files 0666, so racing owners get
