@@ -229,6 +229,16 @@ impl CopyJob<'_> {
     }
 }
 
+/// The lock of the parent-times window of copy-ups into `parent`: one of a
+/// few shared by all directories (a holder keeps it for one rename), so
+/// no directory needs a lock of its own.
+fn parent_times_lock(parent: BorrowedFd<'_>) -> io::Result<parking_lot::MutexGuard<'static, ()>> {
+    static LOCKS: [parking_lot::Mutex<()>; 64] = [const { parking_lot::Mutex::new(()) }; 64];
+    let key = RealKey::of(&sys::fstat(parent)?);
+    let stripe = (key.ino ^ key.dev.rotate_left(32)) as usize % LOCKS.len();
+    Ok(LOCKS[stripe].lock())
+}
+
 /// Builds the copy of `src` (whose stat is `st`) in the work directory
 /// and renames it to `name` in `parent_upper`; returns an O_PATH fd of
 /// the new object and whether it was linked into the index.
@@ -331,7 +341,11 @@ fn stage_copy(
         crate::crashpoint::reached("copyup-indexed");
     }
     // Kernel overlayfs keeps the parent's times across a copy-up: the
-    // directory did not change as the user sees it.
+    // directory did not change as the user sees it. Held from the read of
+    // the times to their restore: two copy-ups into one directory
+    // interleaved there would have one put back the time the other's
+    // rename had set.
+    let _times = parent_times_lock(parent_upper)?;
     let pst = sys::fstat(parent_upper)?;
     up.renames
         .noreplace(work.fd(), &staged.name, parent_upper, name)?;
