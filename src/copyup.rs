@@ -338,7 +338,7 @@ fn stage_copy(
     let in_index = index_at.is_some();
     if let Some((origin, index)) = index_at {
         sys::link_fd(fd.as_fd(), index, &index_name(&origin))?;
-        crate::crashpoint::reached("copyup-indexed");
+        crate::sys::crashpoint::reached("copyup-indexed");
     }
     // Kernel overlayfs keeps the parent's times across a copy-up: the
     // directory did not change as the user sees it. Held from the read of

@@ -222,7 +222,7 @@ impl Fuse {
 impl Filesystem for Fuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // Crash tests count steps of the served filesystem only.
-        crate::crashpoint::arm();
+        crate::sys::crashpoint::arm();
         if self.backings.enabled() {
             let depth = if self.fs.layers_are_stacked() { 2 } else { 1 };
             if config

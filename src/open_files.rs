@@ -1,68 +1,15 @@
-//! Open regular files: the table of handles given to the kernel, and
-//! open, read and release.
+//! Open regular files: open, read and release (the handles given to the
+//! kernel are kept in `open_table`).
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::AsFd;
 use std::sync::Arc;
-
-use dashmap::DashMap;
 
 use crate::copyup::CopyMode;
 use crate::ids::{FileHandle, NodeId};
-use crate::overlay::{errno, LayerFs};
+use crate::open_table::OpenFile;
+use crate::overlay::LayerFs;
 use crate::sys;
-
-/// The open files, by handle.
-#[derive(Debug)]
-pub struct OpenFiles {
-    files: DashMap<FileHandle, Arc<OpenFile>>,
-    next: AtomicU64,
-}
-
-impl Default for OpenFiles {
-    fn default() -> Self {
-        OpenFiles {
-            files: DashMap::new(),
-            next: AtomicU64::new(1),
-        }
-    }
-}
-
-impl OpenFiles {
-    /// Registers an open file under a new handle.
-    pub fn add(&self, fd: Arc<OwnedFd>) -> FileHandle {
-        let fh = FileHandle(self.next.fetch_add(1, Ordering::Relaxed));
-        self.files.insert(
-            fh,
-            Arc::new(OpenFile {
-                fd,
-                backing: Default::default(),
-            }),
-        );
-        fh
-    }
-
-    pub fn get(&self, fh: FileHandle) -> io::Result<Arc<OpenFile>> {
-        self.files
-            .get(&fh)
-            .map(|f| Arc::clone(f.value()))
-            .ok_or_else(|| errno(libc::EBADF))
-    }
-
-    pub fn remove(&self, fh: FileHandle) {
-        self.files.remove(&fh);
-    }
-}
-
-/// An open regular file.
-#[derive(Debug)]
-pub struct OpenFile {
-    /// Shared with other read-only opens of the same lower file.
-    pub fd: Arc<OwnedFd>,
-    /// Its passthrough backing id, held until release.
-    pub backing: std::sync::OnceLock<Arc<fuser::BackingId>>,
-}
 
 impl LayerFs {
     /// Opens a regular file, copying it up first when opened for writing.

@@ -19,7 +19,7 @@ use crate::inode::{Inode, InodeState, InodeTable, RealEntry, RealFd, UpperName, 
 use crate::layer_read::read_dir_marks;
 use crate::layers::{LayerIdx, LayerStack};
 use crate::numbering::{LayerHandles, Numbering};
-use crate::open_files::OpenFiles;
+use crate::open_table::OpenFiles;
 use crate::sys;
 use crate::whiteout::XattrNs;
 use crate::workdir::WorkDir;
@@ -81,7 +81,7 @@ pub struct UpperCtx {
     /// Write xattr whiteouts instead of char 0/0 devices.
     pub xattr_whiteouts: bool,
     /// Renames, with the fallbacks the upper's filesystem needs.
-    pub renames: crate::features::UpperRenames,
+    pub renames: crate::upper_renames::UpperRenames,
     /// Whiteouts and opaque marks as OCI `.wh.` files (an upper with no
     /// xattrs: `Features::oci_format`).
     pub oci_whiteouts: bool,
@@ -136,7 +136,7 @@ impl LayerFs {
             (Some(idx), Some(work)) if !opts.read_only => Some(UpperCtx {
                 idx,
                 ns: work.xattr_ns(),
-                renames: crate::features::UpperRenames::new(*work.features()),
+                renames: crate::upper_renames::UpperRenames::new(*work.features()),
                 xattr_whiteouts: !work.features().oci_format()
                     && (opts.xattr_whiteouts || !work.features().whiteout_mknod),
                 oci_whiteouts: work.features().oci_format(),

@@ -235,14 +235,14 @@ impl LayerFs {
         let linked = delta - 1;
         let staged = Staged::index_link(&up.work, linked);
         sys::link_fd(top_fd.as_fd(), up.work.fd(), &staged.name)?;
-        crate::crashpoint::reached("linkup-staged");
+        crate::sys::crashpoint::reached("linkup-staged");
         sys::setxattr_fd(
             top_fd.as_fd(),
             &up.ns.name("nlink"),
             format!("U{linked:+}").as_bytes(),
             0,
         )?;
-        crate::crashpoint::reached("linkup-counted");
+        crate::sys::crashpoint::reached("linkup-counted");
         // On failure the staged link goes, and the count with it.
         up.renames
             .noreplace(up.work.fd(), &staged.name, pu.fd.get()?.as_fd(), name)?;

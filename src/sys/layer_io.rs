@@ -12,7 +12,7 @@ use super::{cstr, cvt, cvt_size, proc_fd_path, Stat};
 /// A step that changes a layer succeeded: a crash test may end the
 /// daemon here (`LAYERFS_CRASH_AT=any:N`, see `crashpoint`).
 fn step_done() {
-    crate::crashpoint::reached("step");
+    super::crashpoint::reached("step");
 }
 
 /// `openat(dir, name, flags, mode)`, always with O_CLOEXEC.

@@ -7,6 +7,7 @@
 //! `-1`/errno into `std::io::Error` carrying the errno of the failed call.
 #![allow(unsafe_code)]
 
+pub mod crashpoint;
 mod layer_io;
 mod mount;
 mod process;

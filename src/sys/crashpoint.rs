@@ -60,7 +60,7 @@ pub fn reached(name: &'static str) {
     }
     if p.left.fetch_sub(1, Ordering::SeqCst) == 1 {
         log::warn!("LAYERFS_CRASH_AT: dying at crash point {name}");
-        crate::sys::kill_self();
+        super::kill_self();
     }
 }
 
