@@ -181,24 +181,23 @@ impl HolderNote {
 fn fuse_mount_dev(mountpoint: &Path) -> Option<String> {
     use std::os::unix::ffi::OsStrExt;
     // mountinfo escapes these as \ooo.
-    let mut want = String::new();
+    let mut want = Vec::new();
     for &b in mountpoint.as_os_str().as_bytes() {
         match b {
-            b' ' | b'\t' | b'\n' | b'\\' => want.push_str(&format!("\\{b:03o}")),
-            _ => want.push(b as char),
+            b' ' | b'\t' | b'\n' | b'\\' => want.extend(format!("\\{b:03o}").bytes()),
+            _ => want.push(b),
         }
     }
+    // Both read the same way where a name is not UTF-8.
+    let want = String::from_utf8_lossy(&want);
     let info = fs::read(Path::new("/proc/self/mountinfo")).ok()?;
     let info = String::from_utf8_lossy(&info);
-    info.lines()
-        .filter_map(|l| {
-            let (mine, theirs) = l.split_once(" - ")?;
-            let f: Vec<&str> = mine.split(' ').collect();
-            let fuse = theirs.starts_with("fuse");
-            (fuse && f.get(4).is_some_and(|m| want.as_bytes() == m.as_bytes()))
-                .then(|| f.get(2).map(|d| d.to_string()))?
-        })
-        .last()
+    info.lines().rev().find_map(|l| {
+        let (mine, theirs) = l.split_once(" - ")?;
+        let f: Vec<&str> = mine.split(' ').collect();
+        let fuse = theirs.starts_with("fuse");
+        (fuse && f.get(4) == Some(&&*want)).then(|| f.get(2).map(|d| d.to_string()))?
+    })
 }
 
 /// Name of the holder note in WORKDIR (beside `work` and `index`, which
@@ -425,7 +424,7 @@ pub struct LockRelease {
 impl LockRelease {
     /// Adds the mount on `mountpoint`, now up, to the holder note: a mount
     /// made once it is gone waits for this daemon to let go rather than
-    /// being refused (see [`HolderNote::going_away`]).
+    /// being refused (see `HolderNote::going_away`).
     pub fn note_mount(&self, mountpoint: &Path) {
         let Some(h) = &self.holder else { return };
         let Some(dev) = fuse_mount_dev(mountpoint) else {
