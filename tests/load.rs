@@ -42,18 +42,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Whether the test can run here; in CI (`CI` set) it must.
-fn can_run() -> bool {
-    let ok = is_root() && Path::new("/dev/fuse").exists() && have("mount");
-    if !ok && std::env::var_os("CI").is_some() {
-        panic!("load tests need root, /dev/fuse and mount(8), and CI is set");
-    }
-    if !ok {
-        eprintln!("SKIP: needs root and /dev/fuse");
-    }
-    ok
-}
-
 fn env_num(k: &str, default: u64) -> u64 {
     std::env::var(k)
         .ok()
@@ -454,9 +442,7 @@ fn worker(sh: &Shared, i: usize, seed: u64) -> Model {
 
 #[test]
 fn many_threads_mixed_operations_on_overlapping_names() {
-    if !can_run() {
-        return;
-    }
+    require!("mount");
     let secs = env_num("LAYERFS_LOAD_SECS", 40);
     let threads = env_num("LAYERFS_LOAD_THREADS", 64) as usize;
     let seed = env_num("LAYERFS_LOAD_SEED", 1);
@@ -676,9 +662,7 @@ fn walk_memory(dirs: usize, per_dir: usize) -> Vec<WalkFigures> {
 
 #[test]
 fn walking_a_large_tree_keeps_memory_and_fds_flat() {
-    if !can_run() {
-        return;
-    }
+    require!("mount");
     let entries = env_num("LAYERFS_WALK_ENTRIES", 100_000) as usize;
     let per_dir = 100;
     let figures = walk_memory(entries / per_dir, per_dir);
