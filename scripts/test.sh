@@ -2,13 +2,14 @@
 # Runs the whole test suite. Needs root (the tests mount FUSE and kernel
 # overlayfs); installs the Debian packages the tests use when missing.
 #   --install-only   install the packages, run nothing (what .ci/run uses)
+#   other arguments  passed on to cargo test (e.g. --test read_path)
 # With CI or LAYERFS_REQUIRE_ALL=1 set, a test that cannot run here (not
 # root, a tool missing) fails instead of being skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/toolchain.sh
 install_only=false
-[ "${1:-}" = --install-only ] && install_only=true
+[ "${1:-}" = --install-only ] && install_only=true && shift
 # Before the packages: a missing toolchain is said at once.
 $install_only || check_toolchain
 
@@ -50,10 +51,16 @@ if [ "$(id -u)" != 0 ]; then
   echo "warning: not root: the mounted tests will be skipped (fail, with CI set)" >&2
 fi
 # Mounted tests use a few processes each; two at a time fit two cores.
+# Every test binary runs whatever fails (--no-fail-fast); tests that return
+# early through the skip rule (tests/common's cannot_run) note themselves in
+# $LAYERFS_SKIP_LOG, so that they count as skipped, not passed.
+# Arguments are passed on to cargo test (e.g. --test read_path).
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+skips=$(mktemp)
+trap 'rm -f "$log" "$skips"' EXIT
 status=0
-cargo test --release -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
-# One closing line for the whole suite.
-awk '/^test result:/ {p += $4; f += $6; s += $8} END {printf "%d passed, %d failed, %d ignored\n", p, f, s}' "$log"
+LAYERFS_SKIP_LOG=$skips cargo test --release --no-fail-fast "$@" -- \
+  --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+# The failing and skipped tests, then one closing line for the whole suite.
+awk -v skips="$skips" -f scripts/test-summary.awk "$log" || status=1
 exit "$status"

@@ -638,6 +638,9 @@ fn serve(
         None => fuser::Session::new(fuse, &plan.mountpoint, &config).map_err(mount_err)?,
     };
     let _ = notifier.set(session.notifier());
+    if let Some(l) = &locks {
+        l.note_mount(&plan.mountpoint);
+    }
     if let Some(mut n) = notify.take() {
         let _ = n.write_all(b"ok");
         drop(n);

@@ -42,12 +42,21 @@ fn lock_dir(open: &Path, dir: &Path, what: &str) -> io::Result<OwnedFd> {
     }
 }
 
+/// How long a mount waits for a holder that is going away (see
+/// [`HolderNote::going_away`]). umount(2) of a FUSE mount returns once the
+/// kernel has aborted the connection, without waiting for the daemon (it
+/// sends no FUSE_DESTROY for a non-block mount); the daemon lets go of the
+/// locks only once every worker has seen the abort, which on a loaded
+/// machine has taken over 2 s. A live holder is refused at once.
+const DYING_HOLDER_WAIT: Duration = Duration::from_secs(10);
+
 /// The holder note and record lock of a work directory: a second mount of
 /// it, on this host or another that shares the filesystem, is refused with
 /// a message naming the holder. The lock goes with the holder's open file,
 /// so a killed daemon (or a lost host, once its filesystem client is gone)
-/// does not block the next mount. `None` where the filesystem has no record
-/// locks (the flock alone then guards this host).
+/// does not block the next mount; a holder whose mount is gone is waited
+/// for. `None` where the filesystem has no record locks (the flock alone
+/// then guards this host).
 fn lock_holder(workdir: BorrowedFd<'_>, path: &Path) -> io::Result<Option<OwnedFd>> {
     let fd = sys::openat(
         workdir,
@@ -55,29 +64,38 @@ fn lock_holder(workdir: BorrowedFd<'_>, path: &Path) -> io::Result<Option<OwnedF
         libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW,
         0o600,
     )?;
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + DYING_HOLDER_WAIT;
     loop {
         match sys::ofd_setlk(fd.as_fd(), libc::F_WRLCK) {
             Ok(()) => break,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => {
-                if Instant::now() >= deadline {
-                    let mut held = vec![0u8; 512];
-                    let n = sys::pread(fd.as_fd(), &mut held, 0).unwrap_or(0);
-                    let who = String::from_utf8_lossy(&held[..n]).trim().to_string();
+                // Read again each time: the holder may have changed.
+                let mut held = vec![0u8; 512];
+                let n = sys::pread(fd.as_fd(), &mut held, 0).unwrap_or(0);
+                let note = String::from_utf8_lossy(&held[..n]).into_owned();
+                let dying = HolderNote::parse(&note).is_some_and(|h| h.going_away());
+                if !dying || Instant::now() >= deadline {
+                    let who = note.lines().next().unwrap_or("").trim();
                     return Err(io::Error::new(
                         io::ErrorKind::ResourceBusy,
                         format!(
-                            "workdir {} is in use by {}",
+                            "workdir {} is in use by {}{}",
                             path.display(),
                             if who.is_empty() {
                                 "another layerfs mount"
                             } else {
-                                &who
+                                who
+                            },
+                            if dying {
+                                ", whose mount is gone but which has not let go of it \
+                                 (is the mount still held in another mount namespace?)"
+                            } else {
+                                ""
                             }
                         ),
                     ));
                 }
-                std::thread::sleep(Duration::from_millis(1));
+                std::thread::sleep(Duration::from_millis(5));
             }
             Err(e) => {
                 log::debug!(
@@ -88,19 +106,25 @@ fn lock_holder(workdir: BorrowedFd<'_>, path: &Path) -> io::Result<Option<OwnedF
             }
         }
     }
-    write_holder_note(fd.as_fd())?;
+    write_holder_note(fd.as_fd(), None)?;
     Ok(Some(fd))
 }
 
-/// Who holds the work directory: this process on this host.
-fn write_holder_note(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let note = format!(
+/// Who holds the work directory: this process on this host, and once its
+/// mount is up, the device of that mount (`major:minor`).
+fn write_holder_note(fd: BorrowedFd<'_>, mount: Option<&str>) -> io::Result<()> {
+    let mut note = format!(
         "layerfs pid {} on host {}\n",
         std::process::id(),
         sys::hostname()
     );
-    sys::ftruncate(fd, 0)?;
+    if let Some(dev) = mount {
+        note.push_str(&format!("mount {dev}\n"));
+    }
+    // Written over the old note, then cut to length: a reader never sees
+    // the file empty once it has named a holder.
     sys::pwrite(fd, note.as_bytes(), 0)?;
+    sys::ftruncate(fd, note.len() as u64)?;
     Ok(())
 }
 
@@ -111,6 +135,78 @@ const NLINK_TAG: &str = "#lfsnl";
 fn nlink_tag(name: &OsStr) -> Option<i64> {
     let rest = name.to_str()?.strip_prefix(NLINK_TAG)?;
     rest.split_once('.')?.0.parse().ok()
+}
+
+/// What a holder note says (see `write_holder_note`).
+#[derive(Debug, PartialEq)]
+struct HolderNote {
+    pid: u32,
+    host: String,
+    /// The device of the holder's mount, once it is up.
+    mount: Option<String>,
+}
+
+impl HolderNote {
+    fn parse(note: &str) -> Option<HolderNote> {
+        let mut lines = note.lines();
+        let (pid, host) = lines
+            .next()?
+            .strip_prefix("layerfs pid ")?
+            .split_once(" on host ")?;
+        let mount = lines.find_map(|l| l.strip_prefix("mount ").map(|d| d.trim().to_string()));
+        Some(HolderNote {
+            pid: pid.parse().ok()?,
+            host: host.trim().to_string(),
+            mount,
+        })
+    }
+
+    /// Whether the holder is on its way out: on this host, and its process
+    /// is gone (a copy of its fds may live a moment longer) or its mount is
+    /// no longer in its mount namespace (it was unmounted, and the daemon
+    /// has not yet seen the connection end). A holder on another host, one
+    /// still starting (no mount noted yet) or one that cannot be looked at
+    /// counts as live.
+    fn going_away(&self) -> bool {
+        if self.host != sys::hostname() {
+            return false;
+        }
+        match fs::read_to_string(format!("/proc/{}/mountinfo", self.pid)) {
+            // A pid of another pid namespace is looked up here as a process
+            // of ours: at worst a live holder is waited for, then refused.
+            Ok(info) => self
+                .mount
+                .as_deref()
+                .is_some_and(|dev| !info.lines().any(|l| l.split(' ').nth(2) == Some(dev))),
+            Err(e) => !matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)),
+        }
+    }
+}
+
+/// The device (`major:minor`) of the FUSE mount on `mountpoint` in this
+/// process's mount namespace (the topmost one there), from
+/// /proc/self/mountinfo: a stat of the mountpoint would ask the daemon,
+/// which may not serve yet.
+fn fuse_mount_dev(mountpoint: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    // mountinfo escapes these as \ooo.
+    let mut want = Vec::new();
+    for &b in mountpoint.as_os_str().as_bytes() {
+        match b {
+            b' ' | b'\t' | b'\n' | b'\\' => want.extend(format!("\\{b:03o}").bytes()),
+            _ => want.push(b),
+        }
+    }
+    // Both read the same way where a name is not UTF-8.
+    let want = String::from_utf8_lossy(&want);
+    let info = fs::read(Path::new("/proc/self/mountinfo")).ok()?;
+    let info = String::from_utf8_lossy(&info);
+    info.lines().rev().find_map(|l| {
+        let (mine, theirs) = l.split_once(" - ")?;
+        let f: Vec<&str> = mine.split(' ').collect();
+        let fuse = theirs.starts_with("fuse");
+        (fuse && f.get(4) == Some(&&*want)).then(|| f.get(2).map(|d| d.to_string()))?
+    })
 }
 
 /// Name of the holder note in WORKDIR (beside `work` and `index`, which
@@ -263,7 +359,7 @@ impl WorkDir {
     /// forked from the process that took the lock).
     pub fn note_holder(&self) {
         if let Some(fd) = &self.holder {
-            if let Err(e) = write_holder_note(fd.as_fd()) {
+            if let Err(e) = write_holder_note(fd.as_fd(), None) {
                 log::warn!("cannot update {HOLDER_FILE}: {e}");
             }
         }
@@ -372,6 +468,23 @@ pub struct LockRelease {
 }
 
 impl LockRelease {
+    /// Adds the mount on `mountpoint`, now up, to the holder note: a mount
+    /// made once it is gone waits for this daemon to let go rather than
+    /// being refused (see `HolderNote::going_away`).
+    pub fn note_mount(&self, mountpoint: &Path) {
+        let Some(h) = &self.holder else { return };
+        let Some(dev) = fuse_mount_dev(mountpoint) else {
+            log::debug!(
+                "{}: not found in /proc/self/mountinfo",
+                mountpoint.display()
+            );
+            return;
+        };
+        if let Err(e) = write_holder_note(h.as_fd(), Some(&dev)) {
+            log::warn!("cannot update {HOLDER_FILE}: {e}");
+        }
+    }
+
     /// Lets another mount take the work and upper dirs. Only once nothing
     /// of this mount uses the work dir any more: the next mount empties it.
     pub fn release(self) {
@@ -466,7 +579,7 @@ mod tests {
         first.lock_release().unwrap().release();
         assert!(flock_free(&work) && flock_free(&upper));
         // The record lock on the holder note is gone too: a second work
-        // dir state is made at once, not after the 2 s wait for a holder.
+        // dir state is made at once, not after a wait for a holder.
         let start = Instant::now();
         let second = WorkDir::prepare(&work, &upper, false).unwrap();
         assert!(start.elapsed() < Duration::from_secs(1));
@@ -477,5 +590,32 @@ mod tests {
         );
         drop(first);
         drop(second);
+    }
+
+    #[test]
+    fn a_holder_is_going_away_once_its_process_or_its_mount_is_gone() {
+        let me = std::process::id();
+        let host = sys::hostname();
+        let note = |pid: u32, host: &str, mount: Option<&str>| HolderNote {
+            pid,
+            host: host.to_string(),
+            mount: mount.map(str::to_string),
+        };
+        let text = format!("layerfs pid {me} on host {host}\nmount 0:4242\n");
+        assert_eq!(
+            HolderNote::parse(&text),
+            Some(note(me, &host, Some("0:4242")))
+        );
+        assert_eq!(HolderNote::parse("garbage"), None);
+        // Still starting (no mount yet), or its mount still listed: live.
+        assert!(!note(me, &host, None).going_away());
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let listed = info.lines().next().unwrap().split(' ').nth(2).unwrap();
+        assert!(!note(me, &host, Some(listed)).going_away());
+        // Its mount gone, or its process: going away.
+        assert!(note(me, &host, Some("0:999999")).going_away());
+        assert!(note(u32::MAX, &host, None).going_away());
+        // Another host's holder cannot be looked at: live.
+        assert!(!note(u32::MAX, "another-host", None).going_away());
     }
 }

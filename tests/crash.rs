@@ -60,18 +60,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Whether the test can run here; in CI (`CI` set) it must.
-fn can_run() -> bool {
-    let ok = is_root() && Path::new("/dev/fuse").exists() && have("mount");
-    if !ok && std::env::var_os("CI").is_some() {
-        panic!("crash tests need root, /dev/fuse and mount(8), and CI is set");
-    }
-    if !ok {
-        eprintln!("SKIP: needs root and /dev/fuse");
-    }
-    ok
-}
-
 const NB: usize = 6; // big lower files
 const BIG_LEN: usize = 8 << 20;
 const NS: usize = 24; // lower hard-link sets
@@ -717,9 +705,7 @@ fn env_num(k: &str, default: u64) -> u64 {
 
 #[test]
 fn kill_9_at_any_point_of_mixed_work() {
-    if !can_run() {
-        return;
-    }
+    require!("mount");
     let kills = env_num("LAYERFS_CRASH_KILLS", 50) as usize;
     let seed = env_num("LAYERFS_CRASH_SEED", 1);
     let mut t = tempfile::Builder::new()

@@ -22,31 +22,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Whether the test can run here: skipped by hand when it cannot, but a
-/// failure when `CI` is set, so a missing tool never passes silently.
-fn can_run(tools: &[&str]) -> bool {
-    let missing = if !is_root() {
-        Some("root".to_string())
-    } else if !Path::new("/dev/fuse").exists() {
-        Some("/dev/fuse".to_string())
-    } else {
-        tools
-            .iter()
-            .find(|c| !have(c))
-            .map(|c| format!("{c} (see .ci/run)"))
-    };
-    match missing {
-        None => true,
-        Some(what) if std::env::var_os("CI").is_some() => {
-            panic!("fault tests cannot run: {what} missing")
-        }
-        Some(what) => {
-            eprintln!("SKIP: needs {what}");
-            false
-        }
-    }
-}
-
 /// A filesystem mounted on a temp dir for the test, unmounted on drop.
 struct Fs {
     dir: tempfile::TempDir,
@@ -163,9 +138,7 @@ const MIB: usize = 1 << 20;
 /// the same mount. Then: files created until the disk is full, deleted.
 #[test]
 fn full_disk() {
-    if !can_run(&["mount", "umount"]) {
-        return;
-    }
+    require!("mount", "umount");
     let t = tempfile::Builder::new()
         .prefix("lfsfull")
         .tempdir()
@@ -372,9 +345,7 @@ fn io_errors_from_the_upper() {
             .args(["-c", "command -v apt-get >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xfsprogs >/dev/null 2>&1"])
             .status();
     }
-    if !can_run(&["mount", "umount", "losetup", "mkfs.ext4", "xfs_io"]) {
-        return;
-    }
+    require!("mount", "umount", "losetup", "mkfs.ext4", "xfs_io");
     let t = tempfile::Builder::new().prefix("lfseio").tempdir().unwrap();
     let lower = t.path().join("lower");
     write(&lower.join("a"), b"lower a\n");
@@ -453,9 +424,7 @@ fn io_errors_from_the_upper() {
 /// freed.
 #[test]
 fn full_disk_metacopy() {
-    if !can_run(&["mount", "umount"]) {
-        return;
-    }
+    require!("mount", "umount");
     let t = tempfile::Builder::new()
         .prefix("lfsfullmc")
         .tempdir()

@@ -31,31 +31,6 @@ use common::*;
 /// Longest any single operation may take before it counts as a hang.
 const OP_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Whether the test can run here; when it cannot, it is skipped by hand but
-/// fails in CI (`CI` set), so a missing tool cannot pass silently.
-fn can_run() -> bool {
-    let missing = if !is_root() {
-        Some("root".to_string())
-    } else if !Path::new("/dev/fuse").exists() {
-        Some("/dev/fuse".to_string())
-    } else {
-        ["setfattr", "mount", "umount"]
-            .iter()
-            .find(|c| !have(c))
-            .map(|c| c.to_string())
-    };
-    match missing {
-        None => true,
-        Some(what) if std::env::var_os("CI").is_some() => {
-            panic!("hostile-layer tests cannot run: {what} missing")
-        }
-        Some(what) => {
-            eprintln!("SKIP: needs {what}");
-            false
-        }
-    }
-}
-
 /// A tmpfs of its own mounted on a temp dir, unmounted on drop.
 struct Tmpfs {
     dir: tempfile::TempDir,
@@ -551,9 +526,7 @@ fn assert_no_diffs(what: &str, d: Vec<String>) {
 /// ever following them itself.
 #[test]
 fn symlinks_out_of_the_layers() {
-    if !can_run() {
-        return;
-    }
+    require!("setfattr", "mount", "umount");
     let scene = Scene::new(2, |sc| {
         let host = sc.host.display().to_string();
         let l0 = sc.lower(0);
@@ -618,9 +591,7 @@ fn symlinks_out_of_the_layers() {
 /// outside the layers, loop, or are 64 KiB long.
 #[test]
 fn hostile_redirects() {
-    if !can_run() {
-        return;
-    }
+    require!("setfattr", "mount", "umount");
     let host_abs = |sc: &Scene| sc.host.display().to_string();
     let long_rel = "r".repeat(65_000);
     let long_abs: String = "/a".repeat(32_000);
@@ -778,9 +749,7 @@ fn hostile_redirects() {
 /// would be that foreign file; bad `overlay.nlink` values.
 #[test]
 fn hostile_origin_metacopy_nlink() {
-    if !can_run() {
-        return;
-    }
+    require!("setfattr", "mount", "umount");
     let scene = Scene::new(2, |sc| {
         let l1 = sc.lower(1);
         write(&l1.join("other"), b"other lower file\n");
@@ -1048,9 +1017,7 @@ fn hostile_origin_metacopy_nlink() {
 /// names from them.
 #[test]
 fn names_of_255_bytes() {
-    if !can_run() {
-        return;
-    }
+    require!("setfattr", "mount", "umount");
     let n255 = |c: char| c.to_string().repeat(255);
     let (fa, da, wa) = (n255('f'), n255('d'), n255('w'));
     let (f2, d2) = (fa.clone(), da.clone());
@@ -1251,9 +1218,7 @@ fn assert_deep_lower_intact(lower: &Path, depth: usize) {
 /// daemon lives on.
 #[test]
 fn ten_thousand_deep_tree() {
-    if !can_run() {
-        return;
-    }
+    require!("setfattr", "mount", "umount");
     const DEEP: usize = 10_000;
     let scene = Scene::with(2, false, |sc| deep_tree(sc.lower(1), DEEP, b"bottom\n"));
     let pair = scene.mount("deep", &|_| {});
@@ -1284,9 +1249,7 @@ fn ten_thousand_deep_tree() {
 /// matches the kernel and the daemon answers afterwards.
 #[test]
 fn four_thousand_deep_copy_up() {
-    if !can_run() {
-        return;
-    }
+    require!("setfattr", "mount", "umount");
     const DEPTH: usize = 4_000;
     let scene = Scene::with(2, false, |sc| deep_tree(sc.lower(1), DEPTH, b"bottom\n"));
     let pair = scene.mount("deep4k", &|_| {});
@@ -1311,9 +1274,7 @@ fn four_thousand_deep_copy_up() {
 /// not read OCI markers: those are checked on layerfs alone).
 #[test]
 fn odd_markers() {
-    if !can_run() {
-        return;
-    }
+    require!("setfattr", "mount", "umount");
     let scene = Scene::new(2, |sc| {
         let (l0, l1) = (sc.lower(0), sc.lower(1));
         for (name, v) in [

@@ -12,30 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Whether this test can run here (root, /dev/fuse, unshare). When it
-/// cannot, it fails under CI (which sets `CI`) and is skipped elsewhere.
-fn can_run() -> bool {
-    let missing = if !is_root() {
-        Some("root")
-    } else if !Path::new("/dev/fuse").exists() {
-        Some("/dev/fuse")
-    } else if !have("unshare") || !have("nsenter") {
-        Some("unshare and nsenter (util-linux)")
-    } else {
-        None
-    };
-    match missing {
-        None => true,
-        Some(what) if std::env::var_os("CI").is_some() => {
-            panic!("this test needs {what}, and CI must run it")
-        }
-        Some(what) => {
-            eprintln!("SKIP: needs {what}");
-            false
-        }
-    }
-}
-
 fn tmp() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("lfsl").tempdir().unwrap()
 }
@@ -83,9 +59,7 @@ fn gone(pid: u32) -> bool {
 /// on a filesystem of their own, written to (copy-up, new files).
 #[test]
 fn layers_can_be_unmounted_as_soon_as_umount_returns() {
-    if !can_run() {
-        return;
-    }
+    require!("unshare", "nsenter");
     let t = tmp();
     let script = r#"
 set -u
@@ -146,9 +120,7 @@ impl Drop for KillOnDrop {
 /// dirs are free for the next mount at once.
 #[test]
 fn signals_end_the_daemon_whatever_other_namespaces_hold() {
-    if !can_run() {
-        return;
-    }
+    require!("unshare", "nsenter");
     for sig in ["TERM", "INT"] {
         let t = tmp();
         let b = t.path();
@@ -232,9 +204,7 @@ fn signals_end_the_daemon_whatever_other_namespaces_hold() {
 /// daemon-facility warning tagged with the daemon's name and pid.
 #[test]
 fn warnings_of_a_detached_daemon_reach_the_logfile_and_syslog() {
-    if !can_run() {
-        return;
-    }
+    require!("unshare", "nsenter");
     let t = tmp();
     let b = t.path();
     write(&b.join("low/top"), b"top");

@@ -643,9 +643,7 @@ fn assert_no_duplicates(dups: &[String]) {
 
 #[test]
 fn many_threads_mixed_operations_on_overlapping_names() {
-    if !can_run() {
-        return;
-    }
+    require!("mount");
     let secs = env_num("LAYERFS_LOAD_SECS", 40);
     let threads = env_num("LAYERFS_LOAD_THREADS", 64) as usize;
     let seed = env_num("LAYERFS_LOAD_SEED", 1);
@@ -834,9 +832,7 @@ fn walk_memory(dirs: usize, per_dir: usize) -> Vec<WalkFigures> {
 
 #[test]
 fn walking_a_large_tree_keeps_memory_and_fds_flat() {
-    if !can_run() {
-        return;
-    }
+    require!("mount");
     let entries = env_num("LAYERFS_WALK_ENTRIES", 100_000) as usize;
     let per_dir = 100;
     let figures = walk_memory(entries / per_dir, per_dir);

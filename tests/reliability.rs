@@ -179,26 +179,20 @@ fn hardlink_copy_up_after_its_first_name_is_gone() {
     assert_eq!(fingerprint(&lowers[1]), before, "lower layer untouched");
 }
 
-/// A small ext2 filesystem on a loop device, unmounted on drop. ext2
-/// gives a freed inode number to the next new file at once, which makes
-/// number reuse by the upper filesystem happen every time.
-struct LoopFs {
+/// A scratch filesystem for an upper, unmounted on drop: a small ext2 on a
+/// loop device, or a tmpfs. ext2 gives a freed inode number to the next new
+/// file at once, which makes number reuse by the upper filesystem happen
+/// every time.
+struct ScratchFs {
     dir: PathBuf,
 }
 
-impl LoopFs {
-    fn new(base: &Path) -> LoopFs {
+impl ScratchFs {
+    fn ext2(base: &Path) -> ScratchFs {
         let img = base.join("ext2.img");
         let dir = base.join("ext2");
         mkdir(&dir);
         fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new(args[0])
-                .args(&args[1..])
-                .output()
-                .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
-            assert!(out.status.success(), "{args:?}: {}", output_text(&out));
-        };
         run(&["mkfs.ext2", "-q", "-F", img.to_str().unwrap()]);
         run(&[
             "mount",
@@ -207,11 +201,26 @@ impl LoopFs {
             img.to_str().unwrap(),
             dir.to_str().unwrap(),
         ]);
-        LoopFs { dir }
+        ScratchFs { dir }
+    }
+
+    fn tmpfs(base: &Path) -> ScratchFs {
+        let dir = base.join("tmpfs");
+        mkdir(&dir);
+        run(&["mount", "-t", "tmpfs", "tmpfs", dir.to_str().unwrap()]);
+        ScratchFs { dir }
     }
 }
 
-impl Drop for LoopFs {
+fn run(args: &[&str]) {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+    assert!(out.status.success(), "{args:?}: {}", output_text(&out));
+}
+
+impl Drop for ScratchFs {
     fn drop(&mut self) {
         // The union above is gone by now; its daemon may take a moment to
         // let go of the upper.
@@ -248,7 +257,7 @@ fn numbers_of_deleted_objects_are_not_given_to_new_ones() {
         write(&l1.join(format!("f{i}")), b"f");
     }
     let lowers = vec![l0, l1];
-    let ext2 = LoopFs::new(t.path());
+    let ext2 = ScratchFs::ext2(t.path());
     let (opts, _u, _w) = rw_opts_tagged(&ext2.dir, "", &lowers, "");
     let mnt = t.path().join("m");
     let mut m = try_mount_layerfs(&opts, &mnt).unwrap();
@@ -394,4 +403,127 @@ fn o_tmpfile_is_not_supported_until_fuser_has_tmpfile() {
         Err(Some(libc::EOPNOTSUPP)),
         "O_TMPFILE on layerfs"
     );
+}
+
+/// Busy loops, one process each, ended on drop: a machine kept busy.
+struct BusyLoops(Vec<std::process::Child>);
+
+impl BusyLoops {
+    fn start(n: usize) -> BusyLoops {
+        BusyLoops(
+            (0..n)
+                .map(|_| {
+                    std::process::Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .unwrap()
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for BusyLoops {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A daemon stopped (SIGSTOP) for `for` and then continued, by a thread;
+/// dropping waits for the continue, so no daemon is left stopped.
+struct Stalled(Option<std::thread::JoinHandle<()>>);
+
+impl Stalled {
+    fn new(pid: u32, stall: std::time::Duration) -> Stalled {
+        let signal = move |sig: &str| {
+            let ok = std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill {sig} {pid}");
+        };
+        signal("-STOP");
+        Stalled(Some(std::thread::spawn(move || {
+            std::thread::sleep(stall);
+            signal("-CONT");
+        })))
+    }
+}
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A mount right after an unmount of the same upper is not refused as in
+/// use. umount(2) of a FUSE mount returns before the daemon has let go of
+/// the work dir's locks (the kernel only aborts the connection), so the
+/// next mount must wait for a holder whose mount is gone; a live holder is
+/// still refused at once. Back to back, 200 rounds on each of tmpfs and a
+/// loop-mounted ext2 under CPU load; in every 50th round the daemon is
+/// stopped for 3 s just before the unmount, as a loaded machine may leave
+/// it unscheduled (it once held the lock past the former 2 s wait).
+#[test]
+fn a_remount_right_after_an_unmount_is_not_refused() {
+    require!("mkfs.ext2", "losetup");
+    const ROUNDS: usize = 200;
+    let t = tmp();
+    let lowers = vec![t.path().join("l0"), t.path().join("l1")];
+    mkdir(&lowers[0]);
+    write(&lowers[1].join("f"), b"lower");
+    let _load = BusyLoops::start(2);
+    for scratch in [ScratchFs::tmpfs(t.path()), ScratchFs::ext2(t.path())] {
+        let (opts, _u, _w) = rw_opts_tagged(&scratch.dir, "", &lowers, "");
+        let mnt = t.path().join("m");
+        let mut refused = Vec::new();
+        let mut stalled = None;
+        for round in 0..ROUNDS {
+            let m = try_mount_layerfs(&opts, &mnt);
+            // The previous daemon has let go (or the mount was refused).
+            drop(stalled.take());
+            let mut m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    refused.push(format!("round {round}: {e}"));
+                    continue;
+                }
+            };
+            write(&m.path(&format!("f{}", round % 8)), b"upper");
+            assert_eq!(fs::read(m.path("f")).unwrap(), b"lower");
+            if round == 0 {
+                // A live holder is refused at once, not waited for.
+                let other = t.path().join("m-other");
+                let err = try_mount_layerfs(&opts, &other)
+                    .err()
+                    .map(|e| e.to_string());
+                let err = err.expect("a second mount of a mounted upper");
+                assert!(
+                    err.contains("is in use by layerfs pid") && !err.contains("mount is gone"),
+                    "{err}"
+                );
+            }
+            if round % 50 == 49 {
+                let pid = daemon_pid(&mnt).expect("the daemon");
+                stalled = Some(Stalled::new(pid, std::time::Duration::from_secs(3)));
+                // umount(8) asks the stopped daemon for statfs; the
+                // syscall does not wait for it.
+                layerfs::sys::umount(&mnt, 0).unwrap();
+            }
+            m.unmount();
+        }
+        drop(stalled);
+        assert!(
+            refused.is_empty(),
+            "{}: {} of {ROUNDS} mounts refused:\n{}",
+            scratch.dir.display(),
+            refused.len(),
+            refused.join("\n")
+        );
+    }
 }

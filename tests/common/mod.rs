@@ -96,8 +96,10 @@ fn package_of(tool: &str) -> &str {
         "newuidmap" | "newgidmap" => "uidmap",
         "busybox" => "busybox-static",
         "dpkg-deb" => "dpkg",
-        "setpriv" | "unshare" | "prlimit" | "losetup" => "util-linux",
-        "mkfs.ext2" => "e2fsprogs",
+        "setpriv" | "unshare" | "nsenter" | "prlimit" | "losetup" => "util-linux",
+        "mount" | "umount" => "mount",
+        "mkfs.ext2" | "mkfs.ext4" => "e2fsprogs",
+        "xfs_io" => "xfsprogs",
         other => other,
     }
 }
@@ -140,6 +142,35 @@ pub fn cannot_run(why: &str) {
         );
     }
     eprintln!("SKIP: {why}");
+    note_skip();
+}
+
+/// Appends this test to the file `LAYERFS_SKIP_LOG` names, if set, as
+/// `BINARY TEST` (the test binary's file name, and libtest's name of the
+/// test's thread, which is the test's path): cargo shows nothing of a
+/// passing test, so this is how `scripts/test.sh` counts a test that
+/// returned early as skipped, not passed.
+fn note_skip() {
+    let Some(log) = std::env::var_os("LAYERFS_SKIP_LOG") else {
+        return;
+    };
+    let exe = std::env::current_exe().ok();
+    let bin = exe
+        .as_deref()
+        .and_then(Path::file_name)
+        .map_or("?".into(), |n| n.to_string_lossy());
+    let thread = std::thread::current();
+    let line = format!("{bin} {}\n", thread.name().unwrap_or("?"));
+    // One write of a short line to a file opened for appending: lines of
+    // tests running at once do not mix.
+    let written = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| io::Write::write_all(&mut f, line.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("cannot note the skip in {}: {e}", log.to_string_lossy());
+    }
 }
 
 /// Returns from the test unless it can run here (root, /dev/fuse and each
