@@ -34,8 +34,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
-use crate::ids::NodeId;
-use crate::layers::LayerIdx;
+use crate::ids::{LayerIdx, NodeId};
 use crate::whiteout::DirMarks;
 
 /// The FUSE root node id.

@@ -8,10 +8,9 @@ use std::path::{Path, PathBuf};
 
 use crate::sys;
 
-/// Index of a layer in the stack: 0 is the top (the upper dir when there is
-/// one), the last is the bottom lower layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct LayerIdx(pub usize);
+// Also named here for the modules that import it from here (lookup,
+// numbering); its home is `ids`.
+pub use crate::ids::LayerIdx;
 
 /// One layer of the stack.
 #[derive(Debug)]

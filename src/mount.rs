@@ -626,7 +626,6 @@ fn serve(
     let ms = settings(req, plan);
     let config = fuse_config(&ms);
     let fuse = crate::fs::Fuse::new(fs);
-    let notifier = fuse.notifier_slot();
     let mount_err = |e: io::Error| {
         MountError::step(format!("cannot mount on {}", plan.mountpoint.display()))(e)
     };
@@ -637,7 +636,7 @@ fn serve(
         })?,
         None => fuser::Session::new(fuse, &plan.mountpoint, &config).map_err(mount_err)?,
     };
-    let _ = notifier.set(session.notifier());
+    state.set_notifier(session.notifier());
     if let Some(mut n) = notify.take() {
         let _ = n.write_all(b"ok");
         drop(n);
