@@ -592,7 +592,8 @@ impl Inode {
     }
 }
 
-/// Sharded map of live inodes, plus the fallback numbering.
+/// Sharded map of live inodes by node id (`numbering.rs` hands out the
+/// numbers).
 #[derive(Debug)]
 pub struct InodeTable {
     map: DashMap<NodeId, Arc<Inode>>,

@@ -1,7 +1,9 @@
 //! The filesystem object: its state (layers, inode table, numbering, open
-//! files, the upper's context), its construction, and the accessors the
-//! operations share. The operations are grouped by concern in their own
-//! modules (`lookup`, `listing`, `open_files`, `names`, `modify`, `xattrs`,
+//! files, the upper's context, the session's notifier), its construction,
+//! the accessors the operations share, and the few operations that only
+//! read an inode's top object (getattr, readlink, statfs). The other
+//! operations are grouped by concern in their own modules (`lookup`,
+//! `listing`, `open_files`, `file_data`, `names`, `modify`, `xattrs`,
 //! `copyup`), each a plain `impl LayerFs` block of functions returning
 //! `io::Result`; `fs.rs` converts FUSE arguments, calls them and replies.
 
