@@ -3,8 +3,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fuser::{FileAttr, FileType, INodeNo};
+use fuser::{FileAttr, FileType};
 
+use crate::ids::InodeNo;
 use crate::sys::Stat;
 
 /// The FUSE file type of a `st_mode`.
@@ -66,7 +67,7 @@ pub fn encode_rdev(rdev: u64) -> u32 {
 /// Attributes of the real file `st`, shown under inode number `ino`.
 /// `merged_dir` follows kernel overlayfs: a directory merged from several
 /// layers reports nlink 1, which `find` and friends accept.
-pub fn from_stat(st: &Stat, ino: u64, merged_dir: bool) -> FileAttr {
+pub fn from_stat(st: &Stat, ino: InodeNo, merged_dir: bool) -> FileAttr {
     let kind = file_type(st.st_mode);
     let nlink = if merged_dir && kind == FileType::Directory {
         1
@@ -74,7 +75,7 @@ pub fn from_stat(st: &Stat, ino: u64, merged_dir: bool) -> FileAttr {
         st.st_nlink as u32
     };
     FileAttr {
-        ino: INodeNo(ino),
+        ino: ino.into(),
         size: st.st_size as u64,
         blocks: st.st_blocks as u64,
         atime: time(st.st_atime, st.st_atime_nsec),
@@ -98,7 +99,7 @@ pub fn from_stat(st: &Stat, ino: u64, merged_dir: bool) -> FileAttr {
 /// the lower file holding its data.
 pub(crate) fn compose(
     st: &Stat,
-    number: u64,
+    number: InodeNo,
     merged_dir: bool,
     delta: Option<i64>,
     data: Option<&Stat>,

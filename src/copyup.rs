@@ -229,6 +229,16 @@ impl CopyJob<'_> {
     }
 }
 
+/// The lock of the parent-times window of copy-ups into `parent`: one of a
+/// few shared by all directories (a holder keeps it for one rename), so
+/// no directory needs a lock of its own.
+fn parent_times_lock(parent: BorrowedFd<'_>) -> io::Result<parking_lot::MutexGuard<'static, ()>> {
+    static LOCKS: [parking_lot::Mutex<()>; 64] = [const { parking_lot::Mutex::new(()) }; 64];
+    let key = RealKey::of(&sys::fstat(parent)?);
+    let stripe = (key.ino ^ key.dev.rotate_left(32)) as usize % LOCKS.len();
+    Ok(LOCKS[stripe].lock())
+}
+
 /// Builds the copy of `src` (whose stat is `st`) in the work directory
 /// and renames it to `name` in `parent_upper`; returns an O_PATH fd of
 /// the new object and whether it was linked into the index.
@@ -331,7 +341,11 @@ fn stage_copy(
         crate::crashpoint::reached("copyup-indexed");
     }
     // Kernel overlayfs keeps the parent's times across a copy-up: the
-    // directory did not change as the user sees it.
+    // directory did not change as the user sees it. Held from the read of
+    // the times to their restore: two copy-ups into one directory
+    // interleaved there would have one put back the time the other's
+    // rename had set.
+    let _times = parent_times_lock(parent_upper)?;
     let pst = sys::fstat(parent_upper)?;
     up.renames
         .noreplace(work.fd(), &staged.name, parent_upper, name)?;
@@ -415,7 +429,7 @@ impl LayerFs {
         let parent_fd = parent_up.fd.get()?;
         let (fd, indexed) = stage_copy(&job, &top, &st, parent_fd.as_fd(), &name)?;
         let ust = sys::fstat(fd.as_fd())?;
-        self.numbering.remember(RealKey::of(&ust), inode.st_ino);
+        self.numbering.copied_up(RealKey::of(&ust), inode.st_ino);
         if indexed {
             inode.set_nlink_delta(Some(st.st_nlink as i64 - ust.st_nlink as i64));
         } else if hardlinked {
@@ -425,8 +439,7 @@ impl LayerFs {
             // keeps showing the one file, now and after a remount; names
             // not seen yet stay the lower file, under a node of their own
             // (as with kernel overlayfs' index=off).
-            self.numbering
-                .remember(RealKey::of(&st), self.numbering.fresh_number());
+            self.numbering.renumber(RealKey::of(&st));
             let others = inode.state().other_names.clone();
             for (parent, other) in others {
                 if let Err(e) = self.link_name_up(fd.as_fd(), parent, &other) {

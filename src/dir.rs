@@ -6,7 +6,7 @@ use std::ffi::OsString;
 
 use fuser::FileType;
 
-use crate::ids::LayerMask;
+use crate::ids::{InodeNo, LayerMask};
 
 /// One raw entry of one layer, already classified by the caller (which may
 /// need a stat or an xattr to tell a whiteout from a file).
@@ -96,7 +96,7 @@ where
 pub struct DirEntryOut {
     pub name: OsString,
     pub kind: FileType,
-    pub ino: u64,
+    pub ino: InodeNo,
     /// Lower layers (bit = layer index) whose part of the directory holds
     /// the name, as an entry or a whiteout: a lookup from the listing
     /// (readdirplus) probes only those, plus the upper. `LayerMask::ALL` when

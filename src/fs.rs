@@ -391,7 +391,7 @@ impl Filesystem for Fuse {
             Err(e) => return reply.error(answer("readdir", e)),
         };
         for (i, e) in page.entries.iter().enumerate().skip(page.start) {
-            if reply.add(INodeNo(e.ino), page.cookie_after(i), e.kind, &e.name) {
+            if reply.add(e.ino.into(), page.cookie_after(i), e.kind, &e.name) {
                 break;
             }
         }
@@ -419,15 +419,8 @@ impl Filesystem for Fuse {
                     Ok(a) => self.shown(a),
                     Err(err) => return reply.error(answer("readdirplus", err)),
                 };
-                attr.ino = INodeNo(e.ino);
-                if reply.add(
-                    INodeNo(e.ino),
-                    off,
-                    &e.name,
-                    &self.ttl,
-                    &attr,
-                    Generation(0),
-                ) {
+                attr.ino = e.ino.into();
+                if reply.add(e.ino.into(), off, &e.name, &self.ttl, &attr, Generation(0)) {
                     break;
                 }
                 added += 1;

@@ -16,8 +16,25 @@ impl NodeId {
 
     /// The node of an object other than the root is named by the inode
     /// number it shows: the kernel then answers stat with the node id.
-    pub fn of_number(number: u64) -> NodeId {
-        NodeId(number)
+    pub fn of_number(number: InodeNo) -> NodeId {
+        NodeId(number.0)
+    }
+}
+
+/// An inode number shown at the mountpoint (st_ino, d_ino). Only
+/// `numbering.rs` decides one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InodeNo(pub u64);
+
+impl From<InodeNo> for fuser::INodeNo {
+    fn from(n: InodeNo) -> Self {
+        fuser::INodeNo(n.0)
+    }
+}
+
+impl std::fmt::Display for InodeNo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 

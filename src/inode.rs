@@ -34,7 +34,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
-use crate::ids::{LayerIdx, NodeId};
+use crate::ids::{InodeNo, LayerIdx, NodeId};
 use crate::whiteout::DirMarks;
 
 /// The FUSE root node id.
@@ -208,7 +208,7 @@ pub struct Inode {
     /// FUSE node id.
     pub ino: NodeId,
     /// The number shown as st_ino (differs from `ino` only for the root).
-    pub st_ino: u64,
+    pub st_ino: InodeNo,
     /// A directory or not, with what only that kind keeps.
     kind: NodeKind,
     lookups: AtomicU64,
@@ -268,7 +268,7 @@ const LISTINGS_KEPT: usize = 1;
 const NO_DELTA: i64 = i64::MIN;
 
 impl Inode {
-    pub fn new(ino: NodeId, st_ino: u64, is_dir: bool, state: InodeState) -> Inode {
+    pub fn new(ino: NodeId, st_ino: InodeNo, is_dir: bool, state: InodeState) -> Inode {
         let kind = if is_dir {
             NodeKind::Dir(DirState::default())
         } else {
@@ -682,7 +682,7 @@ mod tests {
     #[test]
     fn names_of_a_hardlink_follow_unlink_and_rename() {
         use std::ffi::OsStr;
-        let i = Inode::new(n(10), 10, false, state());
+        let i = Inode::new(n(10), InodeNo(10), false, state());
         i.name_seen(ROOT_INO, OsStr::new("x"));
         i.name_seen(n(5), OsStr::new("y"));
         i.name_seen(n(5), OsStr::new("y"));
@@ -705,19 +705,19 @@ mod tests {
 
     #[test]
     fn directories_have_one_name() {
-        let i = Inode::new(n(10), 10, true, state());
+        let i = Inode::new(n(10), InodeNo(10), true, state());
         i.name_seen(n(5), std::ffi::OsStr::new("y"));
         assert!(names(&i).2.is_empty());
     }
 
     fn table() -> InodeTable {
-        InodeTable::new(Inode::new(ROOT_INO, 2, true, state()))
+        InodeTable::new(Inode::new(ROOT_INO, InodeNo(2), true, state()))
     }
 
     #[test]
     fn lookups_and_forget() {
         let t = table();
-        let a = t.lookup_insert(n(10), || Inode::new(n(10), 10, false, state()));
+        let a = t.lookup_insert(n(10), || Inode::new(n(10), InodeNo(10), false, state()));
         let b = t.lookup_insert(n(10), || panic!("must reuse the live inode"));
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(a.lookup_count(), 2);
@@ -726,7 +726,7 @@ mod tests {
         t.forget(n(10), 1);
         assert!(t.get(n(10)).is_none());
         // A count that reached zero never comes back: a new lookup builds a new inode.
-        let c = t.lookup_insert(n(10), || Inode::new(n(10), 10, false, state()));
+        let c = t.lookup_insert(n(10), || Inode::new(n(10), InodeNo(10), false, state()));
         assert!(!Arc::ptr_eq(&a, &c));
         assert_eq!(c.lookup_count(), 1);
     }
@@ -734,7 +734,7 @@ mod tests {
     #[test]
     fn batch_forget_more_than_held_removes() {
         let t = table();
-        t.lookup_insert(n(11), || Inode::new(n(11), 11, false, state()));
+        t.lookup_insert(n(11), || Inode::new(n(11), InodeNo(11), false, state()));
         t.forget(n(11), 5);
         assert!(t.get(n(11)).is_none());
         t.forget(ROOT_INO, 100);
@@ -749,7 +749,7 @@ mod tests {
                 let t = Arc::clone(&t);
                 std::thread::spawn(move || {
                     for _ in 0..2000 {
-                        t.lookup_insert(n(20), || Inode::new(n(20), 20, false, state()));
+                        t.lookup_insert(n(20), || Inode::new(n(20), InodeNo(20), false, state()));
                         t.forget(n(20), 1);
                     }
                 })

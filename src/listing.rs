@@ -11,9 +11,10 @@ use fuser::FileType;
 
 use crate::attr;
 use crate::dir::{self, DirEntryOut, MergedEntry};
-use crate::ids::{LayerMask, NodeId, RealKey};
+use crate::ids::{InodeNo, LayerMask, NodeId, RealKey};
 use crate::inode::{Inode, RealEntry, ROOT_INO};
 use crate::layer_read;
+use crate::numbering::{Holder, Lineage};
 use crate::overlay::LayerFs;
 use crate::resolve::Resolved;
 use crate::sys;
@@ -127,25 +128,32 @@ impl LayerFs {
 
     /// The number `stat` would show for an upper entry of a merged
     /// directory, so that d_ino matches st_ino across copy-up.
-    fn entry_number(&self, reals: &[RealEntry], r: &RealEntry, name: &[u8]) -> Option<u64> {
+    fn entry_number(&self, reals: &[RealEntry], r: &RealEntry, name: &[u8]) -> Option<InodeNo> {
         let name = OsStr::from_bytes(name);
         let dir = r.fd.get().ok()?;
         let fd = sys::openat(dir.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()?;
         let st = sys::fstat(fd.as_fd()).ok()?;
-        if let Some(n) = self.numbering.remembered(RealKey::of(&st)) {
-            return Some(n);
-        }
-        if (st.st_mode & libc::S_IFMT) == libc::S_IFDIR {
+        let key = RealKey::of(&st);
+        // Only the kernel's stat checks the inode table: d_ino is a hint.
+        let free = |_| Holder::Free;
+        if self.numbering.remembered(key).is_none() && (st.st_mode & libc::S_IFMT) == libc::S_IFDIR
+        {
             // A merged subdirectory's number comes from its lower part.
             return match self.resolve_in(reals, name).ok()? {
-                Resolved::Dir(hits) => Some(self.number_for_hits(&hits)),
+                Resolved::Dir(hits) => {
+                    let key = RealKey::of(&hits[0].st);
+                    Some(
+                        self.numbering
+                            .number(&self.layers, key, self.lineage_of(&hits), free),
+                    )
+                }
                 _ => None,
             };
         }
-        let origin = self.numbering.origin_key(&self.layers, fd.as_fd())?;
-        let n = self.number_for(origin);
-        self.numbering.remember(RealKey::of(&st), n);
-        Some(n)
+        Some(
+            self.numbering
+                .number(&self.layers, key, Lineage::MaybeOrigin(fd.as_fd()), free),
+        )
     }
 
     /// The merged listing of a directory's real parts, top first,

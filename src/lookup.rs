@@ -15,6 +15,7 @@ use crate::ids::{LayerMask, NodeId, RealKey};
 use crate::inode::{Inode, InodeState, RealEntry, RealFd};
 use crate::layer_read::{probe_layer, probe_layer_with, read_redirect, Hit};
 use crate::layers::LayerIdx;
+use crate::numbering::{Holder, Lineage};
 use crate::overlay::{errno, LayerFs};
 use crate::resolve::{self, Probe, Resolved};
 use crate::sys::{self, Stat};
@@ -65,28 +66,18 @@ pub(crate) fn check_name(name: &OsStr) -> io::Result<()> {
 }
 
 impl LayerFs {
-    /// The number of a merged object: the identity of its origin. A copied
-    /// up object keeps its lower origin's number (kernel overlayfs does the
-    /// same), found through the in-memory map for copy-ups of this mount and
-    /// through the `overlay.origin` handle for older ones; a merged
-    /// directory's origin is its first lower part.
-    pub(crate) fn number_for_hits(&self, hits: &[Hit]) -> u64 {
+    /// What the number of the object found as `hits` derives from: a
+    /// merged directory's first lower part; an upper object's origin, if it
+    /// carries one; else its own identity.
+    pub(crate) fn lineage_of<'a>(&self, hits: &'a [Hit]) -> Lineage<'a> {
         let top = &hits[0];
-        if self.is_upper(top.layer) {
-            let key = RealKey::of(&top.st);
-            if let Some(n) = self.numbering.remembered(key) {
-                return n;
-            }
-            if let Some(lower) = hits.get(1) {
-                return self.number_for(RealKey::of(&lower.st));
-            }
-            if let Some(origin) = self.numbering.origin_key(&self.layers, top.fd.as_fd()) {
-                let n = self.number_for(origin);
-                self.numbering.remember(key, n);
-                return n;
-            }
+        if !self.is_upper(top.layer) {
+            return Lineage::Own;
         }
-        self.number_for(RealKey::of(&top.st))
+        match hits.get(1) {
+            Some(lower) => Lineage::LowerPart(RealKey::of(&lower.st)),
+            None => Lineage::MaybeOrigin(top.fd.as_fd()),
+        }
     }
 
     /// The index entry of a lower file with several names, if its set was
@@ -240,13 +231,12 @@ impl LayerFs {
             }
         }
         let top = &hits[0].st;
-        let mut number = match origin_id {
-            Some(origin) if self.numbering.remembered(RealKey::of(top)).is_none() => {
-                let n = self.number_for(origin);
-                self.numbering.remember(RealKey::of(top), n);
-                n
-            }
-            _ => self.number_for_hits(&hits),
+        let lineage = match origin_id {
+            Some(origin) => Lineage::Origin(origin),
+            // An upper non-directory's xattrs were read above: no origin
+            // that opens.
+            None if !is_dir && self.is_upper(hits[0].layer) => Lineage::Own,
+            None => self.lineage_of(&hits),
         };
         // A number still held by the kernel for an unlinked object (whose
         // inode number the filesystem has since reused) must not be shared.
@@ -255,14 +245,14 @@ impl LayerFs {
         // `overlay.origin` (forged, or naming a lower file that another
         // name still shows) would otherwise make this lookup return the
         // live inode of the other object, with its content.
-        if self
-            .inodes
-            .get(NodeId::of_number(number))
-            .is_some_and(|i| i.is_unlinked() || !is_same_object(&i, top))
-        {
-            number = self.numbering.fresh_number();
-            self.numbering.remember(RealKey::of(top), number);
-        }
+        let number = self
+            .numbering
+            .number(&self.layers, RealKey::of(top), lineage, |n| {
+                match self.inodes.get(NodeId::of_number(n)) {
+                    Some(i) if i.is_unlinked() || !is_same_object(&i, top) => Holder::Other,
+                    _ => Holder::Free,
+                }
+            });
         let data_st = (!is_dir && hits.len() > 1).then(|| &hits[1].st);
         let attr = attr::compose(top, number, is_dir && hits.len() > 1, delta, data_st);
         let inode = self.inodes.lookup_insert(NodeId::of_number(number), || {

@@ -19,6 +19,7 @@ use crate::ids::{FileHandle, NodeId, RealKey};
 use crate::inode::{DirMark, Inode, InodeState, RealEntry, ROOT_INO};
 use crate::layer_read::UpperSlot;
 use crate::lookup::check_name;
+use crate::numbering::{Holder, Lineage};
 use crate::overlay::{errno, LayerFs};
 use crate::resolve::Resolved;
 use crate::sys;
@@ -307,18 +308,22 @@ impl LayerFs {
         // for that identity belonged to a deleted object whose inode the
         // upper filesystem has reused; it must not follow the new one
         // (whose number would then change at the next mount).
-        let key = RealKey::of(&st);
-        self.numbering.forget(key);
-        let mut number = self.number_for(key);
-        if let Some(old) = self.inodes.get(NodeId::of_number(number)) {
-            // Whatever the kernel still holds under this number is not the
-            // object just made: it was deleted (perhaps behind the node's
-            // back, as whiteouts inside a removed directory are), so it
-            // keeps the number and the new object gets a fresh one.
-            old.mark_unlinked();
-            number = self.numbering.fresh_number();
-            self.numbering.remember(key, number);
-        }
+        let number = self
+            .numbering
+            .number(&self.layers, RealKey::of(&st), Lineage::New, |n| {
+                match self.inodes.get(NodeId::of_number(n)) {
+                    // Whatever the kernel still holds under this number is
+                    // not the object just made: it was deleted (perhaps
+                    // behind the node's back, as whiteouts inside a removed
+                    // directory are), so it keeps the number and the new
+                    // object gets a fresh one.
+                    Some(old) => {
+                        old.mark_unlinked();
+                        Holder::Other
+                    }
+                    None => Holder::Free,
+                }
+            });
         let attr = crate::attr::from_stat(&st, number, false);
         // Where it is, for reaching it by name: found before the table's
         // entry is locked (its parent lives in the same table).

@@ -8,6 +8,10 @@
 //! - an identity with no room in the xino range gets a fallback number,
 //!   stable for the mount; an object that must not reuse its own (its
 //!   number is still held by a deleted one) gets a fresh one.
+//!
+//! [`Numbering::number`] is the one place that applies these rules to an
+//! object about to be shown; callers say what they know of it
+//! ([`Lineage`]) and who holds a number in the inode table ([`Holder`]).
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -16,7 +20,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use crate::ids::RealKey;
+use crate::ids::{InodeNo, RealKey};
 use crate::inode::ROOT_INO;
 use crate::layers::{LayerIdx, LayerStack};
 use crate::origin;
@@ -82,13 +86,42 @@ fn handles_reopen(layer: &crate::layers::Layer, rd: &OwnedFd) -> bool {
         .is_ok()
 }
 
+/// Where an object's number comes from, as far as the caller knows.
+#[derive(Debug, Clone, Copy)]
+pub enum Lineage<'a> {
+    /// Its own identity: a lower object, or an upper one already known to
+    /// carry no origin that opens.
+    Own,
+    /// An upper object that may carry an `overlay.origin` not read yet.
+    MaybeOrigin(BorrowedFd<'a>),
+    /// An upper object whose origin (or metacopy data) the caller found:
+    /// its number is the origin's, remembered for the upper object.
+    Origin(RealKey),
+    /// The upper part of a merged directory: the number of its first
+    /// lower part (found again by every lookup, so not remembered).
+    LowerPart(RealKey),
+    /// An object just made in the upper: its own identity, whatever a
+    /// deleted object whose inode the upper reused left remembered.
+    New,
+}
+
+/// Who holds a number in the inode table, for [`Numbering::number`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// Nobody, or the very object being numbered.
+    Free,
+    /// Another object (or a deleted one the kernel still holds): the
+    /// number must not be shared.
+    Other,
+}
+
 /// Every number handed out, and how they are found again.
 #[derive(Debug)]
 pub struct Numbering {
     /// Numbers of upper objects whose number is not their own identity:
     /// copy-ups (which keep the origin's number) and renumbered objects.
-    remembered: DashMap<RealKey, u64>,
-    fallback: DashMap<RealKey, u64>,
+    remembered: DashMap<RealKey, InodeNo>,
+    fallback: DashMap<RealKey, InodeNo>,
     next_fallback: AtomicU64,
     handles: LayerHandles,
     /// The upper layer and the namespace of its `overlay.*` xattrs.
@@ -114,25 +147,83 @@ impl Numbering {
         &self.handles
     }
 
-    /// The number shown for a real object of identity `key`.
-    pub fn number_for(&self, layers: &LayerStack, key: RealKey) -> u64 {
+    /// The number an object whose top real object is `top` shows: a number
+    /// remembered for `top`, else the one its lineage gives (an origin's is
+    /// remembered for `top`), else its own identity's. Should `holder` say
+    /// another object holds that number, `top` gets a fresh one instead,
+    /// remembered. This is the one rule: every object shown is numbered
+    /// here.
+    pub fn number(
+        &self,
+        layers: &LayerStack,
+        top: RealKey,
+        lineage: Lineage<'_>,
+        holder: impl FnOnce(InodeNo) -> Holder,
+    ) -> InodeNo {
+        let remembered = match lineage {
+            Lineage::New => {
+                self.forget(top);
+                None
+            }
+            _ => self.remembered(top),
+        };
+        let n = match (remembered, lineage) {
+            (Some(n), _) => n,
+            (None, Lineage::Own | Lineage::New) => self.number_for(layers, top),
+            (None, Lineage::LowerPart(lower)) => self.number_for(layers, lower),
+            (None, Lineage::Origin(origin)) => self.number_from_origin(layers, top, origin),
+            (None, Lineage::MaybeOrigin(fd)) => match self.origin_key(layers, fd) {
+                Some(origin) => self.number_from_origin(layers, top, origin),
+                None => self.number_for(layers, top),
+            },
+        };
+        match holder(n) {
+            Holder::Free => n,
+            Holder::Other => {
+                let fresh = self.fresh_number();
+                self.remember(top, fresh);
+                fresh
+            }
+        }
+    }
+
+    fn number_from_origin(&self, layers: &LayerStack, top: RealKey, origin: RealKey) -> InodeNo {
+        let n = self.number_for(layers, origin);
+        self.remember(top, n);
+        n
+    }
+
+    /// The number shown for a real object of identity `key` by its
+    /// identity alone (a remembered number first).
+    pub fn number_for(&self, layers: &LayerStack, key: RealKey) -> InodeNo {
         if let Some(n) = self.remembered.get(&key) {
             return *n;
         }
         match layers.xino(key.dev, key.ino) {
-            Some(n) if n != ROOT_INO.0 && n != 0 => n,
+            Some(n) if n != ROOT_INO.0 && n != 0 => InodeNo(n),
             _ => self.fallback_number(key),
         }
     }
 
     /// The number remembered for the upper object `key`, if any.
-    pub fn remembered(&self, key: RealKey) -> Option<u64> {
+    pub fn remembered(&self, key: RealKey) -> Option<InodeNo> {
         self.remembered.get(&key).map(|n| *n)
     }
 
-    /// The upper object `key` shows `number` (a copy-up keeps its
-    /// origin's; a renumbered object its fresh one).
-    pub fn remember(&self, key: RealKey, number: u64) {
+    /// The upper object `key` is the copy of an object showing `number`,
+    /// which it keeps.
+    pub fn copied_up(&self, key: RealKey, number: InodeNo) {
+        self.remember(key, number);
+    }
+
+    /// The real object `key` no longer shows its own number (a lower hard
+    /// link copied up without an index: its copy took the number, and the
+    /// names not linked up yet are another file now): a fresh one.
+    pub fn renumber(&self, key: RealKey) {
+        self.remember(key, self.fresh_number());
+    }
+
+    fn remember(&self, key: RealKey, number: InodeNo) {
         self.remembered.insert(key, number);
     }
 
@@ -143,17 +234,17 @@ impl Numbering {
     }
 
     /// The number for an identity that has no persistent number.
-    pub fn fallback_number(&self, key: RealKey) -> u64 {
+    fn fallback_number(&self, key: RealKey) -> InodeNo {
         *self
             .fallback
             .entry(key)
-            .or_insert_with(|| self.next_fallback.fetch_add(1, Ordering::Relaxed))
+            .or_insert_with(|| self.fresh_number())
     }
 
     /// A number never handed out before, for objects that cannot use their
     /// own (see `Inode::is_unlinked`).
-    pub fn fresh_number(&self) -> u64 {
-        self.next_fallback.fetch_add(1, Ordering::Relaxed)
+    fn fresh_number(&self) -> InodeNo {
+        InodeNo(self.next_fallback.fetch_add(1, Ordering::Relaxed))
     }
 
     /// The identity of the lower file an upper one was copied up from, by
@@ -252,14 +343,44 @@ mod tests {
     }
 
     #[test]
+    fn the_rule_takes_remembered_then_lineage_then_own_and_never_shares() {
+        let (_t, layers, n) = numbering();
+        let st = sys::fstat(layers.root_fd(LayerIdx(0))).unwrap();
+        let upper = RealKey::of(&st);
+        let free = |_| Holder::Free;
+        let lower = RealKey {
+            dev: st.st_dev,
+            ino: st.st_ino + 7,
+        };
+        // A merged directory's upper part shows its lower part's number,
+        // not remembered.
+        let own = n.number(&layers, upper, Lineage::Own, free);
+        assert_eq!(own, InodeNo(st.st_ino));
+        let part = n.number(&layers, upper, Lineage::LowerPart(lower), free);
+        assert_eq!(part, InodeNo(lower.ino));
+        assert_eq!(n.remembered(upper), None);
+        // An origin's number is remembered, and wins from then on.
+        let o = n.number(&layers, upper, Lineage::Origin(lower), free);
+        assert_eq!(o, InodeNo(lower.ino));
+        assert_eq!(n.number(&layers, upper, Lineage::Own, free), o);
+        // A new object forgets what a deleted one left.
+        assert_eq!(n.number(&layers, upper, Lineage::New, free), own);
+        // A number another object holds is never shared: a fresh one,
+        // remembered.
+        let fresh = n.number(&layers, upper, Lineage::New, |_| Holder::Other);
+        assert_ne!(fresh, own);
+        assert_eq!(n.number(&layers, upper, Lineage::Own, free), fresh);
+    }
+
+    #[test]
     fn a_remembered_number_wins_until_forgotten() {
         let (_t, layers, n) = numbering();
         let st = sys::fstat(layers.root_fd(LayerIdx(0))).unwrap();
         let key = RealKey::of(&st);
         let own = n.number_for(&layers, key);
-        assert_eq!(own, st.st_ino, "one filesystem: the real number");
-        n.remember(key, 4242);
-        assert_eq!(n.number_for(&layers, key), 4242);
+        assert_eq!(own, InodeNo(st.st_ino), "one filesystem: the real number");
+        n.remember(key, InodeNo(4242));
+        assert_eq!(n.number_for(&layers, key), InodeNo(4242));
         n.forget(key);
         assert_eq!(n.number_for(&layers, key), own);
     }

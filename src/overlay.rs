@@ -16,7 +16,7 @@ use std::time::Duration;
 use fuser::FileAttr;
 
 use crate::attr;
-use crate::ids::{LayerIdx, NodeId, RealKey};
+use crate::ids::{InodeNo, LayerIdx, NodeId, RealKey};
 use crate::inode::{Inode, InodeState, InodeTable, RealEntry, RealFd, UpperName, ROOT_INO};
 use crate::layer_read::read_dir_marks;
 use crate::layers::LayerStack;
@@ -152,7 +152,7 @@ impl LayerFs {
             _ => None,
         };
         let top = sys::fstat(reals[0].fd.get()?.as_fd())?;
-        let st_ino = layers.xino(top.st_dev, top.st_ino).unwrap_or(ROOT_INO.0);
+        let st_ino = InodeNo(layers.xino(top.st_dev, top.st_ino).unwrap_or(ROOT_INO.0));
         let root = Inode::new(
             ROOT_INO,
             st_ino,
@@ -299,7 +299,7 @@ impl LayerFs {
     }
 
     /// The number shown for a real object of identity (dev, ino).
-    pub(crate) fn number_for(&self, key: RealKey) -> u64 {
+    pub(crate) fn number_for(&self, key: RealKey) -> InodeNo {
         self.numbering.number_for(&self.layers, key)
     }
 

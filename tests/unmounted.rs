@@ -944,7 +944,7 @@ fn readdir_merges_and_dedups(userxattr: bool) {
     for ent in e[2..].iter().step_by(17) {
         let (_, a) = fs.lookup(big_ino, &ent.name).unwrap();
         assert_eq!(
-            ent.ino, a.ino.0,
+            ent.ino.0, a.ino.0,
             "readdir and lookup agree on {:?}",
             ent.name
         );
