@@ -16,8 +16,7 @@ use std::sync::{Arc, Weak};
 use dashmap::DashMap;
 use fuser::BackingId;
 
-/// The real file a backing id stands for: (st_dev, st_ino).
-pub type RealKey = (u64, u64);
+use crate::ids::RealKey;
 
 #[derive(Debug, Default)]
 struct IoState {

@@ -18,6 +18,7 @@ use fuser::{
 };
 
 use crate::backing::{Backings, Passthrough};
+use crate::ids::RealKey;
 use crate::modify::SetAttr;
 use crate::overlay::LayerFs;
 use crate::sys::TimeSpec;
@@ -43,7 +44,7 @@ fn time_spec(t: TimeOrNow) -> TimeSpec {
 
 /// The errno answered for an operation's error. An EIO says nothing of
 /// its cause to the caller: the cause is logged here, where it is known.
-fn errno(op: &str, e: io::Error) -> Errno {
+fn answer(op: &str, e: io::Error) -> Errno {
     match e.raw_os_error() {
         Some(libc::EIO) => {
             log::warn!("{op}: answering EIO: {e}");
@@ -86,8 +87,6 @@ pub struct Fuse {
     /// The kernel caches writes (FUSE_WRITEBACK_CACHE), where passthrough
     /// is not to be had: see `open_flags`.
     writeback: bool,
-    /// Set once the session exists (see `notifier_slot`).
-    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     /// FORGETs received, to hand freed memory back now and then.
     forgets: std::sync::atomic::AtomicU64,
 }
@@ -105,7 +104,6 @@ impl Fuse {
             fs.opts.passthrough && crate::sys::geteuid() == 0 && crate::sys::in_initial_user_ns(),
         );
         Fuse {
-            notifier: Arc::clone(&fs.notifier),
             fs,
             ttl,
             backings,
@@ -130,21 +128,6 @@ impl Fuse {
         f
     }
 
-    /// Where the session's notifier goes once the session is made.
-    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
-        Arc::clone(&self.notifier)
-    }
-
-    /// Drops the kernel's cached attributes of `ino` (after a change it
-    /// cannot see, such as setuid cleared by a write).
-    fn attributes_changed(&self, ino: u64) {
-        if let Some(n) = self.notifier.get() {
-            if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
-                log::debug!("inval_inode {ino}: {e}");
-            }
-        }
-    }
-
     /// How to serve an open file: passthrough to its real file when the
     /// kernel allows (see `backing`), else through the daemon.
     fn serve_mode(
@@ -162,10 +145,10 @@ impl Fuse {
         let st = (may_pass && self.backings.enabled())
             .then(|| crate::sys::fstat(std::os::fd::AsFd::as_fd(&file.fd)).ok())
             .flatten();
-        let key = st.as_ref().map_or((0, 0), |s| (s.st_dev, s.st_ino));
+        let key = st.as_ref().map_or(RealKey { dev: 0, ino: 0 }, RealKey::of);
         // A passthrough write never reaches the daemon, which must clear
         // setuid/setgid (FUSE_HANDLE_KILLPRIV_V2): such files are served here.
-        let may_pass = st.is_some_and(|s| !crate::modify::has_suidgid(s.st_mode));
+        let may_pass = st.is_some_and(|s| !crate::file_data::has_suidgid(s.st_mode));
         // Cached handles are counted too: one rules out passthrough opens.
         let p = self
             .backings
@@ -196,14 +179,14 @@ impl Fuse {
     fn entry_reply(&self, op: &str, res: io::Result<FileAttr>, reply: ReplyEntry) {
         match res {
             Ok(attr) => reply.entry(&self.ttl, &self.shown(attr), Generation(0)),
-            Err(e) => reply.error(errno(op, e)),
+            Err(e) => reply.error(answer(op, e)),
         }
     }
 
     fn empty_reply(op: &str, res: io::Result<()>, reply: ReplyEmpty) {
         match res {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(op, e)),
+            Err(e) => reply.error(answer(op, e)),
         }
     }
 
@@ -212,7 +195,7 @@ impl Fuse {
             Ok(data) if size == 0 => reply.size(data.len() as u32),
             Ok(data) if data.len() > size as usize => reply.error(Errno::ERANGE),
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(op, e)),
+            Err(e) => reply.error(answer(op, e)),
         }
     }
 }
@@ -272,7 +255,7 @@ impl Filesystem for Fuse {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 reply.entry(&self.ttl, &negative_entry(), Generation(0))
             }
-            Err(e) => reply.error(errno("lookup", e)),
+            Err(e) => reply.error(answer("lookup", e)),
         }
     }
 
@@ -289,14 +272,14 @@ impl Filesystem for Fuse {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.into()) {
             Ok(attr) => reply.attr(&self.ttl, &self.shown(attr)),
-            Err(e) => reply.error(errno("getattr", e)),
+            Err(e) => reply.error(answer("getattr", e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.fs.readlink(ino.into()) {
             Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno("readlink", e)),
+            Err(e) => reply.error(answer("readlink", e)),
         }
     }
 
@@ -330,7 +313,7 @@ impl Filesystem for Fuse {
                     }
                 }
             }
-            Err(e) => reply.error(errno("open", e)),
+            Err(e) => reply.error(answer("open", e)),
         }
     }
 
@@ -347,7 +330,7 @@ impl Filesystem for Fuse {
     ) {
         match self.fs.read(fh.into(), offset, size) {
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno("read", e)),
+            Err(e) => reply.error(answer("read", e)),
         }
     }
 
@@ -405,7 +388,7 @@ impl Filesystem for Fuse {
     ) {
         let page = match self.fs.readdir(ino.into(), offset) {
             Ok(p) => p,
-            Err(e) => return reply.error(errno("readdir", e)),
+            Err(e) => return reply.error(answer("readdir", e)),
         };
         for (i, e) in page.entries.iter().enumerate().skip(page.start) {
             if reply.add(e.ino.into(), page.cookie_after(i), e.kind, &e.name) {
@@ -425,7 +408,7 @@ impl Filesystem for Fuse {
     ) {
         let page = match self.fs.readdir(ino.into(), offset) {
             Ok(p) => p,
-            Err(e) => return reply.error(errno("readdirplus", e)),
+            Err(e) => return reply.error(answer("readdirplus", e)),
         };
         let mut added = 0usize;
         for (i, e) in page.entries.iter().enumerate().skip(page.start) {
@@ -434,7 +417,7 @@ impl Filesystem for Fuse {
                 // The kernel takes no reference for these two; any attrs do.
                 let mut attr = match self.fs.getattr(ino.into()) {
                     Ok(a) => self.shown(a),
-                    Err(err) => return reply.error(errno("readdirplus", err)),
+                    Err(err) => return reply.error(answer("readdirplus", err)),
                 };
                 attr.ino = e.ino.into();
                 if reply.add(e.ino.into(), off, &e.name, &self.ttl, &attr, Generation(0)) {
@@ -454,7 +437,7 @@ impl Filesystem for Fuse {
                 // reports the error.
                 Err(err) if added == 0 => {
                     log::warn!("readdirplus of {:?} in node {}: {err}", e.name, ino.0);
-                    return reply.error(errno("readdirplus", err));
+                    return reply.error(answer("readdirplus", err));
                 }
                 Err(_) => break,
             };
@@ -480,7 +463,7 @@ impl Filesystem for Fuse {
                 s.f_namemax as u32,
                 s.f_frsize as u32,
             ),
-            Err(e) => reply.error(errno("statfs", e)),
+            Err(e) => reply.error(answer("statfs", e)),
         }
     }
 
@@ -529,7 +512,7 @@ impl Filesystem for Fuse {
         };
         match self.fs.setattr(ino.into(), a) {
             Ok(attr) => reply.attr(&self.ttl, &self.shown(attr)),
-            Err(e) => reply.error(errno("setattr", e)),
+            Err(e) => reply.error(answer("setattr", e)),
         }
     }
 
@@ -633,11 +616,11 @@ impl Filesystem for Fuse {
         match self.fs.write(fh.into(), offset, data, kill) {
             Ok((n, killed)) => {
                 if killed {
-                    self.attributes_changed(ino.into());
+                    self.fs.attributes_changed(ino.into());
                 }
                 reply.written(n)
             }
-            Err(e) => reply.error(errno("write", e)),
+            Err(e) => reply.error(answer("write", e)),
         }
     }
 
@@ -723,7 +706,7 @@ impl Filesystem for Fuse {
                     ),
                 }
             }
-            Err(e) => reply.error(errno("create", e)),
+            Err(e) => reply.error(answer("create", e)),
         }
     }
 
@@ -755,7 +738,7 @@ impl Filesystem for Fuse {
     ) {
         match self.fs.lseek(fh.into(), offset, whence) {
             Ok(o) => reply.offset(o),
-            Err(e) => reply.error(errno("lseek", e)),
+            Err(e) => reply.error(answer("lseek", e)),
         }
     }
 
@@ -777,7 +760,7 @@ impl Filesystem for Fuse {
             .copy_file_range(fh_in.into(), offset_in, fh_out.into(), offset_out, len)
         {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno("copy_file_range", e)),
+            Err(e) => reply.error(answer("copy_file_range", e)),
         }
     }
 }

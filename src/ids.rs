@@ -1,9 +1,8 @@
 //! Types for the id domains, so that one cannot stand for another: the
 //! kernel's node ids, the identity of a real object, the open-file handles
-//! given to the kernel, and sets of layers. Each converts from and to
+//! given to the kernel, layers and sets of layers. Each converts from and to
 //! fuser's types once, at the FUSE boundary (`fs.rs`).
 
-use crate::layers::LayerIdx;
 use crate::sys::Stat;
 
 /// A node id: how the kernel names an inode in every request. It is the
@@ -88,6 +87,11 @@ impl From<FileHandle> for fuser::FileHandle {
         fuser::FileHandle(fh.0)
     }
 }
+
+/// Index of a layer in the stack: 0 is the top (the upper dir when there is
+/// one), the last is the bottom lower layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LayerIdx(pub usize);
 
 /// A set of layers, by index (layers past the 128th are always members:
 /// a mask cannot tell them apart).

@@ -34,8 +34,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
-use crate::ids::{InodeNo, NodeId};
-use crate::layers::LayerIdx;
+use crate::ids::{InodeNo, LayerIdx, NodeId};
 use crate::whiteout::DirMarks;
 
 /// The FUSE root node id.
@@ -593,7 +592,8 @@ impl Inode {
     }
 }
 
-/// Sharded map of live inodes, plus the fallback numbering.
+/// Sharded map of live inodes by node id (`numbering.rs` hands out the
+/// numbers).
 #[derive(Debug)]
 pub struct InodeTable {
     map: DashMap<NodeId, Arc<Inode>>,

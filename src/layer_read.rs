@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use crate::attr;
 use crate::dir::LayerEntry;
+use crate::ids::LayerIdx;
 use crate::inode::RealEntry;
-use crate::layers::LayerIdx;
 use crate::resolve::Probe;
 use crate::sys::{self, Stat};
 use crate::whiteout::{self, DirMarks, Redirect, XattrNs};

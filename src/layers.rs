@@ -6,12 +6,8 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use crate::ids::LayerIdx;
 use crate::sys;
-
-/// Index of a layer in the stack: 0 is the top (the upper dir when there is
-/// one), the last is the bottom lower layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct LayerIdx(pub usize);
 
 /// One layer of the stack.
 #[derive(Debug)]

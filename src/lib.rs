@@ -2,7 +2,8 @@
 //! overlayfs. The overlay rules live in plain modules (`resolve`, `dir`,
 //! `whiteout`) and the filesystem object `overlay::LayerFs`, whose
 //! operations are grouped by concern (`lookup`, `listing`, `open_files`,
-//! `names`, `modify`, `xattrs`, `copyup`), all testable without a mount;
+//! `file_data`, `names`, `modify`, `xattrs`, `copyup`), all testable
+//! without a mount;
 //! `fs` is the thin fuser glue and `sys` the only module with `unsafe`.
 
 pub mod attr;
@@ -10,6 +11,7 @@ pub mod backing;
 pub mod copyup;
 pub mod dir;
 pub mod features;
+pub mod file_data;
 pub mod fs;
 pub mod idmap;
 pub mod ids;

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use fuser::FileAttr;
 
 use crate::attr;
+use crate::ids::LayerIdx;
 use crate::ids::{LayerMask, NodeId, RealKey};
 use crate::inode::{Inode, InodeState, RealEntry, RealFd};
 use crate::layer_read::{probe_layer, probe_layer_with, read_redirect, Hit};
-use crate::layers::LayerIdx;
 use crate::numbering::{Holder, Lineage};
 use crate::overlay::{errno, LayerFs};
 use crate::resolve::{self, Probe, Resolved};

@@ -1,6 +1,7 @@
-//! Operations that change a file's data or metadata: setattr, write,
-//! fallocate, fsync, lseek, copy_file_range and the xattr setters. Each
-//! first copies the object up; the lower layers are never written.
+//! setattr, which changes a file's metadata (and size) after copying the
+//! object up, and the owner change creations share (`chown_upper`); the
+//! lower layers are never written. Writes through an open handle are in
+//! `file_data`.
 
 use std::ffi::OsStr;
 use std::io;
@@ -9,6 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use fuser::FileAttr;
 
 use crate::copyup::CopyMode;
+use crate::file_data::kill_suidgid;
 use crate::ids::{FileHandle, NodeId};
 use crate::overlay::LayerFs;
 use crate::sys::{self, TimeSpec};
@@ -27,30 +29,6 @@ pub struct SetAttr {
     /// setuid/setgid (the kernel leaves it to us under
     /// FUSE_HANDLE_KILLPRIV_V2).
     pub kill_suidgid: Option<u32>,
-}
-
-/// Whether a file with this mode may need bits cleared by a write or
-/// truncate: setuid or setgid set.
-pub fn has_suidgid(mode: u32) -> bool {
-    mode & (libc::S_ISUID | libc::S_ISGID) != 0
-}
-
-/// Clears what the VFS clears when a caller without CAP_FSETID (group
-/// `caller_gid`) writes or truncates: setuid, and setgid when the file is
-/// group-executable or the caller is not in its group (only the caller's
-/// primary group is known here). True when the mode changed.
-fn kill_suidgid(fd: BorrowedFd<'_>, caller_gid: u32) -> io::Result<bool> {
-    let st = sys::fstat(fd)?;
-    let mode = st.st_mode & 0o7777;
-    let mut keep = mode & !libc::S_ISUID;
-    if mode & libc::S_IXGRP != 0 || st.st_gid != caller_gid {
-        keep &= !libc::S_ISGID;
-    }
-    if keep == mode {
-        return Ok(false);
-    }
-    sys::fchmod_fd(fd, keep)?;
-    Ok(true)
 }
 
 impl LayerFs {
@@ -124,82 +102,5 @@ impl LayerFs {
         };
         Ok(same(a.mtime, st.st_mtime, st.st_mtime_nsec)
             && same(a.atime, st.st_atime, st.st_atime_nsec))
-    }
-
-    /// Writes `data`; with `kill` (the group of a caller without
-    /// CAP_FSETID) also clears setuid/setgid, saying whether the mode
-    /// changed.
-    pub fn write(
-        &self,
-        fh: FileHandle,
-        offset: u64,
-        data: &[u8],
-        kill: Option<u32>,
-    ) -> io::Result<(u32, bool)> {
-        let file = self.file(fh)?;
-        let killed = match kill {
-            Some(gid) => kill_suidgid(file.fd.as_fd(), gid)?,
-            None => false,
-        };
-        let mut done = 0;
-        while done < data.len() {
-            match sys::pwrite(file.fd.as_fd(), &data[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if done > 0 => {
-                    log::debug!("short write after {done} bytes: {e}");
-                    break;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok((done as u32, killed))
-    }
-
-    pub fn fsync(&self, fh: FileHandle, datasync: bool) -> io::Result<()> {
-        if !self.opts.fsync {
-            return Ok(());
-        }
-        let file = self.file(fh)?;
-        sys::fsync(file.fd.as_fd(), datasync)
-    }
-
-    pub fn fsyncdir(&self, ino: NodeId, datasync: bool) -> io::Result<()> {
-        if !self.opts.fsync {
-            return Ok(());
-        }
-        let inode = self.inode(ino)?;
-        let top = inode.top();
-        if !self.is_upper(top.layer) {
-            return Ok(());
-        }
-        let d = sys::reopen(top.fd.get()?.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
-        sys::fsync(d.as_fd(), datasync)
-    }
-
-    pub fn fallocate(&self, fh: FileHandle, offset: u64, len: u64, mode: i32) -> io::Result<()> {
-        let file = self.file(fh)?;
-        sys::fallocate(file.fd.as_fd(), mode, offset, len)
-    }
-
-    pub fn lseek(&self, fh: FileHandle, offset: i64, whence: i32) -> io::Result<i64> {
-        let file = self.file(fh)?;
-        sys::lseek(file.fd.as_fd(), offset, whence)
-    }
-
-    pub fn copy_file_range(
-        &self,
-        fh_in: FileHandle,
-        off_in: u64,
-        fh_out: FileHandle,
-        off_out: u64,
-        len: u64,
-    ) -> io::Result<u32> {
-        let fin = self.file(fh_in)?;
-        let fout = self.file(fh_out)?;
-        let len = len.min(u32::MAX as u64 & !0xfff) as usize;
-        let n = sys::copy_file_range(fin.fd.as_fd(), off_in, fout.fd.as_fd(), off_out, len)?;
-        Ok(n as u32)
     }
 }

@@ -20,9 +20,10 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::ids::LayerIdx;
 use crate::ids::{InodeNo, RealKey};
 use crate::inode::ROOT_INO;
-use crate::layers::{LayerIdx, LayerStack};
+use crate::layers::LayerStack;
 use crate::origin;
 use crate::sys;
 use crate::whiteout::XattrNs;

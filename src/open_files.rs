@@ -1,5 +1,6 @@
-//! Open regular files: open, read and release (the handles given to the
-//! kernel are kept in `open_table`).
+//! Open regular files: open and release (the handles given to the kernel
+//! are kept in `open_table`, the data path through a handle is
+//! `file_data`).
 
 use std::io;
 use std::os::fd::AsFd;
@@ -47,22 +48,6 @@ impl LayerFs {
 
     pub fn file(&self, fh: FileHandle) -> io::Result<Arc<OpenFile>> {
         self.files.get(fh)
-    }
-
-    pub fn read(&self, fh: FileHandle, offset: u64, size: u32) -> io::Result<Vec<u8>> {
-        let file = self.file(fh)?;
-        let mut buf = vec![0u8; size as usize];
-        let mut done = 0;
-        while done < buf.len() {
-            match sys::pread(file.fd.as_fd(), &mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        buf.truncate(done);
-        Ok(buf)
     }
 
     pub fn release(&self, fh: FileHandle) {

@@ -1,7 +1,9 @@
 //! The filesystem object: its state (layers, inode table, numbering, open
-//! files, the upper's context), its construction, and the accessors the
-//! operations share. The operations are grouped by concern in their own
-//! modules (`lookup`, `listing`, `open_files`, `names`, `modify`, `xattrs`,
+//! files, the upper's context, the session's notifier), its construction,
+//! the accessors the operations share, and the few operations that only
+//! read an inode's top object (getattr, readlink, statfs). The other
+//! operations are grouped by concern in their own modules (`lookup`,
+//! `listing`, `open_files`, `file_data`, `names`, `modify`, `xattrs`,
 //! `copyup`), each a plain `impl LayerFs` block of functions returning
 //! `io::Result`; `fs.rs` converts FUSE arguments, calls them and replies.
 
@@ -14,10 +16,10 @@ use std::time::Duration;
 use fuser::FileAttr;
 
 use crate::attr;
-use crate::ids::{InodeNo, NodeId, RealKey};
+use crate::ids::{InodeNo, LayerIdx, NodeId, RealKey};
 use crate::inode::{Inode, InodeState, InodeTable, RealEntry, RealFd, UpperName, ROOT_INO};
 use crate::layer_read::read_dir_marks;
-use crate::layers::{LayerIdx, LayerStack};
+use crate::layers::LayerStack;
 use crate::numbering::{LayerHandles, Numbering};
 use crate::open_table::OpenFiles;
 use crate::sys;
@@ -106,8 +108,8 @@ pub struct LayerFs {
     /// than fds (see `dir_ref`): three quarters of the open-file limit.
     fd_pressure: u64,
     pub(crate) files: OpenFiles,
-    /// The session's notifier once mounted (shared with `fs.rs`).
-    pub(crate) notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// The session's notifier once mounted (see `set_notifier`).
+    notifier: std::sync::OnceLock<fuser::Notifier>,
 }
 
 impl LayerFs {
@@ -176,9 +178,17 @@ impl LayerFs {
         })
     }
 
+    /// Gives the filesystem the mounted session's notifier, through which
+    /// `attributes_changed` tells the kernel; unset (unmounted, or before
+    /// the session exists) nothing is sent.
+    pub fn set_notifier(&self, n: fuser::Notifier) {
+        let _ = self.notifier.set(n);
+    }
+
     /// Drops the kernel's cached attributes of node `ino` after a change
-    /// it cannot see (only an attribute-only invalidation: no page or
-    /// inode locks are taken, so it is safe inside a request).
+    /// it cannot see, such as setuid cleared by a write (only an
+    /// attribute-only invalidation: no page or inode locks are taken, so
+    /// it is safe inside a request).
     pub(crate) fn attributes_changed(&self, ino: NodeId) {
         if let Some(n) = self.notifier.get() {
             if let Err(e) = n.inval_inode(ino.into(), -1, 0) {
@@ -332,9 +342,8 @@ impl LayerFs {
     /// passthrough then needs a stacking depth of 2.
     pub fn layers_are_stacked(&self) -> bool {
         const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
-        const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
         self.layers.iter().any(|(_, l)| {
-            matches!(sys::fstatfs_type(l.root.as_fd()), Ok(t) if t == OVERLAYFS_SUPER_MAGIC || t == FUSE_SUPER_MAGIC)
+            matches!(sys::fstatfs_type(l.root.as_fd()), Ok(t) if t == OVERLAYFS_SUPER_MAGIC || t == crate::features::FUSE_SUPER_MAGIC)
         })
     }
 

@@ -20,7 +20,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -31,6 +31,8 @@ use fuser::{FileAttr, FileType};
 use layerfs::ids::NodeId;
 use layerfs::inode::ROOT_INO;
 use layerfs::modify::SetAttr;
+use layerfs::mount::fs_options;
+use layerfs::options::{MountOptions, RedirectDir};
 use layerfs::{FsOptions, LayerFs, LayerStack, WorkDir};
 
 use common::{chmod, chown, fingerprint, mkdir, mknod_whiteout, setxattr, write, Compare, Node};
@@ -99,7 +101,7 @@ impl Stack {
         setxattr(p, &self.x("opaque"), b"y");
     }
 
-    /// Builds the filesystem as `mount::serve` does, after fingerprinting
+    /// Builds the filesystem as the mount's daemon does, after fingerprinting
     /// the lowers.
     fn open(&mut self) -> LayerFs {
         self.before = self.lowers.iter().map(|l| fingerprint(l)).collect();
@@ -1175,4 +1177,53 @@ fn new_names_get_the_callers_owner_and_a_setgid_parents_group(userxattr: bool) {
     assert_eq!((a.uid, a.gid), caller);
     assert_eq!(a.perm, 0o755);
     s.assert_lowers_untouched();
+}
+
+// ---- the filesystem's tunables from the mount options ------------------------
+
+/// `-o` and the environment reach the filesystem as the daemon builds its
+/// options (`mount::fs_options`): each option sets its tunable, the rest
+/// keep their defaults, and FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT in the
+/// environment asks for xattr whiteouts.
+#[test]
+fn mount_options_become_the_filesystems_tunables() {
+    let no_env = |_: &str| None;
+    let parse = |o: &str| MountOptions::parse(&[o]).unwrap();
+    let tunables = |f: &FsOptions| {
+        (
+            f.timeout,
+            f.fsync,
+            f.read_only,
+            f.metacopy,
+            f.passthrough,
+            f.no_writeback,
+            f.xattr_whiteouts,
+            f.redirect_dir,
+        )
+    };
+
+    let plain = fs_options(&parse("lowerdir=/l"), no_env);
+    assert_eq!(tunables(&plain), tunables(&FsOptions::default()));
+    // Ids as stored, by the options' mapping (whose overflow id is read
+    // from the system: FsOptions::default() has 0 there).
+    assert!(plain.ids.is_identity());
+    assert_eq!(plain.ids, parse("lowerdir=/l").id_mapping());
+
+    let o = parse(
+        "lowerdir=/l,upperdir=/u,workdir=/w,volatile,ro,metacopy=on,passthrough=off,writeback=0,timeout=5,squash_to_root",
+    );
+    let f = fs_options(&o, no_env);
+    assert_eq!(f.timeout, Duration::from_secs(5));
+    assert!(!f.fsync && f.read_only && f.metacopy);
+    assert!(!f.passthrough && f.no_writeback && !f.xattr_whiteouts);
+    assert_eq!(f.redirect_dir, RedirectDir::On);
+    assert!(f.ids.squashed());
+    assert_eq!(f.ids, o.id_mapping());
+
+    let f = fs_options(&parse("lowerdir=/l,redirect_dir=nofollow"), no_env);
+    assert_eq!(f.redirect_dir, RedirectDir::NoFollow);
+
+    // Only the variable's presence counts: an empty value too.
+    let env = |k: &str| (k == "FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT").then(OsString::new);
+    assert!(fs_options(&parse("lowerdir=/l"), env).xattr_whiteouts);
 }

@@ -204,8 +204,8 @@ pub fn fstatfs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
     let mut st = MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: valid out-pointer.
     cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstatfs succeeded.
     #[allow(clippy::unnecessary_cast)] // f_type is not i64 on every target
+    // SAFETY: fstatfs succeeded.
     Ok(unsafe { st.assume_init() }.f_type as i64)
 }
 

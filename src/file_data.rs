@@ -1,0 +1,133 @@
+//! An open file's data path: read, write, fsync, fallocate, lseek and
+//! copy_file_range through the handle `open` gave (see `open_files`), and
+//! the setuid/setgid clearing a write or truncate does. The handle's fd is
+//! already the right real file (copied up when opened for writing), so
+//! nothing here copies up.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use crate::ids::{FileHandle, NodeId};
+use crate::overlay::LayerFs;
+use crate::sys;
+
+/// Whether a file with this mode may need bits cleared by a write or
+/// truncate: setuid or setgid set.
+pub fn has_suidgid(mode: u32) -> bool {
+    mode & (libc::S_ISUID | libc::S_ISGID) != 0
+}
+
+/// Clears what the VFS clears when a caller without CAP_FSETID (group
+/// `caller_gid`) writes or truncates: setuid, and setgid when the file is
+/// group-executable or the caller is not in its group (only the caller's
+/// primary group is known here). True when the mode changed.
+pub(crate) fn kill_suidgid(fd: BorrowedFd<'_>, caller_gid: u32) -> io::Result<bool> {
+    let st = sys::fstat(fd)?;
+    let mode = st.st_mode & 0o7777;
+    let mut keep = mode & !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 || st.st_gid != caller_gid {
+        keep &= !libc::S_ISGID;
+    }
+    if keep == mode {
+        return Ok(false);
+    }
+    sys::fchmod_fd(fd, keep)?;
+    Ok(true)
+}
+
+impl LayerFs {
+    pub fn read(&self, fh: FileHandle, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+        let file = self.file(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match sys::pread(file.fd.as_fd(), &mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    /// Writes `data`; with `kill` (the group of a caller without
+    /// CAP_FSETID) also clears setuid/setgid, saying whether the mode
+    /// changed.
+    pub fn write(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        kill: Option<u32>,
+    ) -> io::Result<(u32, bool)> {
+        let file = self.file(fh)?;
+        let killed = match kill {
+            Some(gid) => kill_suidgid(file.fd.as_fd(), gid)?,
+            None => false,
+        };
+        let mut done = 0;
+        while done < data.len() {
+            match sys::pwrite(file.fd.as_fd(), &data[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if done > 0 => {
+                    log::debug!("short write after {done} bytes: {e}");
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((done as u32, killed))
+    }
+
+    pub fn fsync(&self, fh: FileHandle, datasync: bool) -> io::Result<()> {
+        if !self.opts.fsync {
+            return Ok(());
+        }
+        let file = self.file(fh)?;
+        sys::fsync(file.fd.as_fd(), datasync)
+    }
+
+    /// fsync of a directory: by node (directories get no handle: `opendir`
+    /// answers ENOSYS), under the same `volatile` rule as `fsync`.
+    pub fn fsyncdir(&self, ino: NodeId, datasync: bool) -> io::Result<()> {
+        if !self.opts.fsync {
+            return Ok(());
+        }
+        let inode = self.inode(ino)?;
+        let top = inode.top();
+        if !self.is_upper(top.layer) {
+            return Ok(());
+        }
+        let d = sys::reopen(top.fd.get()?.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        sys::fsync(d.as_fd(), datasync)
+    }
+
+    pub fn fallocate(&self, fh: FileHandle, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+        let file = self.file(fh)?;
+        sys::fallocate(file.fd.as_fd(), mode, offset, len)
+    }
+
+    pub fn lseek(&self, fh: FileHandle, offset: i64, whence: i32) -> io::Result<i64> {
+        let file = self.file(fh)?;
+        sys::lseek(file.fd.as_fd(), offset, whence)
+    }
+
+    pub fn copy_file_range(
+        &self,
+        fh_in: FileHandle,
+        off_in: u64,
+        fh_out: FileHandle,
+        off_out: u64,
+        len: u64,
+    ) -> io::Result<u32> {
+        let fin = self.file(fh_in)?;
+        let fout = self.file(fh_out)?;
+        let len = len.min(u32::MAX as u64 & !0xfff) as usize;
+        let n = sys::copy_file_range(fin.fd.as_fd(), off_in, fout.fd.as_fd(), off_out, len)?;
+        Ok(n as u32)
+    }
+}
