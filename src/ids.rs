@@ -116,6 +116,38 @@ impl LayerMask {
     }
 }
 
+/// Layers known to have some property of one directory (their part of it
+/// holds no OCI markers, say), by index. Unlike [`LayerMask`], nothing is
+/// assumed of a layer it cannot hold: past the 64th (the set fits one
+/// atomic word in the inode), no layer is ever known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KnownLayers(u64);
+
+impl KnownLayers {
+    pub const NONE: KnownLayers = KnownLayers(0);
+
+    pub fn contains(self, idx: LayerIdx) -> bool {
+        idx.0 < 64 && self.0 & (1 << idx.0) != 0
+    }
+
+    /// This set with `idx` added (a layer past the 64th stays unknown).
+    pub fn with(self, idx: LayerIdx) -> KnownLayers {
+        if idx.0 >= 64 {
+            return self;
+        }
+        KnownLayers(self.0 | 1 << idx.0)
+    }
+
+    /// The set as one word, for an atomic store.
+    pub fn bits(self) -> u64 {
+        self.0
+    }
+
+    pub fn from_bits(bits: u64) -> KnownLayers {
+        KnownLayers(bits)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +160,14 @@ mod tests {
         assert!(m.contains(LayerIdx(200)));
         assert_eq!(m.with(LayerIdx(128)), LayerMask::ALL);
         assert!(LayerMask::ALL.contains(LayerIdx(0)));
+    }
+
+    #[test]
+    fn known_layers_know_nothing_past_64() {
+        let k = KnownLayers::NONE.with(LayerIdx(5)).with(LayerIdx(70));
+        assert!(k.contains(LayerIdx(5)));
+        assert!(!k.contains(LayerIdx(70)));
+        assert!(!k.contains(LayerIdx(4)));
+        assert_eq!(KnownLayers::from_bits(k.bits()), k);
     }
 }

@@ -34,7 +34,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
-use crate::ids::{InodeNo, LayerIdx, NodeId};
+use crate::ids::{InodeNo, KnownLayers, LayerIdx, NodeId};
 use crate::whiteout::DirMarks;
 
 /// The FUSE root node id.
@@ -345,19 +345,19 @@ impl Inode {
         Ok((gen, l))
     }
 
-    /// The layers (bit = layer index, below 64) whose part of this
-    /// directory was seen to hold no OCI markers.
-    pub fn oci_clean(&self) -> u64 {
+    /// The layers whose part of this directory was seen to hold no OCI
+    /// markers.
+    pub fn oci_clean(&self) -> KnownLayers {
         match &self.kind {
-            NodeKind::Dir(d) => d.oci_clean.load(Ordering::Relaxed),
-            NodeKind::NonDir(_) => 0,
+            NodeKind::Dir(d) => KnownLayers::from_bits(d.oci_clean.load(Ordering::Relaxed)),
+            NodeKind::NonDir(_) => KnownLayers::NONE,
         }
     }
 
-    /// A listing found no OCI markers in the parts of layers `mask`.
-    pub fn saw_oci_clean(&self, mask: u64) {
+    /// A listing found no OCI markers in the parts of layers `clean`.
+    pub fn saw_oci_clean(&self, clean: KnownLayers) {
         if let NodeKind::Dir(d) = &self.kind {
-            d.oci_clean.fetch_or(mask, Ordering::Relaxed);
+            d.oci_clean.fetch_or(clean.bits(), Ordering::Relaxed);
         }
     }
 

@@ -11,7 +11,7 @@ use fuser::FileType;
 
 use crate::attr;
 use crate::dir::{self, DirEntryOut, MergedEntry};
-use crate::ids::{InodeNo, LayerMask, NodeId, RealKey};
+use crate::ids::{InodeNo, KnownLayers, LayerMask, NodeId, RealKey};
 use crate::inode::{Inode, RealEntry, ROOT_INO};
 use crate::layer_read;
 use crate::numbering::{Holder, Lineage};
@@ -161,14 +161,14 @@ impl LayerFs {
     /// later lookups need not probe for them).
     fn merged_listing(&self, reals: &[RealEntry], inode: &Inode) -> io::Result<Vec<MergedEntry>> {
         let mut listings = Vec::with_capacity(reals.len());
-        let mut clean = 0u64;
+        let mut clean = KnownLayers::NONE;
         for r in reals {
             let (entries, markers) = layer_read::list_layer_dir(r)?;
             // An OCI-format upper gains markers as names are deleted.
             let oci_upper =
                 self.is_upper(r.layer) && self.upper_ctx().is_ok_and(|u| u.oci_whiteouts);
-            if !markers && !oci_upper && r.layer.0 < 64 {
-                clean |= 1 << r.layer.0;
+            if !markers && !oci_upper {
+                clean = clean.with(r.layer);
             }
             listings.push(entries);
         }

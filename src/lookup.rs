@@ -11,8 +11,7 @@ use std::sync::Arc;
 use fuser::FileAttr;
 
 use crate::attr;
-use crate::ids::LayerIdx;
-use crate::ids::{LayerMask, NodeId, RealKey};
+use crate::ids::{KnownLayers, LayerIdx, LayerMask, NodeId, RealKey};
 use crate::inode::{Inode, InodeState, RealEntry, RealFd};
 use crate::layer_read::{probe_layer, probe_layer_with, read_redirect, Hit};
 use crate::numbering::{Holder, Lineage};
@@ -304,12 +303,12 @@ impl LayerFs {
         reals: &[RealEntry],
         name: &OsStr,
     ) -> io::Result<Resolved<Hit>> {
-        self.resolve_masked(reals, name, 0, LayerMask::ALL)
+        self.resolve_masked(reals, name, KnownLayers::NONE, LayerMask::ALL)
     }
 
-    /// `clean`: bit i set when layer i's part of the directory is known to
-    /// hold no OCI markers (an upper written by fuse-overlayfs may hold
-    /// them, so the upper is no exception).
+    /// `clean`: the layers whose part of the directory is known to hold no
+    /// OCI markers (an upper written by fuse-overlayfs may hold them, so
+    /// the upper is no exception); `layers`: those that may hold the name.
     ///
     /// Redirects are followed as kernel overlayfs' `ovl_lookup` does, layer
     /// by layer: the name (or path) looked up in a layer is the one the
@@ -319,7 +318,7 @@ impl LayerFs {
         &self,
         reals: &[RealEntry],
         name: &OsStr,
-        clean: u64,
+        clean: KnownLayers,
         mut layers: LayerMask,
     ) -> io::Result<Resolved<Hit>> {
         let n = reals.len();
@@ -353,7 +352,7 @@ impl LayerFs {
                 if skip && !self.is_upper(r.layer) {
                     return Some(Ok(Probe::Absent));
                 }
-                let known_clean = r.layer.0 < 64 && clean & (1 << r.layer.0) != 0;
+                let known_clean = clean.contains(r.layer);
                 if let Err(e) = whiteout::check_redirect_name(&cur_name) {
                     return Some(Err(e));
                 }
