@@ -37,8 +37,18 @@ pub(crate) fn kill_suidgid(fd: BorrowedFd<'_>, caller_gid: u32) -> io::Result<bo
 
 impl LayerFs {
     pub fn read(&self, fh: FileHandle, offset: u64, size: u32) -> io::Result<Vec<u8>> {
-        let file = self.file(fh)?;
         let mut buf = vec![0u8; size as usize];
+        let done = self.read_into(fh, offset, &mut buf)?;
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    /// Reads into `buf` from `offset`, as much as fits (less only at the
+    /// end of the file); returns how much. The FUSE glue passes a buffer
+    /// each worker thread keeps: a fresh 128 KiB-or-larger one per request
+    /// is an mmap, its page faults and a munmap under glibc's defaults.
+    pub fn read_into(&self, fh: FileHandle, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let file = self.file(fh)?;
         let mut done = 0;
         while done < buf.len() {
             match sys::pread(file.fd.as_fd(), &mut buf[done..], offset + done as u64) {
@@ -48,8 +58,7 @@ impl LayerFs {
                 Err(e) => return Err(e),
             }
         }
-        buf.truncate(done);
-        Ok(buf)
+        Ok(done)
     }
 
     /// Writes `data`; with `kill` (the group of a caller without

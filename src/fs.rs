@@ -328,10 +328,21 @@ impl Filesystem for Fuse {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.into(), offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(answer("read", e)),
+        // One buffer per worker thread, grown to the largest read asked
+        // (max_read bounds it); the reply is written out before it returns.
+        thread_local! {
+            static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        READ_BUF.with_borrow_mut(|buf| {
+            let size = size as usize;
+            if buf.len() < size {
+                buf.resize(size, 0);
+            }
+            match self.fs.read_into(fh.into(), offset, &mut buf[..size]) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(answer("read", e)),
+            }
+        });
     }
 
     fn flush(
