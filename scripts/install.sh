@@ -4,7 +4,7 @@
 # finds there). PREFIX defaults to /usr/local.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/toolchain.sh
+. scripts/ci/toolchain.sh
 prefix=${PREFIX:-/usr/local}
 build_release
 install -D -m 0755 "$bin" "$prefix/bin/layerfs"

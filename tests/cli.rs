@@ -12,10 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("lfsc").tempdir().unwrap()
-}
-
 fn mounts() -> String {
     fs::read_to_string("/proc/self/mounts").unwrap()
 }

@@ -134,70 +134,6 @@ fn runc_and_crun_run_a_container_on_layerfs_in_both_whiteout_formats() {
     }
 }
 
-/// An isolated containers-storage + podman configuration in a temp dir,
-/// with layerfs as the overlay driver's mount_program. Dropping it resets
-/// the storage and undoes any mount left under it.
-struct Podman {
-    dir: PathBuf,
-}
-
-impl Podman {
-    fn new(dir: &Path) -> Podman {
-        let conf = dir.join("conf");
-        mkdir(&conf);
-        fs::write(
-            conf.join("storage.conf"),
-            format!(
-                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{0}/root\"\nrunroot = \"{0}/runroot\"\n\
-                 [storage.options.overlay]\nmount_program = \"{1}\"\n",
-                dir.display(),
-                layerfs_bin()
-            ),
-        )
-        .unwrap();
-        fs::write(conf.join("containers.conf"), CONTAINERS_CONF).unwrap();
-        Podman {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new("podman")
-            .args(args)
-            .env(
-                "CONTAINERS_STORAGE_CONF",
-                self.dir.join("conf/storage.conf"),
-            )
-            .env("CONTAINERS_CONF", self.dir.join("conf/containers.conf"))
-            .current_dir(&self.dir)
-            .output()
-            .unwrap();
-        let text = output_text(&out);
-        (out.status.success(), text)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, text) = self.cmd(args);
-        assert!(ok, "podman {args:?} failed:\n{text}");
-        text
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["system", "reset", "-f"]);
-        let me = self.dir.to_string_lossy().into_owned();
-        let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        for m in mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(1))
-            .filter(|m| m.starts_with(&me))
-        {
-            let _ = Command::new("umount").arg("-l").arg(m).status();
-        }
-    }
-}
-
 /// The layer tarballs of an image, bottom first, from `podman image save`.
 fn saved_layers(p: &Podman, image: &str) -> Vec<Vec<String>> {
     let tar = p.dir.join(format!("{image}.tar"));
@@ -217,7 +153,7 @@ fn saved_layers(p: &Podman, image: &str) -> Vec<Vec<String>> {
 fn podman_uses_layerfs_as_mount_program() {
     require!("podman", "runc", "busybox");
     let t = tempfile::Builder::new().prefix("lfsp").tempdir().unwrap();
-    let p = Podman::new(t.path());
+    let p = Podman::new(t.path(), PodmanStorage::LayerfsRoots, "");
     // A base image from a rootfs tarball.
     let rootfs = t.path().join("rootfs");
     mkdir(&rootfs.join("bin"));

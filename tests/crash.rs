@@ -41,7 +41,7 @@
 //! `LAYERFS_CRASH_KILLS` (default 50) sets the number of kills and
 //! `LAYERFS_CRASH_SEED` (default 1) the seed; a failure prints both, and
 //! `LAYERFS_CRASH_SEED=S LAYERFS_CRASH_KILLS=R+1 cargo test --release
-//! --test crash` replays the run up to round R. `scripts/crash.sh` runs a
+//! --test crash` replays the run up to round R. `scripts/dev/crash.sh` runs a
 //! long series.
 
 mod common;

@@ -16,61 +16,11 @@ mod common;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// A filesystem mounted on a temp dir for the test, unmounted on drop.
-struct Fs {
-    dir: tempfile::TempDir,
-}
-
-impl Fs {
-    fn mount(args: &[&str]) -> Fs {
-        let dir = tempfile::Builder::new()
-            .prefix("lfsfault")
-            .tempdir()
-            .unwrap();
-        let out = Command::new("mount")
-            .args(args)
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mount {args:?}: {}",
-            output_text(&out)
-        );
-        Fs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Fs {
-    fn drop(&mut self) {
-        // The daemon may hold the upper for a moment after its unmount.
-        for _ in 0..100 {
-            let ok = Command::new("umount")
-                .arg(self.dir.path())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
 
 fn errno_of<T>(r: io::Result<T>) -> Option<i32> {
     r.err().and_then(|e| e.raw_os_error())
@@ -155,7 +105,7 @@ fn full_disk() {
 
     // 20 MiB, 17 of them taken by a file beside the upper: 3 MiB free,
     // less than any of the big lower files.
-    let disk = Fs::mount(&["-t", "tmpfs", "-o", "size=20m", "tmpfs"]);
+    let disk = ScratchFs::tmpfs(&t.path().join("disk"), Some("20m"));
     let (upper, work) = (disk.path().join("u"), disk.path().join("w"));
     mkdir(&upper);
     mkdir(&work);
@@ -283,32 +233,21 @@ fn full_disk() {
 
 /// An upper filesystem that fails every access with EIO.
 struct DeadDisk {
-    image: PathBuf,
-    fs: Option<Fs>,
+    fs: ScratchFs,
 }
 
 impl DeadDisk {
     fn new(dir: &Path) -> DeadDisk {
-        let image = dir.join("upper.img");
-        fs::File::create(&image)
-            .unwrap()
-            .set_len(64 * MIB as u64)
-            .unwrap();
-        let out = Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
-            .arg(&image)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "mkfs.ext4: {}", output_text(&out));
-        let fs = Fs::mount(&["-o", "loop", image.to_str().unwrap()]);
-        DeadDisk {
-            image,
-            fs: Some(fs),
-        }
+        let fs = ScratchFs::on_loop(
+            &dir.join("upper"),
+            &["mkfs.ext4", "-q", "-F"],
+            64 * MIB as u64,
+        );
+        DeadDisk { fs }
     }
 
     fn path(&self) -> &Path {
-        self.fs.as_ref().unwrap().path()
+        self.fs.path()
     }
 
     /// From now on every access to the filesystem fails with EIO.
@@ -326,25 +265,10 @@ impl DeadDisk {
     }
 }
 
-impl Drop for DeadDisk {
-    fn drop(&mut self) {
-        // Unmounting detaches the loop device (mount -o loop set autoclear).
-        self.fs.take();
-        let _ = fs::remove_file(&self.image);
-    }
-}
-
 /// I/O errors from the upper: requests that need it get EIO, the daemon
 /// stays up, lower files keep working, and the mount unmounts cleanly.
 #[test]
 fn io_errors_from_the_upper() {
-    if !is_root() || !have("xfs_io") {
-        // xfs_io (package xfsprogs) shuts the upper down; install it here
-        // if missing, as the suite's other packages are.
-        let _ = Command::new("sh")
-            .args(["-c", "command -v apt-get >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xfsprogs >/dev/null 2>&1"])
-            .status();
-    }
     require!("mount", "umount", "losetup", "mkfs.ext4", "xfs_io");
     let t = tempfile::Builder::new().prefix("lfseio").tempdir().unwrap();
     let lower = t.path().join("lower");
@@ -432,7 +356,7 @@ fn full_disk_metacopy() {
     let lower = t.path().join("lower");
     let big = content(6 * MIB, 3);
     write(&lower.join("big"), &big);
-    let disk = Fs::mount(&["-t", "tmpfs", "-o", "size=8m", "tmpfs"]);
+    let disk = ScratchFs::tmpfs(&t.path().join("disk"), Some("8m"));
     let (upper, work) = (disk.path().join("u"), disk.path().join("w"));
     mkdir(&upper);
     mkdir(&work);

@@ -12,10 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("lfsl").tempdir().unwrap()
-}
-
 /// Runs a bash script in a private mount namespace of its own: whatever it
 /// mounts disappears with it, even if the test fails half-way.
 fn in_private_ns(script: &str, args: &[&Path]) -> String {

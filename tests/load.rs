@@ -28,7 +28,7 @@
 //! uids and gids, with permission checks across owners (`load/processes.rs`).
 //!
 //! `LAYERFS_LOAD_SECS` (default 40) and `LAYERFS_LOAD_THREADS` (default 64)
-//! size the run; `scripts/load.sh` runs it for 5 minutes.
+//! size the run; `scripts/dev/load.sh` runs it for 5 minutes.
 
 mod common;
 #[path = "load/processes.rs"]

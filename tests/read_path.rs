@@ -12,10 +12,6 @@ use std::process::Command;
 
 use common::*;
 
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("lfs").tempdir().unwrap()
-}
-
 /// Mounts layerfs and kernel overlayfs over `lowers` and asserts they show
 /// the same tree; returns nothing, the guards unmount on the way out.
 fn assert_matches_kernel(base: &Path, lowers: &[PathBuf], kernel_lowers: &[PathBuf], cmp: Compare) {

@@ -15,14 +15,6 @@ use std::process::Command;
 
 use common::*;
 
-fn tmp() -> tempfile::TempDir {
-    let mut t = tempfile::Builder::new().prefix("lfsr").tempdir().unwrap();
-    if std::env::var_os("LAYERFS_KEEP_TEST_DIRS").is_some() {
-        t.disable_cleanup(true);
-    }
-    t
-}
-
 const CMP: Compare = Compare {
     ino: false,
     nlink: true,

@@ -17,10 +17,6 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("lfsr").tempdir().unwrap()
-}
-
 const KERNEL_OPTS: &str = "redirect_dir=on,index=on,metacopy=off";
 
 /// A mount of either implementation over `lowers`, with a fresh upper.
@@ -179,66 +175,11 @@ fn hardlink_copy_up_after_its_first_name_is_gone() {
     assert_eq!(fingerprint(&lowers[1]), before, "lower layer untouched");
 }
 
-/// A scratch filesystem for an upper, unmounted on drop: a small ext2 on a
-/// loop device, or a tmpfs. ext2 gives a freed inode number to the next new
-/// file at once, which makes number reuse by the upper filesystem happen
-/// every time.
-struct ScratchFs {
-    dir: PathBuf,
-}
-
-impl ScratchFs {
-    fn ext2(base: &Path) -> ScratchFs {
-        let img = base.join("ext2.img");
-        let dir = base.join("ext2");
-        mkdir(&dir);
-        fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
-        run(&["mkfs.ext2", "-q", "-F", img.to_str().unwrap()]);
-        run(&[
-            "mount",
-            "-o",
-            "loop",
-            img.to_str().unwrap(),
-            dir.to_str().unwrap(),
-        ]);
-        ScratchFs { dir }
-    }
-
-    fn tmpfs(base: &Path) -> ScratchFs {
-        let dir = base.join("tmpfs");
-        mkdir(&dir);
-        run(&["mount", "-t", "tmpfs", "tmpfs", dir.to_str().unwrap()]);
-        ScratchFs { dir }
-    }
-}
-
-fn run(args: &[&str]) {
-    let out = std::process::Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
-    assert!(out.status.success(), "{args:?}: {}", output_text(&out));
-}
-
-impl Drop for ScratchFs {
-    fn drop(&mut self) {
-        // The union above is gone by now; its daemon may take a moment to
-        // let go of the upper.
-        for _ in 0..100 {
-            let ok = std::process::Command::new("umount")
-                .arg(&self.dir)
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.dir)
-            .status();
-    }
+/// A small ext2 on a loop device, for an upper: ext2 gives a freed inode
+/// number to the next new file at once, which makes number reuse by the
+/// upper filesystem happen every time.
+fn ext2(base: &Path) -> ScratchFs {
+    ScratchFs::on_loop(&base.join("ext2"), &["mkfs.ext2", "-q", "-F"], 64 << 20)
 }
 
 /// A copied-up object keeps its origin's number, remembered by the upper
@@ -257,8 +198,8 @@ fn numbers_of_deleted_objects_are_not_given_to_new_ones() {
         write(&l1.join(format!("f{i}")), b"f");
     }
     let lowers = vec![l0, l1];
-    let ext2 = ScratchFs::ext2(t.path());
-    let (opts, _u, _w) = rw_opts_tagged(&ext2.dir, "", &lowers, "");
+    let ext2 = ext2(t.path());
+    let (opts, _u, _w) = rw_opts_tagged(ext2.path(), "", &lowers, "");
     let mnt = t.path().join("m");
     let mut m = try_mount_layerfs(&opts, &mnt).unwrap();
     let mut deleted = HashSet::new();
@@ -478,8 +419,11 @@ fn a_remount_right_after_an_unmount_is_not_refused() {
     mkdir(&lowers[0]);
     write(&lowers[1].join("f"), b"lower");
     let _load = BusyLoops::start(2);
-    for scratch in [ScratchFs::tmpfs(t.path()), ScratchFs::ext2(t.path())] {
-        let (opts, _u, _w) = rw_opts_tagged(&scratch.dir, "", &lowers, "");
+    for scratch in [
+        ScratchFs::tmpfs(&t.path().join("tmpfs"), None),
+        ext2(t.path()),
+    ] {
+        let (opts, _u, _w) = rw_opts_tagged(scratch.path(), "", &lowers, "");
         let mnt = t.path().join("m");
         let mut refused = Vec::new();
         let mut stalled = None;
@@ -521,7 +465,7 @@ fn a_remount_right_after_an_unmount_is_not_refused() {
         assert!(
             refused.is_empty(),
             "{}: {} of {ROUNDS} mounts refused:\n{}",
-            scratch.dir.display(),
+            scratch.path().display(),
             refused.len(),
             refused.join("\n")
         );

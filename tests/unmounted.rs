@@ -338,6 +338,8 @@ both!(
     new_names_get_the_callers_owner_and_a_setgid_parents_group,
     copy_up_of_a_read_only_file,
     xattr_whiteouts_are_made,
+    lowers_changed_under_a_running_filesystem,
+    upper_rotated_into_a_lower,
 );
 
 /// Three lowers: a whiteout in the middle one hides a name below it, an
@@ -1226,4 +1228,290 @@ fn mount_options_become_the_filesystems_tunables() {
     // Only the variable's presence counts: an empty value too.
     let env = |k: &str| (k == "FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT").then(OsString::new);
     assert!(fs_options(&parse("lowerdir=/l"), env).xattr_whiteouts);
+}
+
+// ---- stacks that change: what live snapshots will build on ---------------
+
+/// An error a running filesystem may give for a lower entry that changed
+/// under it: the name is gone (ENOENT) or its handle is (ESTALE). Kernel
+/// overlayfs calls changes to the lowers of a mounted stack undefined;
+/// layerfs promises no more than this, and no crash.
+fn changed_lower_errno<T>(r: &io::Result<T>, what: &str) {
+    if let Err(e) = r {
+        let n = e.raw_os_error();
+        assert!(
+            n == Some(libc::ENOENT) || n == Some(libc::ESTALE),
+            "{what}: {e} (only ENOENT or ESTALE for a changed lower)"
+        );
+    }
+}
+
+/// Files added to, changed in and removed from the lowers after the
+/// filesystem was built: the running one may show the old or the new
+/// state, answering only ENOENT or ESTALE for what went away; a new one
+/// built over the same dirs shows the new state.
+fn lowers_changed_under_a_running_filesystem(userxattr: bool) {
+    let mut s = Stack::new(2, userxattr);
+    write(&s.l(0).join("d/a"), b"a");
+    write(&s.l(1).join("d/b"), b"b");
+    write(&s.l(1).join("d/sub/x"), b"x");
+    let fs = s.open();
+    assert_eq!(names(&fs, "d"), ["a", "b", "sub"]);
+    assert_eq!(read(&fs, "d/a"), b"a");
+    assert_eq!(names(&fs, "d/sub"), ["x"]);
+
+    write(&s.l(1).join("d/c"), b"c");
+    write(&s.l(0).join("top"), b"top");
+    fs::remove_file(s.l(0).join("d/a")).unwrap();
+    fs::write(s.l(1).join("d/b"), b"b changed").unwrap();
+    fs::remove_dir_all(s.l(1).join("d/sub")).unwrap();
+
+    // The running filesystem: any of the two states, no other error.
+    for path in ["d/a", "d/b", "d/c", "top", "d/sub", "d/sub/x"] {
+        changed_lower_errno(&walk(&fs, path), &format!("lookup {path}"));
+    }
+    for path in ["d/a", "d/b"] {
+        if let Ok(a) = walk(&fs, path) {
+            let opened = fs.open(NodeId(a.ino.0), libc::O_RDONLY);
+            changed_lower_errno(&opened, &format!("open {path}"));
+            if let Ok((fh, _)) = opened {
+                changed_lower_errno(&fs.read(fh, 0, 1 << 20), &format!("read {path}"));
+                fs.release(fh);
+            }
+        }
+    }
+    for dir in ["", "d"] {
+        let page = walk(&fs, dir).map(|a| fs.readdir(NodeId(a.ino.0), 0));
+        changed_lower_errno(&page.and_then(|p| p), &format!("readdir {dir:?}"));
+    }
+    drop(fs);
+
+    // A filesystem built now sees the lowers as they are.
+    let fs = s.open();
+    assert_eq!(names(&fs, ""), ["d", "top"]);
+    assert_eq!(names(&fs, "d"), ["b", "c"]);
+    assert_eq!(read(&fs, "d/b"), b"b changed");
+    assert_eq!(read(&fs, "d/c"), b"c");
+    assert_eq!(errno(walk(&fs, "d/a")), libc::ENOENT);
+    assert_eq!(errno(walk(&fs, "d/sub")), libc::ENOENT);
+    s.assert_lowers_untouched();
+}
+
+/// What a merged tree shows of one entry, as read through the filesystem.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    kind: FileType,
+    perm: u16,
+    /// File content or symlink target.
+    data: Vec<u8>,
+    nlink: u32,
+}
+
+/// Every entry of the merged tree under `path`, by path, and which paths
+/// are one object (one inode number): the link groups of more than one.
+fn seen_tree(fs: &LayerFs) -> (BTreeMap<String, Seen>, Vec<Vec<String>>) {
+    fn go(
+        fs: &LayerFs,
+        dir: &str,
+        out: &mut BTreeMap<String, Seen>,
+        by_ino: &mut BTreeMap<u64, Vec<String>>,
+    ) {
+        for (name, _) in list(fs, dir) {
+            let path = if dir.is_empty() {
+                name
+            } else {
+                format!("{dir}/{name}")
+            };
+            let a = walk(fs, &path).unwrap();
+            let data = match a.kind {
+                FileType::RegularFile => read(fs, &path),
+                FileType::Symlink => fs.readlink(NodeId(a.ino.0)).unwrap(),
+                _ => Vec::new(),
+            };
+            if a.kind != FileType::Directory {
+                by_ino.entry(a.ino.0).or_default().push(path.clone());
+            }
+            let kind = a.kind;
+            out.insert(
+                path.clone(),
+                Seen {
+                    kind,
+                    perm: a.perm,
+                    data,
+                    nlink: if kind == FileType::Directory {
+                        0
+                    } else {
+                        a.nlink
+                    },
+                },
+            );
+            if kind == FileType::Directory {
+                go(fs, &path, out, by_ino);
+            }
+        }
+    }
+    let (mut out, mut by_ino) = (BTreeMap::new(), BTreeMap::new());
+    go(fs, "", &mut out, &mut by_ino);
+    let groups = by_ino.into_values().filter(|g| g.len() > 1).collect();
+    (out, groups)
+}
+
+/// The same view of a mounted tree (kernel overlayfs), by the VFS.
+fn seen_mounted(root: &Path) -> (BTreeMap<String, Seen>, Vec<Vec<String>>) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = BTreeMap::new();
+    let mut by_ino: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut stack = vec![String::new()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(root.join(&dir)).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            let path = if dir.is_empty() {
+                name
+            } else {
+                format!("{dir}/{name}")
+            };
+            let md = fs::symlink_metadata(root.join(&path)).unwrap();
+            let (kind, data) = if md.is_dir() {
+                stack.push(path.clone());
+                (FileType::Directory, Vec::new())
+            } else if md.file_type().is_symlink() {
+                let t = fs::read_link(root.join(&path)).unwrap();
+                (FileType::Symlink, t.into_os_string().into_encoded_bytes())
+            } else {
+                (FileType::RegularFile, fs::read(root.join(&path)).unwrap())
+            };
+            if kind != FileType::Directory {
+                by_ino.entry(md.ino()).or_default().push(path.clone());
+            }
+            let nlink = if kind == FileType::Directory {
+                0
+            } else {
+                md.nlink() as u32
+            };
+            let perm = (md.permissions().mode() & 0o7777) as u16;
+            out.insert(
+                path,
+                Seen {
+                    kind,
+                    perm,
+                    data,
+                    nlink,
+                },
+            );
+        }
+    }
+    let mut groups: Vec<Vec<String>> = by_ino.into_values().filter(|g| g.len() > 1).collect();
+    for g in &mut groups {
+        g.sort();
+    }
+    (out, groups)
+}
+
+/// The upper a filesystem wrote, rotated under a fresh empty upper as the
+/// top lower (what taking a snapshot of a live volume does): the new
+/// filesystem shows the same tree, names, content, modes, whiteouts still
+/// hiding what they hid, a redirected dir with its lower content, and a
+/// hard link still one file. Kernel overlayfs, mounting the rotated stack
+/// read-only, shows the same tree too (as root).
+fn upper_rotated_into_a_lower(userxattr: bool) {
+    let mut s = Stack::new(2, userxattr);
+    write(&s.l(1).join("d/sub/f"), b"deep");
+    write(&s.l(1).join("d/g"), b"g");
+    write(&s.l(0).join("d/top"), b"top");
+    write(&s.l(1).join("gone"), b"to be whited out");
+    write(&s.l(1).join("gonedir/x"), b"x");
+    write(&s.l(0).join("old"), b"lower old");
+    write(&s.l(1).join("f"), b"linked");
+    mkdir(&s.l(0).join("dir"));
+    common::link_sym("old", &s.l(0).join("sym"));
+    let fs = s.open();
+
+    create(&fs, &s, "new", 0o640, b"new file");
+    let (fh, _) = fs.open(ino(&fs, "old"), libc::O_RDWR).unwrap();
+    fs.write(fh, 0, b"upper", None).unwrap();
+    fs.release(fh);
+    fs.setattr(
+        ino(&fs, "old"),
+        SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    unlink(&fs, "gone").unwrap();
+    unlink(&fs, "gonedir/x").unwrap();
+    rmdir(&fs, "gonedir").unwrap();
+    if !userxattr {
+        // Redirects are off with userxattr, as in kernel overlayfs.
+        rename(&fs, "d", "dir/e", 0).unwrap();
+    }
+    let f = walk(&fs, "f").unwrap();
+    fs.link(NodeId(f.ino.0), ino(&fs, "dir"), os("f2")).unwrap();
+    let (before, links) = seen_tree(&fs);
+    assert_eq!(links, [vec!["dir/f2".to_string(), "f".to_string()]]);
+    assert!(!before.contains_key("gone") && !before.contains_key("gonedir"));
+    if !userxattr {
+        assert_eq!(before["dir/e/sub/f"].data, b"deep");
+        assert!(!before.contains_key("d"));
+    }
+    drop(fs);
+
+    // Rotate: the old upper becomes the top lower, under a new empty upper.
+    let old_upper = s.upper.clone();
+    s.lowers.insert(0, old_upper);
+    s.upper = s.t.path().join("upper2");
+    s.work = s.t.path().join("work2");
+    mkdir(&s.upper);
+    mkdir(&s.work);
+    let fs = s.open();
+    let (after, after_links) = seen_tree(&fs);
+    let diffs: Vec<String> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|p| before.get(*p) != after.get(*p))
+        .map(|p| format!("{p}: {:?} then {:?}", before.get(p), after.get(p)))
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "the rotated stack differs:\n{}",
+        diffs.join("\n")
+    );
+    assert_eq!(after_links, links, "a hard link stays one file");
+    drop(fs);
+    let upper2: Vec<_> = fs::read_dir(&s.upper).unwrap().collect();
+    assert!(
+        upper2.is_empty(),
+        "reading wrote to the new upper: {upper2:?}"
+    );
+    s.assert_lowers_untouched();
+
+    if !is_root() {
+        return;
+    }
+    let extra = if userxattr {
+        "userxattr"
+    } else {
+        "redirect_dir=follow"
+    };
+    let k = common::mount_kernel(&s.lowers, &s.t.path().join("kernel"), extra);
+    let (kernel, kernel_links) = seen_mounted(&k.dir);
+    let diffs: Vec<String> = before
+        .keys()
+        .chain(kernel.keys())
+        .filter(|p| before.get(*p) != kernel.get(*p))
+        .map(|p| {
+            format!(
+                "{p}: layerfs {:?}, kernel {:?}",
+                before.get(p),
+                kernel.get(p)
+            )
+        })
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "kernel overlayfs reads the rotated stack otherwise:\n{}",
+        diffs.join("\n")
+    );
+    assert_eq!(kernel_links, links);
 }

@@ -16,15 +16,6 @@ use std::process::Command;
 
 use common::*;
 
-fn tmp() -> tempfile::TempDir {
-    let mut t = tempfile::Builder::new().prefix("lfsw").tempdir().unwrap();
-    // To look at a failed run's layers afterwards.
-    if std::env::var_os("LAYERFS_KEEP_TEST_DIRS").is_some() {
-        t.disable_cleanup(true);
-    }
-    t
-}
-
 /// layerfs and kernel overlayfs over the same lowers, each with its own
 /// upper and work directory.
 struct Pair {
@@ -493,7 +484,7 @@ fn run_differential_with(seed: u64, ops: usize, v: Variant) {
     pair.assert_same(&format!("seed {seed}: before any operation"));
     let mut rng = Rng::new(seed ^ 0xabcdef);
     let mut history: Vec<String> = Vec::new();
-    // To minimise a failing sequence (scripts/soak-diff.sh --minimize): only
+    // To minimise a failing sequence (scripts/dev/soak-diff.sh --minimize): only
     // these operations are applied; the others are drawn and skipped.
     let only: Option<std::collections::HashSet<usize>> = std::env::var("LAYERFS_DIFF_ONLY")
         .ok()
@@ -567,7 +558,7 @@ fn run_differential_with(seed: u64, ops: usize, v: Variant) {
 /// The seeds and the operation count of a differential test: `defaults`
 /// and 300, unless `LAYERFS_DIFF_SEEDS=N` (with `LAYERFS_DIFF_SEED_START`,
 /// default 1) and `LAYERFS_DIFF_OPS` ask for a longer run
-/// (scripts/soak-diff.sh).
+/// (scripts/dev/soak-diff.sh).
 fn diff_plan(defaults: &[u64]) -> (Vec<u64>, usize) {
     let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
     let seeds = match num("LAYERFS_DIFF_SEEDS") {
@@ -853,7 +844,7 @@ fn random_operations_match_kernel_overlayfs_with_metacopy() {
     }
 }
 
-/// Found by scripts/soak-diff.sh (seed 100322): a directory copied up as
+/// Found by scripts/dev/soak-diff.sh (seed 100322): a directory copied up as
 /// the ancestor of a change becomes merged, which kernel overlayfs shows as
 /// nlink 1; layerfs' kernel cache kept the lower directory's count.
 #[test]

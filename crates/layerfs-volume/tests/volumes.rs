@@ -1147,62 +1147,18 @@ fn docker_engine_uses_layerfs_volumes() {
     drop(engine);
 }
 
-/// podman with its own root, runroot and containers.conf naming the
-/// plugin in `[engine.volume_plugins]`; containers removed on drop.
-struct Podman {
-    dir: PathBuf,
-}
-
-impl Podman {
-    fn new(dir: &Path, sock: &Path) -> Podman {
-        fs::create_dir_all(dir).unwrap();
-        let conf = format!(
-            "{}[engine.volume_plugins]\nlayerfs = \"{}\"\n",
-            common::CONTAINERS_CONF,
-            sock.display()
-        );
-        fs::write(dir.join("containers.conf"), conf).unwrap();
-        Podman {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("podman");
-        c.arg("--root")
-            .arg(self.dir.join("root"))
-            .arg("--runroot")
-            .arg(self.dir.join("runroot"))
-            .args(["--storage-driver", "vfs"])
-            .args(args)
-            .env("CONTAINERS_CONF", self.dir.join("containers.conf"));
-        c
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cmd(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {}",
-            common::output_text(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["rm", "-fa", "-t", "0"]).output();
-    }
-}
-
 #[test]
 fn podman_uses_layerfs_volumes() {
     require!("podman", "runc", "busybox", "tar");
     let mut fx = Fixture::new();
     let sock = fx.path("plugins/layerfs.sock");
     start_plugin(&mut fx, &sock);
-    let podman = Podman::new(&fx.path("podman"), &sock);
+    // The plugin named in containers.conf; containers removed on drop.
+    let plugin = format!(
+        "[engine.volume_plugins]\nlayerfs = \"{}\"\n",
+        sock.display()
+    );
+    let podman = common::Podman::new(&fx.path("podman"), common::PodmanStorage::Vfs, &plugin);
     let rootfs = fx.path("rootfs");
     fs::create_dir_all(rootfs.join("bin")).unwrap();
     fs::copy(common::busybox().unwrap(), rootfs.join("bin/busybox")).unwrap();

@@ -9,9 +9,9 @@
 # (`from=` the seed), and a container writing 2,000 small files into a
 # layerfs volume against a plain bind mount and a `local` volume. Needs
 # root; runs in a private mount namespace.
-#   scripts/bench-volumes.sh [DIR]   (scratch dir, default a new temp dir)
+#   scripts/bench/bench-volumes.sh [DIR]   (scratch dir, default a new temp dir)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 if [ "${LAYERFS_BENCH_NS:-}" != 1 ]; then
   cargo build --release -q
   exec env LAYERFS_BENCH_NS=1 unshare -m --propagation private "$0" "$@"

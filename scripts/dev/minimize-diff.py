@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Shrinks a failing differential sequence of tests/write_path.rs.
 
-    scripts/minimize-diff.py TEST SEED OPS 'REGEX'
+    scripts/dev/minimize-diff.py TEST SEED OPS 'REGEX'
 
 runs TEST (e.g. random_operations_match_kernel_overlayfs) for one seed with
 only a subset of its first OPS operations applied (LAYERFS_DIFF_ONLY) and

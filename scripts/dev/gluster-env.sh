@@ -7,10 +7,10 @@
 # glusterfs client mounted at DIR/gl. Needs root and glusterfs-server,
 # glusterfs-client.
 #
-#   scripts/gluster-env.sh up DIR          server + volume "lfs" (brick DIR/brick)
-#   scripts/gluster-env.sh host DIR NAME   a host; prints the pid to enter:
+#   scripts/dev/gluster-env.sh up DIR          server + volume "lfs" (brick DIR/brick)
+#   scripts/dev/gluster-env.sh host DIR NAME   a host; prints the pid to enter:
 #       nsenter -t PID -m -n -u -- COMMAND  (e.g. sh, layerfs, ls DIR/gl)
-#   scripts/gluster-env.sh down DIR        ends every process by pid, deletes all
+#   scripts/dev/gluster-env.sh down DIR        ends every process by pid, deletes all
 set -euo pipefail
 
 cmd=${1:-}

@@ -6,15 +6,15 @@
 # in a result, errno or final tree is reported with its seed; the run goes
 # on with the next seed, and the script exits non-zero if there was one.
 #
-#   bash scripts/soak-diff.sh                  # 1,000,000 ops per variant
-#   TOTAL_OPS=200000 OPS_PER_SEED=1000 VARIANTS=plain bash scripts/soak-diff.sh
+#   bash scripts/dev/soak-diff.sh                  # 1,000,000 ops per variant
+#   TOTAL_OPS=200000 OPS_PER_SEED=1000 VARIANTS=plain bash scripts/dev/soak-diff.sh
 #
 # A failing seed reproduces alone with
 #   LAYERFS_DIFF_SEEDS=1 LAYERFS_DIFF_SEED_START=SEED LAYERFS_DIFF_OPS=N \
 #     unshare -m --propagation private cargo test --release --test write_path -- --exact TEST
 # Needs root; runs in a private mount namespace.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 TOTAL_OPS=${TOTAL_OPS:-1000000}
 OPS_PER_SEED=${OPS_PER_SEED:-2000}

@@ -4,7 +4,7 @@
 # namespace. Prints the test's summary line per seed; exits non-zero on the
 # first failure (its directories are kept: LAYERFS_KEEP_TEST_DIRS).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 [ "$(id -u)" = 0 ] || { echo "crash.sh: needs root" >&2; exit 1; }
 KILLS=${KILLS:-1000}
 for seed in ${SEEDS:-1 2 3}; do

@@ -4,8 +4,8 @@ GlusterFS mount, on fuse-overlayfs and on layerfs with lower, upper and work
 dir all on that mount, interleaved, reported as medians and ratios to the
 bare mount.
 
-Run through scripts/bench-gluster.sh, which starts a throw-away GlusterFS
-volume (scripts/gluster-env.sh) and runs this inside a "host" namespace.
+Run through scripts/bench/bench-gluster.sh, which starts a throw-away GlusterFS
+volume (scripts/dev/gluster-env.sh) and runs this inside a "host" namespace.
 Stdlib only.
 """
 

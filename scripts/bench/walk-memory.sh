@@ -7,7 +7,7 @@
 # forgotten it) and open fds; fails if open fds grow or the RSS stays near
 # the walk's peak (see the test for the bound).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 [ "$(id -u)" = 0 ] || { echo "walk-memory.sh: needs root" >&2; exit 1; }
 LAYERFS_WALK_ENTRIES=${ENTRIES:-1000000} LAYERFS_WALKS=${WALKS:-4} timeout 3600 unshare -m --propagation private \
   cargo test --release --test load -- --exact walking_a_large_tree_keeps_memory_and_fds_flat --nocapture

@@ -1,7 +1,7 @@
-# Sums up a `cargo test --no-fail-fast` log for scripts/test.sh: the
+# Sums up a `cargo test --no-fail-fast` log for scripts/ci/test.sh: the
 # skipped and failing tests, how to rerun one, the tests that did not run,
 # and one closing line "N passed, N failed, N skipped" (the form CI reads).
-#   awk -v skips=FILE -f scripts/test-summary.awk LOG
+#   awk -v skips=FILE -f scripts/ci/test-summary.awk LOG
 # FILE holds "BINARY TEST" lines, one per test that returned early through
 # the skip rule (tests/common's cannot_run), which cargo counts as passed.
 # Exits 1 when a test failed or did not run.

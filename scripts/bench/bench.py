@@ -4,7 +4,7 @@ merged content, kernel overlayfs, fuse-overlayfs and layerfs, interleaved
 (A B C D, repeated), reported as medians, min-max and ratios to kernel
 overlayfs measured in the same run.
 
-Run through scripts/bench.sh (which builds layerfs and installs
+Run through scripts/bench/bench.sh (which builds layerfs and installs
 fuse-overlayfs). Needs root. Stdlib only.
 
 --rootless runs the same workloads as an unprivileged user in its own user

@@ -5,12 +5,12 @@
 #                   overlapping names (the default)
 #   MODE=processes  64 processes, half of them under other uids and gids,
 #                   with permission checks across owners
-#   bash scripts/load.sh                 # 5 minutes, 64 threads
-#   SECS=60 THREADS=128 bash scripts/load.sh
-#   MODE=processes PROCS=64 bash scripts/load.sh
+#   bash scripts/dev/load.sh                 # 5 minutes, 64 threads
+#   SECS=60 THREADS=128 bash scripts/dev/load.sh
+#   MODE=processes PROCS=64 bash scripts/dev/load.sh
 # The seed is printed (SEED=N replays the same choices).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 [ "$(id -u)" = 0 ] || { echo "load.sh: needs root" >&2; exit 1; }
 SECS=${SECS:-300}
 SEED=${SEED:-$RANDOM}

@@ -6,7 +6,7 @@
 # then "N passed, N failed" counting mode runs, and exits non-zero when any
 # run is below its target (every test of the mode; pjdfstest 8798/8798).
 #
-#   scripts/conformance.sh [--only MODE,...] [--repeat N] [-v]
+#   scripts/ci/conformance.sh [--only MODE,...] [--repeat N] [-v]
 #
 # MODE is one of: ov ov-xdev ov-verify ov-xdev-verify ov10 samefs pjdfstest
 # (default: all). --repeat N runs each mode N times: the target holds for
@@ -22,7 +22,7 @@
 # into a temp dir (they write .pyc files and build products) and run there.
 set -uo pipefail
 
-repo=$(cd "$(dirname "$0")/.." && pwd)
+repo=$(cd "$(dirname "$0")/../.." && pwd)
 all_modes=(ov ov-xdev ov-verify ov-xdev-verify ov10 samefs pjdfstest)
 only=""
 repeat=1

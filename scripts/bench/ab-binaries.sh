@@ -4,8 +4,8 @@
 # and du over a 3,000-file lower tree, create+delete of 500 files, and
 # copy-up appends. Prints the median of 7 rounds of each and new/old.
 # Needs root (it mounts, in a private mount namespace of its own).
-#   scripts/ab-binaries.sh OLD_LAYERFS NEW_LAYERFS [EXTRA_MOUNT_OPTS]
-#   e.g. scripts/ab-binaries.sh /tmp/layerfs-before target/release/layerfs ,passthrough=off
+#   scripts/bench/ab-binaries.sh OLD_LAYERFS NEW_LAYERFS [EXTRA_MOUNT_OPTS]
+#   e.g. scripts/bench/ab-binaries.sh /tmp/layerfs-before target/release/layerfs ,passthrough=off
 set -euo pipefail
 if [ $# -lt 2 ]; then
     echo "usage: $0 OLD_LAYERFS NEW_LAYERFS [,EXTRA,OPTS]" >&2

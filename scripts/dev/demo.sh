@@ -2,8 +2,8 @@
 # Builds layerfs, makes a small three-layer stack (with a whiteout and an
 # opaque directory), mounts it, shows the merge, and unmounts.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-. scripts/toolchain.sh
+cd "$(dirname "$0")/../.."
+. scripts/ci/toolchain.sh
 
 # What the demo needs besides the toolchain, checked before the long build.
 if [ "$(id -u)" != 0 ]; then

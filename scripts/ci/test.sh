@@ -6,8 +6,8 @@
 # With CI or LAYERFS_REQUIRE_ALL=1 set, a test that cannot run here (not
 # root, a tool missing) fails instead of being skipped.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-. scripts/toolchain.sh
+cd "$(dirname "$0")/../.."
+. scripts/ci/toolchain.sh
 install_only=false
 [ "${1:-}" = --install-only ] && install_only=true && shift
 # Before the packages: a missing toolchain is said at once.
@@ -62,5 +62,5 @@ status=0
 LAYERFS_SKIP_LOG=$skips cargo test --release --no-fail-fast "$@" -- \
   --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
 # The failing and skipped tests, then one closing line for the whole suite.
-awk -v skips="$skips" -f scripts/test-summary.awk "$log" || status=1
+awk -v skips="$skips" -f scripts/ci/test-summary.awk "$log" || status=1
 exit "$status"
