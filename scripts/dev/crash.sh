@@ -18,7 +18,7 @@ for seed in ${SEEDS:-1 2 3}; do
     echo "crash.sh: seed $seed FAILED (log $out)" >&2
     exit 1
   fi
-  echo "crash.sh: seed $seed: $(grep 'kills in' "$out")"
+  echo "crash.sh: seed $seed: $(grep -E '^[0-9]+ kills' "$out")"
   rm -f "$out"
   # Passed: drop the kept directories.
   find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'lfscrash*' -exec rm -rf {} +
