@@ -111,7 +111,8 @@ fn lock_holder(workdir: BorrowedFd<'_>, path: &Path) -> io::Result<Option<OwnedF
 }
 
 /// Who holds the work directory: this process on this host, and once its
-/// mount is up, the device of that mount (`major:minor`).
+/// mount is up, that mount (`major:minor` and its mountpoint as
+/// mountinfo writes it).
 fn write_holder_note(fd: BorrowedFd<'_>, mount: Option<&str>) -> io::Result<()> {
     let mut note = format!(
         "layerfs pid {} on host {}\n",
@@ -142,7 +143,9 @@ fn nlink_tag(name: &OsStr) -> Option<i64> {
 struct HolderNote {
     pid: u32,
     host: String,
-    /// The device of the holder's mount, once it is up.
+    /// The holder's mount once it is up: its device (`major:minor`), then
+    /// its mountpoint as mountinfo escapes it (older notes name the device
+    /// only).
     mount: Option<String>,
 }
 
@@ -174,19 +177,28 @@ impl HolderNote {
         match fs::read_to_string(format!("/proc/{}/mountinfo", self.pid)) {
             // A pid of another pid namespace is looked up here as a process
             // of ours: at worst a live holder is waited for, then refused.
-            Ok(info) => self
-                .mount
-                .as_deref()
-                .is_some_and(|dev| !info.lines().any(|l| l.split(' ').nth(2) == Some(dev))),
+            // The device alone does not name the mount: an anonymous device
+            // number freed by the unmount is soon given to another FUSE mount
+            // (another test's, another container's) in the same namespace.
+            Ok(info) => self.mount.as_deref().is_some_and(|m| {
+                let (dev, at) = match m.split_once(' ') {
+                    Some((dev, at)) => (dev, Some(at)),
+                    None => (m, None),
+                };
+                !info.lines().any(|l| {
+                    let mut f = l.split(' ').skip(2);
+                    f.next() == Some(dev) && (at.is_none() || f.nth(1) == at)
+                })
+            }),
             Err(e) => !matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)),
         }
     }
 }
 
-/// The device (`major:minor`) of the FUSE mount on `mountpoint` in this
-/// process's mount namespace (the topmost one there), from
-/// /proc/self/mountinfo: a stat of the mountpoint would ask the daemon,
-/// which may not serve yet.
+/// The FUSE mount on `mountpoint` in this process's mount namespace (the
+/// topmost one there), as "major:minor mountpoint" with the mountpoint
+/// escaped as /proc/self/mountinfo writes it (read from there: a stat of
+/// the mountpoint would ask the daemon, which may not serve yet).
 fn fuse_mount_dev(mountpoint: &Path) -> Option<String> {
     use std::os::unix::ffi::OsStrExt;
     // mountinfo escapes these as \ooo.
@@ -205,7 +217,7 @@ fn fuse_mount_dev(mountpoint: &Path) -> Option<String> {
         let (mine, theirs) = l.split_once(" - ")?;
         let f: Vec<&str> = mine.split(' ').collect();
         let fuse = theirs.starts_with("fuse");
-        (fuse && f.get(4) == Some(&&*want)).then(|| f.get(2).map(|d| d.to_string()))?
+        (fuse && f.get(4) == Some(&&*want)).then(|| f.get(2).map(|d| format!("{d} {want}")))?
     })
 }
 
@@ -610,8 +622,14 @@ mod tests {
         // Still starting (no mount yet), or its mount still listed: live.
         assert!(!note(me, &host, None).going_away());
         let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let listed = info.lines().next().unwrap().split(' ').nth(2).unwrap();
+        let first: Vec<&str> = info.lines().next().unwrap().split(' ').collect();
+        let listed = first[2];
         assert!(!note(me, &host, Some(listed)).going_away());
+        let listed_at = format!("{} {}", first[2], first[4]);
+        assert!(!note(me, &host, Some(&listed_at)).going_away());
+        // Its device number given to a mount elsewhere: gone all the same.
+        let elsewhere = format!("{} /no/such/mountpoint", first[2]);
+        assert!(note(me, &host, Some(&elsewhere)).going_away());
         // Its mount gone, or its process: going away.
         assert!(note(me, &host, Some("0:999999")).going_away());
         assert!(note(u32::MAX, &host, None).going_away());

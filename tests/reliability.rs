@@ -14,6 +14,7 @@ use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use common::*;
 
@@ -402,6 +403,43 @@ impl Drop for Stalled {
     }
 }
 
+/// Other FUSE mounts coming and going in this mount namespace, as other
+/// containers' do on a host: a device number an unmount frees is soon given
+/// to one of them. Stopped and joined on drop.
+struct MountChurn {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MountChurn {
+    fn start(lowers: &[PathBuf], mnt: PathBuf) -> MountChurn {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let opts = lowerdir_opt(lowers);
+        let s = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(mut m) = try_mount_layerfs(&opts, &mnt) {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    m.unmount();
+                }
+            }
+        });
+        MountChurn {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for MountChurn {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A mount right after an unmount of the same upper is not refused as in
 /// use. umount(2) of a FUSE mount returns before the daemon has let go of
 /// the work dir's locks (the kernel only aborts the connection), so the
@@ -409,7 +447,10 @@ impl Drop for Stalled {
 /// still refused at once. Back to back, 200 rounds on each of tmpfs and a
 /// loop-mounted ext2 under CPU load; in every 50th round the daemon is
 /// stopped for 3 s just before the unmount, as a loaded machine may leave
-/// it unscheduled (it once held the lock past the former 2 s wait).
+/// it unscheduled (it once held the lock past the former 2 s wait). Other
+/// FUSE mounts come and go meanwhile: the holder's mount is known by its
+/// device and mountpoint, as a freed device number is soon reused (in CI,
+/// another test's mount took it and the dying holder looked live).
 #[test]
 fn a_remount_right_after_an_unmount_is_not_refused() {
     require!("mkfs.ext2", "losetup");
@@ -419,6 +460,7 @@ fn a_remount_right_after_an_unmount_is_not_refused() {
     mkdir(&lowers[0]);
     write(&lowers[1].join("f"), b"lower");
     let _load = BusyLoops::start(2);
+    let _churn = MountChurn::start(&lowers, t.path().join("churn"));
     for scratch in [
         ScratchFs::tmpfs(&t.path().join("tmpfs"), None),
         ext2(t.path()),
