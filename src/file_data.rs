@@ -48,10 +48,10 @@ impl LayerFs {
     /// each worker thread keeps: a fresh 128 KiB-or-larger one per request
     /// is an mmap, its page faults and a munmap under glibc's defaults.
     pub fn read_into(&self, fh: FileHandle, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let file = self.file(fh)?;
+        let fd = self.read_fd(fh)?;
         let mut done = 0;
         while done < buf.len() {
-            match sys::pread(file.fd.as_fd(), &mut buf[done..], offset + done as u64) {
+            match sys::pread(fd.as_fd(), &mut buf[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -71,14 +71,14 @@ impl LayerFs {
         data: &[u8],
         kill: Option<u32>,
     ) -> io::Result<(u32, bool)> {
-        let file = self.file(fh)?;
+        let fd = self.write_fd(fh)?;
         let killed = match kill {
-            Some(gid) => kill_suidgid(file.fd.as_fd(), gid)?,
+            Some(gid) => kill_suidgid(fd.as_fd(), gid)?,
             None => false,
         };
         let mut done = 0;
         while done < data.len() {
-            match sys::pwrite(file.fd.as_fd(), &data[done..], offset + done as u64) {
+            match sys::pwrite(fd.as_fd(), &data[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -96,8 +96,7 @@ impl LayerFs {
         if !self.opts.fsync {
             return Ok(());
         }
-        let file = self.file(fh)?;
-        sys::fsync(file.fd.as_fd(), datasync)
+        sys::fsync(self.read_fd(fh)?.as_fd(), datasync)
     }
 
     /// fsync of a directory: by node (directories get no handle: `opendir`
@@ -116,13 +115,11 @@ impl LayerFs {
     }
 
     pub fn fallocate(&self, fh: FileHandle, offset: u64, len: u64, mode: i32) -> io::Result<()> {
-        let file = self.file(fh)?;
-        sys::fallocate(file.fd.as_fd(), mode, offset, len)
+        sys::fallocate(self.write_fd(fh)?.as_fd(), mode, offset, len)
     }
 
     pub fn lseek(&self, fh: FileHandle, offset: i64, whence: i32) -> io::Result<i64> {
-        let file = self.file(fh)?;
-        sys::lseek(file.fd.as_fd(), offset, whence)
+        sys::lseek(self.read_fd(fh)?.as_fd(), offset, whence)
     }
 
     pub fn copy_file_range(
@@ -133,10 +130,10 @@ impl LayerFs {
         off_out: u64,
         len: u64,
     ) -> io::Result<u32> {
-        let fin = self.file(fh_in)?;
-        let fout = self.file(fh_out)?;
+        let fin = self.read_fd(fh_in)?;
+        let fout = self.write_fd(fh_out)?;
         let len = len.min(u32::MAX as u64 & !0xfff) as usize;
-        let n = sys::copy_file_range(fin.fd.as_fd(), off_in, fout.fd.as_fd(), off_out, len)?;
+        let n = sys::copy_file_range(fin.as_fd(), off_in, fout.as_fd(), off_out, len)?;
         Ok(n as u32)
     }
 }

@@ -5,79 +5,24 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use std::path::Path;
 use std::time::SystemTime;
 
 use fuser::{
-    BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::backing::{Backings, Passthrough};
 use crate::ids::RealKey;
 use crate::modify::SetAttr;
 use crate::overlay::LayerFs;
-use crate::sys::TimeSpec;
 
-fn time_spec(t: TimeOrNow) -> TimeSpec {
-    match t {
-        TimeOrNow::Now => TimeSpec::Now,
-        TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
-            Ok(d) => TimeSpec::Set(d.as_secs() as i64, d.subsec_nanos() as i64),
-            Err(e) => {
-                let d = e.duration();
-                let mut sec = -(d.as_secs() as i64);
-                let mut nsec = d.subsec_nanos() as i64;
-                if nsec > 0 {
-                    sec -= 1;
-                    nsec = 1_000_000_000 - nsec;
-                }
-                TimeSpec::Set(sec, nsec)
-            }
-        },
-    }
-}
-
-/// The errno answered for an operation's error. An EIO says nothing of
-/// its cause to the caller: the cause is logged here, where it is known.
-fn answer(op: &str, e: io::Error) -> Errno {
-    match e.raw_os_error() {
-        Some(libc::EIO) => {
-            log::warn!("{op}: answering EIO: {e}");
-            Errno::from_i32(libc::EIO)
-        }
-        Some(n) => Errno::from_i32(n),
-        None => {
-            log::error!("{op}: answering EIO for an error with no errno: {e}");
-            Errno::from_i32(libc::EIO)
-        }
-    }
-}
-
-/// A cached "no such entry": node id 0 with the entry timeout.
-fn negative_entry() -> FileAttr {
-    FileAttr {
-        ino: INodeNo(0),
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind: FileType::RegularFile,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 0,
-        flags: 0,
-    }
-}
+use crate::fs_reply::{answer, negative_entry, time_spec};
 
 /// The filesystem as fuser sees it.
 pub struct Fuse {
@@ -143,7 +88,7 @@ impl Fuse {
         // The real file's identity, which a live backing id must match; not
         // needed (nor fetched) for a handle that cannot pass through.
         let st = (may_pass && self.backings.enabled())
-            .then(|| crate::sys::fstat(std::os::fd::AsFd::as_fd(&file.fd)).ok())
+            .then(|| crate::sys::fstat(std::os::fd::AsFd::as_fd(&*file.fd())).ok())
             .flatten();
         let key = st.as_ref().map_or(RealKey { dev: 0, ino: 0 }, RealKey::of);
         // A passthrough write never reaches the daemon, which must clear
@@ -152,7 +97,7 @@ impl Fuse {
         // Cached handles are counted too: one rules out passthrough opens.
         let p = self
             .backings
-            .open(ino, key, may_pass, || open_backing(&file.fd));
+            .open(ino, key, may_pass, || open_backing(&file.fd()));
         if let Passthrough::Use(id) = &p {
             let _ = file.backing.set(Arc::clone(id));
         }
@@ -250,6 +195,7 @@ impl Filesystem for Fuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _pass = self.fs.gate.read();
         match self.fs.lookup(parent.into(), name) {
             Ok((_, attr)) => reply.entry(&self.ttl, &self.shown(attr), Generation(0)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
@@ -260,6 +206,7 @@ impl Filesystem for Fuse {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _pass = self.fs.gate.read();
         self.fs.forget(ino.into(), nlookup);
         let n = self
             .forgets
@@ -270,6 +217,7 @@ impl Filesystem for Fuse {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _pass = self.fs.gate.read();
         match self.fs.getattr(ino.into()) {
             Ok(attr) => reply.attr(&self.ttl, &self.shown(attr)),
             Err(e) => reply.error(answer("getattr", e)),
@@ -277,6 +225,7 @@ impl Filesystem for Fuse {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _pass = self.fs.gate.read();
         match self.fs.readlink(ino.into()) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(answer("readlink", e)),
@@ -284,6 +233,12 @@ impl Filesystem for Fuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // Opening for writing copies up.
+        let _pass = if flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            self.fs.gate.mutate()
+        } else {
+            self.fs.gate.read()
+        };
         let opened = match self.fs.open(ino.into(), self.open_flags(flags.0)) {
             // A write-only file this daemon may not read: as asked, then
             // (partial pages are then written through, not cached).
@@ -328,6 +283,7 @@ impl Filesystem for Fuse {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        let _pass = self.fs.gate.read();
         // One buffer per worker thread, grown to the largest read asked
         // (max_read bounds it); the reply is written out before it returns.
         thread_local! {
@@ -371,6 +327,7 @@ impl Filesystem for Fuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _pass = self.fs.gate.read();
         let passthrough = self
             .fs
             .file(fh.into())
@@ -397,6 +354,7 @@ impl Filesystem for Fuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _pass = self.fs.gate.read();
         let page = match self.fs.readdir(ino.into(), offset) {
             Ok(p) => p,
             Err(e) => return reply.error(answer("readdir", e)),
@@ -417,6 +375,7 @@ impl Filesystem for Fuse {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _pass = self.fs.gate.read();
         let page = match self.fs.readdir(ino.into(), offset) {
             Ok(p) => p,
             Err(e) => return reply.error(answer("readdirplus", e)),
@@ -463,6 +422,7 @@ impl Filesystem for Fuse {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _pass = self.fs.gate.read();
         match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -479,6 +439,7 @@ impl Filesystem for Fuse {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _pass = self.fs.gate.read();
         let value = self.fs.getxattr(ino.into(), name).map(|mut v| {
             crate::idmap::map_acl(&self.fs.opts.ids, name.as_bytes(), &mut v, true);
             v
@@ -487,6 +448,7 @@ impl Filesystem for Fuse {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _pass = self.fs.gate.read();
         self.xattr_reply("listxattr", self.fs.listxattr(ino.into()), size, reply);
     }
 
@@ -508,6 +470,7 @@ impl Filesystem for Fuse {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _pass = self.fs.gate.mutate();
         let ids = &self.fs.opts.ids;
         let a = SetAttr {
             mode,
@@ -537,6 +500,7 @@ impl Filesystem for Fuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _pass = self.fs.gate.mutate();
         let (uid, gid) = self.caller(req);
         let r = self.fs.mknod(parent.into(), name, mode, rdev, uid, gid);
         self.entry_reply("mknod", r.map(|(_, a)| a), reply);
@@ -551,16 +515,19 @@ impl Filesystem for Fuse {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _pass = self.fs.gate.mutate();
         let (uid, gid) = self.caller(req);
         let r = self.fs.mkdir(parent.into(), name, mode, uid, gid);
         self.entry_reply("mkdir", r.map(|(_, a)| a), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _pass = self.fs.gate.mutate();
         Self::empty_reply("unlink", self.fs.unlink(parent.into(), name), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _pass = self.fs.gate.mutate();
         Self::empty_reply("rmdir", self.fs.rmdir(parent.into(), name), reply);
     }
 
@@ -572,6 +539,7 @@ impl Filesystem for Fuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _pass = self.fs.gate.mutate();
         let (uid, gid) = self.caller(req);
         let r = self
             .fs
@@ -589,6 +557,7 @@ impl Filesystem for Fuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _pass = self.fs.gate.mutate();
         Self::empty_reply(
             "rename",
             self.fs
@@ -605,6 +574,7 @@ impl Filesystem for Fuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _pass = self.fs.gate.mutate();
         let r = self.fs.link(ino.into(), newparent.into(), newname);
         self.entry_reply("link", r.map(|(_, a)| a), reply);
     }
@@ -621,6 +591,7 @@ impl Filesystem for Fuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _pass = self.fs.gate.mutate();
         let kill = write_flags
             .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
             .then(|| self.caller(req).1);
@@ -643,6 +614,7 @@ impl Filesystem for Fuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _pass = self.fs.gate.read();
         Self::empty_reply("fsync", self.fs.fsync(fh.into(), datasync), reply);
     }
 
@@ -654,6 +626,7 @@ impl Filesystem for Fuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _pass = self.fs.gate.read();
         Self::empty_reply("fsyncdir", self.fs.fsyncdir(ino.into(), datasync), reply);
     }
 
@@ -667,6 +640,7 @@ impl Filesystem for Fuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _pass = self.fs.gate.mutate();
         let ids = &self.fs.opts.ids;
         let r = if ids.is_identity() {
             self.fs.setxattr(ino.into(), name, value, flags)
@@ -679,6 +653,7 @@ impl Filesystem for Fuse {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _pass = self.fs.gate.mutate();
         Self::empty_reply("removexattr", self.fs.removexattr(ino.into(), name), reply);
     }
 
@@ -692,6 +667,7 @@ impl Filesystem for Fuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _pass = self.fs.gate.mutate();
         let (uid, gid) = self.caller(req);
         match self
             .fs
@@ -731,6 +707,7 @@ impl Filesystem for Fuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _pass = self.fs.gate.mutate();
         Self::empty_reply(
             "fallocate",
             self.fs.fallocate(fh.into(), offset, length, mode),
@@ -747,6 +724,7 @@ impl Filesystem for Fuse {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _pass = self.fs.gate.read();
         match self.fs.lseek(fh.into(), offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(answer("lseek", e)),
@@ -766,6 +744,7 @@ impl Filesystem for Fuse {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _pass = self.fs.gate.mutate();
         match self
             .fs
             .copy_file_range(fh_in.into(), offset_in, fh_out.into(), offset_out, len)

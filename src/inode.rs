@@ -30,8 +30,6 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::ids::{InodeNo, KnownLayers, LayerIdx, NodeId};
@@ -224,6 +222,9 @@ pub struct Inode {
     /// (dropped by xattr changes and copy-up): answers "no such xattr"
     /// without a syscall, which `ls -l` asks for every file.
     xattr_names: Mutex<Option<Arc<Vec<u8>>>>,
+    /// Bumped whenever its top real object becomes another one (copy-up):
+    /// an open file made before reopens the new one (see `open_table`).
+    data_version: AtomicU64,
 }
 
 /// The two kinds of node, each with the state only it has.
@@ -286,6 +287,7 @@ impl Inode {
             copy_lock: Mutex::new(()),
             unlinked: AtomicBool::new(false),
             xattr_names: Mutex::new(None),
+            data_version: AtomicU64::new(0),
         }
     }
 
@@ -427,12 +429,43 @@ impl Inode {
         }
         *self.xattr_names.lock() = None;
         self.forget_lower_fd();
+        self.data_version.fetch_add(1, Ordering::SeqCst);
     }
 
     /// A metacopy's data was copied up: its lower file is no longer read.
     pub fn data_copied_up(&self) {
         self.state.write().reals.truncate(1);
         self.forget_lower_fd();
+        self.data_version.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn data_version(&self) -> u64 {
+        self.data_version.load(Ordering::SeqCst)
+    }
+
+    /// The upper it had became the top lower layer (a rotation: every
+    /// layer moved one index down, `upper_root` is the new upper's root
+    /// for the root directory). What was its upper part is a lower part
+    /// now, so the next change copies it up again; what was learnt per
+    /// layer index is forgotten, and a hardlink's count is the old upper
+    /// file's own again (its index entry is gone).
+    pub(crate) fn rotated(&self, upper_root: Option<RealEntry>) {
+        let mut s = self.state.write();
+        for r in s.reals.iter_mut() {
+            r.layer = LayerIdx(r.layer.0 + 1);
+        }
+        if let Some(root) = upper_root {
+            s.reals.insert(0, root);
+        }
+        drop(s);
+        match &self.kind {
+            NodeKind::Dir(d) => {
+                d.oci_clean.store(0, Ordering::Relaxed);
+                d.listing_gen.fetch_add(1, Ordering::SeqCst);
+                d.listings.lock().clear();
+            }
+            NodeKind::NonDir(f) => f.nlink_delta.store(NO_DELTA, Ordering::Relaxed),
+        }
     }
 
     /// Its last name in the upper is gone while the kernel may still hold
@@ -590,65 +623,17 @@ impl Inode {
     pub fn lookup_count(&self) -> u64 {
         self.lookups.load(Ordering::Relaxed)
     }
-}
 
-/// Sharded map of live inodes by node id (`numbering.rs` hands out the
-/// numbers).
-#[derive(Debug)]
-pub struct InodeTable {
-    map: DashMap<NodeId, Arc<Inode>>,
-}
-
-impl InodeTable {
-    pub fn new(root: Inode) -> InodeTable {
-        let map = DashMap::new();
-        map.insert(ROOT_INO, Arc::new(root));
-        InodeTable { map }
+    /// One more lookup reference (the table's `lookup_insert`).
+    pub(crate) fn add_lookups(&self, n: u64) {
+        self.lookups.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn get(&self, ino: NodeId) -> Option<Arc<Inode>> {
-        self.map.get(&ino).map(|r| Arc::clone(r.value()))
-    }
-
-    /// Returns the live inode with node id `ino`, or inserts the one `make`
-    /// builds, and adds one lookup reference either way. `make` runs under
-    /// the lock of the entry's shard: it must not touch the table.
-    pub fn lookup_insert(&self, ino: NodeId, make: impl FnOnce() -> Inode) -> Arc<Inode> {
-        match self.map.entry(ino) {
-            Entry::Occupied(e) => {
-                let inode = Arc::clone(e.get());
-                inode.lookups.fetch_add(1, Ordering::Relaxed);
-                inode
-            }
-            Entry::Vacant(v) => {
-                let inode = Arc::new(make());
-                inode.lookups.store(1, Ordering::Relaxed);
-                v.insert(Arc::clone(&inode));
-                inode
-            }
-        }
-    }
-
-    /// Drops `n` lookup references; the inode leaves the table when none is
-    /// left. The root is never removed.
-    pub fn forget(&self, ino: NodeId, n: u64) {
-        if ino == ROOT_INO {
-            return;
-        }
-        self.map.remove_if(&ino, |_, inode| {
-            let prev = inode
-                .lookups
-                .fetch_sub(n.min(inode.lookup_count()), Ordering::Relaxed);
-            prev <= n
-        });
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+    /// Drops up to `n` lookup references; true when none is left.
+    pub(crate) fn drop_lookups(&self, n: u64) -> bool {
+        self.lookups
+            .fetch_sub(n.min(self.lookup_count()), Ordering::Relaxed)
+            <= n
     }
 }
 
@@ -708,57 +693,5 @@ mod tests {
         let i = Inode::new(n(10), InodeNo(10), true, state());
         i.name_seen(n(5), std::ffi::OsStr::new("y"));
         assert!(names(&i).2.is_empty());
-    }
-
-    fn table() -> InodeTable {
-        InodeTable::new(Inode::new(ROOT_INO, InodeNo(2), true, state()))
-    }
-
-    #[test]
-    fn lookups_and_forget() {
-        let t = table();
-        let a = t.lookup_insert(n(10), || Inode::new(n(10), InodeNo(10), false, state()));
-        let b = t.lookup_insert(n(10), || panic!("must reuse the live inode"));
-        assert!(Arc::ptr_eq(&a, &b));
-        assert_eq!(a.lookup_count(), 2);
-        t.forget(n(10), 1);
-        assert!(t.get(n(10)).is_some());
-        t.forget(n(10), 1);
-        assert!(t.get(n(10)).is_none());
-        // A count that reached zero never comes back: a new lookup builds a new inode.
-        let c = t.lookup_insert(n(10), || Inode::new(n(10), InodeNo(10), false, state()));
-        assert!(!Arc::ptr_eq(&a, &c));
-        assert_eq!(c.lookup_count(), 1);
-    }
-
-    #[test]
-    fn batch_forget_more_than_held_removes() {
-        let t = table();
-        t.lookup_insert(n(11), || Inode::new(n(11), InodeNo(11), false, state()));
-        t.forget(n(11), 5);
-        assert!(t.get(n(11)).is_none());
-        t.forget(ROOT_INO, 100);
-        assert!(t.get(ROOT_INO).is_some());
-    }
-
-    #[test]
-    fn concurrent_lookup_and_forget_keep_counts() {
-        let t = Arc::new(table());
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let t = Arc::clone(&t);
-                std::thread::spawn(move || {
-                    for _ in 0..2000 {
-                        t.lookup_insert(n(20), || Inode::new(n(20), InodeNo(20), false, state()));
-                        t.forget(n(20), 1);
-                    }
-                })
-            })
-            .collect();
-        for th in threads {
-            th.join().unwrap();
-        }
-        assert!(t.get(n(20)).is_none());
-        assert_eq!(t.len(), 1);
     }
 }

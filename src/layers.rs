@@ -93,6 +93,35 @@ impl LayerStack {
         }
     }
 
+    /// The stack after a rotation: `upper` (a directory on the upper's
+    /// filesystem) on top, the old upper below it as a read-only layer,
+    /// the lower layers unchanged. Each layer keeps its place relative to
+    /// the others, one index further down; the filesystems, and so every
+    /// number the xino rule gives, stay the same.
+    pub fn rotated(&self, upper: OwnedFd) -> io::Result<LayerStack> {
+        let old = self
+            .upper()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EROFS))?;
+        let dev = sys::fstat(upper.as_fd())?.st_dev;
+        if dev != self.layer(old).dev {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        let mut layers = Vec::with_capacity(self.layers.len() + 1);
+        layers.push(Layer {
+            root: upper,
+            dev,
+            writable: true,
+        });
+        for l in &self.layers {
+            layers.push(Layer {
+                root: l.root.try_clone()?,
+                dev: l.dev,
+                writable: false,
+            });
+        }
+        Ok(LayerStack::from_layers(layers))
+    }
+
     pub fn len(&self) -> usize {
         self.layers.len()
     }

@@ -8,14 +8,18 @@
 
 pub mod attr;
 pub mod backing;
+pub mod control;
 pub mod copyup;
 pub mod dir;
 pub mod features;
 pub mod file_data;
 pub mod fs;
+pub mod fs_reply;
+pub mod gate;
 pub mod idmap;
 pub mod ids;
 pub mod inode;
+pub mod inode_table;
 pub mod layer_read;
 pub mod layers;
 pub mod listing;
@@ -32,6 +36,7 @@ pub mod origin;
 pub mod overlay;
 pub mod rename;
 pub mod resolve;
+pub mod rotation;
 pub mod sys;
 pub mod upper_renames;
 pub mod upper_write;

@@ -104,7 +104,7 @@ impl LayerFs {
         let merged_dir = reals.len() > 1;
         for e in merged {
             let r = &reals[e.layer_pos];
-            let dev = self.layers.layer(r.layer).dev;
+            let dev = self.layers().layer(r.layer).dev;
             let ino = if merged_dir && self.is_upper(r.layer) {
                 // An upper entry of a merged directory may be a copy-up
                 // that shows its origin's number: find it as stat would.
@@ -144,7 +144,7 @@ impl LayerFs {
                     let key = RealKey::of(&hits[0].st);
                     Some(
                         self.numbering
-                            .number(&self.layers, key, self.lineage_of(&hits), free),
+                            .number(&self.layers(), key, self.lineage_of(&hits), free),
                     )
                 }
                 _ => None,
@@ -152,7 +152,7 @@ impl LayerFs {
         }
         Some(
             self.numbering
-                .number(&self.layers, key, Lineage::MaybeOrigin(fd.as_fd()), free),
+                .number(&self.layers(), key, Lineage::MaybeOrigin(fd.as_fd()), free),
         )
     }
 

@@ -112,7 +112,7 @@ impl LayerFs {
         if whiteout::has_overlay_xattr(&list, b"origin")
             && self.numbering.remembered(RealKey::of(&hit.st)).is_none()
         {
-            info.origin = self.numbering.decode_origin(&self.layers, hit.fd.as_fd());
+            info.origin = self.numbering.decode_origin(&self.layers(), hit.fd.as_fd());
         }
         info.metacopy = whiteout::has_overlay_xattr(&list, b"metacopy");
         if whiteout::has_overlay_xattr(&list, b"nlink") {
@@ -124,7 +124,7 @@ impl LayerFs {
             }
         }
         if info.metacopy && info.origin.is_none() {
-            info.origin = self.numbering.decode_origin(&self.layers, hit.fd.as_fd());
+            info.origin = self.numbering.decode_origin(&self.layers(), hit.fd.as_fd());
         }
         info
     }
@@ -144,7 +144,7 @@ impl LayerFs {
     /// records the file's lower path as an absolute `overlay.redirect`.
     fn find_lowerdata_at(&self, path: &[Vec<u8>]) -> io::Result<Option<Hit>> {
         let lowers: Vec<LayerIdx> = self
-            .layers
+            .layers()
             .iter()
             .map(|(idx, _)| idx)
             .filter(|idx| !self.is_upper(*idx))
@@ -244,14 +244,14 @@ impl LayerFs {
         // `overlay.origin` (forged, or naming a lower file that another
         // name still shows) would otherwise make this lookup return the
         // live inode of the other object, with its content.
-        let number = self
-            .numbering
-            .number(&self.layers, RealKey::of(top), lineage, |n| {
-                match self.inodes.get(NodeId::of_number(n)) {
-                    Some(i) if i.is_unlinked() || !is_same_object(&i, top) => Holder::Other,
-                    _ => Holder::Free,
-                }
-            });
+        let number =
+            self.numbering
+                .number(&self.layers(), RealKey::of(top), lineage, |n| {
+                    match self.inodes.get(NodeId::of_number(n)) {
+                        Some(i) if i.is_unlinked() || !is_same_object(&i, top) => Holder::Other,
+                        _ => Holder::Free,
+                    }
+                });
         let data_st = (!is_dir && hits.len() > 1).then(|| &hits[1].st);
         let attr = attr::compose(top, number, is_dir && hits.len() > 1, delta, data_st);
         let inode = self.inodes.lookup_insert(NodeId::of_number(number), || {
@@ -332,12 +332,12 @@ impl LayerFs {
             // ends the merge in this layer (unless an absolute redirect
             // further on starts it again).
             let (result, more, mut stop) = if let Some((path, next)) = absolute.as_mut() {
-                if *next >= self.layers.len() {
+                if *next >= self.layers().len() {
                     return None;
                 }
                 let idx = LayerIdx(*next);
                 *next += 1;
-                let more = *next < self.layers.len();
+                let more = *next < self.layers().len();
                 match self.probe_path(idx, path, more) {
                     Ok((probe, stop)) => (Ok(probe), more, stop),
                     Err(e) => (Err(e), more, false),
@@ -367,7 +367,7 @@ impl LayerFs {
             // error) only above the bottom layer of the stack (not of the
             // parent: an absolute one restarts from the roots).
             if let Ok(Probe::Dir(hit, false)) = &result {
-                let redirect = hit.marks.redirect && hit.layer.0 + 1 < self.layers.len();
+                let redirect = hit.marks.redirect && hit.layer.0 + 1 < self.layers().len();
                 if redirect && !follow {
                     // redirect_dir=nofollow: kernel overlayfs refuses the
                     // lookup when the parent has layers below this one,
@@ -430,7 +430,7 @@ impl LayerFs {
         }
         let mut cur = RealEntry {
             layer: idx,
-            fd: sys::openat(self.layers.root_fd(idx), OsStr::new("."), libc::O_PATH, 0)?.into(),
+            fd: sys::openat(self.layers().root_fd(idx), OsStr::new("."), libc::O_PATH, 0)?.into(),
             marks: DirMarks::default(),
         };
         let mut stop = false;

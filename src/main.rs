@@ -41,6 +41,8 @@ Mount options (-o, comma-separated):
   squash_to_uid=ID, squash_to_gid=ID, squash_to_root
                          show every file with this owner
   logfile=PATH           log here instead of syslog once mounted
+  control=PATH           a control socket for live snapshots (rotations
+                         of the upper); implies passthrough=off
   ro, allow_other, allow_root, auto_unmount, dev, nodev, suid, nosuid,
   exec, noexec, atime, noatime, sync, async, dirsync, fsname=NAME,
   subtype=NAME, debug, default_permissions (always on)

@@ -60,8 +60,8 @@ impl LayerFs {
         let held = up.fd.get()?;
         let fd = held.as_fd();
         if let Some(size) = a.size {
-            match a.fh.and_then(|fh| self.file(fh).ok()) {
-                Some(f) => sys::ftruncate(f.fd.as_fd(), size)?,
+            match a.fh.and_then(|fh| self.write_fd(fh).ok()) {
+                Some(f) => sys::ftruncate(f.as_fd(), size)?,
                 None => {
                     let w = sys::reopen(fd, libc::O_WRONLY)?;
                     sys::ftruncate(w.as_fd(), size)?;

@@ -133,7 +133,7 @@ impl LayerFs {
         // (whose number would then change at the next mount).
         let number = self
             .numbering
-            .number(&self.layers, RealKey::of(&st), Lineage::New, |n| {
+            .number(&self.layers(), RealKey::of(&st), Lineage::New, |n| {
                 match self.inodes.get(NodeId::of_number(n)) {
                     // Whatever the kernel still holds under this number is
                     // not the object just made: it was deleted (perhaps
@@ -219,7 +219,9 @@ impl LayerFs {
             log::error!("create {name:?}: no fd from the open that made it");
             errno(libc::EIO)
         })?;
-        Ok((inode, attr, self.files.add(Arc::new(fd))))
+        let again = (flags & keep) | libc::O_NOCTTY;
+        let fh = self.add_file(Arc::new(fd), Arc::clone(&inode), again);
+        Ok((inode, attr, fh))
     }
 
     pub fn mknod(

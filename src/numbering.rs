@@ -60,6 +60,16 @@ impl LayerHandles {
         LayerHandles { uuids, roots }
     }
 
+    /// The handles after a rotation (`LayerStack::rotated`): the new upper
+    /// is on the old one's filesystem, so it shares its UUID and root.
+    pub fn rotated(&self) -> LayerHandles {
+        let mut uuids = self.uuids.clone();
+        let mut roots = self.roots.clone();
+        uuids.insert(0, uuids.first().copied().unwrap_or([0; 16]));
+        roots.insert(0, roots.first().cloned().flatten());
+        LayerHandles { uuids, roots }
+    }
+
     /// The fd to open file handles of layer `idx` with, where its
     /// filesystem's handles last and this process may open them.
     pub fn root(&self, idx: LayerIdx) -> Option<&Arc<OwnedFd>> {
@@ -124,7 +134,8 @@ pub struct Numbering {
     remembered: DashMap<RealKey, InodeNo>,
     fallback: DashMap<RealKey, InodeNo>,
     next_fallback: AtomicU64,
-    handles: LayerHandles,
+    /// Replaced whole by a rotation.
+    handles: parking_lot::RwLock<Arc<LayerHandles>>,
     /// The upper layer and the namespace of its `overlay.*` xattrs.
     upper: Option<(LayerIdx, XattrNs)>,
 }
@@ -139,13 +150,19 @@ impl Numbering {
             remembered: DashMap::new(),
             fallback: DashMap::new(),
             next_fallback: AtomicU64::new(layers.fallback_base().max(2)),
-            handles,
+            handles: parking_lot::RwLock::new(Arc::new(handles)),
             upper,
         }
     }
 
-    pub fn handles(&self) -> &LayerHandles {
-        &self.handles
+    pub fn handles(&self) -> Arc<LayerHandles> {
+        Arc::clone(&self.handles.read())
+    }
+
+    /// After a rotation: the handles of the new stack.
+    pub(crate) fn rotate(&self) {
+        let next = self.handles().rotated();
+        *self.handles.write() = Arc::new(next);
     }
 
     /// The number an object whose top real object is `top` shows: a number
@@ -262,11 +279,12 @@ impl Numbering {
         let (upper, ns) = self.upper?;
         let value = sys::getxattr_fd(fd, &ns.name("origin")).ok()?;
         let o = origin::decode(&value)?;
+        let handles = self.handles();
         for (idx, _) in layers.iter() {
-            if idx == upper || self.handles.uuid(idx) != o.uuid {
+            if idx == upper || handles.uuid(idx) != o.uuid {
                 continue;
             }
-            let Some(root) = self.handles.root(idx) else {
+            let Some(root) = handles.root(idx) else {
                 continue;
             };
             if let Ok(found) = sys::open_by_handle(root.as_fd(), &o.handle) {

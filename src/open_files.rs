@@ -3,11 +3,12 @@
 //! `file_data`).
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::copyup::CopyMode;
 use crate::ids::{FileHandle, NodeId};
+use crate::inode::Inode;
 use crate::open_table::OpenFile;
 use crate::overlay::LayerFs;
 use crate::sys;
@@ -32,22 +33,71 @@ impl LayerFs {
             s.reals.get(1).unwrap_or(&s.reals[0]).clone()
         };
         let lower = !self.is_upper(top.layer);
+        let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK;
+        let again = (flags & keep) | libc::O_NOCTTY;
         let fd = if lower {
             // Lower files never change: one read-only fd serves every
             // read-only open of the file while any is open.
             inode.shared_lower_fd(|| sys::reopen(top.fd.get()?.as_fd(), libc::O_RDONLY))?
         } else {
-            let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_TRUNC;
             Arc::new(sys::reopen(
                 top.fd.get()?.as_fd(),
-                (flags & keep) | libc::O_NOCTTY,
+                again | (flags & libc::O_TRUNC),
             )?)
         };
-        Ok((self.files.add(fd), lower))
+        Ok((self.add_file(fd, inode, again), lower))
+    }
+
+    /// Registers an open file of `node` (fd opened with `flags`, as it
+    /// would be opened again).
+    pub(crate) fn add_file(&self, fd: Arc<OwnedFd>, node: Arc<Inode>, flags: i32) -> FileHandle {
+        let rotation = self.rotations.load(std::sync::atomic::Ordering::SeqCst);
+        self.files.add(fd, node, flags, rotation)
     }
 
     pub fn file(&self, fh: FileHandle) -> io::Result<Arc<OpenFile>> {
         self.files.get(fh)
+    }
+
+    /// The fd to read an open file through: its node's top object as it
+    /// is now (reopened if a copy-up replaced the one it was opened on).
+    pub(crate) fn read_fd(&self, fh: FileHandle) -> io::Result<Arc<OwnedFd>> {
+        let file = self.file(fh)?;
+        self.current_fd(&file)
+    }
+
+    /// The fd to change an open file through: after a rotation, the file
+    /// opened in what is now a lower layer is copied up to the new upper
+    /// first (an unlinked one is not: no name of a snapshot reaches it).
+    pub(crate) fn write_fd(&self, fh: FileHandle) -> io::Result<Arc<OwnedFd>> {
+        let file = self.file(fh)?;
+        let now = self.rotations.load(std::sync::atomic::Ordering::SeqCst);
+        if file.rotation() != now {
+            if !file.node.is_unlinked() && !self.is_upper(file.node.top().layer) {
+                self.copy_up_with(&file.node, CopyMode::Full)?;
+            }
+            file.set_rotation(now);
+        }
+        self.current_fd(&file)
+    }
+
+    fn current_fd(&self, file: &OpenFile) -> io::Result<Arc<OwnedFd>> {
+        if file.is_current() {
+            return Ok(file.fd());
+        }
+        let version = file.node.data_version();
+        let top = {
+            // A metacopy's data is in its lower file.
+            let s = file.node.state();
+            let writable = file.flags & libc::O_ACCMODE != libc::O_RDONLY;
+            match s.reals.get(1) {
+                Some(data) if !writable => data.clone(),
+                _ => s.reals[0].clone(),
+            }
+        };
+        let fd = Arc::new(sys::reopen(top.fd.get()?.as_fd(), file.flags)?);
+        file.replace(Arc::clone(&fd), version);
+        Ok(fd)
     }
 
     pub fn release(&self, fh: FileHandle) {

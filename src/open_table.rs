@@ -10,6 +10,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::ids::FileHandle;
+use crate::inode::Inode;
 
 /// The open files, by handle.
 #[derive(Debug)]
@@ -28,13 +29,19 @@ impl Default for OpenFiles {
 }
 
 impl OpenFiles {
-    /// Registers an open file under a new handle.
-    pub fn add(&self, fd: Arc<OwnedFd>) -> FileHandle {
+    /// Registers an open file under a new handle: `fd`, opened with
+    /// `flags` on what `node` showed then (at `rotation`, see `OpenFile`).
+    pub fn add(&self, fd: Arc<OwnedFd>, node: Arc<Inode>, flags: i32, rotation: u64) -> FileHandle {
         let fh = FileHandle(self.next.fetch_add(1, Ordering::Relaxed));
+        let version = node.data_version();
         self.files.insert(
             fh,
             Arc::new(OpenFile {
-                fd,
+                fd: parking_lot::RwLock::new(fd),
+                node,
+                flags,
+                version: AtomicU64::new(version),
+                rotation: AtomicU64::new(rotation),
                 backing: Default::default(),
             }),
         );
@@ -53,11 +60,46 @@ impl OpenFiles {
     }
 }
 
-/// An open regular file.
+/// An open regular file. Its fd is replaced when its node's top real
+/// object changes (a copy-up through another handle, or after a rotation
+/// turned the upper into a lower layer): `open_files` reopens the node's
+/// object with `flags`.
 #[derive(Debug)]
 pub struct OpenFile {
     /// Shared with other read-only opens of the same lower file.
-    pub fd: Arc<OwnedFd>,
+    fd: parking_lot::RwLock<Arc<OwnedFd>>,
+    pub node: Arc<Inode>,
+    /// How to open the node's object again (no O_CREAT, O_EXCL, O_TRUNC).
+    pub flags: i32,
+    /// The node's data version `fd` is of.
+    version: AtomicU64,
+    /// The rotation count when `fd` was last of the upper layer.
+    rotation: AtomicU64,
     /// Its passthrough backing id, held until release.
     pub backing: std::sync::OnceLock<Arc<fuser::BackingId>>,
+}
+
+impl OpenFile {
+    pub fn fd(&self) -> Arc<OwnedFd> {
+        Arc::clone(&self.fd.read())
+    }
+
+    /// Whether `fd` is of the node's top object as it is now.
+    pub fn is_current(&self) -> bool {
+        self.version.load(Ordering::SeqCst) == self.node.data_version()
+    }
+
+    pub fn rotation(&self) -> u64 {
+        self.rotation.load(Ordering::SeqCst)
+    }
+
+    pub fn set_rotation(&self, r: u64) {
+        self.rotation.store(r, Ordering::SeqCst);
+    }
+
+    /// Puts `fd`, of the node's data version `version`, in place.
+    pub fn replace(&self, fd: Arc<OwnedFd>, version: u64) {
+        *self.fd.write() = fd;
+        self.version.store(version, Ordering::SeqCst);
+    }
 }

@@ -81,6 +81,16 @@ pub struct MountOptions {
     pub extra: Vec<(String, String)>,
 }
 
+impl MountOptions {
+    /// `control=PATH`: the control socket (see `control`).
+    pub fn control(&self) -> Option<&Path> {
+        self.extra
+            .iter()
+            .find(|(k, _)| k == "control")
+            .map(|(_, p)| Path::new(p.as_str()))
+    }
+}
+
 /// `redirect_dir=`: whether renaming a directory that has lower parts
 /// writes `overlay.redirect` (else rename(2) answers EXDEV and tools copy),
 /// and whether the redirects found in the layers are followed. The meanings
@@ -131,7 +141,7 @@ impl RedirectDir {
 }
 
 /// Options with a value that a later step reads.
-const KEPT: &[&str] = &["logfile"];
+const KEPT: &[&str] = &["logfile", "control"];
 
 /// Options accepted and ignored: the generic ones mount(8) passes along,
 /// and fuse-overlayfs / kernel overlayfs tunables whose behaviour layerfs has

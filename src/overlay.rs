@@ -17,7 +17,8 @@ use fuser::FileAttr;
 
 use crate::attr;
 use crate::ids::{InodeNo, LayerIdx, NodeId, RealKey};
-use crate::inode::{Inode, InodeState, InodeTable, RealEntry, RealFd, UpperName, ROOT_INO};
+use crate::inode::{Inode, InodeState, RealEntry, RealFd, UpperName, ROOT_INO};
+use crate::inode_table::InodeTable;
 use crate::layer_read::read_dir_marks;
 use crate::layers::LayerStack;
 use crate::numbering::{LayerHandles, Numbering};
@@ -96,7 +97,14 @@ pub struct UpperCtx {
 /// The whole filesystem state, shared by every worker thread.
 #[derive(Debug)]
 pub struct LayerFs {
-    pub layers: LayerStack,
+    /// The stack, replaced whole by a rotation (`rotation`): read it
+    /// through `layers()`.
+    layers: parking_lot::RwLock<Arc<LayerStack>>,
+    /// Held by every request (see `gate`): what a rotation waits for.
+    pub gate: crate::gate::Gate,
+    /// How many times the upper was turned into a lower layer: an open
+    /// file written since then is copied up to the new upper first.
+    pub(crate) rotations: std::sync::atomic::AtomicU64,
     pub inodes: InodeTable,
     pub opts: FsOptions,
     upper: Option<UpperCtx>,
@@ -166,7 +174,9 @@ impl LayerFs {
         let inodes = InodeTable::new(root);
         let numbering = Numbering::new(&layers, handles, upper.as_ref().map(|u| (u.idx, u.ns)));
         Ok(LayerFs {
-            layers,
+            layers: parking_lot::RwLock::new(Arc::new(layers)),
+            gate: Default::default(),
+            rotations: Default::default(),
             inodes,
             opts,
             upper,
@@ -195,6 +205,17 @@ impl LayerFs {
                 log::debug!("inval_inode {ino}: {e}");
             }
         }
+    }
+
+    /// The layer stack as it is now (a request holds the gate, so it
+    /// stays the stack until the request ends).
+    pub fn layers(&self) -> Arc<LayerStack> {
+        Arc::clone(&self.layers.read())
+    }
+
+    /// Puts `stack` in place of the stack (a rotation, all requests held).
+    pub(crate) fn replace_layers(&self, stack: LayerStack) {
+        *self.layers.write() = Arc::new(stack);
     }
 
     pub(crate) fn inode(&self, ino: NodeId) -> io::Result<Arc<Inode>> {
@@ -300,7 +321,7 @@ impl LayerFs {
 
     /// The number shown for a real object of identity (dev, ino).
     pub(crate) fn number_for(&self, key: RealKey) -> InodeNo {
-        self.numbering.number_for(&self.layers, key)
+        self.numbering.number_for(&self.layers(), key)
     }
 
     pub(crate) fn attr_of(&self, inode: &Inode) -> io::Result<FileAttr> {
@@ -342,7 +363,7 @@ impl LayerFs {
     /// passthrough then needs a stacking depth of 2.
     pub fn layers_are_stacked(&self) -> bool {
         const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
-        self.layers.iter().any(|(_, l)| {
+        self.layers().iter().any(|(_, l)| {
             matches!(sys::fstatfs_type(l.root.as_fd()), Ok(t) if t == OVERLAYFS_SUPER_MAGIC || t == crate::features::FUSE_SUPER_MAGIC)
         })
     }
@@ -350,8 +371,9 @@ impl LayerFs {
     // ---- metadata -----------------------------------------------------
 
     pub fn statfs(&self) -> io::Result<libc::statvfs> {
-        let idx = self.layers.upper().unwrap_or(LayerIdx(0));
-        sys::fstatvfs(self.layers.root_fd(idx))
+        let layers = self.layers();
+        let idx = layers.upper().unwrap_or(LayerIdx(0));
+        sys::fstatvfs(layers.root_fd(idx))
     }
 }
 

@@ -101,6 +101,12 @@ pub(super) fn serve(
         None => fuser::Session::new(fuse, &plan.mountpoint, &config).map_err(mount_err)?,
     };
     state.set_notifier(session.notifier());
+    if let Some(path) = req.options.control() {
+        crate::control::serve(Arc::clone(&state), path).map_err(|e| {
+            unmount(&plan.mountpoint);
+            MountError::step("cannot start the control socket")(e)
+        })?;
+    }
     if let Some(l) = &locks {
         l.note_mount(&plan.mountpoint);
     }

@@ -123,6 +123,19 @@ pub fn plan(req: &MountRequest) -> Result<Plan, MountError> {
         }
         _ => {}
     }
+    if let Some(c) = o.control() {
+        if o.upperdir.is_none() || o.read_only {
+            return Err(MountError::Options(
+                "control= needs a writable mount (upperdir= and workdir=)".into(),
+            ));
+        }
+        if !c.is_absolute() {
+            return Err(MountError::Options(format!(
+                "control={}: must be an absolute path",
+                c.display()
+            )));
+        }
+    }
     let mut lowers = Vec::with_capacity(o.lowerdirs.len());
     for l in &o.lowerdirs {
         lowers.push(check_dir("lowerdir", l, false)?.0);

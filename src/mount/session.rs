@@ -181,7 +181,9 @@ pub fn fs_options(o: &MountOptions, env: impl Fn(&str) -> Option<OsString>) -> F
         read_only: o.read_only,
         metacopy: o.metacopy,
         redirect_dir: o.redirect_mode(),
-        passthrough: !o.no_passthrough,
+        // A write passed through never reaches the daemon, so no barrier
+        // could hold it and no rotation redirect it (see `control`).
+        passthrough: !o.no_passthrough && o.control().is_none(),
         no_writeback: o.no_writeback,
         ids: o.id_mapping(),
         xattr_whiteouts: env("FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT").is_some(),

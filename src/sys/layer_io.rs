@@ -704,3 +704,10 @@ mod tests {
         );
     }
 }
+
+/// `syncfs`: everything written to the filesystem holding `fd` is durable.
+pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: no pointers involved.
+    cvt(unsafe { libc::syncfs(fd.as_raw_fd()) })?;
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! The control socket (`-o control=PATH`): how a tool asks a running
+//! daemon for what only it can do, such as a rotation (`rotation`) for a
+//! live snapshot.
+//!
+//! A unix stream socket made with mode 0600; a peer whose uid is neither
+//! 0 nor the daemon's is refused. One request per line, one answer line
+//! each, in order; requests of all connections are served one at a time:
+//!
+//! - `status` → `ok layers=N rotations=N`
+//! - `rotate NAME [TIMEOUT_MS]` → `ok barrier_us=N stopped_us=N sync_us=N inodes=N`
+//!   (NAME: an empty directory beside the upper dir; TIMEOUT_MS defaults
+//!   to 1000)
+//!
+//! An error is `err KIND MESSAGE`, KIND one of `timeout`, `links`
+//! (hardlink sets to link up first), `usage`, `io`. After an error
+//! nothing has changed.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::overlay::LayerFs;
+use crate::rotation::RotateError;
+use crate::sys;
+
+/// The longest barrier a request may ask for.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Listens on `path` (replacing a socket a dead daemon left) and serves
+/// it from a thread for as long as the process lives.
+pub fn serve(fs: Arc<LayerFs>, path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if std::os::unix::fs::FileTypeExt::is_socket(&md.file_type()) => {
+            std::fs::remove_file(path)?
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("control={}: exists and is not a socket", path.display()),
+            ))
+        }
+        Err(_) => {}
+    }
+    let old = sys::set_umask(0o077);
+    let bound = UnixListener::bind(path);
+    sys::set_umask(old);
+    let listener = bound.map_err(|e| {
+        io::Error::new(e.kind(), format!("control={}: {e}", path.display()))
+    })?;
+    std::thread::Builder::new()
+        .name("layerfs-control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(c) => {
+                        if let Err(e) = serve_conn(&fs, c) {
+                            log::debug!("control connection: {e}");
+                        }
+                    }
+                    Err(e) => log::warn!("control socket: {e}"),
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn serve_conn(fs: &LayerFs, conn: UnixStream) -> io::Result<()> {
+    let uid = sys::peer_uid(conn.as_fd())?;
+    let mut out = conn.try_clone()?;
+    if uid != 0 && uid != sys::geteuid() {
+        log::warn!("control socket: refused a peer with uid {uid}");
+        return writeln!(out, "err usage permission denied");
+    }
+    for line in BufReader::new(conn).lines() {
+        let answer = answer(fs, line?.trim());
+        writeln!(out, "{answer}")?;
+    }
+    Ok(())
+}
+
+/// The answer line to one request line.
+pub fn answer(fs: &LayerFs, line: &str) -> String {
+    let mut words = line.split(' ').filter(|w| !w.is_empty());
+    match (words.next(), words.next(), words.next(), words.next()) {
+        (Some("status"), None, ..) => format!(
+            "ok layers={} rotations={}",
+            fs.layers().len(),
+            fs.rotations.load(Ordering::SeqCst)
+        ),
+        (Some("rotate"), Some(name), timeout, None) => {
+            let timeout = match timeout.map(str::parse::<u64>) {
+                None => Duration::from_secs(1),
+                Some(Ok(ms)) if ms > 0 && Duration::from_millis(ms) <= MAX_TIMEOUT => {
+                    Duration::from_millis(ms)
+                }
+                Some(_) => {
+                    return format!(
+                        "err usage timeout: expected milliseconds from 1 to {}",
+                        MAX_TIMEOUT.as_millis()
+                    )
+                }
+            };
+            match fs.rotate(std::ffi::OsStr::new(name), timeout) {
+                Ok(r) => format!(
+                    "ok barrier_us={} stopped_us={} sync_us={} inodes={}",
+                    r.barrier.as_micros(),
+                    r.stopped.as_micros(),
+                    r.sync.as_micros(),
+                    r.inodes
+                ),
+                Err(e) => {
+                    let kind = match &e {
+                        RotateError::Timeout(_) => "timeout",
+                        RotateError::PartialLinks(_) => "links",
+                        RotateError::Io(e) if e.kind() == io::ErrorKind::InvalidInput => "usage",
+                        RotateError::Io(_) => "io",
+                    };
+                    log::warn!("rotation refused: {e}");
+                    format!("err {kind} {}", one_line(&e.to_string()))
+                }
+            }
+        }
+        _ => format!(
+            "err usage unknown request {:?}: expected `status` or `rotate NAME [TIMEOUT_MS]`",
+            one_line(line)
+        ),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.replace('\n', " ")
+}

@@ -1,0 +1,241 @@
+//! Rotation: the running filesystem turns its upper layer into the top
+//! lower layer and goes on in a new, empty upper — what a live snapshot
+//! of a volume is made of (the volume tool asks for it through the
+//! control socket, `control`).
+//!
+//! The point in time is the moment the stack is swapped, with every
+//! mutating request held at the gate (`gate`): each change that was
+//! answered is in the old upper, none that was not. Nothing is copied
+//! while requests wait: the swap renumbers the layer index of every live
+//! inode and forgets what was learnt per index; files are copied up to the
+//! new upper by the next change, as from any lower layer, and an open
+//! file follows its node there (`open_files`). The old upper is never
+//! written again, so making it durable (syncfs) is done after the
+//! requests go on.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::ids::LayerIdx;
+use crate::inode::RealEntry;
+use crate::overlay::{errno, LayerFs};
+use crate::sys;
+use crate::whiteout::DirMarks;
+
+/// Why a rotation did not happen. Nothing changed in any of these cases.
+#[derive(Debug)]
+pub enum RotateError {
+    /// The requests under way did not end within the bound.
+    Timeout(Duration),
+    /// Hardlink sets copied up by one name only: their other names would
+    /// show the old content once the upper is a lower layer without its
+    /// index. Linking them up (a metadata change of each other name, such
+    /// as a chown to the same owner) and asking again makes it whole.
+    PartialLinks(usize),
+    /// The new upper is not usable (named, found, empty, on the upper's
+    /// filesystem), or a syscall failed.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for RotateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RotateError::Timeout(t) => write!(
+                f,
+                "requests under way did not pause within {} ms; nothing changed",
+                t.as_millis()
+            ),
+            RotateError::PartialLinks(n) => write!(
+                f,
+                "{n} hardlink set(s) are copied up by one name only: link up their other names first"
+            ),
+            RotateError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<io::Error> for RotateError {
+    fn from(e: io::Error) -> Self {
+        RotateError::Io(e)
+    }
+}
+
+/// What a rotation took.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotated {
+    /// How long mutating requests were held.
+    pub barrier: Duration,
+    /// How long every request was held (the swap itself).
+    pub stopped: Duration,
+    /// How long the old upper took to become durable afterwards.
+    pub sync: Duration,
+    /// Live inodes renumbered.
+    pub inodes: usize,
+}
+
+impl LayerFs {
+    /// Turns the upper into the top lower layer and goes on in `next`, an
+    /// empty directory beside the upper dir (one name, reached from the
+    /// upper's parent as the daemon sees it, so it is on the same mount
+    /// as the work dir). Mutating requests wait at most `timeout`.
+    pub fn rotate(&self, next: &OsStr, timeout: Duration) -> Result<Rotated, RotateError> {
+        let up = self.upper_ctx()?;
+        let name = next.as_encoded_bytes();
+        if name.is_empty() || name.contains(&b'/') || name == b"." || name == b".." {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("new upper {next:?}: expected the name of a directory beside the upper"),
+            )
+            .into());
+        }
+        let layers = self.layers();
+        let old = layers.root_fd(up.idx);
+        let parent = sys::openat(old, OsStr::new(".."), libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let root = sys::openat(
+            parent.as_fd(),
+            next,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+        .map_err(|e| io::Error::new(e.kind(), format!("new upper {next:?}: {e}")))?;
+        let list = sys::reopen(root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        if sys::read_dir_fd(list.as_fd())?.len() > 2 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("new upper {next:?} is not empty"),
+            )
+            .into());
+        }
+        let new_stack = layers.rotated(root.try_clone()?).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("new upper {next:?}: not on the upper's filesystem"),
+            )
+        })?;
+        drop(layers);
+        // Most of the dirty data becomes durable before anything waits.
+        if self.opts.fsync {
+            sys::syncfs(old_root(self)?.as_fd())?;
+        }
+
+        let t0 = Instant::now();
+        let frozen = self
+            .gate
+            .freeze(timeout)
+            .ok_or(RotateError::Timeout(timeout))?;
+        let partial = self.partial_link_sets()?;
+        if partial > 0 {
+            return Err(RotateError::PartialLinks(partial));
+        }
+        let stopped = frozen.stop().ok_or(RotateError::Timeout(timeout))?;
+        let t1 = Instant::now();
+        self.drop_index()?;
+        let upper_root = RealEntry {
+            layer: LayerIdx(0),
+            fd: sys::openat(root.as_fd(), OsStr::new("."), libc::O_PATH, 0)?.into(),
+            marks: DirMarks::default(),
+        };
+        let mut inodes = 0;
+        let mut root_entry = Some(upper_root);
+        let root_ino = crate::inode::ROOT_INO;
+        self.inodes.for_each(|inode| {
+            inodes += 1;
+            let top = if inode.ino == root_ino {
+                root_entry.take()
+            } else {
+                None
+            };
+            inode.rotated(top);
+        });
+        self.numbering.rotate();
+        let old_upper = old_root(self)?;
+        self.replace_layers(new_stack);
+        self.rotations.fetch_add(1, Ordering::SeqCst);
+        let t2 = Instant::now();
+        drop(stopped);
+        drop(frozen);
+        // Nothing writes the old upper any more: its content is the
+        // snapshot's once this returns.
+        let t3 = Instant::now();
+        if self.opts.fsync {
+            sys::syncfs(old_upper.as_fd())?;
+        }
+        log::info!(
+            "rotation: upper is now a lower layer ({} live inodes); barrier {:?}",
+            inodes,
+            t2 - t0
+        );
+        Ok(Rotated {
+            barrier: t2 - t0,
+            stopped: t2 - t1,
+            sync: t3.elapsed(),
+            inodes,
+        })
+    }
+
+    /// Index entries whose set still has names only in lower layers
+    /// (`overlay.nlink` other than U-1: the shown count is more than the
+    /// upper names, the index link aside).
+    fn partial_link_sets(&self) -> io::Result<usize> {
+        let up = self.upper_ctx()?;
+        let Some(index) = up.work.index_fd() else {
+            return Ok(0);
+        };
+        let list = sys::reopen(index, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let mut partial = 0;
+        for e in sys::read_dir_fd(list.as_fd())? {
+            if e.name == b"." || e.name == b".." {
+                continue;
+            }
+            let name = OsStr::from_bytes(&e.name);
+            let fd = sys::openat(index, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            let st = sys::fstat(fd.as_fd())?;
+            let Ok(v) = sys::getxattr_fd(fd.as_fd(), &up.ns.name("nlink")) else {
+                continue;
+            };
+            let names = st.st_nlink as i64 - 1;
+            match crate::attr::parse_nlink(&v, st.st_nlink as i64) {
+                Some(delta) if names > 0 && st.st_nlink as i64 + delta > names => partial += 1,
+                _ => {}
+            }
+        }
+        Ok(partial)
+    }
+
+    /// Removes every index entry: they are links to files of the old
+    /// upper, which is read-only from now on; a copy-up from it starts a
+    /// new entry.
+    fn drop_index(&self) -> io::Result<()> {
+        let up = self.upper_ctx()?;
+        let Some(index) = up.work.index_fd() else {
+            return Ok(());
+        };
+        let list = sys::reopen(index, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        for e in sys::read_dir_fd(list.as_fd())? {
+            if e.name == b"." || e.name == b".." {
+                continue;
+            }
+            let name = OsStr::from_bytes(&e.name);
+            sys::unlinkat(index, name, 0).or_else(|e| match e.raw_os_error() {
+                Some(libc::ENOENT) => Ok(()),
+                _ => Err(e),
+            })?;
+        }
+        if self.opts.fsync {
+            sys::fsync(list.as_fd(), false)?;
+        }
+        Ok(())
+    }
+}
+
+/// The current upper's root, opened for reading (syncfs wants more than
+/// an O_PATH fd).
+fn old_root(fs: &LayerFs) -> io::Result<std::os::fd::OwnedFd> {
+    let layers = fs.layers();
+    let idx = layers.upper().ok_or_else(|| errno(libc::EROFS))?;
+    sys::reopen(layers.root_fd(idx), libc::O_RDONLY | libc::O_DIRECTORY)
+}
