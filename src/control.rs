@@ -6,7 +6,8 @@
 //! 0 nor the daemon's is refused. One request per line, one answer line
 //! each, in order; requests of all connections are served one at a time:
 //!
-//! - `status` → `ok layers=N rotations=N`
+//! - `status` → `ok layers=N rotations=N upper=DEV:INO` (the upper root's
+//!   identity: which directory the daemon writes to now)
 //! - `rotate NAME [TIMEOUT_MS]` → `ok barrier_us=N stopped_us=N sync_us=N inodes=N`
 //!   (NAME: an empty directory beside the upper dir; TIMEOUT_MS defaults
 //!   to 1000)
@@ -48,9 +49,8 @@ pub fn serve(fs: Arc<LayerFs>, path: &Path) -> io::Result<()> {
     let old = sys::set_umask(0o077);
     let bound = UnixListener::bind(path);
     sys::set_umask(old);
-    let listener = bound.map_err(|e| {
-        io::Error::new(e.kind(), format!("control={}: {e}", path.display()))
-    })?;
+    let listener =
+        bound.map_err(|e| io::Error::new(e.kind(), format!("control={}: {e}", path.display())))?;
     std::thread::Builder::new()
         .name("layerfs-control".into())
         .spawn(move || {
@@ -86,11 +86,20 @@ fn serve_conn(fs: &LayerFs, conn: UnixStream) -> io::Result<()> {
 pub fn answer(fs: &LayerFs, line: &str) -> String {
     let mut words = line.split(' ').filter(|w| !w.is_empty());
     match (words.next(), words.next(), words.next(), words.next()) {
-        (Some("status"), None, ..) => format!(
-            "ok layers={} rotations={}",
-            fs.layers().len(),
-            fs.rotations.load(Ordering::SeqCst)
-        ),
+        (Some("status"), None, ..) => {
+            let layers = fs.layers();
+            let upper = layers
+                .upper()
+                .and_then(|i| sys::fstat(layers.root_fd(i)).ok())
+                .map_or("none".to_string(), |st| {
+                    format!("{}:{}", st.st_dev, st.st_ino)
+                });
+            format!(
+                "ok layers={} rotations={} upper={upper}",
+                layers.len(),
+                fs.rotations.load(Ordering::SeqCst)
+            )
+        }
         (Some("rotate"), Some(name), timeout, None) => {
             let timeout = match timeout.map(str::parse::<u64>) {
                 None => Duration::from_secs(1),

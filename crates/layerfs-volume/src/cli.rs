@@ -38,8 +38,17 @@ pub enum Cmd {
     Inspect { name: String },
     /// Remove a volume (refused while mounted or cloned from).
     Rm { name: String },
-    /// Make the current changes a read-only snapshot.
-    Snapshot { name: String, id: Option<String> },
+    /// Make the current changes a read-only snapshot. On a mounted volume
+    /// the containers keep running: their changes wait at most --timeout.
+    Snapshot {
+        name: String,
+        id: Option<String>,
+        /// Longest time, in milliseconds, a mounted volume's changes may
+        /// be held; past it the snapshot fails and nothing changes.
+        #[arg(long, value_name = "MS", default_value_t = 1000,
+              value_parser = clap::value_parser!(u64).range(1..=60000))]
+        timeout: u64,
+    },
     /// List a volume's snapshots, oldest first.
     Snapshots { name: String },
     /// Remove a snapshot, merging its changes into the layer above.
@@ -54,6 +63,10 @@ pub enum Cmd {
         /// Only what changed since this snapshot.
         #[arg(long)]
         since: Option<String>,
+        /// The volume as it was at this snapshot (default: as it is now;
+        /// for a mounted volume, its newest snapshot).
+        #[arg(long, value_name = "SNAPSHOT")]
+        to: Option<String>,
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
@@ -103,8 +116,9 @@ pub fn run(cli: Cli) -> io::Result<()> {
             writeln!(out, "{}", serde_json::to_string_pretty(&v)?)
         }
         Cmd::Rm { name } => vols.remove(&name),
-        Cmd::Snapshot { name, id } => {
-            let id = vols.snapshot(&name, id.as_deref())?;
+        Cmd::Snapshot { name, id, timeout } => {
+            let timeout = std::time::Duration::from_millis(timeout);
+            let id = vols.snapshot_within(&name, id.as_deref(), timeout)?;
             writeln!(out, "{id}")
         }
         Cmd::Snapshots { name } => {
@@ -122,6 +136,7 @@ pub fn run(cli: Cli) -> io::Result<()> {
         Cmd::Export {
             name,
             since,
+            to,
             output,
         } => match output {
             Some(path) => {
@@ -130,7 +145,7 @@ pub fn run(cli: Cli) -> io::Result<()> {
                 let tmp = path.with_extension("partial");
                 let made = (|| {
                     let mut f = io::BufWriter::new(fs::File::create(&tmp)?);
-                    vols.export(&name, since.as_deref(), &mut f)?;
+                    vols.export_range(&name, since.as_deref(), to.as_deref(), &mut f)?;
                     f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
                     fs::rename(&tmp, &path)
                 })();
@@ -139,7 +154,7 @@ pub fn run(cli: Cli) -> io::Result<()> {
                 }
                 made
             }
-            None => vols.export(&name, since.as_deref(), &mut out),
+            None => vols.export_range(&name, since.as_deref(), to.as_deref(), &mut out),
         },
         Cmd::Import { name, tars } => {
             vols.import(&name, &tars)?;

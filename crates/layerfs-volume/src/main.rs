@@ -13,6 +13,7 @@ use clap::Parser;
 mod cli;
 mod export;
 mod import;
+mod live;
 mod mounts;
 mod plugin;
 mod store;

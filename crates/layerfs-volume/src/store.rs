@@ -47,6 +47,10 @@ pub struct Meta {
     /// interrupted snapshot is finished (or forgotten) by the next change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_snapshot: Option<String>,
+    /// The pending snapshot is a live one, taken by the mounted volume's
+    /// daemon (see `live`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending_live: bool,
 }
 
 /// `VOLUME@SNAPSHOT`: where a clone's lower layers come from.

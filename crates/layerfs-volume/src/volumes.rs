@@ -14,6 +14,9 @@ use crate::import::{apply_tar, LayerSink};
 use crate::mounts::{in_proc_mounts, run_layerfs, stack_options, unmount_dir, View};
 use crate::store::{check_name, err, now, parse_base, Base, Meta, Snapshot, Store};
 
+/// How long a live snapshot may hold the containers' changes by default.
+pub const DEFAULT_BARRIER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Which layers a merge folds into one: top first, and what stays below.
 struct MergeRange {
     range: Vec<PathBuf>,
@@ -101,6 +104,7 @@ impl Volumes {
             holders: Vec::new(),
             next_snapshot: 1,
             pending_snapshot: None,
+            pending_live: false,
         };
         self.build(&meta, |_| Ok(()))?;
         Ok(meta)
@@ -152,13 +156,21 @@ impl Volumes {
     }
 
     /// The current upper becomes a read-only snapshot; a new empty upper
-    /// starts. Refused while mounted (naming who holds it).
+    /// starts. On a mounted volume the daemon does it with the containers
+    /// running (see `live`), holding their changes at most `timeout`.
     pub fn snapshot(&self, name: &str, id: Option<&str>) -> io::Result<String> {
+        self.snapshot_within(name, id, DEFAULT_BARRIER)
+    }
+
+    pub fn snapshot_within(
+        &self,
+        name: &str,
+        id: Option<&str>,
+        timeout: std::time::Duration,
+    ) -> io::Result<String> {
         let _lock = self.store.lock()?;
         let mut meta = self.store.load(name)?;
         self.repair(&mut meta)?;
-        self.refuse_if_mounted(&meta, "snapshot")?;
-        self.settle_hardlinks(&meta)?;
         let id = match id {
             Some(id) => id.to_string(),
             None => format!("s{}", meta.next_snapshot.max(1)),
@@ -167,6 +179,11 @@ impl Volumes {
         if meta.snapshots.iter().any(|s| s.id == id) {
             return Err(err(format!("volume {name} already has a snapshot {id}")));
         }
+        if self.is_mounted(name) {
+            self.snapshot_live(&mut meta, &id, timeout)?;
+            return Ok(id);
+        }
+        self.settle_hardlinks(&meta)?;
         // Intent first: a crash between the renames is finished by repair().
         meta.pending_snapshot = Some(id.clone());
         meta.next_snapshot = meta.next_snapshot.max(1) + 1;
@@ -183,6 +200,14 @@ impl Volumes {
     /// merge was replacing, no longer in the metadata, are removed. Runs
     /// under the store lock, so no other change is under way.
     fn repair(&self, meta: &mut Meta) -> io::Result<()> {
+        if self.is_mounted(&meta.name) {
+            // Its daemon uses the layers: only a live snapshot cut by a
+            // crash of this side is settled, by asking the daemon.
+            return self.repair_live_mounted(meta);
+        }
+        if meta.pending_live {
+            self.repair_live(meta)?;
+        }
         let name = meta.name.clone();
         let dir = self.store.dir(&name);
         if let Some(id) = meta.pending_snapshot.take() {
@@ -349,27 +374,74 @@ impl Volumes {
     /// Writes the volume as an OCI layer tar: all of it, or what changed
     /// since snapshot `since`.
     pub fn export(&self, name: &str, since: Option<&str>, out: &mut dyn Write) -> io::Result<()> {
-        let meta = {
+        self.export_range(name, since, None, out)
+    }
+
+    /// Writes the volume as it was at snapshot `to` (the newest one of a
+    /// mounted volume, whose upper is changing; the volume as it is now
+    /// when unmounted), all of it or what changed since snapshot `since`.
+    /// Read from the immutable layers, so the containers go on meanwhile.
+    pub fn export_range(
+        &self,
+        name: &str,
+        since: Option<&str>,
+        to: Option<&str>,
+        out: &mut dyn Write,
+    ) -> io::Result<()> {
+        let (meta, mounted) = {
             let _lock = self.store.lock()?;
             let mut meta = self.store.load(name)?;
-            self.refuse_if_mounted(&meta, "export")?;
             self.repair(&mut meta)?;
-            self.settle_hardlinks(&meta)?;
-            meta
+            let mounted = self.is_mounted(name);
+            if !mounted && to.is_none() {
+                self.settle_hardlinks(&meta)?;
+            }
+            (meta, mounted)
         };
-        let dir = self.store.dir(name);
-        let mut layers = vec![dir.join("upper")];
-        layers.extend(self.store.lower_stack(&meta)?);
+        let position = |id: &str| {
+            meta.snapshots
+                .iter()
+                .position(|s| s.id == id)
+                .ok_or_else(|| err(format!("volume {name} has no snapshot {id}")))
+        };
+        let n = meta.snapshots.len();
+        // The newest snapshot exported; None: the upper too.
+        let top = match to {
+            Some(id) => Some(position(id)?),
+            None if mounted => Some(n.checked_sub(1).ok_or_else(|| {
+                err(format!(
+                    "volume {name} is mounted and has no snapshot to export: take one first (layerfs-volume snapshot {name})"
+                ))
+            })?),
+            None => None,
+        };
+        let stack = self.store.lower_stack(&meta)?;
+        let layers = match top {
+            None => {
+                let mut l = vec![self.store.dir(name).join("upper")];
+                l.extend(stack);
+                l
+            }
+            Some(t) => stack[n - 1 - t..].to_vec(),
+        };
         let above = match since {
             None => None,
             Some(id) => {
-                let Some(k) = meta.snapshots.iter().position(|s| s.id == id) else {
-                    return Err(err(format!("volume {name} has no snapshot {id}")));
+                let k = position(id)?;
+                let newer = match top {
+                    None => n - k,
+                    Some(t) if t > k => t - k,
+                    Some(t) => {
+                        return Err(err(format!(
+                            "snapshot {id} is not older than snapshot {} of volume {name}",
+                            meta.snapshots[t].id
+                        )))
+                    }
                 };
-                // upper plus the snapshots newer than k.
-                Some(layers[..meta.snapshots.len() - k].to_vec())
+                Some(layers[..newer].to_vec())
             }
         };
+        let dir = self.store.dir(name);
         let view = View::mount(dir.join(format!(".view-{}", std::process::id())), &layers)?;
         let mut sink = TarSink::new(out);
         let mut walker = Walker::new(&view.dir, &mut sink);
@@ -397,6 +469,7 @@ impl Volumes {
             holders: Vec::new(),
             next_snapshot: 1,
             pending_snapshot: None,
+            pending_live: false,
         };
         for i in 1..=tars.len() {
             meta.snapshots.push(Snapshot {
@@ -434,10 +507,15 @@ impl Volumes {
             for d in ["upper", "work", "merged"] {
                 fs::create_dir_all(dir.join(d))?;
             }
-            let opts = stack_options(
+            let mut opts = stack_options(
                 &self.store.lower_stack(&meta)?,
                 Some((&dir.join("upper"), &dir.join("work"))),
             )?;
+            // The control socket through which a snapshot is taken while
+            // the volume is in use (see `live`).
+            let socket = crate::live::control_socket(&dir);
+            let socket = layerfs::options::encode_path(&socket).map_err(|e| err(e.0))?;
+            opts.push_str(&format!(",control={socket}"));
             run_layerfs(&opts, &mp)?;
             meta.holders.clear();
         }

@@ -1,0 +1,255 @@
+//! Snapshots of a mounted volume, taken by its running layerfs daemon
+//! through the daemon's control socket (layerfs' `control` module): the
+//! daemon holds mutating requests for a bounded time, turns its upper into
+//! a read-only layer and goes on in a new upper; this side then puts the
+//! directories where the store layout wants them and records the
+//! snapshot.
+//!
+//! On disk, a live snapshot is (each step a crash may cut):
+//! 1. `meta.json` gets `pending_snapshot` with `pending_live`;
+//! 2. an empty `upper.next/` is made beside `upper/`;
+//! 3. the daemon rotates into `upper.next` (its answer says it happened);
+//! 4. `upper/` is renamed to `snapshots/ID/`, `upper.next/` to `upper/`
+//!    (the daemon holds fds, not paths: renames do not disturb it);
+//! 5. `meta.json` records the snapshot.
+//!
+//! `Volumes::repair` finishes or forgets a cut one (see `repair_live`).
+
+use std::fs;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::store::{err, now, Meta, Snapshot};
+use crate::volumes::Volumes;
+
+/// Where the new upper is made, beside `upper/`.
+pub const NEXT_UPPER: &str = "upper.next";
+
+/// The longest path a unix socket address holds (sun_path, with its NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// The control socket of the daemon serving the volume in `dir`: in the
+/// volume's directory where the path fits a socket address and the store
+/// is local; else in the runtime directory (`$LAYERFS_RUN_DIR`, else
+/// `/run/layerfs` as root, else `$XDG_RUNTIME_DIR/layerfs`), named by a
+/// hash of the volume's directory.
+pub fn control_socket(dir: &Path) -> PathBuf {
+    let local = dir.join("control.sock");
+    // A socket file on a network store (GlusterFS through FUSE) is not the
+    // place for a host-local daemon's socket.
+    let on_fuse = fs::File::open(dir).is_ok_and(|f| {
+        layerfs::sys::fstatfs_type(std::os::fd::AsFd::as_fd(&f))
+            .is_ok_and(|t| t == layerfs::features::FUSE_SUPER_MAGIC)
+    });
+    if local.as_os_str().len() <= SUN_PATH_MAX && !on_fuse {
+        return local;
+    }
+    let run = std::env::var_os("LAYERFS_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            if layerfs::sys::geteuid() == 0 {
+                PathBuf::from("/run/layerfs")
+            } else {
+                std::env::var_os("XDG_RUNTIME_DIR")
+                    .map(|d| PathBuf::from(d).join("layerfs"))
+                    .unwrap_or_else(|| {
+                        PathBuf::from(format!("/tmp/layerfs-{}", layerfs::sys::geteuid()))
+                    })
+            }
+        });
+    let _ = fs::create_dir_all(&run);
+    run.join(format!(
+        "{:016x}.sock",
+        fnv1a(dir.as_os_str().as_encoded_bytes())
+    ))
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// One request to a daemon's control socket, and its answer line.
+fn request(socket: &Path, line: &str) -> io::Result<String> {
+    let mut s = UnixStream::connect(socket).map_err(|e| {
+        err(format!(
+            "cannot reach the daemon of the mounted volume at {}: {e}",
+            socket.display()
+        ))
+    })?;
+    writeln!(s, "{line}")?;
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer)?;
+    if answer.is_empty() {
+        return Err(err(
+            "the volume's daemon closed its control socket without an answer",
+        ));
+    }
+    Ok(answer.trim_end().to_string())
+}
+
+impl Volumes {
+    /// Takes snapshot `id` of the mounted volume `meta` (store lock held).
+    /// Mutating requests wait at most `timeout`; if the daemon cannot pause
+    /// them in time, nothing changes and the error says so.
+    pub(crate) fn snapshot_live(
+        &self,
+        meta: &mut Meta,
+        id: &str,
+        timeout: Duration,
+    ) -> io::Result<()> {
+        let name = meta.name.clone();
+        let dir = self.store.dir(&name);
+        let next = dir.join(NEXT_UPPER);
+        meta.pending_snapshot = Some(id.to_string());
+        meta.pending_live = true;
+        meta.next_snapshot = meta.next_snapshot.max(1) + 1;
+        self.store.save(meta)?;
+        let rotated = (|| {
+            if next.exists() {
+                fs::remove_dir(&next)?;
+            }
+            fs::create_dir(&next)?;
+            let socket = control_socket(&dir);
+            let ask = format!("rotate {NEXT_UPPER} {}", timeout.as_millis().max(1));
+            let mut answer = request(&socket, &ask)?;
+            if answer.starts_with("err links ") {
+                // Hardlink sets copied up by one name: link up the others
+                // through the mount, then ask again.
+                let n = link_up_sets(&self.mountpoint(&name))?;
+                log::info!("volume {name}: linked up {n} hardlink name(s) before the snapshot");
+                answer = request(&socket, &ask)?;
+            }
+            match answer.strip_prefix("ok") {
+                Some(stats) => {
+                    log::info!("volume {name}: live snapshot {id}:{stats}");
+                    Ok(())
+                }
+                None => Err(err(format!(
+                    "cannot snapshot mounted volume {name}: {}",
+                    answer
+                        .strip_prefix("err ")
+                        .and_then(|a| a.split_once(' '))
+                        .map_or(answer.as_str(), |(_, m)| m)
+                ))),
+            }
+        })();
+        if let Err(e) = rotated {
+            let _ = fs::remove_dir(&next);
+            meta.pending_snapshot = None;
+            meta.pending_live = false;
+            self.store.save(meta)?;
+            return Err(e);
+        }
+        fs::rename(dir.join("upper"), self.store.snapshot_dir(&name, id))?;
+        fs::rename(&next, dir.join("upper"))?;
+        meta.snapshots.push(Snapshot {
+            id: id.to_string(),
+            created: now(),
+        });
+        meta.pending_snapshot = None;
+        meta.pending_live = false;
+        self.store.save(meta)
+    }
+
+    /// Finishes a live snapshot a crash cut, the volume not mounted: a
+    /// rotation that happened (the new upper has content, or the old one
+    /// was already renamed) is completed; one that did not (an empty new
+    /// upper: the view is the same either way) is forgotten. The work dir
+    /// is kept: its index belongs to whichever upper stays.
+    pub(crate) fn repair_live(&self, meta: &mut Meta) -> io::Result<()> {
+        let Some(id) = meta.pending_snapshot.clone() else {
+            return Ok(());
+        };
+        let next = self.store.dir(&meta.name).join(NEXT_UPPER);
+        let next_used = fs::read_dir(&next).is_ok_and(|mut d| d.next().is_some());
+        let rotated = self.store.snapshot_dir(&meta.name, &id).exists() || next_used;
+        self.finish_live(meta, &id, rotated)
+    }
+
+    /// The same with the volume still mounted (this side was killed, its
+    /// daemon was not): whether the rotation happened is whether the
+    /// daemon now writes to the new upper.
+    pub(crate) fn repair_live_mounted(&self, meta: &mut Meta) -> io::Result<()> {
+        let (Some(id), true) = (meta.pending_snapshot.clone(), meta.pending_live) else {
+            return Ok(());
+        };
+        let dir = self.store.dir(&meta.name);
+        let status = request(&control_socket(&dir), "status")?;
+        let writes_to = status
+            .split(' ')
+            .find_map(|w| w.strip_prefix("upper="))
+            .unwrap_or("none");
+        let next = fs::metadata(dir.join(NEXT_UPPER))
+            .map(|m| format!("{}:{}", m.dev(), m.ino()))
+            .ok();
+        let rotated =
+            self.store.snapshot_dir(&meta.name, &id).exists() || next.as_deref() == Some(writes_to);
+        self.finish_live(meta, &id, rotated)
+    }
+
+    fn finish_live(&self, meta: &mut Meta, id: &str, rotated: bool) -> io::Result<()> {
+        let dir = self.store.dir(&meta.name);
+        let next = dir.join(NEXT_UPPER);
+        let snap = self.store.snapshot_dir(&meta.name, id);
+        let upper = dir.join("upper");
+        if rotated {
+            if !snap.exists() {
+                fs::rename(&upper, &snap)?;
+            }
+            if next.exists() {
+                fs::rename(&next, &upper)?;
+            } else if !upper.exists() {
+                fs::create_dir(&upper)?;
+            }
+            log::warn!(
+                "volume {}: finishing live snapshot {id}, cut by a crash",
+                meta.name
+            );
+            meta.snapshots.push(Snapshot {
+                id: id.to_string(),
+                created: now(),
+            });
+        } else {
+            if next.exists() {
+                fs::remove_dir(&next)?;
+            }
+            log::warn!(
+                "volume {}: forgetting live snapshot {id}, cut by a crash before it was taken",
+                meta.name
+            );
+        }
+        meta.pending_snapshot = None;
+        meta.pending_live = false;
+        self.store.save(meta)
+    }
+}
+
+/// Opens for writing every name of every file with several links under
+/// `mnt` (a live mount): for a name not yet in the upper, that links it up
+/// to its set's copy, as a write would. Returns how many names were opened.
+fn link_up_sets(mnt: &Path) -> io::Result<usize> {
+    let mut n = 0;
+    let mut stack = vec![mnt.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d)? {
+            let e = e?;
+            let md = e.metadata()?;
+            if md.is_dir() {
+                stack.push(e.path());
+            } else if md.is_file() && md.nlink() > 1 {
+                use std::os::unix::fs::OpenOptionsExt;
+                fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(e.path())?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
