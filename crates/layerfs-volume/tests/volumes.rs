@@ -1516,6 +1516,14 @@ fn backups_restore_at_every_point() {
     // The restored volume carries on: a new snapshot takes a fresh name.
     let out = fx.run_in(&other, &["snapshot", "newest"]);
     assert!(out.status.success(), "{}", common::output_text(&out));
+    // Restored under its own name on another host, it goes on backing up
+    // into the same directory incrementally.
+    let third = fx.path("third-store");
+    restore_equals(&fx, &third, &dir, "v", None, &points[2].1);
+    let out = fx.run_in(&third, &["backup", "v", "--to", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let m = manifest(&dir);
+    assert_eq!(m["chain"][3]["since"], points[2].0.as_str());
 }
 
 #[test]
