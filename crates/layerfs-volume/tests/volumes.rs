@@ -1660,7 +1660,7 @@ fn killed_backups_leave_the_last_backup_valid() {
     for i in 0..3 {
         change(&fx, "v", |mp| common::write(&mp.join("timed"), &[i]));
         let t = Instant::now();
-        backup(&fx, "v", &dir, &[]);
+        backup(&fx, "v", &dir, &["--keep", "3"]);
         whole = whole.max(t.elapsed().as_micros() as u64);
     }
     let seed = std::time::SystemTime::now()
