@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::backup;
 use crate::plugin;
 use crate::store::{default_store, Store};
 use crate::volumes::Volumes;
@@ -75,6 +76,24 @@ pub enum Cmd {
         name: String,
         #[arg(required = true)]
         tars: Vec<PathBuf>,
+    },
+    /// Back a volume up into DIR: a snapshot, and what changed since the
+    /// last backup as a layer tar listed in DIR's manifest.
+    Backup {
+        name: String,
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Merge away the volume's snapshots older than the last N backups.
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+    },
+    /// Build a volume from a backup directory, up to a snapshot (the
+    /// newest without --at), checking every tar against the manifest.
+    Restore {
+        dir: PathBuf,
+        name: String,
+        #[arg(long, value_name = "SNAP")]
+        at: Option<String>,
     },
     /// Mount a volume (prints the mountpoint).
     Mount { name: String },
@@ -158,6 +177,14 @@ pub fn run(cli: Cli) -> io::Result<()> {
         },
         Cmd::Import { name, tars } => {
             vols.import(&name, &tars)?;
+            writeln!(out, "{name}")
+        }
+        Cmd::Backup { name, to, keep } => {
+            let e = backup::backup(&vols, &name, &to, keep)?;
+            writeln!(out, "{}\t{}", e.snapshot, e.file)
+        }
+        Cmd::Restore { dir, name, at } => {
+            backup::restore(&vols, &dir, &name, at.as_deref())?;
             writeln!(out, "{name}")
         }
         Cmd::Mount { name } => {

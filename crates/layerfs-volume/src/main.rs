@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod backup;
 mod cli;
 mod export;
 mod import;

@@ -452,36 +452,57 @@ impl Volumes {
     }
 
     /// Builds a new volume from a chain of layer tars (full first, then
-    /// increments), one snapshot per tar. Any refused entry fails the whole
-    /// import and leaves nothing behind.
+    /// increments), one snapshot per tar, named s1..sN.
     pub fn import(&self, name: &str, tars: &[PathBuf]) -> io::Result<Meta> {
+        let chain: Vec<(PathBuf, Snapshot)> = tars
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let id = format!("s{}", i + 1);
+                (t.clone(), Snapshot { id, created: now() })
+            })
+            .collect();
+        self.import_named(name, &chain)
+    }
+
+    /// Builds a new volume from a chain of layer tars (full first, then
+    /// increments), each becoming the snapshot given beside it (a restore
+    /// keeps the names and times a backup recorded). Any refused entry
+    /// fails the whole import and leaves nothing behind.
+    pub fn import_named(&self, name: &str, chain: &[(PathBuf, Snapshot)]) -> io::Result<Meta> {
         check_name("volume", name)?;
+        for (i, (_, s)) in chain.iter().enumerate() {
+            check_name("snapshot", &s.id)?;
+            if chain[..i].iter().any(|(_, o)| o.id == s.id) {
+                return Err(err(format!("snapshot {} named twice", s.id)));
+            }
+        }
         let _lock = self.store.lock()?;
         if self.store.dir(name).exists() {
             return Err(err(format!("volume {name} already exists")));
         }
-        let mut meta = Meta {
+        let snapshots: Vec<Snapshot> = chain.iter().map(|(_, s)| s.clone()).collect();
+        // The next unnamed snapshot must not take a name the chain holds.
+        let numbered = snapshots
+            .iter()
+            .filter_map(|s| s.id.strip_prefix('s')?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        let meta = Meta {
             name: name.to_string(),
             created: now(),
             seeds: Vec::new(),
             base: None,
-            snapshots: Vec::new(),
+            next_snapshot: numbered.max(snapshots.len() as u64) + 1,
+            snapshots,
             holders: Vec::new(),
-            next_snapshot: 1,
             pending_snapshot: None,
             pending_live: false,
         };
-        for i in 1..=tars.len() {
-            meta.snapshots.push(Snapshot {
-                id: format!("s{i}"),
-                created: now(),
-            });
-        }
-        meta.next_snapshot = tars.len() as u64 + 1;
         self.build(&meta, |tmp| {
             let mut below: Vec<PathBuf> = Vec::new();
-            for (i, tar) in tars.iter().enumerate() {
-                let layer = tmp.join("snapshots").join(format!("s{}", i + 1));
+            for (tar, snap) in chain {
+                let layer = tmp.join("snapshots").join(&snap.id);
                 fs::create_dir(&layer)?;
                 let f = fs::File::open(tar).map_err(|e| err(format!("{}: {e}", tar.display())))?;
                 let lowers: Vec<&Path> = below.iter().map(|p| p.as_path()).collect();
