@@ -416,10 +416,11 @@ pub fn backup(vols: &Volumes, name: &str, dir: &Path, keep: Option<usize>) -> io
         snapshot: snapshot.clone(),
     }
     .file();
-    // Once the volume is mounted while the snapshot is taken, this must
-    // read the snapshot, not the live upper: export from `base` to
-    // `snapshot` exactly.
-    let (sha256, size) = write_tar(dir, &file, |w| vols.export(name, base.as_deref(), w))?;
+    // From `base` to `snapshot` exactly, read from the immutable layers:
+    // a mounted volume's upper goes on changing meanwhile.
+    let (sha256, size) = write_tar(dir, &file, |w| {
+        vols.export_range(name, base.as_deref(), Some(&snapshot), w)
+    })?;
     let entry = Entry {
         file,
         snapshot,

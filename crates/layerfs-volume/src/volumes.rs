@@ -373,10 +373,6 @@ impl Volumes {
 
     /// Writes the volume as an OCI layer tar: all of it, or what changed
     /// since snapshot `since`.
-    pub fn export(&self, name: &str, since: Option<&str>, out: &mut dyn Write) -> io::Result<()> {
-        self.export_range(name, since, None, out)
-    }
-
     /// Writes the volume as it was at snapshot `to` (the newest one of a
     /// mounted volume, whose upper is changing; the volume as it is now
     /// when unmounted), all of it or what changed since snapshot `since`.
