@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::ids::LayerIdx;
 use crate::inode::RealEntry;
+use crate::layer_read::UpperSlot;
 use crate::overlay::{errno, LayerFs};
 use crate::sys;
 use crate::whiteout::DirMarks;
@@ -122,16 +123,26 @@ impl LayerFs {
             sys::syncfs(old_root(self)?.as_fd())?;
         }
 
+        {
+            let _pass = self.gate.mutate();
+            self.link_up_known_names()?;
+        }
+
         let t0 = Instant::now();
         let frozen = self
             .gate
             .freeze(timeout)
             .ok_or(RotateError::Timeout(timeout))?;
+        if self.partial_link_sets()? > 0 {
+            // Sets copied up since the pass above.
+            self.link_up_known_names()?;
+        }
         let partial = self.partial_link_sets()?;
         if partial > 0 {
             return Err(RotateError::PartialLinks(partial));
         }
         let stopped = frozen.stop().ok_or(RotateError::Timeout(timeout))?;
+        crate::sys::crashpoint::reached("rotate-stopped");
         let t1 = Instant::now();
         self.drop_index()?;
         let upper_root = RealEntry {
@@ -158,6 +169,7 @@ impl LayerFs {
         let t2 = Instant::now();
         drop(stopped);
         drop(frozen);
+        crate::sys::crashpoint::reached("rotate-swapped");
         // Nothing writes the old upper any more: its content is the
         // snapshot's once this returns.
         let t3 = Instant::now();
@@ -175,6 +187,44 @@ impl LayerFs {
             sync: t3.elapsed(),
             inodes,
         })
+    }
+
+    /// Links up every name known of a hardlink set kept through the index
+    /// (one copied up by some of its names): in the old upper, once a
+    /// lower layer without its index, each name then shows the copy.
+    /// Names the daemon never looked up stay out: the caller looks them
+    /// up (a walk of the mount) and asks again.
+    fn link_up_known_names(&self) -> io::Result<()> {
+        let mut sets = Vec::new();
+        self.inodes.for_each(|i| {
+            if !i.is_dir() && i.nlink_delta().is_some_and(|d| d != -1) {
+                sets.push(i.ino);
+            }
+        });
+        for ino in sets {
+            let Ok(node) = self.inode(ino) else {
+                continue;
+            };
+            if !self.is_upper(node.top().layer) || node.is_unlinked() {
+                continue;
+            }
+            let names: Vec<_> = {
+                let s = node.state();
+                std::iter::once((s.parent, s.name.clone()))
+                    .chain(s.other_names.iter().cloned())
+                    .collect()
+            };
+            for (parent, name) in names {
+                let dir = self.inode(parent)?;
+                let pu = self.upper_dir(&dir)?;
+                if let UpperSlot::Entry(..) = self.upper_slot(&pu, &name)? {
+                    continue;
+                }
+                self.link_up(&node, &pu, &name)?;
+                dir.dir_changed();
+            }
+        }
+        Ok(())
     }
 
     /// Index entries whose set still has names only in lower layers
@@ -220,6 +270,12 @@ impl LayerFs {
                 continue;
             }
             let name = OsStr::from_bytes(&e.name);
+            // The set is whole in the old upper: its count is the plain
+            // link count once this link is gone, whichever layer the old
+            // upper stays (a crash here leaves it the upper).
+            if let Ok(fd) = sys::openat(index, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0) {
+                let _ = sys::removexattr_fd(fd.as_fd(), &up.ns.name("nlink"));
+            }
             sys::unlinkat(index, name, 0).or_else(|e| match e.raw_os_error() {
                 Some(libc::ENOENT) => Ok(()),
                 _ => Err(e),

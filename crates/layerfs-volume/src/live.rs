@@ -73,23 +73,44 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// One request to a daemon's control socket, and its answer line.
-fn request(socket: &Path, line: &str) -> io::Result<String> {
-    let mut s = UnixStream::connect(socket).map_err(|e| {
-        err(format!(
-            "cannot reach the daemon of the mounted volume at {}: {e}",
-            socket.display()
-        ))
-    })?;
-    writeln!(s, "{line}")?;
-    let mut answer = String::new();
-    BufReader::new(s).read_line(&mut answer)?;
-    if answer.is_empty() {
-        return Err(err(
-            "the volume's daemon closed its control socket without an answer",
-        ));
+/// How a request to the daemon ended.
+enum Asked {
+    /// Its answer line.
+    Answer(String),
+    /// The daemon could not be reached: the request was never made.
+    Unreachable(io::Error),
+    /// The request was sent and no answer came: it may have been done.
+    NoAnswer(io::Error),
+}
+
+/// One request to a daemon's control socket.
+fn ask(socket: &Path, line: &str) -> Asked {
+    let mut s = match UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e) => {
+            return Asked::Unreachable(err(format!(
+                "cannot reach the daemon of the mounted volume at {}: {e}",
+                socket.display()
+            )))
+        }
+    };
+    if let Err(e) = writeln!(s, "{line}") {
+        return Asked::Unreachable(e);
     }
-    Ok(answer.trim_end().to_string())
+    let mut answer = String::new();
+    match BufReader::new(s).read_line(&mut answer) {
+        Ok(n) if n > 0 => Asked::Answer(answer.trim_end().to_string()),
+        Ok(_) => Asked::NoAnswer(err("the volume's daemon ended without answering")),
+        Err(e) => Asked::NoAnswer(e),
+    }
+}
+
+/// A request whose answer is needed.
+fn request(socket: &Path, line: &str) -> io::Result<String> {
+    match ask(socket, line) {
+        Asked::Answer(a) => Ok(a),
+        Asked::Unreachable(e) | Asked::NoAnswer(e) => Err(e),
+    }
 }
 
 impl Volumes {
@@ -109,36 +130,44 @@ impl Volumes {
         meta.pending_live = true;
         meta.next_snapshot = meta.next_snapshot.max(1) + 1;
         self.store.save(meta)?;
-        let rotated = (|| {
-            if next.exists() {
-                fs::remove_dir(&next)?;
-            }
-            fs::create_dir(&next)?;
-            let socket = control_socket(&dir);
-            let ask = format!("rotate {NEXT_UPPER} {}", timeout.as_millis().max(1));
-            let mut answer = request(&socket, &ask)?;
-            if answer.starts_with("err links ") {
-                // Hardlink sets copied up by one name: link up the others
-                // through the mount, then ask again.
-                let n = link_up_sets(&self.mountpoint(&name))?;
-                log::info!("volume {name}: linked up {n} hardlink name(s) before the snapshot");
-                answer = request(&socket, &ask)?;
-            }
-            match answer.strip_prefix("ok") {
+        if next.exists() {
+            fs::remove_dir(&next)?;
+        }
+        fs::create_dir(&next)?;
+        let socket = control_socket(&dir);
+        let line = format!("rotate {NEXT_UPPER} {}", timeout.as_millis().max(1));
+        let mut asked = ask(&socket, &line);
+        if matches!(&asked, Asked::Answer(a) if a.starts_with("err links ")) {
+            // Hardlink sets copied up by one name, whose other names the
+            // daemon has not met: a walk of the mount shows it them, and
+            // it links them up when asked again.
+            let n = look_up_linked_names(&self.mountpoint(&name))?;
+            log::info!("volume {name}: looked up {n} hardlink name(s) before the snapshot");
+            asked = ask(&socket, &line);
+        }
+        let refused = match asked {
+            Asked::Answer(a) => match a.strip_prefix("ok") {
                 Some(stats) => {
                     log::info!("volume {name}: live snapshot {id}:{stats}");
-                    Ok(())
+                    None
                 }
-                None => Err(err(format!(
+                None => Some(err(format!(
                     "cannot snapshot mounted volume {name}: {}",
-                    answer
-                        .strip_prefix("err ")
+                    a.strip_prefix("err ")
                         .and_then(|a| a.split_once(' '))
-                        .map_or(answer.as_str(), |(_, m)| m)
+                        .map_or(a.as_str(), |(_, m)| m)
                 ))),
+            },
+            Asked::Unreachable(e) => Some(e),
+            // Whether the daemon rotated is not known: the pending
+            // snapshot stays for `repair` to settle, by what is on disk.
+            Asked::NoAnswer(e) => {
+                return Err(err(format!(
+                    "snapshot {id} of volume {name}: {e}; the next change or mount of the volume finishes or forgets it"
+                )))
             }
-        })();
-        if let Err(e) = rotated {
+        };
+        if let Some(e) = refused {
             let _ = fs::remove_dir(&next);
             meta.pending_snapshot = None;
             meta.pending_live = false;
@@ -229,24 +258,18 @@ impl Volumes {
     }
 }
 
-/// Opens for writing every name of every file with several links under
-/// `mnt` (a live mount): for a name not yet in the upper, that links it up
-/// to its set's copy, as a write would. Returns how many names were opened.
-fn link_up_sets(mnt: &Path) -> io::Result<usize> {
+/// Looks up (stats) every name of every file with several links under
+/// `mnt`, a live mount, so that its daemon knows them. Returns how many.
+fn look_up_linked_names(mnt: &Path) -> io::Result<usize> {
     let mut n = 0;
     let mut stack = vec![mnt.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d)? {
             let e = e?;
-            let md = e.metadata()?;
+            let md = fs::symlink_metadata(e.path())?;
             if md.is_dir() {
                 stack.push(e.path());
             } else if md.is_file() && md.nlink() > 1 {
-                use std::os::unix::fs::OpenOptionsExt;
-                fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(e.path())?;
                 n += 1;
             }
         }

@@ -1,0 +1,454 @@
+//! Snapshots of volumes in use (the daemon's rotation through its control
+//! socket), through the CLI with ordinary processes as the writers: open
+//! files across snapshots, renames and unlinks racing the barrier,
+//! hardlink sets across a rotation, a barrier that times out, and kill -9
+//! of the CLI and of the daemon in the middle of a snapshot. Run as root.
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn bin() -> &'static str {
+    let _ = common::layerfs_bin();
+    env!("CARGO_BIN_EXE_layerfs-volume")
+}
+
+/// A store in a temp dir whose mounts are undone on drop.
+struct Store {
+    tmp: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Store {
+    fn new() -> Store {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("store");
+        Store { tmp, root }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("--store").arg(&self.root).args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "layerfs-volume {args:?} failed: {}",
+            common::output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "layerfs-volume {args:?} succeeded");
+        common::output_text(&out)
+    }
+
+    fn snapshots(&self, name: &str) -> Vec<String> {
+        self.ok(&["snapshots", name])
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
+    /// The files of the volume as it was at snapshot `id`, from its tar.
+    fn files_at(&self, name: &str, id: &str) -> BTreeMap<String, Vec<u8>> {
+        let tar = self.path(&format!("{name}-{id}.tar"));
+        self.ok(&["export", name, "--to", id, "-o", tar.to_str().unwrap()]);
+        let mut out = BTreeMap::new();
+        let mut a = tar::Archive::new(fs::File::open(&tar).unwrap());
+        let mut links = Vec::new();
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            match e.header().entry_type() {
+                tar::EntryType::Regular => {
+                    let mut data = Vec::new();
+                    e.read_to_end(&mut data).unwrap();
+                    out.insert(path, data);
+                }
+                tar::EntryType::Link => {
+                    let target = e.link_name().unwrap().unwrap();
+                    links.push((path, target.to_string_lossy().into_owned()));
+                }
+                _ => {}
+            }
+        }
+        for (path, target) in links {
+            let data = out[&target].clone();
+            out.insert(path, data);
+        }
+        fs::remove_file(&tar).unwrap();
+        out
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let text = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let root = self.tmp.path().canonicalize().unwrap();
+        let mounts: Vec<PathBuf> = text
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .map(|m| PathBuf::from(m.replace("\\040", " ")))
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        for m in mounts.into_iter().rev() {
+            if !Command::new("umount")
+                .arg(&m)
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                let _ = Command::new("umount").arg("-l").arg(&m).status();
+            }
+        }
+    }
+}
+
+fn append(path: &Path, data: &[u8]) {
+    let mut f = fs::OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(data).unwrap();
+}
+
+#[test]
+fn a_file_kept_open_for_writing_goes_on_across_snapshots() {
+    require!();
+    let st = Store::new();
+    st.ok(&["create", "v"]);
+    let mp = PathBuf::from(st.ok(&["mount", "v"]));
+    let mut w = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(mp.join("log"))
+        .unwrap();
+    let r = fs::File::open(mp.join("log")).unwrap();
+    let ino = fs::metadata(mp.join("log")).unwrap().ino();
+    let mut expect = Vec::new();
+    for i in 1..=4 {
+        let rec = format!("record {i}\n");
+        w.write_all(rec.as_bytes()).unwrap();
+        w.sync_all().unwrap();
+        expect.extend_from_slice(rec.as_bytes());
+        st.ok(&["snapshot", "v", &format!("s{i}")]);
+        // The same file, through the descriptors opened before.
+        assert_eq!(w.metadata().unwrap().ino(), ino);
+        assert_eq!(fs::metadata(mp.join("log")).unwrap().ino(), ino);
+    }
+    w.write_all(b"after\n").unwrap();
+    expect.extend_from_slice(b"after\n");
+    let mut seen = Vec::new();
+    std::os::unix::fs::FileExt::read_at(&r, &mut [0; 0], 0).unwrap();
+    (&r).read_to_end(&mut seen).unwrap();
+    assert_eq!(seen, expect, "a reader opened before the snapshots");
+    // Each snapshot holds the records written before it, and no later one.
+    for i in 1..=4 {
+        let files = st.files_at("v", &format!("s{i}"));
+        let want: String = (1..=i).map(|k| format!("record {k}\n")).collect();
+        assert_eq!(files["log"], want.as_bytes(), "snapshot s{i}");
+    }
+    drop((w, r));
+    st.ok(&["umount", "v"]);
+    let mp = PathBuf::from(st.ok(&["mount", "v"]));
+    assert_eq!(fs::read(mp.join("log")).unwrap(), expect);
+    st.ok(&["umount", "v"]);
+}
+
+#[test]
+fn renames_and_unlinks_racing_the_barrier_are_whole_in_each_snapshot() {
+    require!();
+    let st = Store::new();
+    st.ok(&["create", "v"]);
+    let mp = PathBuf::from(st.ok(&["mount", "v"]));
+    fs::create_dir(mp.join("a")).unwrap();
+    fs::create_dir(mp.join("b")).unwrap();
+    fs::write(mp.join("a/x"), b"the one x").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mover = {
+        let (mp, stop, errors) = (mp.clone(), Arc::clone(&stop), Arc::clone(&errors));
+        std::thread::spawn(move || {
+            let (mut from, mut to) = (mp.join("a/x"), mp.join("b/x"));
+            while !stop.load(Ordering::Relaxed) {
+                if fs::rename(&from, &to).is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                std::mem::swap(&mut from, &mut to);
+            }
+        })
+    };
+    let churner = {
+        let (mp, stop, errors) = (mp.clone(), Arc::clone(&stop), Arc::clone(&errors));
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // Each file is made whole under a temp name, renamed into
+                // place, and its predecessor unlinked.
+                let tmp = mp.join(format!("u.tmp{i}"));
+                let ok = fs::write(&tmp, format!("payload {i}\n").repeat(64)).is_ok()
+                    && fs::rename(&tmp, mp.join(format!("u{i}"))).is_ok()
+                    && (i == 0 || fs::remove_file(mp.join(format!("u{}", i - 1))).is_ok());
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        })
+    };
+    for i in 1..=12 {
+        std::thread::sleep(Duration::from_millis(40));
+        st.ok(&["snapshot", "v", &format!("s{i}")]);
+    }
+    stop.store(true, Ordering::Relaxed);
+    mover.join().unwrap();
+    churner.join().unwrap();
+    assert_eq!(errors.load(Ordering::Relaxed), 0, "the writers saw errors");
+    for i in 1..=12 {
+        let files = st.files_at("v", &format!("s{i}"));
+        let xs: Vec<_> = ["a/x", "b/x"]
+            .iter()
+            .filter(|p| files.contains_key(**p))
+            .collect();
+        assert_eq!(xs.len(), 1, "snapshot s{i}: exactly one x, not {xs:?}");
+        assert_eq!(files[*xs[0]], b"the one x");
+        let us: Vec<_> = files.keys().filter(|k| k.starts_with('u')).collect();
+        assert!(us.len() <= 3, "snapshot s{i}: {us:?}");
+        for u in us {
+            let n = u.trim_start_matches("u.tmp").trim_start_matches('u');
+            let want = format!("payload {n}\n").repeat(64);
+            if !u.starts_with("u.tmp") {
+                assert_eq!(files[u], want.as_bytes(), "snapshot s{i}: {u} whole");
+            }
+        }
+    }
+    st.ok(&["umount", "v"]);
+}
+
+#[test]
+fn hardlink_sets_stay_one_file_across_rotations() {
+    require!();
+    let st = Store::new();
+    let seed = st.path("seed");
+    fs::create_dir_all(seed.join("d")).unwrap();
+    fs::write(seed.join("h1"), b"seed\n").unwrap();
+    fs::hard_link(seed.join("h1"), seed.join("h2")).unwrap();
+    fs::hard_link(seed.join("h1"), seed.join("d/h3")).unwrap();
+    st.ok(&["create", "v", "--from", seed.to_str().unwrap()]);
+    let mp = PathBuf::from(st.ok(&["mount", "v"]));
+    let ino = fs::metadata(mp.join("h1")).unwrap().ino();
+    // One name written: the set is in the upper by that name only.
+    append(&mp.join("h1"), b"one\n");
+    st.ok(&["snapshot", "v", "s1"]);
+    append(&mp.join("d/h3"), b"two\n");
+    // A set made in the upper, written after the rotation.
+    fs::write(mp.join("n1"), b"new\n").unwrap();
+    fs::hard_link(mp.join("n1"), mp.join("n2")).unwrap();
+    st.ok(&["snapshot", "v", "s2"]);
+    append(&mp.join("n2"), b"more\n");
+    for name in ["h1", "h2", "d/h3"] {
+        let md = fs::metadata(mp.join(name)).unwrap();
+        assert_eq!(
+            fs::read(mp.join(name)).unwrap(),
+            b"seed\none\ntwo\n",
+            "{name}"
+        );
+        assert_eq!((md.ino(), md.nlink()), (ino, 3), "{name}");
+    }
+    assert_eq!(fs::read(mp.join("n1")).unwrap(), b"new\nmore\n");
+    assert_eq!(fs::metadata(mp.join("n1")).unwrap().nlink(), 2);
+    let s1 = st.files_at("v", "s1");
+    for name in ["h1", "h2", "d/h3"] {
+        assert_eq!(s1[name], b"seed\none\n", "s1: {name}");
+    }
+    let s2 = st.files_at("v", "s2");
+    for name in ["h1", "h2", "d/h3"] {
+        assert_eq!(s2[name], b"seed\none\ntwo\n", "s2: {name}");
+    }
+    assert_eq!(s2["n2"], b"new\n");
+    st.ok(&["umount", "v"]);
+    let mp = PathBuf::from(st.ok(&["mount", "v"]));
+    for name in ["h1", "h2", "d/h3"] {
+        assert_eq!(
+            fs::read(mp.join(name)).unwrap(),
+            b"seed\none\ntwo\n",
+            "{name}"
+        );
+        assert_eq!(fs::metadata(mp.join(name)).unwrap().nlink(), 3, "{name}");
+    }
+    assert_eq!(fs::read(mp.join("n2")).unwrap(), b"new\nmore\n");
+    st.ok(&["umount", "v"]);
+}
+
+#[test]
+fn a_barrier_that_times_out_changes_nothing() {
+    require!();
+    let st = Store::new();
+    let seed = st.path("seed");
+    fs::create_dir_all(&seed).unwrap();
+    // Copying this up holds a mutating request long enough.
+    let mut f = fs::File::create(seed.join("big")).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..384 {
+        f.write_all(&chunk).unwrap();
+    }
+    drop(f);
+    st.ok(&["create", "v", "--from", seed.to_str().unwrap()]);
+    let mp = PathBuf::from(st.ok(&["mount", "v"]));
+    fs::write(mp.join("kept"), b"before").unwrap();
+    let dir = st.root.join("v");
+    let upper_ino = fs::metadata(dir.join("upper")).unwrap().ino();
+    let mut timed_out = false;
+    for attempt in 0..5 {
+        let name = mp.join("big");
+        let writer = std::thread::spawn(move || append(&name, b"!"));
+        // Wait until the copy-up is under way (a staged file in work/).
+        let t0 = std::time::Instant::now();
+        while fs::read_dir(dir.join("work/work")).map_or(0, |d| d.count()) == 0
+            && t0.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::yield_now();
+        }
+        let out = st.run(&["snapshot", "v", "--timeout", "1"]);
+        writer.join().unwrap();
+        if out.status.success() {
+            // The copy-up ended first: this attempt proves nothing.
+            eprintln!("attempt {attempt}: the copy-up ended before the barrier");
+            continue;
+        }
+        let msg = common::output_text(&out);
+        assert!(msg.contains("did not pause within 1 ms"), "{msg}");
+        timed_out = true;
+        break;
+    }
+    assert!(timed_out, "no barrier timed out in 5 attempts");
+    // Nothing changed: no snapshot, the same upper, no new one left over.
+    assert!(!dir.join("upper.next").exists());
+    assert_eq!(fs::metadata(dir.join("upper")).unwrap().ino(), upper_ino);
+    assert!(fs::read(dir.join("upper/kept")).is_ok());
+    assert_eq!(fs::read(mp.join("kept")).unwrap(), b"before");
+    // And the next snapshot is taken.
+    st.ok(&["snapshot", "v", "later"]);
+    assert!(st.snapshots("v").contains(&"later".to_string()));
+    st.ok(&["umount", "v"]);
+}
+
+/// Appends numbered records to `log`, fsync'ing each, and counts the
+/// acknowledged ones in `acked` until `stop`; stops at the first error.
+fn record_writer(
+    log: PathBuf,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(&log) else {
+            return;
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let n = acked.load(Ordering::SeqCst) + 1;
+            if f.write_all(format!("{n:08}\n").as_bytes()).is_err() || f.sync_data().is_err() {
+                return;
+            }
+            acked.store(n, Ordering::SeqCst);
+        }
+    })
+}
+
+/// A log of records 1..k, each whole, k at least `acked`.
+fn assert_record_prefix(data: &[u8], acked: u64, what: &str) {
+    assert_eq!(data.len() % 9, 0, "{what}: a torn record");
+    for (i, rec) in data.chunks(9).enumerate() {
+        assert_eq!(
+            rec,
+            format!("{:08}\n", i + 1).as_bytes(),
+            "{what}: record {}",
+            i + 1
+        );
+    }
+    assert!(
+        data.len() as u64 / 9 >= acked,
+        "{what}: {} records, {acked} acknowledged",
+        data.len() / 9
+    );
+}
+
+#[test]
+fn kill_9_of_the_cli_or_the_daemon_mid_snapshot_loses_nothing() {
+    require!();
+    let st = Store::new();
+    st.ok(&["create", "v"]);
+    let mp = PathBuf::from(st.ok(&["mount", "v"]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let w = record_writer(mp.join("log"), Arc::clone(&stop), Arc::clone(&acked));
+    // The CLI killed at moments spread over a snapshot's few milliseconds.
+    for round in 0..16u64 {
+        let mut child = st.cmd(&["snapshot", "v"]).spawn().unwrap();
+        std::thread::sleep(Duration::from_micros(500 * (round % 8) + 100 * round));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // The next snapshot finishes or forgets what the killed ones left.
+    let before = acked.load(Ordering::SeqCst);
+    st.ok(&["snapshot", "v", "after-kills"]);
+    let files = st.files_at("v", "after-kills");
+    assert_record_prefix(&files["log"], before, "after-kills");
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    let total = acked.load(Ordering::SeqCst);
+    st.ok(&["umount", "v"]);
+    assert!(!st.root.join("v/upper.next").exists());
+
+    // The daemon killed inside its rotation, before and after the swap.
+    let mut total = total;
+    for (round, point) in ["rotate-stopped", "rotate-swapped"].iter().enumerate() {
+        let out = st
+            .cmd(&["mount", "v"])
+            .env("LAYERFS_CRASH_AT", point)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::output_text(&out));
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(total));
+        let w = record_writer(mp.join("log"), Arc::clone(&stop), Arc::clone(&acked));
+        std::thread::sleep(Duration::from_millis(50));
+        let msg = st.fails(&["snapshot", "v", &format!("k{round}")]);
+        assert!(!msg.is_empty());
+        stop.store(true, Ordering::Relaxed);
+        w.join().unwrap();
+        total = acked.load(Ordering::SeqCst);
+        // The mount is dead; the next mount repairs.
+        let _ = Command::new("umount").arg("-l").arg(&mp).status();
+        let mp2 = PathBuf::from(st.ok(&["mount", "v"]));
+        assert_eq!(mp2, mp);
+        let log = fs::read(mp.join("log")).unwrap();
+        assert_record_prefix(&log, total, point);
+        // A record written but not acknowledged may be there too.
+        total = log.len() as u64 / 9;
+        assert!(!st.root.join("v/upper.next").exists(), "{point}");
+        st.ok(&["snapshot", "v", &format!("after-{point}")]);
+        st.ok(&["umount", "v"]);
+    }
+    let mp = PathBuf::from(st.ok(&["mount", "v"]));
+    assert_record_prefix(&fs::read(mp.join("log")).unwrap(), total, "the end");
+    st.ok(&["umount", "v"]);
+}
