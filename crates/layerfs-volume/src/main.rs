@@ -12,6 +12,7 @@ use clap::Parser;
 
 mod cli;
 mod export;
+mod gen_docs;
 mod import;
 mod mounts;
 mod plugin;
