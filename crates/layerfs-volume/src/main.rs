@@ -16,6 +16,7 @@ mod gen_docs;
 mod import;
 mod mounts;
 mod plugin;
+mod progress;
 mod store;
 mod volumes;
 
