@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::{self, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
@@ -207,30 +207,11 @@ pub fn run(cli: Cli) -> io::Result<()> {
             name,
             since,
             output,
-        } => match output {
-            Some(path) => {
-                // Written beside, renamed when complete: a failed export
-                // leaves no truncated backup under the name asked for.
-                let tmp = path.with_extension("partial");
-                let made = (|| {
-                    let f = fs::File::create(&tmp)
-                        .map_err(|e| err(format!("cannot write {}: {e}", path.display())))?;
-                    let mut f = io::BufWriter::new(f);
-                    vols.export(&name, since.as_deref(), &mut f)?;
-                    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-                    fs::rename(&tmp, &path)
-                })();
-                if made.is_err() {
-                    let _ = fs::remove_file(&tmp);
-                }
-                made
-            }
-            // As tar does: binary on a terminal is of use to no one.
-            None if out.is_terminal() => Err(err(
-                "refusing to write a tar to a terminal: give -o FILE or redirect stdout",
-            )),
-            None => vols.export(&name, since.as_deref(), &mut out),
-        },
+        } => {
+            // A missing volume (or store) is said before any file is made.
+            vols.store.load(&name)?;
+            export(&vols, &name, since.as_deref(), output.as_deref(), &mut out)
+        }
         Cmd::Import { name, tars } => {
             vols.import(&name, &tars)?;
             writeln!(out, "{name}")
@@ -243,4 +224,38 @@ pub fn run(cli: Cli) -> io::Result<()> {
         Cmd::Serve { socket } => plugin::serve(&vols, &socket),
         Cmd::GenerateDocs { dir } => crate::gen_docs::write_all(&dir),
     }
+}
+
+/// `export`: to FILE, or to stdout unless it is a terminal.
+fn export(
+    vols: &Volumes,
+    name: &str,
+    since: Option<&str>,
+    output: Option<&Path>,
+    out: &mut io::StdoutLock<'_>,
+) -> io::Result<()> {
+    let Some(path) = output else {
+        // As tar does: binary on a terminal is of use to no one.
+        if out.is_terminal() {
+            return Err(err(
+                "refusing to write a tar to a terminal: give -o FILE or redirect stdout",
+            ));
+        }
+        return vols.export(name, since, out);
+    };
+    // Written beside, renamed when complete: a failed export leaves no
+    // truncated backup under the name asked for.
+    let tmp = path.with_extension("partial");
+    let made = (|| {
+        let f = fs::File::create(&tmp)
+            .map_err(|e| err(format!("cannot write {}: {e}", path.display())))?;
+        let mut f = io::BufWriter::new(f);
+        vols.export(name, since, &mut f)?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if made.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    made
 }
