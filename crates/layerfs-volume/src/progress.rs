@@ -24,22 +24,26 @@ impl Progress {
     /// A bar for `verb` ("export", "import data"), sized `total` bytes when
     /// known; hidden when stderr is not a terminal.
     pub fn new(verb: &str, total: Option<u64>) -> Progress {
-        let bar = if Progress::wanted() {
-            ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr())
-        } else {
-            ProgressBar::hidden()
-        };
         let template = if total.is_some() {
             "{prefix} {msg} {bytes}/{total_bytes} {binary_bytes_per_sec} {wide_bar} {eta} left"
         } else {
             "{prefix} {msg} {bytes} {binary_bytes_per_sec} {spinner} {elapsed}"
         };
-        if let Ok(style) = ProgressStyle::with_template(template) {
-            bar.set_style(style);
+        let style =
+            ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
+        // Styled before it is attached, so the first frame is whole.
+        let bar = ProgressBar::hidden()
+            .with_style(style)
+            .with_prefix(verb.to_string())
+            .with_message("0 files");
+        if let Some(total) = total {
+            bar.set_length(total);
         }
-        bar.set_prefix(verb.to_string());
-        bar.set_message("0 files");
-        bar.enable_steady_tick(Duration::from_millis(200));
+        if Progress::wanted() {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            // Redrawn while a large file is read, not only between files.
+            bar.enable_steady_tick(Duration::from_millis(200));
+        }
         Progress {
             bar,
             files: AtomicU64::new(0),
