@@ -38,6 +38,8 @@ const OUTSIDE_THE_PACKAGE: &[&str] = &["/etc/layerfs", "/var/lib/layerfs"];
 
 /// Traces of the units' enablement, which a purge must take away.
 const ENABLEMENT: &[&str] = &[
+    "/etc/systemd/system/layerfs-volume.socket",
+    "/etc/systemd/system/layerfs-volume.service",
     "/etc/systemd/system/sockets.target.wants/layerfs-volume.socket",
     "/etc/systemd/system/multi-user.target.wants/layerfs-volume.service",
     "/var/lib/systemd/deb-systemd-helper-enabled/layerfs-volume.socket.dsh-also",
