@@ -21,6 +21,7 @@ pub fn write_all(dir: &Path) -> io::Result<()> {
     let man = dir.join("man8");
     fs::create_dir_all(&man)?;
     write_pages(&cmd, &man)?;
+    let mut offered = without_hidden(&Cli::command());
     for (shell, sub) in [
         (Shell::Bash, "bash"),
         (Shell::Zsh, "zsh"),
@@ -28,7 +29,7 @@ pub fn write_all(dir: &Path) -> io::Result<()> {
     ] {
         let out = dir.join("completions").join(sub);
         fs::create_dir_all(&out)?;
-        clap_complete::generate_to(shell, &mut cmd, "layerfs-volume", &out)?;
+        clap_complete::generate_to(shell, &mut offered, "layerfs-volume", &out)?;
     }
     Ok(())
 }
@@ -45,4 +46,14 @@ fn write_pages(cmd: &clap::Command, dir: &Path) -> io::Result<()> {
         .source(concat!("layerfs ", env!("CARGO_PKG_VERSION")))
         .generate_to(dir)
         .map(|_| ())
+}
+
+/// `cmd` as a completion offers it: clap_complete would offer hidden
+/// commands (`generate-docs`) too.
+fn without_hidden(cmd: &clap::Command) -> clap::Command {
+    clap::Command::new("layerfs-volume")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(cmd.get_arguments().filter(|a| !a.is_hide_set()).cloned())
+        .subcommands(cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
+        .disable_help_subcommand(true)
 }
