@@ -3,7 +3,8 @@
 //! mount(8) finds `fuse.layerfs`, the plugin's socket answers
 //! `Plugin.Activate` (through systemd where it is PID 1, else through the
 //! service's ExecStart given the socket as systemd would), and `apt-get
-//! remove --purge` leaves nothing of it.
+//! remove --purge` leaves nothing of it. And, without the package,
+//! `serve` socket-activated as systemd does it.
 //!
 //! It installs into /usr: it runs only where no layerfs is installed (a
 //! shared machine's own install is never replaced), one run at a time
@@ -336,28 +337,9 @@ fn the_deb_installs_mounts_serves_and_purges_cleanly() {
         let mut words = exec.split_whitespace();
         let program = words.next().unwrap();
         assert_eq!(program, "/usr/bin/layerfs-volume");
-        let sock = tmp.path().join("layerfs.sock");
-        let log = tmp.path().join("plugin.log");
-        let child = Command::new("systemd-socket-activate")
-            .arg("-l")
-            .arg(&sock)
-            .arg(program)
-            .args(words)
-            .arg("--store")
-            .arg(tmp.path().join("store"))
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let plugin = Killed(child);
-        let body = activate(&sock);
-        assert!(body.contains(r#""Implements":["VolumeDriver"]"#), "{body}");
-        drop(plugin);
-        let text = fs::read_to_string(&log).unwrap();
-        assert!(
-            text.contains(&format!("listening on {}", sock.display())),
-            "{text}"
-        );
+        let mut args: Vec<std::ffi::OsString> = words.map(Into::into).collect();
+        args.extend(["--store".into(), tmp.path().join("store").into()]);
+        activated_answers(tmp.path(), Path::new(program), &args);
     }
 
     // Removed with --purge: nothing of it is left.
@@ -386,4 +368,54 @@ fn the_deb_installs_mounts_serves_and_purges_cleanly() {
         let sock = Path::new("/run/docker/plugins/layerfs.sock");
         assert!(!sock.exists(), "the socket outlived the package");
     }
+}
+
+/// Socket activation without the package: `serve` given a listening
+/// socket as systemd passes one (LISTEN_FDS, fd 3) serves on it, and says
+/// where it listens.
+#[test]
+fn serve_takes_the_socket_systemd_passes() {
+    require!("systemd-socket-activate");
+    let tmp = common::tmp();
+    let unused = tmp.path().join("unused/plugin.sock");
+    let args = [
+        "--store".into(),
+        tmp.path().join("store").into_os_string(),
+        "serve".into(),
+        // Not the socket used: systemd's is.
+        "--socket".into(),
+        unused.clone().into_os_string(),
+    ];
+    let bin = Path::new(env!("CARGO_BIN_EXE_layerfs-volume"));
+    activated_answers(tmp.path(), bin, &args);
+    assert!(
+        !unused.parent().unwrap().exists(),
+        "serve bound its own socket"
+    );
+}
+
+/// Runs `program args` socket-activated by systemd-socket-activate on a
+/// socket in `dir`, as systemd would: it must answer `Plugin.Activate`
+/// there and log where it listens.
+fn activated_answers(dir: &Path, program: &Path, args: &[std::ffi::OsString]) {
+    let sock = dir.join("plugin.sock");
+    let log = dir.join("plugin.log");
+    let child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&sock)
+        .arg(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let plugin = Killed(child);
+    let body = activate(&sock);
+    assert!(body.contains(r#""Implements":["VolumeDriver"]"#), "{body}");
+    drop(plugin);
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&format!("listening on {}", sock.display())),
+        "{text}"
+    );
 }
