@@ -86,6 +86,10 @@ struct Cli {
     /// Print the layerfs(8) manual page (roff) and exit.
     #[arg(long)]
     man: bool,
+    /// Print the completion script for SHELL (bash, zsh, fish) and exit
+    /// (for packaging).
+    #[arg(long, value_name = "SHELL", hide = true)]
+    completions: Option<clap_complete::Shell>,
     /// [SOURCE] MOUNTPOINT; counted in `main`, so that a mistake is
     /// reported in the words of the usage line.
     #[arg(hide = true)]
@@ -101,6 +105,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.man {
         print!("{}", man_page());
+        return ExitCode::SUCCESS;
+    }
+    if let Some(shell) = cli.completions {
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "layerfs",
+            &mut std::io::stdout(),
+        );
         return ExitCode::SUCCESS;
     }
     let options = match MountOptions::parse(&cli.options) {

@@ -21,10 +21,12 @@ $install_only || check_toolchain
 # the manual page check (groff-base), a loop-mounted ext2 upper
 # (e2fsprogs), xfs_io to shut an upper down (xfsprogs), a GlusterFS
 # volume in a network namespace (glusterfs-server, glusterfs-client,
-# iproute2), and Docker Engine for the volume tests (docker.io).
+# iproute2), Docker Engine for the volume tests (docker.io), and for the
+# package test apt and systemd's systemd-socket-activate (systemd, where
+# it is not PID 1).
 packages=(fuse3 attr coreutils util-linux procps tar runc crun podman uidmap
           busybox-static debootstrap dpkg strace groff-base e2fsprogs xfsprogs
-          glusterfs-server glusterfs-client iproute2 docker.io)
+          glusterfs-server glusterfs-client iproute2 docker.io apt systemd)
 
 missing=()
 if command -v dpkg-query >/dev/null; then

@@ -1,24 +1,31 @@
 //! The `layerfs-volume` command line.
 
 use std::fs;
-use std::io::{self, Write};
-use std::path::PathBuf;
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
 use crate::backup;
 use crate::plugin;
-use crate::store::{default_store, Store};
+use crate::store::{default_store, err, Store};
 use crate::volumes::Volumes;
 
 /// Persistent copy-on-write volumes as layerfs layer stacks, with
 /// snapshots, clones, incremental export and the Docker volume plugin API.
 #[derive(Parser, Debug)]
-#[command(name = "layerfs-volume", version)]
+#[command(
+    name = "layerfs-volume",
+    version,
+    after_long_help = "Volumes are mounted with layerfs(8), which must be installed beside \
+        this binary. As a service: the systemd units layerfs-volume.socket and \
+        layerfs-volume.service. Each command has a page of its own: \
+        layerfs-volume-create(8), layerfs-volume-export(8) and so on."
+)]
 pub struct Cli {
     /// The volume store (default /var/lib/layerfs/volumes as root, else
     /// $XDG_DATA_HOME/layerfs/volumes).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "DIR")]
     pub store: Option<PathBuf>,
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -29,20 +36,33 @@ pub enum Cmd {
     /// Create a volume: empty, seeded from directories (top first; not
     /// copied), or cloned from VOLUME@SNAPSHOT.
     Create {
+        /// The new volume's name: letters, digits, '_', '.', '-'.
         name: String,
+        /// A seed directory, used in place as a read-only lower layer
+        /// (repeat for several, top first), or VOLUME@SNAP alone to clone
+        /// that snapshot. Through Docker's `-o from=` several seeds are one
+        /// colon-separated list (`from=/a:/b`) instead.
         #[arg(long = "from", value_name = "DIR|VOLUME@SNAP")]
         from: Vec<String>,
     },
     /// List volumes.
     Ls,
     /// Show a volume as JSON.
-    Inspect { name: String },
+    Inspect {
+        /// The volume.
+        name: String,
+    },
     /// Remove a volume (refused while mounted or cloned from).
-    Rm { name: String },
+    Rm {
+        /// The volume.
+        name: String,
+    },
     /// Make the current changes a read-only snapshot. On a mounted volume
     /// the containers keep running: their changes wait at most --timeout.
     Snapshot {
+        /// The volume (mounted or not).
         name: String,
+        /// The snapshot's name (default s1, s2, ...).
         id: Option<String>,
         /// Longest time, in milliseconds, a mounted volume's changes may
         /// be held; past it the snapshot fails and nothing changes.
@@ -51,30 +71,54 @@ pub enum Cmd {
         timeout: u64,
     },
     /// List a volume's snapshots, oldest first.
-    Snapshots { name: String },
+    Snapshots {
+        /// The volume.
+        name: String,
+    },
     /// Remove a snapshot, merging its changes into the layer above.
-    SnapshotRm { name: String, id: String },
+    SnapshotRm {
+        /// The volume.
+        name: String,
+        /// The snapshot.
+        id: String,
+    },
     /// Create a volume from another's snapshot, sharing its layers.
-    Clone { source: String, name: String },
+    Clone {
+        /// The snapshot to start from, as VOLUME@SNAP.
+        #[arg(value_name = "VOLUME@SNAP")]
+        source: String,
+        /// The new volume's name.
+        name: String,
+    },
     /// Merge all snapshots of a volume into one layer.
-    Compact { name: String },
-    /// Write the volume as an OCI layer tar (to stdout without -o).
+    Compact {
+        /// The volume.
+        name: String,
+    },
+    /// Write the volume as an OCI layer tar (to stdout without -o; refused
+    /// when stdout is a terminal).
     Export {
+        /// The volume (mounted or not).
         name: String,
         /// Only what changed since this snapshot.
-        #[arg(long)]
+        #[arg(long, value_name = "SNAP")]
         since: Option<String>,
         /// The volume as it was at this snapshot (default: as it is now;
         /// for a mounted volume, its newest snapshot).
-        #[arg(long, value_name = "SNAPSHOT")]
+        #[arg(long, value_name = "SNAP")]
         to: Option<String>,
-        #[arg(short, long)]
+        /// The tar file to write (written beside as FILE.partial, renamed
+        /// when complete).
+        #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
     /// Build a volume from layer tars, full first then increments.
     Import {
+        /// The new volume's name.
         name: String,
-        #[arg(required = true)]
+        /// The layer tars, in order: a full export, then the increments
+        /// (`export --since`); each becomes a snapshot.
+        #[arg(required = true, value_name = "TAR")]
         tars: Vec<PathBuf>,
     },
     /// Back a volume up into DIR: a snapshot, and what changed since the
@@ -96,18 +140,54 @@ pub enum Cmd {
         at: Option<String>,
     },
     /// Mount a volume (prints the mountpoint).
-    Mount { name: String },
+    Mount {
+        /// The volume.
+        name: String,
+    },
     /// Unmount a volume mounted with `mount`.
-    Umount { name: String },
+    Umount {
+        /// The volume.
+        name: String,
+    },
     /// Serve the Docker volume plugin API on a unix socket.
     Serve {
-        #[arg(long, default_value = plugin::DEFAULT_SOCKET)]
+        /// The socket to listen on, unless systemd passed one (socket
+        /// activation).
+        #[arg(long, default_value = plugin::DEFAULT_SOCKET, value_name = "PATH")]
         socket: PathBuf,
+    },
+    /// Write the manual pages and shell completions (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Gets man8/ and completions/{bash,zsh,fish}/.
+        dir: PathBuf,
     },
 }
 
+impl Cmd {
+    /// Commands that only read (or need no store): they do not create a
+    /// missing store.
+    fn reads_only(&self) -> bool {
+        matches!(
+            self,
+            Cmd::Ls
+                | Cmd::Inspect { .. }
+                | Cmd::Snapshots { .. }
+                | Cmd::Export { .. }
+                | Cmd::GenerateDocs { .. }
+        )
+    }
+}
+
 pub fn run(cli: Cli) -> io::Result<()> {
-    let store = Store::open(&cli.store.unwrap_or_else(default_store))?;
+    let root = cli.store.unwrap_or_else(default_store);
+    let store = if cli.cmd.reads_only() && !root.exists() {
+        // Nothing to read; every volume is missing. A first `ls` leaves
+        // the host as it was.
+        Store { root }
+    } else {
+        Store::open(&root)?
+    };
     let vols = Volumes::new(store);
     let mut out = io::stdout().lock();
     match cli.cmd {
@@ -124,6 +204,7 @@ pub fn run(cli: Cli) -> io::Result<()> {
             vols.create(&name, &seeds, bases.first().map(String::as_str))?;
             writeln!(out, "{name}")
         }
+        Cmd::Ls if !vols.store.root.exists() => Ok(()),
         Cmd::Ls => {
             for name in vols.store.list()? {
                 writeln!(out, "{name}")?;
@@ -157,24 +238,12 @@ pub fn run(cli: Cli) -> io::Result<()> {
             since,
             to,
             output,
-        } => match output {
-            Some(path) => {
-                // Written beside, renamed when complete: a failed export
-                // leaves no truncated backup under the name asked for.
-                let tmp = path.with_extension("partial");
-                let made = (|| {
-                    let mut f = io::BufWriter::new(fs::File::create(&tmp)?);
-                    vols.export_range(&name, since.as_deref(), to.as_deref(), &mut f)?;
-                    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-                    fs::rename(&tmp, &path)
-                })();
-                if made.is_err() {
-                    let _ = fs::remove_file(&tmp);
-                }
-                made
-            }
-            None => vols.export_range(&name, since.as_deref(), to.as_deref(), &mut out),
-        },
+        } => {
+            // A missing volume (or store) is said before any file is made.
+            vols.store.load(&name)?;
+            let range = (since.as_deref(), to.as_deref());
+            export(&vols, &name, range, output.as_deref(), &mut out)
+        }
         Cmd::Import { name, tars } => {
             vols.import(&name, &tars)?;
             writeln!(out, "{name}")
@@ -193,5 +262,40 @@ pub fn run(cli: Cli) -> io::Result<()> {
         }
         Cmd::Umount { name } => vols.unmount(&name, "cli"),
         Cmd::Serve { socket } => plugin::serve(&vols, &socket),
+        Cmd::GenerateDocs { dir } => crate::gen_docs::write_all(&dir),
     }
+}
+
+/// `export`: to FILE, or to stdout unless it is a terminal.
+fn export(
+    vols: &Volumes,
+    name: &str,
+    (since, to): (Option<&str>, Option<&str>),
+    output: Option<&Path>,
+    out: &mut io::StdoutLock<'_>,
+) -> io::Result<()> {
+    let Some(path) = output else {
+        // As tar does: binary on a terminal is of use to no one.
+        if out.is_terminal() {
+            return Err(err(
+                "refusing to write a tar to a terminal: give -o FILE or redirect stdout",
+            ));
+        }
+        return vols.export_range(name, since, to, out);
+    };
+    // Written beside, renamed when complete: a failed export leaves no
+    // truncated backup under the name asked for.
+    let tmp = path.with_extension("partial");
+    let made = (|| {
+        let f = fs::File::create(&tmp)
+            .map_err(|e| err(format!("cannot write {}: {e}", path.display())))?;
+        let mut f = io::BufWriter::new(f);
+        vols.export_range(name, since, to, &mut f)?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if made.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    made
 }

@@ -389,10 +389,14 @@ impl Sink for LayerSink {
 /// Reads an OCI image-layer tar and sends its entries, in order, to `sink`
 /// (`.wh.NAME` as a whiteout, `.wh..wh..opq` as an opaque directory, PAX
 /// `SCHILY.xattr.*` as xattrs). Stops at the first refused entry.
-pub fn apply_tar(input: impl Read, sink: &mut dyn Sink) -> io::Result<()> {
-    let mut archive = tar::Archive::new(input);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
+/// Each error says what is wrong with the input in words: not a tar (and
+/// which compression it looks like), a truncated one, never the raw bytes
+/// of a bad header field.
+pub fn apply_tar(mut input: impl Read, sink: &mut dyn Sink) -> io::Result<()> {
+    let first = first_header(&mut input)?;
+    let mut archive = tar::Archive::new(io::Cursor::new(first).chain(input));
+    for entry in archive.entries().map_err(readable)? {
+        let mut entry = entry.map_err(readable)?;
         let path = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&path).into_owned();
         let comps = components(&path)?;
@@ -476,9 +480,120 @@ pub fn apply_tar(input: impl Read, sink: &mut dyn Sink) -> io::Result<()> {
     sink.finish()
 }
 
+/// Size of a tar block, and so of a header.
+const BLOCK: usize = 512;
+
+/// Reads the first block of a tar and checks it is a header (its checksum
+/// holds) or the end-of-archive block; a file that is not a tar is refused
+/// here, before the tar crate reads it as a broken header.
+fn first_header(input: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut block = Vec::with_capacity(BLOCK);
+    input.take(BLOCK as u64).read_to_end(&mut block)?;
+    if let Some(kind) = compression(&block) {
+        return Err(err(format!(
+            "not a tar archive ({kind}-compressed?): decompress it first"
+        )));
+    }
+    if block.is_empty() {
+        return Err(err("not a tar archive: the file is empty"));
+    }
+    let end_block = block.len() == BLOCK && block.iter().all(|&b| b == 0);
+    if !end_block && !header_checksum_holds(&block) {
+        return Err(err("not a tar archive"));
+    }
+    Ok(block)
+}
+
+/// The compression a file's first bytes announce.
+fn compression(start: &[u8]) -> Option<&'static str> {
+    const MAGIC: &[(&[u8], &str)] = &[
+        (&[0x1f, 0x8b], "gzip"),
+        (&[0x28, 0xb5, 0x2f, 0xfd], "zstd"),
+        (b"BZh", "bzip2"),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0], "xz"),
+    ];
+    MAGIC
+        .iter()
+        .find(|(magic, _)| start.starts_with(magic))
+        .map(|(_, kind)| *kind)
+}
+
+/// Whether a 512-byte block's checksum field (octal, at 148..156) is the
+/// sum of its bytes with that field counted as spaces, as POSIX defines it.
+fn header_checksum_holds(block: &[u8]) -> bool {
+    if block.len() != BLOCK {
+        return false;
+    }
+    let field = &block[148..156];
+    let digits: Vec<u8> = field
+        .iter()
+        .copied()
+        .skip_while(|&b| b == b' ')
+        .take_while(|b| (b'0'..=b'7').contains(b))
+        .collect();
+    let Some(stored) = std::str::from_utf8(&digits)
+        .ok()
+        .and_then(|d| u32::from_str_radix(d, 8).ok())
+    else {
+        return false;
+    };
+    let sum: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(b)
+            }
+        })
+        .sum();
+    stored == sum
+}
+
+/// The tar crate's error in words a user can act on: a short read is a
+/// truncated archive, and a message quoting a header field's bytes has
+/// them escaped (a random file would otherwise print binary to the
+/// terminal).
+fn readable(e: io::Error) -> io::Error {
+    let text = e.to_string();
+    let short = [
+        "failed to read entire block",
+        "unexpected EOF",
+        "failed to read extension",
+    ];
+    if e.kind() == io::ErrorKind::UnexpectedEof || short.iter().any(|s| text.contains(s)) {
+        return err("truncated tar archive (it ends inside an entry)");
+    }
+    if text.chars().any(|c| c.is_control()) {
+        return io::Error::new(e.kind(), text.escape_debug().to_string());
+    }
+    e
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_is_not_a_tar_is_named() {
+        let check = |bytes: &[u8]| first_header(&mut &bytes[..]).map_err(|e| e.to_string());
+        let gz = check(&[0x1f, 0x8b, 8, 0, 0, 0]).unwrap_err();
+        assert_eq!(
+            gz,
+            "not a tar archive (gzip-compressed?): decompress it first"
+        );
+        assert_eq!(check(b"hello\n").unwrap_err(), "not a tar archive");
+        assert_eq!(check(&[7u8; 600]).unwrap_err(), "not a tar archive");
+        assert!(check(&[0u8; 512]).is_ok(), "an empty archive");
+        let mut h = tar::Header::new_gnu();
+        h.set_path("a").unwrap();
+        h.set_size(0);
+        h.set_cksum();
+        assert!(check(h.as_bytes()).is_ok());
+        let bad = readable(io::Error::other("bad field \u{1}\u{7f}x"));
+        assert_eq!(bad.to_string(), "bad field \\u{1}\\u{7f}x");
+    }
 
     #[test]
     fn paths() {

@@ -13,10 +13,12 @@ use clap::Parser;
 mod backup;
 mod cli;
 mod export;
+mod gen_docs;
 mod import;
 mod live;
 mod mounts;
 mod plugin;
+mod progress;
 mod store;
 mod volumes;
 

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -183,25 +184,57 @@ pub fn handle(vols: &Volumes, path: &str, body: &[u8]) -> Value {
         other => Err(err(format!("unknown endpoint {other}"))),
     };
     answer.unwrap_or_else(|e| {
-        log::info!("{path} {}: {e}", req.name);
+        // Docker asks for a volume before creating it: that miss is routine.
+        let level = if e.to_string().starts_with("no such volume") {
+            log::Level::Debug
+        } else {
+            log::Level::Info
+        };
+        log::log!(level, "{path} {}: {e}", req.name);
         json!({"Err": e.to_string()})
     })
 }
 
-/// Serves the API on `socket` until killed.
-pub fn serve(vols: &Volumes, socket: &Path) -> io::Result<()> {
+/// Where the plugin listens: the socket systemd passed (socket
+/// activation, `LISTEN_FDS`/`LISTEN_PID`, fd 3), else `socket`, bound here.
+fn listen(socket: &Path) -> io::Result<(UnixListener, PathBuf)> {
+    // Takes the variables out of the environment too, so the layerfs
+    // daemons this process starts do not take the socket for theirs.
+    let mut fds = listenfd::ListenFd::from_env();
+    if let Some(l) = fds
+        .take_unix_listener(0)
+        .map_err(|e| err(format!("the socket systemd passed: {e}")))?
+    {
+        let path = l
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("(socket from systemd)"));
+        return Ok((l, path));
+    }
     if let Some(dir) = socket.parent() {
         fs::create_dir_all(dir)?;
     }
     // A socket left by a killed plugin: connecting to it fails, so it is
     // stale and can go.
-    if socket.exists() && std::os::unix::net::UnixStream::connect(socket).is_err() {
+    if socket.exists() && UnixStream::connect(socket).is_err() {
         fs::remove_file(socket)?;
     }
-    let mounted = vols.recover()?;
-    log::info!("volumes still mounted: {}", mounted.join(", "));
-    let server = tiny_http::Server::http_unix(socket)
+    let l = UnixListener::bind(socket)
         .map_err(|e| err(format!("cannot listen on {}: {e}", socket.display())))?;
+    Ok((l, socket.to_path_buf()))
+}
+
+/// Serves the API on `socket` (or the socket systemd passed) until killed.
+pub fn serve(vols: &Volumes, socket: &Path) -> io::Result<()> {
+    let (listener, path) = listen(socket)?;
+    let mounted = vols.recover()?;
+    if !mounted.is_empty() {
+        log::info!("volumes still mounted: {}", mounted.join(", "));
+    }
+    let server = tiny_http::Server::from_listener(listener, None)
+        .map_err(|e| err(format!("cannot serve on {}: {e}", path.display())))?;
+    log::info!("listening on {}", path.display());
     let header = tiny_http::Header::from_bytes(
         &b"Content-Type"[..],
         &b"application/vnd.docker.plugins.v1+json"[..],

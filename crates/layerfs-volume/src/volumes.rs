@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::export::{TarSink, Walker};
 use crate::import::{apply_tar, LayerSink};
 use crate::mounts::{in_proc_mounts, run_layerfs, stack_options, unmount_dir, View};
+use crate::progress::{self, Progress};
 use crate::store::{check_name, err, now, parse_base, Base, Meta, Snapshot, Store};
 
 /// How long a live snapshot may hold the containers' changes by default.
@@ -50,8 +51,17 @@ impl Volumes {
             } else {
                 meta.holders.join(", ")
             };
+            // How to end the mount: the CLI's own, or the engine's.
+            let how = if meta.holders.iter().any(|h| h == "cli") {
+                format!("unmount it first: layerfs-volume umount {}", meta.name)
+            } else {
+                format!(
+                    "stop the containers using it first (docker ps --filter volume={})",
+                    meta.name
+                )
+            };
             return Err(err(format!(
-                "cannot {what} volume {}: it is mounted, in use by {holders}",
+                "cannot {what} volume {}: it is mounted, in use by {holders}; {how}",
                 meta.name
             )));
         }
@@ -298,7 +308,7 @@ impl Volumes {
         let _lock = self.store.lock()?;
         let mut meta = self.store.load(name)?;
         self.repair(&mut meta)?;
-        self.refuse_if_mounted(&meta, "remove a snapshot")?;
+        self.refuse_if_mounted(&meta, "remove a snapshot of")?;
         self.settle_hardlinks(&meta)?;
         let Some(k) = meta.snapshots.iter().position(|s| s.id == id) else {
             return Err(err(format!("volume {name} has no snapshot {id}")));
@@ -438,8 +448,14 @@ impl Volumes {
             }
         };
         let dir = self.store.dir(name);
+        let exported = above.as_deref().unwrap_or(&layers);
+        let total = Progress::wanted().then(|| {
+            progress::tar_size_of(&exported.iter().map(|p| p.as_path()).collect::<Vec<_>>())
+        });
+        let progress = Progress::new(&format!("export {name}"), total);
         let view = View::mount(dir.join(format!(".view-{}", std::process::id())), &layers)?;
-        let mut sink = TarSink::new(out);
+        let mut tar = TarSink::new(progress.writer(out));
+        let mut sink = progress.sink(&mut tar);
         let mut walker = Walker::new(&view.dir, &mut sink);
         match above {
             None => walker.full(),
@@ -495,6 +511,11 @@ impl Volumes {
             pending_snapshot: None,
             pending_live: false,
         };
+        let total = chain
+            .iter()
+            .filter_map(|(t, _)| fs::metadata(t).ok())
+            .map(|m| m.len());
+        let progress = Progress::new(&format!("import {name}"), Some(total.sum()));
         self.build(&meta, |tmp| {
             let mut below: Vec<PathBuf> = Vec::new();
             for (tar, snap) in chain {
@@ -502,8 +523,9 @@ impl Volumes {
                 fs::create_dir(&layer)?;
                 let f = fs::File::open(tar).map_err(|e| err(format!("{}: {e}", tar.display())))?;
                 let lowers: Vec<&Path> = below.iter().map(|p| p.as_path()).collect();
-                let mut sink = LayerSink::new(&layer, &lowers)?;
-                apply_tar(io::BufReader::new(f), &mut sink)
+                let mut layer_sink = LayerSink::new(&layer, &lowers)?;
+                let mut sink = progress.sink(&mut layer_sink);
+                apply_tar(io::BufReader::new(progress.reader(f)), &mut sink)
                     .map_err(|e| err(format!("{}: {e}", tar.display())))?;
                 below.insert(0, layer);
             }
