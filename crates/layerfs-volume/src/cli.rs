@@ -6,8 +6,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::Config;
+use crate::options::CreateOptions;
 use crate::plugin;
-use crate::store::{default_store, Store};
+use crate::store::{rfc3339, Store};
+use crate::stores::StoreSet;
 use crate::volumes::Volumes;
 
 /// Persistent copy-on-write volumes as layerfs layer stacks, with
@@ -15,10 +18,14 @@ use crate::volumes::Volumes;
 #[derive(Parser, Debug)]
 #[command(name = "layerfs-volume", version)]
 pub struct Cli {
-    /// The volume store (default /var/lib/layerfs/volumes as root, else
-    /// $XDG_DATA_HOME/layerfs/volumes).
-    #[arg(long, global = true)]
-    pub store: Option<PathBuf>,
+    /// The volume store: a path, or a label of the configuration file
+    /// ($LAYERFS_VOLUME_CONFIG, else /etc/layerfs/volumes.toml). Default:
+    /// the file's `default` store, else /var/lib/layerfs/volumes as root,
+    /// else $XDG_DATA_HOME/layerfs/volumes. `serve` takes several, as
+    /// LABEL=PATH (a plain path is labelled `default`), or serves the
+    /// file's stores.
+    #[arg(long, global = true, value_name = "LABEL|PATH|LABEL=PATH")]
+    pub store: Vec<String>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -31,6 +38,11 @@ pub enum Cmd {
         name: String,
         #[arg(long = "from", value_name = "DIR|VOLUME@SNAP")]
         from: Vec<String>,
+        /// The root directory's owner and mode: uid=U, gid=G, mode=OCTAL
+        /// (several at once, comma-separated; the store's defaults fill the
+        /// rest).
+        #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE[,...]")]
+        opts: Vec<String>,
     },
     /// List volumes.
     Ls,
@@ -75,11 +87,19 @@ pub enum Cmd {
 }
 
 pub fn run(cli: Cli) -> io::Result<()> {
-    let store = Store::open(&cli.store.unwrap_or_else(default_store))?;
-    let vols = Volumes::new(store);
+    let config = Config::load()?;
+    let cmd = match cli.cmd {
+        Cmd::Serve { socket } => {
+            let set = StoreSet::open(&config.serve_stores(&cli.store)?);
+            return plugin::serve(&set, &socket);
+        }
+        cmd => cmd,
+    };
+    let spec = config.one_store(&cli.store)?;
+    let vols = Volumes::new(Store::open(&spec.path)?);
     let mut out = io::stdout().lock();
-    match cli.cmd {
-        Cmd::Create { name, from } => {
+    match cmd {
+        Cmd::Create { name, from, opts } => {
             let (bases, seeds): (Vec<String>, Vec<String>) = from
                 .into_iter()
                 .partition(|f| crate::store::is_base_spec(f));
@@ -88,8 +108,13 @@ pub fn run(cli: Cli) -> io::Result<()> {
                     "--from VOLUME@SNAP is given alone, not with directories",
                 ));
             }
-            let seeds: Vec<PathBuf> = seeds.into_iter().map(PathBuf::from).collect();
-            vols.create(&name, &seeds, bases.first().map(String::as_str))?;
+            let mut opts = CreateOptions::from_cli(&opts)?;
+            opts.seeds = seeds.into_iter().map(PathBuf::from).collect();
+            opts.base = bases.into_iter().next();
+            // The file's other stores are asked too, so that a name stays
+            // in one store.
+            let set = StoreSet::for_cli(&spec, &config.stores)?;
+            set.create(&set.stores[0], &name, &opts)?;
             writeln!(out, "{name}")
         }
         Cmd::Ls => {
@@ -109,7 +134,7 @@ pub fn run(cli: Cli) -> io::Result<()> {
         }
         Cmd::Snapshots { name } => {
             for s in vols.store.load(&name)?.snapshots {
-                writeln!(out, "{}\t{}", s.id, s.created)?;
+                writeln!(out, "{}\t{}", s.id, rfc3339(s.created))?;
             }
             Ok(())
         }
@@ -150,6 +175,6 @@ pub fn run(cli: Cli) -> io::Result<()> {
             writeln!(out, "{}", mp.display())
         }
         Cmd::Umount { name } => vols.unmount(&name, "cli"),
-        Cmd::Serve { socket } => plugin::serve(&vols, &socket),
+        Cmd::Serve { .. } => Ok(()),
     }
 }

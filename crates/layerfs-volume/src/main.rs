@@ -11,11 +11,14 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cli;
+mod config;
 mod export;
 mod import;
 mod mounts;
+mod options;
 mod plugin;
 mod store;
+mod stores;
 mod volumes;
 
 fn main() -> ExitCode {
@@ -25,6 +28,9 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`inspect | head`): what it wanted, it has.
+        // Quiet, with the status a shell gives a command SIGPIPE ended.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(141),
         Err(e) => {
             eprintln!("layerfs-volume: {e}");
             ExitCode::FAILURE

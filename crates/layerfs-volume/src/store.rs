@@ -107,6 +107,38 @@ pub fn parse_base(spec: &str) -> io::Result<Base> {
     })
 }
 
+/// Seconds since the epoch as RFC 3339 (`2026-12-07T03:36:47Z`), as
+/// Docker shows times.
+pub fn rfc3339(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| format!("@{secs}"))
+}
+
+/// Bytes a directory tree takes on disk, each inode counted once (as
+/// `du -s` does): what a volume's upper holds.
+pub fn used_bytes(dir: &Path) -> io::Result<u64> {
+    fn walk(dir: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let mut total = 0;
+        for e in fs::read_dir(dir)? {
+            let e = e?;
+            let md = e.metadata()?;
+            if md.nlink() > 1 && !md.is_dir() && !seen.insert((md.dev(), md.ino())) {
+                continue;
+            }
+            total += md.blocks() * 512;
+            if md.is_dir() {
+                total += walk(&e.path(), seen)?;
+            }
+        }
+        Ok(total)
+    }
+    walk(dir, &mut Default::default())
+}
+
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use crate::export::{TarSink, Walker};
 use crate::import::{apply_tar, LayerSink};
 use crate::mounts::{in_proc_mounts, run_layerfs, stack_options, unmount_dir, View};
-use crate::store::{check_name, err, now, parse_base, Base, Meta, Snapshot, Store};
+use crate::options::CreateOptions;
+use crate::store::{check_name, err, now, parse_base, rfc3339, Base, Meta, Snapshot, Store};
 
 /// Which layers a merge folds into one: top first, and what stays below.
 struct MergeRange {
@@ -56,8 +57,10 @@ impl Volumes {
     }
 
     /// Creates a volume: empty, seeded from directories (top first; recorded,
-    /// not copied), or cloned from `VOLUME@SNAPSHOT`.
-    pub fn create(&self, name: &str, seeds: &[PathBuf], base: Option<&str>) -> io::Result<Meta> {
+    /// not copied), or cloned from `VOLUME@SNAPSHOT`, its root owned as
+    /// `opts.owner` asks (set in the upper before the volume appears).
+    pub fn create(&self, name: &str, opts: &CreateOptions) -> io::Result<Meta> {
+        let (seeds, base) = (&opts.seeds, opts.base.as_deref());
         check_name("volume", name)?;
         let _lock = self.store.lock()?;
         if self.store.dir(name).exists() {
@@ -102,7 +105,7 @@ impl Volumes {
             next_snapshot: 1,
             pending_snapshot: None,
         };
-        self.build(&meta, |_| Ok(()))?;
+        self.build(&meta, |tmp| opts.owner.apply(&tmp.join("upper")))?;
         Ok(meta)
     }
 
@@ -220,7 +223,11 @@ impl Volumes {
 
     /// Clones `VOLUME@SNAPSHOT` into a new volume sharing its layers.
     pub fn clone_volume(&self, spec: &str, name: &str) -> io::Result<Meta> {
-        self.create(name, &[], Some(spec))
+        let opts = CreateOptions {
+            base: Some(spec.to_string()),
+            ..Default::default()
+        };
+        self.create(name, &opts)
     }
 
     fn refuse_if_cloned(&self, meta: &Meta, from: usize, what: &str) -> io::Result<()> {
@@ -552,13 +559,16 @@ impl Volumes {
         layers.extend(self.store.lower_stack(&meta)?);
         Ok(serde_json::json!({
             "Name": meta.name,
-            "Created": meta.created,
+            "Created": rfc3339(meta.created),
             "Mountpoint": self.mountpoint(name),
             "Mounted": self.is_mounted(name),
             "Holders": meta.holders,
             "Seeds": meta.seeds,
             "Base": meta.base.as_ref().map(|b: &Base| format!("{}@{}", b.volume, b.snapshot)),
-            "Snapshots": meta.snapshots,
+            "Snapshots": meta.snapshots.iter().map(|s| serde_json::json!({
+                "id": s.id,
+                "created": rfc3339(s.created),
+            })).collect::<Vec<_>>(),
             "Layers": layers,
         }))
     }
