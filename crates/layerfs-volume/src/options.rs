@@ -41,6 +41,17 @@ impl Ownership {
         }
     }
 
+    /// The owner and mode of `dir`.
+    pub fn of(dir: &Path) -> io::Result<Ownership> {
+        use std::os::unix::fs::MetadataExt;
+        let md = fs::metadata(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+        Ok(Ownership {
+            uid: Some(md.uid()),
+            gid: Some(md.gid()),
+            mode: Some(md.mode() & 0o7777),
+        })
+    }
+
     /// Sets `dir`, a new volume's upper: its root is what the mount shows
     /// as the volume's root directory. Owner first: chown(2) may clear
     /// set-id bits that the mode then sets.

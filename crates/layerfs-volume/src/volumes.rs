@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::export::{TarSink, Walker};
 use crate::import::{apply_tar, LayerSink};
 use crate::mounts::{in_proc_mounts, run_layerfs, stack_options, unmount_dir, View};
-use crate::options::CreateOptions;
+use crate::options::{CreateOptions, Ownership};
 use crate::store::{check_name, err, now, parse_base, rfc3339, Base, Meta, Snapshot, Store};
 
 /// Which layers a merge folds into one: top first, and what stays below.
@@ -105,7 +105,17 @@ impl Volumes {
             next_snapshot: 1,
             pending_snapshot: None,
         };
-        self.build(&meta, |tmp| opts.owner.apply(&tmp.join("upper")))?;
+        // What is not asked for comes from the root the upper covers (the
+        // base's snapshot, the top seed), as a copy-up would keep it.
+        let below = self.store.lower_stack(&meta)?;
+        let owner = match below
+            .first()
+            .filter(|_| meta.base.is_some() || !meta.seeds.is_empty())
+        {
+            Some(top) => opts.owner.or(Ownership::of(top)?),
+            None => opts.owner,
+        };
+        self.build(&meta, |tmp| owner.apply(&tmp.join("upper")))?;
         Ok(meta)
     }
 
@@ -190,17 +200,17 @@ impl Volumes {
         let dir = self.store.dir(&name);
         if let Some(id) = meta.pending_snapshot.take() {
             if self.store.snapshot_dir(&name, &id).exists() {
+                meta.snapshots.push(Snapshot { id, created: now() });
                 if !dir.join("upper").exists() {
-                    fs::create_dir(dir.join("upper"))?;
+                    self.make_upper(meta)?;
                 }
                 // The index refers to the old upper.
                 reset_dir(&dir.join("work"))?;
-                meta.snapshots.push(Snapshot { id, created: now() });
             }
             self.store.save(meta)?;
         }
         if !dir.join("upper").exists() {
-            fs::create_dir(dir.join("upper"))?;
+            self.make_upper(meta)?;
         }
         for e in fs::read_dir(&dir)? {
             let n = e?.file_name();
@@ -217,6 +227,21 @@ impl Volumes {
                 log::warn!("volume {name}: removing layer {n}, merged by an interrupted change");
                 fs::remove_dir_all(dir.join("snapshots").join(&*n))?;
             }
+        }
+        Ok(())
+    }
+
+    /// Makes a volume's empty upper after a snapshot. Its root is what the
+    /// mount shows as the volume's root, so it takes the owner and mode of
+    /// the snapshot it now covers: a snapshot must not give the root (set
+    /// by `uid=`, `mode=` or by a container) back to root.
+    fn make_upper(&self, meta: &Meta) -> io::Result<()> {
+        let upper = self.store.dir(&meta.name).join("upper");
+        fs::create_dir(&upper)?;
+        if let Some(s) = meta.snapshots.last() {
+            let md = fs::metadata(self.store.snapshot_dir(&meta.name, &s.id))?;
+            std::os::unix::fs::chown(&upper, Some(md.uid()), Some(md.gid()))?;
+            fs::set_permissions(&upper, md.permissions())?;
         }
         Ok(())
     }

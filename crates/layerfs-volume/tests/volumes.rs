@@ -674,10 +674,15 @@ fn call(sock: &Path, endpoint: &str, body: &str) -> serde_json::Value {
 }
 
 fn start_plugin(fx: &mut Fixture, sock: &Path) {
+    let mut cmd = Command::new(bin());
+    cmd.arg("--store").arg(&fx.store);
+    start_plugin_cmd(fx, sock, cmd);
+}
+
+/// Starts `cmd` (the binary with its stores) as `serve` on `sock`.
+fn start_plugin_cmd(fx: &mut Fixture, sock: &Path, mut cmd: Command) {
     let log = fs::File::create(fx.path("plugin.log")).unwrap();
-    let child = Command::new(bin())
-        .arg("--store")
-        .arg(&fx.store)
+    let child = cmd
         .args(["serve", "--socket"])
         .arg(sock)
         .stderr(log)
@@ -772,8 +777,12 @@ fn plugin_api_refcounts_and_survives_restart() {
         ""
     );
     assert!(!common::is_mounted(&mp), "the last unmount ends the mount");
+    // Path says whether it is mounted; Get shows where it mounts, as
+    // Docker's `local` driver does.
+    let r = call(&sock, "VolumeDriver.Path", r#"{"Name":"web"}"#);
+    assert_eq!(r["Mountpoint"], "");
     let r = call(&sock, "VolumeDriver.Get", r#"{"Name":"web"}"#);
-    assert_eq!(r["Volume"]["Mountpoint"], "");
+    assert_eq!(r["Volume"]["Mountpoint"], m1["Mountpoint"]);
     // -o from=VOLUME@SNAP clones; the clone keeps its base alive.
     fx.ok(&["snapshot", "web", "s1"]);
     let r = call(
@@ -865,6 +874,259 @@ fn seeds_with_commas_backslashes_and_colons() {
         r#"{"Name":"docker","ID":"c1"}"#,
     );
     assert_eq!(r["Err"], "", "{r}");
+}
+
+/// The owner, group and permission bits of a path.
+fn owner_mode(p: &Path) -> (u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::metadata(p).unwrap();
+    (md.uid(), md.gid(), md.mode() & 0o7777)
+}
+
+/// Whether `t` reads as RFC 3339 in UTC, as Docker shows times.
+fn is_rfc3339(t: &serde_json::Value) -> bool {
+    let t = t.as_str().unwrap_or("");
+    t.len() == 20 && t.as_bytes()[10] == b'T' && t.ends_with('Z') && t.starts_with("20")
+}
+
+/// Three stores from the configuration file: `default` and `shared` on
+/// this disk, `far` on a FUSE filesystem (a layerfs mount, standing in for
+/// GlusterFS: statfs says FUSE either way) and `gone`, missing. Volumes by
+/// label, one name in one store, ownership options and a store's
+/// defaults, bad options refused with nothing made, Docker's view (Get),
+/// and all of it again after the plugin restarts.
+#[test]
+fn plugin_serves_labelled_stores_with_ownership() {
+    require!();
+    let mut fx = Fixture::new();
+    let shared = fx.path("shared");
+    common::mkdir(&shared);
+    for d in ["fl", "fu", "fw"] {
+        common::mkdir(&fx.path(d));
+    }
+    let fuse = common::try_mount_layerfs(
+        &common::stack_opts(&[fx.path("fl")], &fx.path("fu"), &fx.path("fw")),
+        &fx.path("fuse"),
+    )
+    .unwrap();
+    let far = fuse.path("far");
+    common::mkdir(&far);
+    let config = fx.path("volumes.toml");
+    let text = format!(
+        "[stores.default]\npath = \"{}\"\n\n[stores.shared]\npath = \"{}\"\nuid = 4242\nmode = \"0700\"\n\n\
+         [stores.far]\npath = \"{}\"\n\n[stores.gone]\npath = \"{}\"\n",
+        fx.store.display(),
+        shared.display(),
+        far.display(),
+        fx.path("not-mounted/store").display()
+    );
+    fs::write(&config, text).unwrap();
+    let cli = |args: &[&str]| {
+        Command::new(bin())
+            .env("LAYERFS_VOLUME_CONFIG", &config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let sock = fx.path("plugins/layerfs.sock");
+    let serve = || {
+        let mut c = Command::new(bin());
+        c.env("LAYERFS_VOLUME_CONFIG", &config);
+        c
+    };
+    start_plugin_cmd(&mut fx, &sock, serve());
+    let log = fs::read_to_string(fx.path("plugin.log")).unwrap();
+    assert!(
+        log.contains("store gone (") && log.contains("missing (is its filesystem mounted?)"),
+        "{log}"
+    );
+    let create = |name: &str, opts: serde_json::Value| {
+        let body = serde_json::json!({"Name": name, "Opts": opts});
+        call(&sock, "VolumeDriver.Create", &body.to_string())["Err"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let none = serde_json::json!({});
+    assert_eq!(create("a", none.clone()), "");
+    let opts = serde_json::json!({"store": "shared", "o": "uid=1234,gid=2345,mode=0750"});
+    assert_eq!(create("b", opts), "");
+    // VIC's spelling; the store's defaults (uid 4242, mode 0700).
+    assert_eq!(
+        create("c", serde_json::json!({"VolumeStore": "shared"})),
+        ""
+    );
+    assert_eq!(create("f", serde_json::json!({"store": "far"})), "");
+    // A seeded volume: its root as asked, what is below as the seed has it.
+    let seed = fx.path("seed");
+    common::write(&seed.join("sub/file"), b"seeded\n");
+    fs::set_permissions(&seed, std::os::unix::fs::PermissionsExt::from_mode(0o751)).unwrap();
+    std::os::unix::fs::chown(seed.join("sub"), Some(777), Some(778)).unwrap();
+    let opts = serde_json::json!({"from": seed.to_str().unwrap(), "uid": "1000", "gid": "1000"});
+    assert_eq!(create("d", opts), "");
+
+    // Refusals name the option, or both stores; nothing is made.
+    // Each case: the volume's name, its options, what the Err says.
+    let known = "(known: from, store (or VolumeStore), uid, gid, mode, o)";
+    let colour = format!(r#"x|{{"o":"uid=1,colour=red"}}|unknown option "colour" {known}"#);
+    for case in [
+        r#"a|{"store":"shared"}|store shared: store default already has a volume a"#,
+        r#"x|{"store":"nosuch"}|unknown store "nosuch" (stores: default, far, shared)"#,
+        r#"x|{"store":"gone"}|store gone is not served: missing"#,
+        r#"x|{"uid":"bob"}|uid=bob: a number from 0 to 4294967294 is expected"#,
+        r#"x|{"mode":"0799"}|mode=0799: octal permission bits from 0 to 7777"#,
+        &colour,
+    ] {
+        let mut parts = case.splitn(3, '|');
+        let (name, opts, want) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        let e = create(name, serde_json::from_str(opts).unwrap());
+        assert!(e.contains(want), "{opts}: {e}");
+    }
+    let listed = || -> Vec<String> {
+        let r = call(&sock, "VolumeDriver.List", "");
+        let mut names: Vec<String> = r["Volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["Name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(listed(), ["a", "b", "c", "d", "f"]);
+    assert!(!fx.store.join("x").exists() && !shared.join("x").exists());
+
+    // Docker's view.
+    let get = |name: &str| {
+        call(
+            &sock,
+            "VolumeDriver.Get",
+            &format!(r#"{{"Name":"{name}"}}"#),
+        )
+    };
+    let r = get("b");
+    let v = &r["Volume"];
+    assert!(is_rfc3339(&v["CreatedAt"]), "{r}");
+    assert_eq!(v["Mountpoint"], shared.join("b/merged").to_str().unwrap());
+    assert_eq!(v["Status"]["Store"], "shared", "{r}");
+    assert_eq!(v["Status"]["Scope"], "local", "{r}");
+    assert_eq!(get("f")["Volume"]["Status"]["Scope"], "global");
+    assert_eq!(
+        get("d")["Volume"]["Status"]["Seeds"][0],
+        seed.to_str().unwrap()
+    );
+    let r = call(&sock, "VolumeDriver.Capabilities", "");
+    assert_eq!(r["Capabilities"]["Scope"], "local", "the default store's");
+
+    // Ownership shows through the mount.
+    let mount = |name: &str, id: &str| {
+        let body = format!(r#"{{"Name":"{name}","ID":"{id}"}}"#);
+        let m = call(&sock, "VolumeDriver.Mount", &body);
+        assert_eq!(m["Err"], "", "{m}");
+        PathBuf::from(m["Mountpoint"].as_str().unwrap())
+    };
+    let unmount = |name: &str, id: &str| {
+        let body = format!(r#"{{"Name":"{name}","ID":"{id}"}}"#);
+        assert_eq!(call(&sock, "VolumeDriver.Unmount", &body)["Err"], "");
+    };
+    let mb = mount("b", "c1");
+    assert_eq!(owner_mode(&mb), (1234, 2345, 0o750));
+    common::write(&mb.join("data"), &vec![7u8; 1 << 20]);
+    unmount("b", "c1");
+    let used = get("b")["Volume"]["Status"]["Used"].as_u64().unwrap();
+    assert!(used >= 1 << 20, "Used {used}");
+    let mc = mount("c", "c2");
+    assert_eq!(owner_mode(&mc), (4242, 0, 0o700));
+    let md = mount("d", "c3");
+    // uid and gid as asked, the mode as the seed's root has it.
+    assert_eq!(owner_mode(&md), (1000, 1000, 0o751));
+    assert_eq!(owner_mode(&md.join("sub")).0, 777);
+    assert_eq!(fs::read(md.join("sub/file")).unwrap(), b"seeded\n");
+    unmount("d", "c3");
+
+    // The CLI: a label, its store's volumes; RFC 3339; refusals.
+    let out = cli(&["--store", "shared", "ls"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "b\nc\n",
+        "{}",
+        common::output_text(&out)
+    );
+    let out = cli(&["--store", "shared", "snapshots", "b"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let out = cli(&["--store", "shared", "snapshot", "b", "day0"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let out = cli(&["--store", "shared", "snapshots", "b"]);
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (id, t) = line.trim().split_once('\t').unwrap();
+    assert_eq!(id, "day0");
+    assert!(is_rfc3339(&serde_json::json!(t)), "{line}");
+    let out = cli(&["--store", "shared", "create", "a"]);
+    assert!(!out.status.success());
+    let msg = common::output_text(&out);
+    assert!(
+        msg.contains("store default already has a volume a"),
+        "{msg}"
+    );
+    let out = cli(&["--store", "shared", "create", "y", "-o", "uid=bob"]);
+    assert!(common::output_text(&out).contains("uid=bob: a number"));
+    let out = cli(&["--store", "nosuch", "ls"]);
+    let msg = common::output_text(&out);
+    assert!(
+        msg.contains("unknown store \"nosuch\" (labels: default, far, gone, shared in"),
+        "{msg}"
+    );
+    let out = cli(&["--store", "shared", "create", "e", "-o", "uid=7,mode=0701"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let v: serde_json::Value =
+        serde_json::from_slice(&cli(&["--store", "shared", "inspect", "e"]).stdout).unwrap();
+    assert!(is_rfc3339(&v["Created"]), "{v}");
+    assert_eq!(owner_mode(&shared.join("e/upper")), (7, 0, 0o701));
+    // A reader that goes away: no "Broken pipe" message.
+    let mut child = Command::new(bin())
+        .env("LAYERFS_VOLUME_CONFIG", &config)
+        .args(["--store", "shared", "inspect", "e"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+
+    // The plugin restarts: the same volumes in the same stores, and c's
+    // mount and holder are kept.
+    let mut p = fx.plugin.take().unwrap();
+    p.kill().unwrap();
+    p.wait().unwrap();
+    start_plugin_cmd(&mut fx, &sock, serve());
+    assert_eq!(listed(), ["a", "b", "c", "d", "e", "f"]);
+    let r = get("c");
+    assert_eq!(r["Volume"]["Status"]["Store"], "shared");
+    assert_eq!(r["Volume"]["Status"]["Holders"][0], "c2", "{r}");
+    assert_eq!(r["Volume"]["Status"]["Mounted"], true, "{r}");
+    assert_eq!(get("b")["Volume"]["Status"]["Snapshots"][0], "day0");
+    assert_eq!(owner_mode(&mount("b", "c4")), (1234, 2345, 0o750));
+    unmount("b", "c4");
+    unmount("c", "c2");
+    assert!(!common::is_mounted(&mc));
+    for n in ["a", "b", "c", "d", "e", "f"] {
+        let r = call(
+            &sock,
+            "VolumeDriver.Remove",
+            &format!(r#"{{"Name":"{n}"}}"#),
+        );
+        assert_eq!(r["Err"], "", "{n}: {r}");
+    }
+    // The plugin goes before the FUSE filesystem holding a store.
+    let mut p = fx.plugin.take().unwrap();
+    p.kill().unwrap();
+    p.wait().unwrap();
+    drop(fuse);
 }
 
 /// A Docker Engine of the test's own: its data root, exec root, socket and
