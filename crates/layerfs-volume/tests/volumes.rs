@@ -889,6 +889,14 @@ fn is_rfc3339(t: &serde_json::Value) -> bool {
     t.len() == 20 && t.as_bytes()[10] == b'T' && t.ends_with('Z') && t.starts_with("20")
 }
 
+/// The arguments of a `run --rm` of `script` in `bb:1` with `volume_at`
+/// (`NAME:/data`) mounted, for either engine.
+fn run_on<'a>(volume_at: &'a str, script: &'a str) -> Vec<&'a str> {
+    let mut args: Vec<&str> = "run --rm --network none -v".split(' ').collect();
+    args.extend([volume_at, "bb:1", "sh", "-c", script]);
+    args
+}
+
 /// Three stores from the configuration file: `default` and `shared` on
 /// this disk, `far` on a FUSE filesystem (a layerfs mount, standing in for
 /// GlusterFS: statfs says FUSE either way) and `gone`, missing. Volumes by
@@ -1137,6 +1145,8 @@ struct Engine {
     dir: PathBuf,
     store: PathBuf,
     dockerd: Child,
+    /// The plugin's `--store` arguments.
+    stores: Vec<String>,
     plugin_pid: Option<u32>,
     /// The plugin restarted by the test (the first one is dockerd's child).
     plugin: Option<Child>,
@@ -1151,13 +1161,21 @@ impl Engine {
     /// dockerd's PATH.
     fn start_with(dir: &Path, extra: &str) -> Engine {
         let store = dir.join("store");
+        Engine::start_stores(dir, extra, vec![store.to_str().unwrap().to_string()])
+    }
+
+    /// `stores`: the plugin's `--store` arguments; `dir/store` is still
+    /// the one `volume_mounted` asks.
+    fn start_stores(dir: &Path, extra: &str, stores: Vec<String>) -> Engine {
+        let store = dir.join("store");
+        let store_args: String = stores.iter().map(|s| format!("--store {s} ")).collect();
         for d in ["data", "exec", "plugins"] {
             fs::create_dir_all(dir.join(d)).unwrap();
         }
         let script = format!(
             "set -e\nexport PATH={d}/bin:$PATH\nmkdir -p /run/docker/plugins\n\
              mount --bind {d}/plugins /run/docker/plugins\n\
-             {bin} --store {d}/store serve > {d}/plugin.log 2>&1 &\necho $! > {d}/plugin.pid\n\
+             {bin} {store_args}serve > {d}/plugin.log 2>&1 &\necho $! > {d}/plugin.pid\n\
              exec dockerd --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock \
              --pidfile {d}/docker.pid --config-file {d}/daemon.json --iptables=false --ip6tables=false --bridge=none \
              {extra} > {d}/dockerd.log 2>&1\n",
@@ -1178,6 +1196,7 @@ impl Engine {
             dir: dir.to_path_buf(),
             store,
             dockerd,
+            stores,
             plugin_pid: None,
             plugin: None,
         };
@@ -1264,11 +1283,12 @@ impl Engine {
 
     fn restart_plugin(&mut self) {
         let log = fs::File::create(self.dir.join("plugin2.log")).unwrap();
-        let child = self
-            .in_ns(&[bin(), "--store", self.store.to_str().unwrap(), "serve"])
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut args = vec![bin()];
+        for s in &self.stores {
+            args.extend(["--store", s.as_str()]);
+        }
+        args.push("serve");
+        let child = self.in_ns(&args).stderr(log).spawn().unwrap();
         self.plugin_pid = Some(child.id());
         self.plugin = Some(child);
         let sock = self.dir.join("plugins/layerfs.sock");
@@ -1306,10 +1326,7 @@ impl Drop for Engine {
 #[test]
 fn docker_engine_uses_layerfs_volumes() {
     require!("dockerd", "docker", "busybox", "unshare", "nsenter", "tar");
-    let tmp = tempfile::Builder::new()
-        .prefix("lfv")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let tmp = short_tmp("lfv");
     let dir = tmp.path();
     let rootfs = dir.join("rootfs");
     fs::create_dir_all(rootfs.join("bin")).unwrap();
@@ -1406,6 +1423,76 @@ fn docker_engine_uses_layerfs_volumes() {
     // The seed is untouched.
     assert_eq!(fs::read(seed.join("change")).unwrap(), b"old\n");
     assert!(seed.join("gone").exists());
+    drop(engine);
+}
+
+/// Docker with two labelled stores: `-o store=` picks one, `-o uid= -o
+/// gid= -o mode=` own the volume's root in the container, `docker volume
+/// inspect` shows the store, the time and the mountpoint, a bad option is
+/// refused naming it, and a restarted plugin keeps all of it.
+#[test]
+fn docker_volume_stores_and_ownership() {
+    require!("dockerd", "docker", "busybox", "unshare", "nsenter", "tar");
+    let tmp = short_tmp("lfs");
+    let dir = tmp.path().join("e");
+    let shared = dir.join("shared");
+    fs::create_dir_all(&shared).unwrap();
+    let stores = vec![
+        format!("default={}", dir.join("store").display()),
+        format!("shared={}", shared.display()),
+    ];
+    let mut engine = Engine::start_stores(&dir, "", stores);
+    import_busybox(&engine, tmp.path());
+    engine.ok(&["volume", "create", "-d", "layerfs", "plain"]);
+    engine.ok(&[
+        "volume",
+        "create",
+        "-d",
+        "layerfs",
+        "-o",
+        "store=shared",
+        "-o",
+        "uid=1234",
+        "-o",
+        "gid=2345",
+        "-o",
+        "mode=0750",
+        "owned",
+    ]);
+    assert!(shared.join("owned/meta.json").exists());
+    assert!(dir.join("store/plain/meta.json").exists());
+    let bad = engine.docker(&["volume", "create", "-d", "layerfs", "-o", "uid=bob", "bad"]);
+    assert!(!bad.status.success());
+    let msg = common::output_text(&bad);
+    assert!(msg.contains("uid=bob: a number"), "{msg}");
+    let bad = engine.docker(&["volume", "create", "-d", "layerfs", "-o", "store=x", "bad"]);
+    let msg = common::output_text(&bad);
+    assert!(
+        msg.contains("unknown store \"x\" (stores: default, shared)"),
+        "{msg}"
+    );
+    let check = |engine: &Engine| {
+        let v: serde_json::Value =
+            serde_json::from_str(&engine.ok(&["volume", "inspect", "owned"])).unwrap();
+        let v = &v[0];
+        assert_eq!(v["Status"]["Store"], "shared", "{v}");
+        assert_eq!(v["Scope"], "local", "{v}");
+        assert!(!v["CreatedAt"].as_str().unwrap().starts_with("0001"), "{v}");
+        assert_eq!(
+            v["Mountpoint"],
+            shared.join("owned/merged").to_str().unwrap()
+        );
+        let ls = engine.ok(&["volume", "ls", "-q"]);
+        assert_eq!(ls.lines().collect::<Vec<_>>(), ["owned", "plain"]);
+        let out = engine.ok(&run_on("owned:/data", "busybox stat -c '%u %g %a' /data"));
+        assert_eq!(out, "1234 2345 750");
+    };
+    check(&engine);
+    engine.kill_plugin();
+    engine.restart_plugin();
+    check(&engine);
+    engine.ok(&["volume", "rm", "owned", "plain"]);
+    assert!(!shared.join("owned").exists());
     drop(engine);
 }
 
@@ -1511,7 +1598,29 @@ fn podman_uses_layerfs_volumes() {
     assert!(!mounted(&fx), "the last holder unmounts");
     podman.ok(&["volume", "rm", "vol"]);
     assert!(!fx.store.join("vol").exists());
+    // podman's spelling of ownership options.
+    podman.ok(&[
+        "volume",
+        "create",
+        "--driver",
+        "layerfs",
+        "-o",
+        "o=uid=1234,gid=2345",
+        "owned",
+    ]);
+    let out = podman.ok(&run_on("owned:/data", "busybox stat -c '%u %g' /data"));
+    assert_eq!(out, "1234 2345");
+    podman.ok(&["volume", "rm", "owned"]);
     assert_eq!(fs::read(seed.join("change")).unwrap(), b"old\n");
+}
+
+/// A temp dir directly under /tmp: the unix sockets an engine makes under
+/// it must stay within the 108 bytes of a socket path.
+fn short_tmp(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .unwrap()
 }
 
 /// Imports the busybox image into an engine as `bb:1`.
@@ -1541,10 +1650,7 @@ fn import_busybox(engine: &Engine, scratch: &Path) {
 #[test]
 fn docker_fuse_overlayfs_storage_driver_runs_on_layerfs() {
     require!("dockerd", "docker", "busybox", "unshare", "nsenter", "tar");
-    let tmp = tempfile::Builder::new()
-        .prefix("lfd")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let tmp = short_tmp("lfd");
     let dir = tmp.path().join("a");
     fs::create_dir_all(dir.join("bin")).unwrap();
     std::os::unix::fs::symlink(common::layerfs_bin(), dir.join("bin/fuse-overlayfs")).unwrap();
