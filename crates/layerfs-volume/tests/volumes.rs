@@ -1488,6 +1488,33 @@ fn docker_volume_stores_and_ownership() {
         assert_eq!(out, "1234 2345 750");
     };
     check(&engine);
+    // Docker's Mount id is not the container's, but the container keeps it
+    // in its config (as doc/volume-stores.md tells how to find it).
+    let cid = engine.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "-v",
+        "owned:/data",
+        "bb:1",
+        "sleep",
+        "600",
+    ]);
+    let store_arg = format!("shared={}", shared.display());
+    let out = engine
+        .in_ns(&[bin(), "--store", &store_arg, "inspect", "owned"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let holder = v["Holders"][0].as_str().unwrap().to_string();
+    let config = dir.join(format!("data/containers/{cid}/config.v2.json"));
+    let config = fs::read_to_string(config).unwrap();
+    assert!(
+        config.contains(&format!("\"ID\":\"{holder}\"")),
+        "{holder}: {config}"
+    );
+    engine.ok(&["rm", "-f", &cid]);
     engine.kill_plugin();
     engine.restart_plugin();
     check(&engine);
