@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 use crate::options::CreateOptions;
 use crate::plugin;
-use crate::store::{rfc3339, Store};
-use crate::stores::StoreSet;
+use crate::store::rfc3339;
+use crate::stores::{open_store, StoreSet};
 use crate::volumes::Volumes;
 
 /// Persistent copy-on-write volumes as layerfs layer stacks, with
@@ -96,7 +96,7 @@ pub fn run(cli: Cli) -> io::Result<()> {
         cmd => cmd,
     };
     let spec = config.one_store(&cli.store)?;
-    let vols = Volumes::new(Store::open(&spec.path)?);
+    let vols = Volumes::new(open_store(&spec)?);
     let mut out = io::stdout().lock();
     match cmd {
         Cmd::Create { name, from, opts } => {

@@ -72,11 +72,8 @@ pub struct StoreSet {
 }
 
 impl StoreSet {
-    /// Opens each store. `default` is made if missing, as a fresh host's
-    /// first store is; another must exist, since a missing one is most
-    /// often a shared filesystem not mounted yet, and making it would put
-    /// its volumes on the local disk. One that fails is logged and left
-    /// out; the others serve.
+    /// Opens each store ([`open_store`]). One that fails is logged and
+    /// left out; the others serve.
     pub fn open(specs: &[StoreSpec]) -> StoreSet {
         let mut set = StoreSet {
             stores: Vec::new(),
@@ -86,11 +83,7 @@ impl StoreSet {
             match open_one(spec) {
                 Ok(l) => set.stores.push(l),
                 Err(e) => {
-                    log::error!(
-                        "store {} ({}): {e}; not serving it",
-                        spec.label,
-                        spec.path.display()
-                    );
+                    log::error!("{e}; not serving it");
                     set.failed.push((spec.label.clone(), e.to_string()));
                 }
             }
@@ -102,7 +95,7 @@ impl StoreSet {
     /// ever) first, then the file's other stores that are there, asked
     /// only whether a name is taken.
     pub fn for_cli(chosen: &StoreSpec, others: &[StoreSpec]) -> io::Result<StoreSet> {
-        let store = Store::open(&chosen.path)?;
+        let store = open_store(chosen)?;
         let mut stores = vec![Labelled {
             label: chosen.label.clone(),
             scope: scope_of(&store.root),
@@ -135,7 +128,7 @@ impl StoreSet {
             return Ok(s);
         }
         if let Some((_, why)) = self.failed.iter().find(|(l, _)| l == label) {
-            return Err(err(format!("store {label} is not served: {why}")));
+            return Err(err(format!("{why}; it is not served")));
         }
         Err(err(format!(
             "unknown store {label:?} (stores: {})",
@@ -200,11 +193,26 @@ impl StoreSet {
     }
 }
 
-fn open_one(spec: &StoreSpec) -> io::Result<Labelled> {
+/// Opens a store. `default` is made if missing, as a fresh host's first
+/// store is; another must exist, since a missing one is most often a
+/// shared filesystem not mounted yet, and making it would put its volumes
+/// on the local disk.
+pub fn open_store(spec: &StoreSpec) -> io::Result<Store> {
+    let ctx = |e: &dyn std::fmt::Display| {
+        err(format!(
+            "store {} ({}): {e}",
+            spec.label,
+            spec.path.display()
+        ))
+    };
     if spec.label != DEFAULT_LABEL && !spec.path.is_dir() {
-        return Err(err("missing (is its filesystem mounted?)"));
+        return Err(ctx(&"missing (is its filesystem mounted?)"));
     }
-    let store = Store::open(&spec.path)?;
+    Store::open(&spec.path).map_err(|e| ctx(&e))
+}
+
+fn open_one(spec: &StoreSpec) -> io::Result<Labelled> {
+    let store = open_store(spec)?;
     let scope = scope_of(&store.root);
     Ok(Labelled {
         label: spec.label.clone(),
@@ -238,7 +246,10 @@ mod tests {
         let set = StoreSet::open(&[spec("default"), spec("b"), spec("gone")]);
         assert_eq!(set.labels(), "default, b");
         let e = set.by_label(Some("gone")).err().unwrap().to_string();
-        assert!(e.contains("store gone is not served: missing"), "{e}");
+        assert!(
+            e.ends_with("gone): missing (is its filesystem mounted?); it is not served"),
+            "{e}"
+        );
         let e = set.by_label(Some("x")).err().unwrap().to_string();
         assert!(
             e.contains("unknown store \"x\" (stores: default, b)"),

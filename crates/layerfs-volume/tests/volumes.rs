@@ -980,7 +980,7 @@ fn plugin_serves_labelled_stores_with_ownership() {
     for case in [
         r#"a|{"store":"shared"}|store shared: store default already has a volume a"#,
         r#"x|{"store":"nosuch"}|unknown store "nosuch" (stores: default, far, shared)"#,
-        r#"x|{"store":"gone"}|store gone is not served: missing"#,
+        r#"x|{"store":"gone"}|missing (is its filesystem mounted?); it is not served"#,
         r#"x|{"uid":"bob"}|uid=bob: a number from 0 to 4294967294 is expected"#,
         r#"x|{"mode":"0799"}|mode=0799: octal permission bits from 0 to 7777"#,
         &colour,
@@ -1082,6 +1082,14 @@ fn plugin_serves_labelled_stores_with_ownership() {
     );
     let out = cli(&["--store", "shared", "create", "y", "-o", "uid=bob"]);
     assert!(common::output_text(&out).contains("uid=bob: a number"));
+    // A labelled store that is not there is not made on the local disk.
+    let msg = common::output_text(&cli(&["--store", "gone", "ls"]));
+    assert!(msg.contains("store gone ("), "{msg}");
+    assert!(
+        msg.contains("missing (is its filesystem mounted?)"),
+        "{msg}"
+    );
+    assert!(!fx.path("not-mounted").exists());
     let out = cli(&["--store", "nosuch", "ls"]);
     let msg = common::output_text(&out);
     assert!(
