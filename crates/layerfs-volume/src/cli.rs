@@ -140,6 +140,8 @@ pub fn run(cli: Cli) -> io::Result<()> {
         }
         Cmd::SnapshotRm { name, id } => vols.snapshot_remove(&name, &id),
         Cmd::Clone { source, name } => {
+            let set = StoreSet::for_cli(&spec, &config.stores)?;
+            set.refuse_taken(&set.stores[0], &name)?;
             vols.clone_volume(&source, &name)?;
             writeln!(out, "{name}")
         }
@@ -167,6 +169,8 @@ pub fn run(cli: Cli) -> io::Result<()> {
             None => vols.export(&name, since.as_deref(), &mut out),
         },
         Cmd::Import { name, tars } => {
+            let set = StoreSet::for_cli(&spec, &config.stores)?;
+            set.refuse_taken(&set.stores[0], &name)?;
             vols.import(&name, &tars)?;
             writeln!(out, "{name}")
         }

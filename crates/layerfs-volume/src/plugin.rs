@@ -58,10 +58,12 @@ fn describe(s: &Labelled, name: &str, status: bool) -> io::Result<Value> {
     });
     if status {
         let upper = s.vols.store.dir(name).join("upper");
+        let (used, whole) = used_bytes(&upper).unwrap_or((0, false));
         v["Status"] = json!({
             "Store": s.label,
             "Scope": s.scope.as_str(),
-            "Used": used_bytes(&upper).unwrap_or(0),
+            // Past the walk's limit, "at least": Docker shows it as it is.
+            "Used": if whole { json!(used) } else { json!(format!(">= {used}")) },
             "Snapshots": meta.snapshots.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(),
             "Seeds": meta.seeds,
             "Base": meta.base.as_ref().map(|b| format!("{}@{}", b.volume, b.snapshot)),

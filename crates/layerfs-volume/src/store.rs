@@ -117,13 +117,25 @@ pub fn rfc3339(secs: u64) -> String {
         .unwrap_or_else(|| format!("@{secs}"))
 }
 
+/// Most entries [`used_bytes`] reads: Docker asks `Get` before each use
+/// of a volume, and the plugin serves one request at a time, so a volume
+/// of millions of files must not hold up the others' mounts.
+pub const USED_WALK_LIMIT: usize = 100_000;
+
 /// Bytes a directory tree takes on disk, each inode counted once (as
-/// `du -s` does): what a volume's upper holds.
-pub fn used_bytes(dir: &Path) -> io::Result<u64> {
-    fn walk(dir: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> io::Result<u64> {
-        use std::os::unix::fs::MetadataExt;
-        let mut total = 0;
-        for e in fs::read_dir(dir)? {
+/// `du -s` does): what a volume's upper holds. Past [`USED_WALK_LIMIT`]
+/// entries it stops; the bool says whether the count is whole.
+pub fn used_bytes(dir: &Path) -> io::Result<(u64, bool)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let (mut total, mut entries) = (0, 0);
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d)? {
+            entries += 1;
+            if entries > USED_WALK_LIMIT {
+                return Ok((total, false));
+            }
             let e = e?;
             let md = e.metadata()?;
             if md.nlink() > 1 && !md.is_dir() && !seen.insert((md.dev(), md.ino())) {
@@ -131,12 +143,11 @@ pub fn used_bytes(dir: &Path) -> io::Result<u64> {
             }
             total += md.blocks() * 512;
             if md.is_dir() {
-                total += walk(&e.path(), seen)?;
+                dirs.push(e.path());
             }
         }
-        Ok(total)
     }
-    walk(dir, &mut Default::default())
+    Ok((total, true))
 }
 
 pub fn now() -> u64 {
@@ -347,5 +358,18 @@ mod tests {
         assert!(parse_base("v@s1").is_ok());
         assert!(parse_base("v").is_err());
         assert!(parse_base("v@../s").is_err());
+    }
+
+    #[test]
+    fn used_counts_each_inode_once() {
+        let t = tempfile::tempdir().unwrap();
+        let (empty, whole) = used_bytes(t.path()).unwrap();
+        assert!(whole);
+        fs::create_dir(t.path().join("d")).unwrap();
+        fs::write(t.path().join("d/f"), vec![1u8; 1 << 20]).unwrap();
+        let (one, _) = used_bytes(t.path()).unwrap();
+        assert!(one >= empty + (1 << 20), "{one}");
+        fs::hard_link(t.path().join("d/f"), t.path().join("g")).unwrap();
+        assert_eq!(used_bytes(t.path()).unwrap(), (one, true));
     }
 }

@@ -158,22 +158,29 @@ impl StoreSet {
         out
     }
 
+    /// Refuses a new volume `name` in `target` when another store of the
+    /// set holds that name (create, and the CLI's clone and import).
+    pub fn refuse_taken(&self, target: &Labelled, name: &str) -> io::Result<()> {
+        check_name("volume", name)?;
+        match self
+            .stores
+            .iter()
+            .find(|s| s.label != target.label && s.vols.store.exists(name))
+        {
+            Some(other) => Err(err(format!(
+                "cannot create volume {name} in store {}: store {} already has a volume {name}",
+                target.label, other.label
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Creates a volume in `target` (a store of this set), refused when
     /// another store already holds the name: each name has one store, so
     /// that Mount and Remove know which. The store's defaults fill what
     /// the options leave out.
     pub fn create(&self, target: &Labelled, name: &str, opts: &CreateOptions) -> io::Result<Meta> {
-        check_name("volume", name)?;
-        if let Some(other) = self
-            .stores
-            .iter()
-            .find(|s| s.label != target.label && s.vols.store.exists(name))
-        {
-            return Err(err(format!(
-                "cannot create volume {name} in store {}: store {} already has a volume {name}",
-                target.label, other.label
-            )));
-        }
+        self.refuse_taken(target, name)?;
         let mut here = opts.clone();
         here.owner = opts.owner.or(target.defaults);
         if let Some(spec) = &opts.base {

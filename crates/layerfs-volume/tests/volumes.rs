@@ -1080,6 +1080,12 @@ fn plugin_serves_labelled_stores_with_ownership() {
         msg.contains("store default already has a volume a"),
         "{msg}"
     );
+    let out = cli(&["--store", "shared", "clone", "b@day0", "a"]);
+    let msg = common::output_text(&out);
+    assert!(
+        msg.contains("store default already has a volume a"),
+        "{msg}"
+    );
     let out = cli(&["--store", "shared", "create", "y", "-o", "uid=bob"]);
     assert!(common::output_text(&out).contains("uid=bob: a number"));
     // A labelled store that is not there is not made on the local disk.
