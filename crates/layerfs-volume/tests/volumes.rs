@@ -1151,6 +1151,89 @@ fn plugin_serves_labelled_stores_with_ownership() {
     drop(fuse);
 }
 
+/// A labelled store on GlusterFS beside a local one, the plugin on a
+/// gluster "host" (its own namespaces, the volume mounted by its glusterfs
+/// client): scope `global` there and `local` here, ownership through the
+/// mount, and a restarted plugin that keeps both stores.
+#[test]
+fn plugin_serves_a_store_on_glusterfs() {
+    require_gluster!();
+    let cluster = common::gluster::Cluster::start();
+    let host = cluster.host("a");
+    let shared = host.gl().join("store");
+    host.exec(&["mkdir", "-p", shared.to_str().unwrap()])
+        .unwrap();
+    let sock = cluster.base.join("plugin.sock");
+    let stores = [
+        format!("default={}", cluster.base.join("local").display()),
+        format!("shared={}", shared.display()),
+    ];
+    let serve = |log: &str| {
+        let log = fs::File::create(cluster.base.join(log)).unwrap();
+        let mut argv = vec![bin()];
+        for s in &stores {
+            argv.extend(["--store", s.as_str()]);
+        }
+        argv.extend(["serve", "--socket", sock.to_str().unwrap()]);
+        let child = host.cmd(&argv).stderr(log).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&sock).is_err() {
+            assert!(Instant::now() < deadline, "plugin did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    };
+    let mut plugin = serve("plugin.log");
+    let create = |body: &str| call(&sock, "VolumeDriver.Create", body)["Err"].clone();
+    assert_eq!(create(r#"{"Name":"l"}"#), "");
+    let opts = r#"{"Name":"g","Opts":{"store":"shared","uid":"1234","mode":"0750"}}"#;
+    assert_eq!(create(opts), "");
+    let status = |name: &str| {
+        let r = call(
+            &sock,
+            "VolumeDriver.Get",
+            &format!(r#"{{"Name":"{name}"}}"#),
+        );
+        r["Volume"]["Status"].clone()
+    };
+    assert_eq!(status("g")["Scope"], "global", "{}", status("g"));
+    assert_eq!(status("g")["Store"], "shared");
+    assert_eq!(status("l")["Scope"], "local");
+    let on_host = |script: &str| {
+        let out = host.exec(&["sh", "-c", script]).unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let mount = r#"{"Name":"g","ID":"c1"}"#;
+    let m = call(&sock, "VolumeDriver.Mount", mount);
+    assert_eq!(m["Err"], "", "{m}");
+    let mp = m["Mountpoint"].as_str().unwrap().to_string();
+    assert_eq!(on_host(&format!("stat -c '%u %a' {mp}")), "1234 750");
+    on_host(&format!("echo on-gluster > {mp}/f"));
+    assert_eq!(call(&sock, "VolumeDriver.Unmount", mount)["Err"], "");
+
+    plugin.kill().unwrap();
+    plugin.wait().unwrap();
+    let mut plugin = serve("plugin2.log");
+    let r = call(&sock, "VolumeDriver.List", "");
+    assert_eq!(r["Volumes"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(status("g")["Store"], "shared");
+    assert!(status("g")["Used"].as_u64().unwrap() > 0);
+    let m = call(&sock, "VolumeDriver.Mount", mount);
+    assert_eq!(m["Err"], "", "{m}");
+    assert_eq!(on_host(&format!("cat {mp}/f")), "on-gluster");
+    assert_eq!(call(&sock, "VolumeDriver.Unmount", mount)["Err"], "");
+    for n in ["g", "l"] {
+        let r = call(
+            &sock,
+            "VolumeDriver.Remove",
+            &format!(r#"{{"Name":"{n}"}}"#),
+        );
+        assert_eq!(r["Err"], "", "{r}");
+    }
+    plugin.kill().unwrap();
+    plugin.wait().unwrap();
+}
+
 /// A Docker Engine of the test's own: its data root, exec root, socket and
 /// pidfile in a temp dir, in a private mount namespace where a temp dir is
 /// bind-mounted over /run/docker/plugins (so the host's is untouched) and
