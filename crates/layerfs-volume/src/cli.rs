@@ -179,6 +179,7 @@ pub fn run(cli: Cli) -> io::Result<()> {
             writeln!(out, "{}", mp.display())
         }
         Cmd::Umount { name } => vols.unmount(&name, "cli"),
+        // Served above, before a single store was opened.
         Cmd::Serve { .. } => Ok(()),
     }
 }
