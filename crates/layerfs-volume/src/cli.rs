@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 use crate::backup;
+use crate::config::Config;
+use crate::options::CreateOptions;
 use crate::plugin;
-use crate::store::{default_store, err, Store};
+use crate::store::{err, rfc3339, Store};
+use crate::stores::{open_store, StoreSet};
 use crate::volumes::Volumes;
 
 /// Persistent copy-on-write volumes as layerfs layer stacks, with
@@ -23,10 +26,14 @@ use crate::volumes::Volumes;
         layerfs-volume-create(8), layerfs-volume-export(8) and so on."
 )]
 pub struct Cli {
-    /// The volume store (default /var/lib/layerfs/volumes as root, else
-    /// $XDG_DATA_HOME/layerfs/volumes).
-    #[arg(long, global = true, value_name = "DIR")]
-    pub store: Option<PathBuf>,
+    /// The volume store: a path, or a label of the configuration file
+    /// ($LAYERFS_VOLUME_CONFIG, else /etc/layerfs/volumes.toml). Default:
+    /// the file's `default` store, else /var/lib/layerfs/volumes as root,
+    /// else $XDG_DATA_HOME/layerfs/volumes. `serve` takes several, as
+    /// LABEL=PATH (a plain path is labelled `default`), or serves the
+    /// file's stores.
+    #[arg(long, global = true, value_name = "LABEL|PATH|LABEL=PATH")]
+    pub store: Vec<String>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -44,6 +51,11 @@ pub enum Cmd {
         /// colon-separated list (`from=/a:/b`) instead.
         #[arg(long = "from", value_name = "DIR|VOLUME@SNAP")]
         from: Vec<String>,
+        /// The root directory's owner and mode: uid=U, gid=G, mode=OCTAL
+        /// (several at once, comma-separated; the store's defaults fill the
+        /// rest).
+        #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE[,...]")]
+        opts: Vec<String>,
     },
     /// List volumes.
     Ls,
@@ -180,18 +192,28 @@ impl Cmd {
 }
 
 pub fn run(cli: Cli) -> io::Result<()> {
-    let root = cli.store.unwrap_or_else(default_store);
-    let store = if cli.cmd.reads_only() && !root.exists() {
+    let config = Config::load()?;
+    let cmd = match cli.cmd {
+        Cmd::Serve { socket } => {
+            let set = StoreSet::open(&config.serve_stores(&cli.store)?);
+            return plugin::serve(&set, &socket);
+        }
+        cmd => cmd,
+    };
+    let spec = config.one_store(&cli.store)?;
+    let store = if cmd.reads_only() && !spec.path.exists() {
         // Nothing to read; every volume is missing. A first `ls` leaves
         // the host as it was.
-        Store { root }
+        Store {
+            root: spec.path.clone(),
+        }
     } else {
-        Store::open(&root)?
+        open_store(&spec)?
     };
     let vols = Volumes::new(store);
     let mut out = io::stdout().lock();
-    match cli.cmd {
-        Cmd::Create { name, from } => {
+    match cmd {
+        Cmd::Create { name, from, opts } => {
             let (bases, seeds): (Vec<String>, Vec<String>) = from
                 .into_iter()
                 .partition(|f| crate::store::is_base_spec(f));
@@ -200,8 +222,13 @@ pub fn run(cli: Cli) -> io::Result<()> {
                     "--from VOLUME@SNAP is given alone, not with directories",
                 ));
             }
-            let seeds: Vec<PathBuf> = seeds.into_iter().map(PathBuf::from).collect();
-            vols.create(&name, &seeds, bases.first().map(String::as_str))?;
+            let mut opts = CreateOptions::from_cli(&opts)?;
+            opts.seeds = seeds.into_iter().map(PathBuf::from).collect();
+            opts.base = bases.into_iter().next();
+            // The file's other stores are asked too, so that a name stays
+            // in one store.
+            let set = StoreSet::for_cli(&spec, &config.stores)?;
+            set.create(&set.stores[0], &name, &opts)?;
             writeln!(out, "{name}")
         }
         Cmd::Ls if !vols.store.root.exists() => Ok(()),
@@ -223,12 +250,14 @@ pub fn run(cli: Cli) -> io::Result<()> {
         }
         Cmd::Snapshots { name } => {
             for s in vols.store.load(&name)?.snapshots {
-                writeln!(out, "{}\t{}", s.id, s.created)?;
+                writeln!(out, "{}\t{}", s.id, rfc3339(s.created))?;
             }
             Ok(())
         }
         Cmd::SnapshotRm { name, id } => vols.snapshot_remove(&name, &id),
         Cmd::Clone { source, name } => {
+            let set = StoreSet::for_cli(&spec, &config.stores)?;
+            set.refuse_taken(&set.stores[0], &name)?;
             vols.clone_volume(&source, &name)?;
             writeln!(out, "{name}")
         }
@@ -245,6 +274,8 @@ pub fn run(cli: Cli) -> io::Result<()> {
             export(&vols, &name, range, output.as_deref(), &mut out)
         }
         Cmd::Import { name, tars } => {
+            let set = StoreSet::for_cli(&spec, &config.stores)?;
+            set.refuse_taken(&set.stores[0], &name)?;
             vols.import(&name, &tars)?;
             writeln!(out, "{name}")
         }
@@ -261,8 +292,9 @@ pub fn run(cli: Cli) -> io::Result<()> {
             writeln!(out, "{}", mp.display())
         }
         Cmd::Umount { name } => vols.unmount(&name, "cli"),
-        Cmd::Serve { socket } => plugin::serve(&vols, &socket),
         Cmd::GenerateDocs { dir } => crate::gen_docs::write_all(&dir),
+        // Served above, before a single store was opened.
+        Cmd::Serve { .. } => Ok(()),
     }
 }
 

@@ -134,6 +134,8 @@ impl Volumes {
             fs::remove_dir(&next)?;
         }
         fs::create_dir(&next)?;
+        // Its root becomes the volume's root the containers see.
+        crate::options::Ownership::of(&dir.join("upper"))?.apply(&next)?;
         let socket = control_socket(&dir);
         let line = format!("rotate {NEXT_UPPER} {}", timeout.as_millis().max(1));
         let mut asked = ask(&socket, &line);

@@ -12,14 +12,17 @@ use clap::Parser;
 
 mod backup;
 mod cli;
+mod config;
 mod export;
 mod gen_docs;
 mod import;
 mod live;
 mod mounts;
+mod options;
 mod plugin;
 mod progress;
 mod store;
+mod stores;
 mod volumes;
 
 fn main() -> ExitCode {
@@ -29,6 +32,9 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`inspect | head`): what it wanted, it has.
+        // Quiet, with the status a shell gives a command SIGPIPE ended.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(141),
         Err(e) => {
             eprintln!("layerfs-volume: {e}");
             ExitCode::FAILURE

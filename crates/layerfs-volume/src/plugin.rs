@@ -3,9 +3,10 @@
 //!
 //! Requests are served one at a time: each is short (a mount is a few
 //! milliseconds) and serving them in order means two containers starting
-//! on one volume cannot race. All state is in the store (holders in each
+//! on one volume cannot race. All state is in the stores (holders in each
 //! volume's metadata), so a restarted plugin answers as before; at start it
-//! forgets the holders of volumes whose mount is gone.
+//! forgets the holders of volumes whose mount is gone. Several labelled
+//! stores are served as one set of names (`stores.rs`).
 
 use std::collections::HashMap;
 use std::fs;
@@ -16,10 +17,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use layerfs::options::parse_lowerdirs;
-
-use crate::store::{err, is_base_spec};
-use crate::volumes::Volumes;
+use crate::config::DEFAULT_LABEL;
+use crate::options::CreateOptions;
+use crate::store::{err, rfc3339, used_bytes};
+use crate::stores::{Labelled, StoreSet};
 
 /// Docker's default location for a plugin named `layerfs`.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/layerfs.sock";
@@ -31,100 +32,51 @@ struct Request {
     name: String,
     #[serde(default)]
     opts: Option<HashMap<String, String>>,
+    /// Mount and Unmount: podman's is the container's id; Docker's is an id
+    /// of its own per mount, which it keeps in the container's
+    /// `config.v2.json` (`MountPoints.*.ID`), not the container's.
     #[serde(default, rename = "ID")]
     id: String,
 }
 
-/// What `docker volume create -o` asked for: seed directories (top first)
-/// or a snapshot to clone.
-#[derive(Debug, Default, PartialEq)]
-struct CreateOpts {
-    seeds: Vec<PathBuf>,
-    base: Option<String>,
+/// Every option is parsed and the store found before anything is made.
+fn create(set: &StoreSet, req: &Request) -> io::Result<()> {
+    let opts = CreateOptions::from_plugin(req.opts.as_ref())?;
+    let target = set.by_label(opts.store.as_deref())?;
+    set.create(target, &req.name, &opts).map(|_| ())
 }
 
-impl CreateOpts {
-    /// Docker passes each `-o KEY=VALUE` as it is. Several seeds are one
-    /// `from=/a:/b`, written as a `lowerdir=` value (`\:` and `\\` for a
-    /// colon or backslash in a path); `from=VOLUME@SNAP` clones.
-    fn parse(opts: Option<&HashMap<String, String>>) -> io::Result<CreateOpts> {
-        let mut c = CreateOpts::default();
-        for (k, v) in opts.into_iter().flatten() {
-            match k.as_str() {
-                "from" if is_base_spec(v) => c.base = Some(v.clone()),
-                "from" => c.seeds.extend(
-                    parse_lowerdirs(v).map_err(|e| err(e.0.replacen("lowerdir=", "from=", 1)))?,
-                ),
-                other => return Err(err(format!("unknown option {other:?} (known: from)"))),
-            }
-        }
-        if c.base.is_some() && !c.seeds.is_empty() {
-            return Err(err(
-                "from=VOLUME@SNAP cannot be combined with seed directories",
-            ));
-        }
-        Ok(c)
+/// A volume as `Get` and `List` show it: Docker copies `Mountpoint`,
+/// `CreatedAt` and `Status` into `docker volume inspect`. The mountpoint
+/// is where the volume is (or will be) mounted, as the `local` driver
+/// shows its `_data` directory whether in use or not.
+fn describe(s: &Labelled, name: &str, status: bool) -> io::Result<Value> {
+    let meta = s.vols.store.load(name)?;
+    let mut v = json!({
+        "Name": name,
+        "Mountpoint": s.vols.mountpoint(name),
+        "CreatedAt": rfc3339(meta.created),
+    });
+    if status {
+        let upper = s.vols.store.dir(name).join("upper");
+        let (used, whole) = used_bytes(&upper).unwrap_or((0, false));
+        v["Status"] = json!({
+            "Store": s.label,
+            "Scope": s.scope.as_str(),
+            // Past the walk's limit, "at least": Docker shows it as it is.
+            "Used": if whole { json!(used) } else { json!(format!(">= {used}")) },
+            "Snapshots": meta.snapshots.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(),
+            "Seeds": meta.seeds,
+            "Base": meta.base.as_ref().map(|b| format!("{}@{}", b.volume, b.snapshot)),
+            "Mounted": s.vols.is_mounted(name),
+            "Holders": meta.holders,
+        });
     }
-}
-
-fn create(vols: &Volumes, req: &Request) -> io::Result<()> {
-    let c = CreateOpts::parse(req.opts.as_ref())?;
-    vols.create(&req.name, &c.seeds, c.base.as_deref())
-        .map(|_| ())
-}
-
-/// Filesystems whose content other hosts see: a store there holds one set
-/// of volumes for every engine that mounts it (Docker's `global` scope).
-const SHARED_FILESYSTEMS: &[&str] = &[
-    "nfs",
-    "nfs4",
-    "cifs",
-    "smb3",
-    "ceph",
-    "fuse.ceph",
-    "fuse.ceph-fuse",
-    "glusterfs",
-    "fuse.glusterfs",
-    "ocfs2",
-    "gfs2",
-    "lustre",
-    "beegfs",
-    "fuse.sshfs",
-];
-
-/// `global` when the store is on a filesystem other hosts share (the
-/// mount holding it, from /proc/self/mountinfo), else `local`.
-pub fn scope_of(store: &Path) -> &'static str {
-    let Ok(path) = store.canonicalize() else {
-        return "local";
-    };
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return "local";
-    };
-    // The deepest mount point above the store holds it.
-    let mut best: Option<(usize, &str)> = None;
-    for line in info.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
-            continue;
-        };
-        let (Some(mnt), Some(fstype)) = (fields.get(4), fields.get(sep + 1)) else {
-            continue;
-        };
-        // mountinfo escapes spaces and the like as \ooo; such mount points
-        // simply do not match.
-        if path.starts_with(mnt) && best.is_none_or(|(len, _)| mnt.len() >= len) {
-            best = Some((mnt.len(), fstype));
-        }
-    }
-    match best {
-        Some((_, fstype)) if SHARED_FILESYSTEMS.contains(&fstype) => "global",
-        _ => "local",
-    }
+    Ok(v)
 }
 
 /// Answers one API call. Errors become `{"Err": "..."}`, never a crash.
-pub fn handle(vols: &Volumes, path: &str, body: &[u8]) -> Value {
+pub fn handle(set: &StoreSet, path: &str, body: &[u8]) -> Value {
     let req: Request = if body.iter().all(u8::is_ascii_whitespace) {
         Request::default()
     } else {
@@ -133,64 +85,61 @@ pub fn handle(vols: &Volumes, path: &str, body: &[u8]) -> Value {
             Err(e) => return json!({"Err": format!("bad request body: {e}")}),
         }
     };
-    let mp = |name: &str| vols.mountpoint(name).to_string_lossy().into_owned();
+    let holder = if req.id.is_empty() { "docker" } else { &req.id };
     let answer: io::Result<Value> = match path {
         "/Plugin.Activate" => Ok(json!({"Implements": ["VolumeDriver"]})),
+        // Docker asks once per driver: the scope of the store a volume
+        // goes to by default; each volume's own is in its Status.
         "/VolumeDriver.Capabilities" => {
-            Ok(json!({"Capabilities": {"Scope": scope_of(&vols.store.root)}}))
+            let scope = set
+                .by_label(Some(DEFAULT_LABEL))
+                .ok()
+                .or(set.stores.first())
+                .map_or("local", |s| s.scope.as_str());
+            Ok(json!({"Capabilities": {"Scope": scope}}))
         }
-        "/VolumeDriver.Create" => create(vols, &req).map(|_| json!({"Err": ""})),
-        "/VolumeDriver.Remove" => vols.remove(&req.name).map(|_| json!({"Err": ""})),
-        "/VolumeDriver.Mount" => {
-            let holder = if req.id.is_empty() { "docker" } else { &req.id };
-            vols.mount(&req.name, holder)
-                .map(|p| json!({"Mountpoint": p, "Err": ""}))
-        }
-        "/VolumeDriver.Unmount" => {
-            let holder = if req.id.is_empty() { "docker" } else { &req.id };
-            vols.unmount(&req.name, holder).map(|_| json!({"Err": ""}))
-        }
-        "/VolumeDriver.Path" => vols.store.load(&req.name).map(|_| {
-            let m = if vols.is_mounted(&req.name) {
-                mp(&req.name)
+        "/VolumeDriver.Create" => create(set, &req).map(|_| json!({"Err": ""})),
+        "/VolumeDriver.Remove" => set
+            .holding(&req.name)
+            .and_then(|s| s.vols.remove(&req.name))
+            .map(|_| json!({"Err": ""})),
+        "/VolumeDriver.Mount" => set
+            .holding(&req.name)
+            .and_then(|s| s.vols.mount(&req.name, holder))
+            .map(|p| json!({"Mountpoint": p, "Err": ""})),
+        "/VolumeDriver.Unmount" => set
+            .holding(&req.name)
+            .and_then(|s| s.vols.unmount(&req.name, holder))
+            .map(|_| json!({"Err": ""})),
+        "/VolumeDriver.Path" => set.holding(&req.name).map(|s| {
+            let m = if s.vols.is_mounted(&req.name) {
+                s.vols.mountpoint(&req.name).to_string_lossy().into_owned()
             } else {
                 String::new()
             };
             json!({"Mountpoint": m, "Err": ""})
         }),
-        "/VolumeDriver.Get" => vols.store.load(&req.name).and_then(|_| {
-            let status = vols.inspect(&req.name)?;
-            let m = if vols.is_mounted(&req.name) {
-                mp(&req.name)
-            } else {
-                String::new()
-            };
-            Ok(json!({"Volume": {"Name": req.name, "Mountpoint": m, "Status": status}, "Err": ""}))
-        }),
-        "/VolumeDriver.List" => vols.store.list().map(|names| {
-            let list: Vec<Value> = names
-                .iter()
-                .map(|n| {
-                    let m = if vols.is_mounted(n) {
-                        mp(n)
-                    } else {
-                        String::new()
-                    };
-                    json!({"Name": n, "Mountpoint": m})
-                })
+        "/VolumeDriver.Get" => set
+            .holding(&req.name)
+            .and_then(|s| describe(s, &req.name, true))
+            .map(|v| json!({"Volume": v, "Err": ""})),
+        "/VolumeDriver.List" => {
+            let list: Vec<Value> = set
+                .list()
+                .into_iter()
+                .filter_map(|(n, s)| describe(s, &n, false).ok())
                 .collect();
-            json!({"Volumes": list, "Err": ""})
-        }),
+            Ok(json!({"Volumes": list, "Err": ""}))
+        }
         other => Err(err(format!("unknown endpoint {other}"))),
     };
     answer.unwrap_or_else(|e| {
-        // Docker asks for a volume before creating it: that miss is routine.
-        let level = if e.to_string().starts_with("no such volume") {
-            log::Level::Debug
+        // Docker asks Get before every Create: a missing volume is routine.
+        if path == "/VolumeDriver.Get" {
+            log::debug!("{path} {}: {e}", req.name);
         } else {
-            log::Level::Info
-        };
-        log::log!(level, "{path} {}: {e}", req.name);
+            log::info!("{path} {}: {e}", req.name);
+        }
         json!({"Err": e.to_string()})
     })
 }
@@ -226,11 +175,31 @@ fn listen(socket: &Path) -> io::Result<(UnixListener, PathBuf)> {
 }
 
 /// Serves the API on `socket` (or the socket systemd passed) until killed.
-pub fn serve(vols: &Volumes, socket: &Path) -> io::Result<()> {
+pub fn serve(set: &StoreSet, socket: &Path) -> io::Result<()> {
+    if set.stores.is_empty() {
+        return Err(err("no store can be served (see the errors above)"));
+    }
     let (listener, path) = listen(socket)?;
-    let mounted = vols.recover()?;
-    if !mounted.is_empty() {
-        log::info!("volumes still mounted: {}", mounted.join(", "));
+    for s in &set.stores {
+        let mounted = match s.vols.recover() {
+            Ok(m) => m,
+            Err(e) => {
+                log::error!("store {}: {e}", s.label);
+                continue;
+            }
+        };
+        log::info!(
+            "store {} at {} ({}): {} volumes{}",
+            s.label,
+            s.vols.store.root.display(),
+            s.scope.as_str(),
+            s.vols.store.list()?.len(),
+            if mounted.is_empty() {
+                String::new()
+            } else {
+                format!(", still mounted: {}", mounted.join(", "))
+            }
+        );
     }
     let server = tiny_http::Server::from_listener(listener, None)
         .map_err(|e| err(format!("cannot serve on {}: {e}", path.display())))?;
@@ -240,6 +209,7 @@ pub fn serve(vols: &Volumes, socket: &Path) -> io::Result<()> {
         &b"application/vnd.docker.plugins.v1+json"[..],
     )
     .map_err(|_| err("bad header"))?;
+    log::info!("listening on {}", socket.display());
     for mut request in server.incoming_requests() {
         let mut body = Vec::new();
         if let Err(e) = request.as_reader().read_to_end(&mut body) {
@@ -247,7 +217,7 @@ pub fn serve(vols: &Volumes, socket: &Path) -> io::Result<()> {
             continue;
         }
         let url = request.url().to_string();
-        let answer = handle(vols, &url, &body);
+        let answer = handle(set, &url, &body);
         log::debug!("{url} {} -> {answer}", String::from_utf8_lossy(&body));
         let response =
             tiny_http::Response::from_string(answer.to_string()).with_header(header.clone());
@@ -256,36 +226,4 @@ pub fn serve(vols: &Volumes, socket: &Path) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn from(v: &str) -> io::Result<CreateOpts> {
-        let opts = HashMap::from([("from".to_string(), v.to_string())]);
-        CreateOpts::parse(Some(&opts))
-    }
-
-    #[test]
-    fn from_is_a_lowerdir_list() {
-        let c = from(r"/srv/a,b:/srv/c\\d:/srv/e\:f:/srv/x@y").unwrap();
-        let want = [r"/srv/a,b", r"/srv/c\d", "/srv/e:f", "/srv/x@y"];
-        assert_eq!(c.seeds, want.map(PathBuf::from));
-        assert_eq!(c.base, None);
-        assert_eq!(from("web@s1").unwrap().base.as_deref(), Some("web@s1"));
-        let e = from("/a::/b").unwrap_err().to_string();
-        assert!(e.starts_with("from=/a::/b: empty layer path"), "{e}");
-        let opts = HashMap::from([("colour".to_string(), "red".to_string())]);
-        assert!(CreateOpts::parse(Some(&opts)).is_err());
-        assert_eq!(CreateOpts::parse(None).unwrap(), CreateOpts::default());
-    }
-
-    #[test]
-    fn a_local_store_is_local() {
-        let t = tempfile::tempdir().unwrap();
-        // /tmp is on the machine's own disk (or a tmpfs) here.
-        assert_eq!(scope_of(t.path()), "local");
-        assert_eq!(scope_of(Path::new("/nonexistent/store")), "local");
-    }
 }

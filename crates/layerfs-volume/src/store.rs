@@ -111,6 +111,49 @@ pub fn parse_base(spec: &str) -> io::Result<Base> {
     })
 }
 
+/// Seconds since the epoch as RFC 3339 (`2026-12-07T03:36:47Z`), as
+/// Docker shows times.
+pub fn rfc3339(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| format!("@{secs}"))
+}
+
+/// Most entries [`used_bytes`] reads: Docker asks `Get` before each use
+/// of a volume, and the plugin serves one request at a time, so a volume
+/// of millions of files must not hold up the others' mounts.
+pub const USED_WALK_LIMIT: usize = 100_000;
+
+/// Bytes a directory tree takes on disk, each inode counted once (as
+/// `du -s` does): what a volume's upper holds. Past [`USED_WALK_LIMIT`]
+/// entries it stops; the bool says whether the count is whole.
+pub fn used_bytes(dir: &Path) -> io::Result<(u64, bool)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let (mut total, mut entries) = (0, 0);
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d)? {
+            entries += 1;
+            if entries > USED_WALK_LIMIT {
+                return Ok((total, false));
+            }
+            let e = e?;
+            let md = e.metadata()?;
+            if md.nlink() > 1 && !md.is_dir() && !seen.insert((md.dev(), md.ino())) {
+                continue;
+            }
+            total += md.blocks() * 512;
+            if md.is_dir() {
+                dirs.push(e.path());
+            }
+        }
+    }
+    Ok((total, true))
+}
+
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -319,5 +362,18 @@ mod tests {
         assert!(parse_base("v@s1").is_ok());
         assert!(parse_base("v").is_err());
         assert!(parse_base("v@../s").is_err());
+    }
+
+    #[test]
+    fn used_counts_each_inode_once() {
+        let t = tempfile::tempdir().unwrap();
+        let (empty, whole) = used_bytes(t.path()).unwrap();
+        assert!(whole);
+        fs::create_dir(t.path().join("d")).unwrap();
+        fs::write(t.path().join("d/f"), vec![1u8; 1 << 20]).unwrap();
+        let (one, _) = used_bytes(t.path()).unwrap();
+        assert!(one >= empty + (1 << 20), "{one}");
+        fs::hard_link(t.path().join("d/f"), t.path().join("g")).unwrap();
+        assert_eq!(used_bytes(t.path()).unwrap(), (one, true));
     }
 }

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use crate::export::{TarSink, Walker};
 use crate::import::{apply_tar, LayerSink};
 use crate::mounts::{in_proc_mounts, run_layerfs, stack_options, unmount_dir, View};
+use crate::options::{CreateOptions, Ownership};
 use crate::progress::{self, Progress};
-use crate::store::{check_name, err, now, parse_base, Base, Meta, Snapshot, Store};
+use crate::store::{check_name, err, now, parse_base, rfc3339, Base, Meta, Snapshot, Store};
 
 /// How long a live snapshot may hold the containers' changes by default.
 pub const DEFAULT_BARRIER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -69,8 +70,10 @@ impl Volumes {
     }
 
     /// Creates a volume: empty, seeded from directories (top first; recorded,
-    /// not copied), or cloned from `VOLUME@SNAPSHOT`.
-    pub fn create(&self, name: &str, seeds: &[PathBuf], base: Option<&str>) -> io::Result<Meta> {
+    /// not copied), or cloned from `VOLUME@SNAPSHOT`, its root owned as
+    /// `opts.owner` asks (set in the upper before the volume appears).
+    pub fn create(&self, name: &str, opts: &CreateOptions) -> io::Result<Meta> {
+        let (seeds, base) = (&opts.seeds, opts.base.as_deref());
         check_name("volume", name)?;
         let _lock = self.store.lock()?;
         if self.store.dir(name).exists() {
@@ -116,7 +119,17 @@ impl Volumes {
             pending_snapshot: None,
             pending_live: false,
         };
-        self.build(&meta, |_| Ok(()))?;
+        // What is not asked for comes from the root the upper covers (the
+        // base's snapshot, the top seed), as a copy-up would keep it.
+        let below = self.store.lower_stack(&meta)?;
+        let owner = match below
+            .first()
+            .filter(|_| meta.base.is_some() || !meta.seeds.is_empty())
+        {
+            Some(top) => opts.owner.or(Ownership::of(top)?),
+            None => opts.owner,
+        };
+        self.build(&meta, |tmp| owner.apply(&tmp.join("upper")))?;
         Ok(meta)
     }
 
@@ -222,17 +235,17 @@ impl Volumes {
         let dir = self.store.dir(&name);
         if let Some(id) = meta.pending_snapshot.take() {
             if self.store.snapshot_dir(&name, &id).exists() {
+                meta.snapshots.push(Snapshot { id, created: now() });
                 if !dir.join("upper").exists() {
-                    fs::create_dir(dir.join("upper"))?;
+                    self.make_upper(meta)?;
                 }
                 // The index refers to the old upper.
                 reset_dir(&dir.join("work"))?;
-                meta.snapshots.push(Snapshot { id, created: now() });
             }
             self.store.save(meta)?;
         }
         if !dir.join("upper").exists() {
-            fs::create_dir(dir.join("upper"))?;
+            self.make_upper(meta)?;
         }
         for e in fs::read_dir(&dir)? {
             let n = e?.file_name();
@@ -253,9 +266,28 @@ impl Volumes {
         Ok(())
     }
 
+    /// Makes a volume's empty upper after a snapshot. Its root is what the
+    /// mount shows as the volume's root, so it takes the owner and mode of
+    /// the snapshot it now covers: a snapshot must not give the root (set
+    /// by `uid=`, `mode=` or by a container) back to root.
+    fn make_upper(&self, meta: &Meta) -> io::Result<()> {
+        let upper = self.store.dir(&meta.name).join("upper");
+        fs::create_dir(&upper)?;
+        if let Some(s) = meta.snapshots.last() {
+            let md = fs::metadata(self.store.snapshot_dir(&meta.name, &s.id))?;
+            std::os::unix::fs::chown(&upper, Some(md.uid()), Some(md.gid()))?;
+            fs::set_permissions(&upper, md.permissions())?;
+        }
+        Ok(())
+    }
+
     /// Clones `VOLUME@SNAPSHOT` into a new volume sharing its layers.
     pub fn clone_volume(&self, spec: &str, name: &str) -> io::Result<Meta> {
-        self.create(name, &[], Some(spec))
+        let opts = CreateOptions {
+            base: Some(spec.to_string()),
+            ..Default::default()
+        };
+        self.create(name, &opts)
     }
 
     fn refuse_if_cloned(&self, meta: &Meta, from: usize, what: &str) -> io::Result<()> {
@@ -669,13 +701,16 @@ impl Volumes {
         layers.extend(self.store.lower_stack(&meta)?);
         Ok(serde_json::json!({
             "Name": meta.name,
-            "Created": meta.created,
+            "Created": rfc3339(meta.created),
             "Mountpoint": self.mountpoint(name),
             "Mounted": self.is_mounted(name),
             "Holders": meta.holders,
             "Seeds": meta.seeds,
             "Base": meta.base.as_ref().map(|b: &Base| format!("{}@{}", b.volume, b.snapshot)),
-            "Snapshots": meta.snapshots,
+            "Snapshots": meta.snapshots.iter().map(|s| serde_json::json!({
+                "id": s.id,
+                "created": rfc3339(s.created),
+            })).collect::<Vec<_>>(),
             "Layers": layers,
         }))
     }

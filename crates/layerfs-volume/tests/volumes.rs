@@ -678,10 +678,15 @@ fn call(sock: &Path, endpoint: &str, body: &str) -> serde_json::Value {
 }
 
 fn start_plugin(fx: &mut Fixture, sock: &Path) {
+    let mut cmd = Command::new(bin());
+    cmd.arg("--store").arg(&fx.store);
+    start_plugin_cmd(fx, sock, cmd);
+}
+
+/// Starts `cmd` (the binary with its stores) as `serve` on `sock`.
+fn start_plugin_cmd(fx: &mut Fixture, sock: &Path, mut cmd: Command) {
     let log = fs::File::create(fx.path("plugin.log")).unwrap();
-    let child = Command::new(bin())
-        .arg("--store")
-        .arg(&fx.store)
+    let child = cmd
         .args(["serve", "--socket"])
         .arg(sock)
         .stderr(log)
@@ -776,8 +781,12 @@ fn plugin_api_refcounts_and_survives_restart() {
         ""
     );
     assert!(!common::is_mounted(&mp), "the last unmount ends the mount");
+    // Path says whether it is mounted; Get shows where it mounts, as
+    // Docker's `local` driver does.
+    let r = call(&sock, "VolumeDriver.Path", r#"{"Name":"web"}"#);
+    assert_eq!(r["Mountpoint"], "");
     let r = call(&sock, "VolumeDriver.Get", r#"{"Name":"web"}"#);
-    assert_eq!(r["Volume"]["Mountpoint"], "");
+    assert_eq!(r["Volume"]["Mountpoint"], m1["Mountpoint"]);
     // -o from=VOLUME@SNAP clones; the clone keeps its base alive.
     fx.ok(&["snapshot", "web", "s1"]);
     let r = call(
@@ -871,6 +880,364 @@ fn seeds_with_commas_backslashes_and_colons() {
     assert_eq!(r["Err"], "", "{r}");
 }
 
+/// The owner, group and permission bits of a path.
+fn owner_mode(p: &Path) -> (u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::metadata(p).unwrap();
+    (md.uid(), md.gid(), md.mode() & 0o7777)
+}
+
+/// Whether `t` reads as RFC 3339 in UTC, as Docker shows times.
+fn is_rfc3339(t: &serde_json::Value) -> bool {
+    let t = t.as_str().unwrap_or("");
+    t.len() == 20 && t.as_bytes()[10] == b'T' && t.ends_with('Z') && t.starts_with("20")
+}
+
+/// The arguments of a `run --rm` of `script` in `bb:1` with `volume_at`
+/// (`NAME:/data`) mounted, for either engine.
+fn run_on<'a>(volume_at: &'a str, script: &'a str) -> Vec<&'a str> {
+    let mut args: Vec<&str> = "run --rm --network none -v".split(' ').collect();
+    args.extend([volume_at, "bb:1", "sh", "-c", script]);
+    args
+}
+
+/// Three stores from the configuration file: `default` and `shared` on
+/// this disk, `far` on a FUSE filesystem (a layerfs mount, standing in for
+/// GlusterFS: statfs says FUSE either way) and `gone`, missing. Volumes by
+/// label, one name in one store, ownership options and a store's
+/// defaults, bad options refused with nothing made, Docker's view (Get),
+/// and all of it again after the plugin restarts.
+#[test]
+fn plugin_serves_labelled_stores_with_ownership() {
+    require!();
+    let mut fx = Fixture::new();
+    let shared = fx.path("shared");
+    common::mkdir(&shared);
+    for d in ["fl", "fu", "fw"] {
+        common::mkdir(&fx.path(d));
+    }
+    let fuse = common::try_mount_layerfs(
+        &common::stack_opts(&[fx.path("fl")], &fx.path("fu"), &fx.path("fw")),
+        &fx.path("fuse"),
+    )
+    .unwrap();
+    let far = fuse.path("far");
+    common::mkdir(&far);
+    let config = fx.path("volumes.toml");
+    let text = format!(
+        "[stores.default]\npath = \"{}\"\n\n[stores.shared]\npath = \"{}\"\nuid = 4242\nmode = \"0700\"\n\n\
+         [stores.far]\npath = \"{}\"\n\n[stores.gone]\npath = \"{}\"\n",
+        fx.store.display(),
+        shared.display(),
+        far.display(),
+        fx.path("not-mounted/store").display()
+    );
+    fs::write(&config, text).unwrap();
+    let cli = |args: &[&str]| {
+        Command::new(bin())
+            .env("LAYERFS_VOLUME_CONFIG", &config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let sock = fx.path("plugins/layerfs.sock");
+    let serve = || {
+        let mut c = Command::new(bin());
+        c.env("LAYERFS_VOLUME_CONFIG", &config);
+        c
+    };
+    start_plugin_cmd(&mut fx, &sock, serve());
+    let log = fs::read_to_string(fx.path("plugin.log")).unwrap();
+    assert!(
+        log.contains("store gone (") && log.contains("missing (is its filesystem mounted?)"),
+        "{log}"
+    );
+    let create = |name: &str, opts: serde_json::Value| {
+        let body = serde_json::json!({"Name": name, "Opts": opts});
+        call(&sock, "VolumeDriver.Create", &body.to_string())["Err"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let none = serde_json::json!({});
+    assert_eq!(create("a", none.clone()), "");
+    let opts = serde_json::json!({"store": "shared", "o": "uid=1234,gid=2345,mode=0750"});
+    assert_eq!(create("b", opts), "");
+    // VIC's spelling; the store's defaults (uid 4242, mode 0700).
+    assert_eq!(
+        create("c", serde_json::json!({"VolumeStore": "shared"})),
+        ""
+    );
+    assert_eq!(create("f", serde_json::json!({"store": "far"})), "");
+    // A seeded volume: its root as asked, what is below as the seed has it.
+    let seed = fx.path("seed");
+    common::write(&seed.join("sub/file"), b"seeded\n");
+    fs::set_permissions(&seed, std::os::unix::fs::PermissionsExt::from_mode(0o751)).unwrap();
+    std::os::unix::fs::chown(seed.join("sub"), Some(777), Some(778)).unwrap();
+    let opts = serde_json::json!({"from": seed.to_str().unwrap(), "uid": "1000", "gid": "1000"});
+    assert_eq!(create("d", opts), "");
+
+    // Refusals name the option, or both stores; nothing is made.
+    // Each case: the volume's name, its options, what the Err says.
+    let known = "(known: from, store (or VolumeStore), uid, gid, mode, o)";
+    let colour = format!(r#"x|{{"o":"uid=1,colour=red"}}|unknown option "colour" {known}"#);
+    for case in [
+        r#"a|{"store":"shared"}|store shared: store default already has a volume a"#,
+        r#"x|{"store":"nosuch"}|unknown store "nosuch" (stores: default, far, shared)"#,
+        r#"x|{"store":"gone"}|missing (is its filesystem mounted?); it is not served"#,
+        r#"x|{"uid":"bob"}|uid=bob: a number from 0 to 4294967294 is expected"#,
+        r#"x|{"mode":"0799"}|mode=0799: octal permission bits from 0 to 7777"#,
+        &colour,
+    ] {
+        let mut parts = case.splitn(3, '|');
+        let (name, opts, want) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        let e = create(name, serde_json::from_str(opts).unwrap());
+        assert!(e.contains(want), "{opts}: {e}");
+    }
+    let listed = || -> Vec<String> {
+        let r = call(&sock, "VolumeDriver.List", "");
+        let mut names: Vec<String> = r["Volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["Name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(listed(), ["a", "b", "c", "d", "f"]);
+    assert!(!fx.store.join("x").exists() && !shared.join("x").exists());
+
+    // Docker's view.
+    let get = |name: &str| {
+        call(
+            &sock,
+            "VolumeDriver.Get",
+            &format!(r#"{{"Name":"{name}"}}"#),
+        )
+    };
+    let r = get("b");
+    let v = &r["Volume"];
+    assert!(is_rfc3339(&v["CreatedAt"]), "{r}");
+    assert_eq!(v["Mountpoint"], shared.join("b/merged").to_str().unwrap());
+    assert_eq!(v["Status"]["Store"], "shared", "{r}");
+    assert_eq!(v["Status"]["Scope"], "local", "{r}");
+    assert_eq!(get("f")["Volume"]["Status"]["Scope"], "global");
+    assert_eq!(
+        get("d")["Volume"]["Status"]["Seeds"][0],
+        seed.to_str().unwrap()
+    );
+    let r = call(&sock, "VolumeDriver.Capabilities", "");
+    assert_eq!(r["Capabilities"]["Scope"], "local", "the default store's");
+
+    // Ownership shows through the mount.
+    let mount = |name: &str, id: &str| {
+        let body = format!(r#"{{"Name":"{name}","ID":"{id}"}}"#);
+        let m = call(&sock, "VolumeDriver.Mount", &body);
+        assert_eq!(m["Err"], "", "{m}");
+        PathBuf::from(m["Mountpoint"].as_str().unwrap())
+    };
+    let unmount = |name: &str, id: &str| {
+        let body = format!(r#"{{"Name":"{name}","ID":"{id}"}}"#);
+        assert_eq!(call(&sock, "VolumeDriver.Unmount", &body)["Err"], "");
+    };
+    let mb = mount("b", "c1");
+    assert_eq!(owner_mode(&mb), (1234, 2345, 0o750));
+    common::write(&mb.join("data"), &vec![7u8; 1 << 20]);
+    unmount("b", "c1");
+    let used = get("b")["Volume"]["Status"]["Used"].as_u64().unwrap();
+    assert!(used >= 1 << 20, "Used {used}");
+    let mc = mount("c", "c2");
+    assert_eq!(owner_mode(&mc), (4242, 0, 0o700));
+    let md = mount("d", "c3");
+    // uid and gid as asked, the mode as the seed's root has it.
+    assert_eq!(owner_mode(&md), (1000, 1000, 0o751));
+    assert_eq!(owner_mode(&md.join("sub")).0, 777);
+    assert_eq!(fs::read(md.join("sub/file")).unwrap(), b"seeded\n");
+    unmount("d", "c3");
+
+    // The CLI: a label, its store's volumes; RFC 3339; refusals.
+    let out = cli(&["--store", "shared", "ls"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "b\nc\n",
+        "{}",
+        common::output_text(&out)
+    );
+    let out = cli(&["--store", "shared", "snapshots", "b"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let out = cli(&["--store", "shared", "snapshot", "b", "day0"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let out = cli(&["--store", "shared", "snapshots", "b"]);
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (id, t) = line.trim().split_once('\t').unwrap();
+    assert_eq!(id, "day0");
+    assert!(is_rfc3339(&serde_json::json!(t)), "{line}");
+    let out = cli(&["--store", "shared", "create", "a"]);
+    assert!(!out.status.success());
+    let msg = common::output_text(&out);
+    assert!(
+        msg.contains("store default already has a volume a"),
+        "{msg}"
+    );
+    let out = cli(&["--store", "shared", "clone", "b@day0", "a"]);
+    let msg = common::output_text(&out);
+    assert!(
+        msg.contains("store default already has a volume a"),
+        "{msg}"
+    );
+    let out = cli(&["--store", "shared", "create", "y", "-o", "uid=bob"]);
+    assert!(common::output_text(&out).contains("uid=bob: a number"));
+    // A labelled store that is not there is not made on the local disk.
+    let msg = common::output_text(&cli(&["--store", "gone", "ls"]));
+    assert!(msg.contains("store gone ("), "{msg}");
+    assert!(
+        msg.contains("missing (is its filesystem mounted?)"),
+        "{msg}"
+    );
+    assert!(!fx.path("not-mounted").exists());
+    let out = cli(&["--store", "nosuch", "ls"]);
+    let msg = common::output_text(&out);
+    assert!(
+        msg.contains("unknown store \"nosuch\" (labels: default, far, gone, shared in"),
+        "{msg}"
+    );
+    let out = cli(&["--store", "shared", "create", "e", "-o", "uid=7,mode=0701"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let v: serde_json::Value =
+        serde_json::from_slice(&cli(&["--store", "shared", "inspect", "e"]).stdout).unwrap();
+    assert!(is_rfc3339(&v["Created"]), "{v}");
+    assert_eq!(owner_mode(&shared.join("e/upper")), (7, 0, 0o701));
+    // A reader that goes away: no "Broken pipe" message.
+    let mut child = Command::new(bin())
+        .env("LAYERFS_VOLUME_CONFIG", &config)
+        .args(["--store", "shared", "inspect", "e"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+
+    // The plugin restarts: the same volumes in the same stores, and c's
+    // mount and holder are kept.
+    let mut p = fx.plugin.take().unwrap();
+    p.kill().unwrap();
+    p.wait().unwrap();
+    start_plugin_cmd(&mut fx, &sock, serve());
+    assert_eq!(listed(), ["a", "b", "c", "d", "e", "f"]);
+    let r = get("c");
+    assert_eq!(r["Volume"]["Status"]["Store"], "shared");
+    assert_eq!(r["Volume"]["Status"]["Holders"][0], "c2", "{r}");
+    assert_eq!(r["Volume"]["Status"]["Mounted"], true, "{r}");
+    assert_eq!(get("b")["Volume"]["Status"]["Snapshots"][0], "day0");
+    assert_eq!(owner_mode(&mount("b", "c4")), (1234, 2345, 0o750));
+    unmount("b", "c4");
+    unmount("c", "c2");
+    assert!(!common::is_mounted(&mc));
+    for n in ["a", "b", "c", "d", "e", "f"] {
+        let r = call(
+            &sock,
+            "VolumeDriver.Remove",
+            &format!(r#"{{"Name":"{n}"}}"#),
+        );
+        assert_eq!(r["Err"], "", "{n}: {r}");
+    }
+    // The plugin goes before the FUSE filesystem holding a store.
+    let mut p = fx.plugin.take().unwrap();
+    p.kill().unwrap();
+    p.wait().unwrap();
+    drop(fuse);
+}
+
+/// A labelled store on GlusterFS beside a local one, the plugin on a
+/// gluster "host" (its own namespaces, the volume mounted by its glusterfs
+/// client): scope `global` there and `local` here, ownership through the
+/// mount, and a restarted plugin that keeps both stores.
+#[test]
+fn plugin_serves_a_store_on_glusterfs() {
+    require_gluster!();
+    let cluster = common::gluster::Cluster::start();
+    let host = cluster.host("a");
+    let shared = host.gl().join("store");
+    host.exec(&["mkdir", "-p", shared.to_str().unwrap()])
+        .unwrap();
+    let sock = cluster.base.join("plugin.sock");
+    let stores = [
+        format!("default={}", cluster.base.join("local").display()),
+        format!("shared={}", shared.display()),
+    ];
+    let serve = |log: &str| {
+        let log = fs::File::create(cluster.base.join(log)).unwrap();
+        let mut argv = vec![bin()];
+        for s in &stores {
+            argv.extend(["--store", s.as_str()]);
+        }
+        argv.extend(["serve", "--socket", sock.to_str().unwrap()]);
+        let child = host.cmd(&argv).stderr(log).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&sock).is_err() {
+            assert!(Instant::now() < deadline, "plugin did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    };
+    let mut plugin = serve("plugin.log");
+    let create = |body: &str| call(&sock, "VolumeDriver.Create", body)["Err"].clone();
+    assert_eq!(create(r#"{"Name":"l"}"#), "");
+    let opts = r#"{"Name":"g","Opts":{"store":"shared","uid":"1234","mode":"0750"}}"#;
+    assert_eq!(create(opts), "");
+    let status = |name: &str| {
+        let r = call(
+            &sock,
+            "VolumeDriver.Get",
+            &format!(r#"{{"Name":"{name}"}}"#),
+        );
+        r["Volume"]["Status"].clone()
+    };
+    assert_eq!(status("g")["Scope"], "global", "{}", status("g"));
+    assert_eq!(status("g")["Store"], "shared");
+    assert_eq!(status("l")["Scope"], "local");
+    let on_host = |script: &str| {
+        let out = host.exec(&["sh", "-c", script]).unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let mount = r#"{"Name":"g","ID":"c1"}"#;
+    let m = call(&sock, "VolumeDriver.Mount", mount);
+    assert_eq!(m["Err"], "", "{m}");
+    let mp = m["Mountpoint"].as_str().unwrap().to_string();
+    assert_eq!(on_host(&format!("stat -c '%u %a' {mp}")), "1234 750");
+    on_host(&format!("echo on-gluster > {mp}/f"));
+    assert_eq!(call(&sock, "VolumeDriver.Unmount", mount)["Err"], "");
+
+    plugin.kill().unwrap();
+    plugin.wait().unwrap();
+    let mut plugin = serve("plugin2.log");
+    let r = call(&sock, "VolumeDriver.List", "");
+    assert_eq!(r["Volumes"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(status("g")["Store"], "shared");
+    assert!(status("g")["Used"].as_u64().unwrap() > 0);
+    let m = call(&sock, "VolumeDriver.Mount", mount);
+    assert_eq!(m["Err"], "", "{m}");
+    assert_eq!(on_host(&format!("cat {mp}/f")), "on-gluster");
+    assert_eq!(call(&sock, "VolumeDriver.Unmount", mount)["Err"], "");
+    for n in ["g", "l"] {
+        let r = call(
+            &sock,
+            "VolumeDriver.Remove",
+            &format!(r#"{{"Name":"{n}"}}"#),
+        );
+        assert_eq!(r["Err"], "", "{r}");
+    }
+    plugin.kill().unwrap();
+    plugin.wait().unwrap();
+}
+
 /// A Docker Engine of the test's own: its data root, exec root, socket and
 /// pidfile in a temp dir, in a private mount namespace where a temp dir is
 /// bind-mounted over /run/docker/plugins (so the host's is untouched) and
@@ -879,6 +1246,8 @@ struct Engine {
     dir: PathBuf,
     store: PathBuf,
     dockerd: Child,
+    /// The plugin's `--store` arguments.
+    stores: Vec<String>,
     plugin_pid: Option<u32>,
     /// The plugin restarted by the test (the first one is dockerd's child).
     plugin: Option<Child>,
@@ -893,13 +1262,21 @@ impl Engine {
     /// dockerd's PATH.
     fn start_with(dir: &Path, extra: &str) -> Engine {
         let store = dir.join("store");
+        Engine::start_stores(dir, extra, vec![store.to_str().unwrap().to_string()])
+    }
+
+    /// `stores`: the plugin's `--store` arguments; `dir/store` is still
+    /// the one `volume_mounted` asks.
+    fn start_stores(dir: &Path, extra: &str, stores: Vec<String>) -> Engine {
+        let store = dir.join("store");
+        let store_args: String = stores.iter().map(|s| format!("--store {s} ")).collect();
         for d in ["data", "exec", "plugins"] {
             fs::create_dir_all(dir.join(d)).unwrap();
         }
         let script = format!(
             "set -e\nexport PATH={d}/bin:$PATH\nmkdir -p /run/docker/plugins\n\
              mount --bind {d}/plugins /run/docker/plugins\n\
-             {bin} --store {d}/store serve > {d}/plugin.log 2>&1 &\necho $! > {d}/plugin.pid\n\
+             {bin} {store_args}serve > {d}/plugin.log 2>&1 &\necho $! > {d}/plugin.pid\n\
              exec dockerd --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock \
              --pidfile {d}/docker.pid --config-file {d}/daemon.json --iptables=false --ip6tables=false --bridge=none \
              {extra} > {d}/dockerd.log 2>&1\n",
@@ -920,6 +1297,7 @@ impl Engine {
             dir: dir.to_path_buf(),
             store,
             dockerd,
+            stores,
             plugin_pid: None,
             plugin: None,
         };
@@ -1006,11 +1384,12 @@ impl Engine {
 
     fn restart_plugin(&mut self) {
         let log = fs::File::create(self.dir.join("plugin2.log")).unwrap();
-        let child = self
-            .in_ns(&[bin(), "--store", self.store.to_str().unwrap(), "serve"])
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut args = vec![bin()];
+        for s in &self.stores {
+            args.extend(["--store", s.as_str()]);
+        }
+        args.push("serve");
+        let child = self.in_ns(&args).stderr(log).spawn().unwrap();
         self.plugin_pid = Some(child.id());
         self.plugin = Some(child);
         let sock = self.dir.join("plugins/layerfs.sock");
@@ -1048,10 +1427,7 @@ impl Drop for Engine {
 #[test]
 fn docker_engine_uses_layerfs_volumes() {
     require!("dockerd", "docker", "busybox", "unshare", "nsenter", "tar");
-    let tmp = tempfile::Builder::new()
-        .prefix("lfv")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let tmp = short_tmp("lfv");
     let dir = tmp.path();
     let rootfs = dir.join("rootfs");
     fs::create_dir_all(rootfs.join("bin")).unwrap();
@@ -1148,6 +1524,103 @@ fn docker_engine_uses_layerfs_volumes() {
     // The seed is untouched.
     assert_eq!(fs::read(seed.join("change")).unwrap(), b"old\n");
     assert!(seed.join("gone").exists());
+    drop(engine);
+}
+
+/// Docker with two labelled stores: `-o store=` picks one, `-o uid= -o
+/// gid= -o mode=` own the volume's root in the container, `docker volume
+/// inspect` shows the store, the time and the mountpoint, a bad option is
+/// refused naming it, and a restarted plugin keeps all of it.
+#[test]
+fn docker_volume_stores_and_ownership() {
+    require!("dockerd", "docker", "busybox", "unshare", "nsenter", "tar");
+    let tmp = short_tmp("lfs");
+    let dir = tmp.path().join("e");
+    let shared = dir.join("shared");
+    fs::create_dir_all(&shared).unwrap();
+    let stores = vec![
+        format!("default={}", dir.join("store").display()),
+        format!("shared={}", shared.display()),
+    ];
+    let mut engine = Engine::start_stores(&dir, "", stores);
+    import_busybox(&engine, tmp.path());
+    engine.ok(&["volume", "create", "-d", "layerfs", "plain"]);
+    engine.ok(&[
+        "volume",
+        "create",
+        "-d",
+        "layerfs",
+        "-o",
+        "store=shared",
+        "-o",
+        "uid=1234",
+        "-o",
+        "gid=2345",
+        "-o",
+        "mode=0750",
+        "owned",
+    ]);
+    assert!(shared.join("owned/meta.json").exists());
+    assert!(dir.join("store/plain/meta.json").exists());
+    let bad = engine.docker(&["volume", "create", "-d", "layerfs", "-o", "uid=bob", "bad"]);
+    assert!(!bad.status.success());
+    let msg = common::output_text(&bad);
+    assert!(msg.contains("uid=bob: a number"), "{msg}");
+    let bad = engine.docker(&["volume", "create", "-d", "layerfs", "-o", "store=x", "bad"]);
+    let msg = common::output_text(&bad);
+    assert!(
+        msg.contains("unknown store \"x\" (stores: default, shared)"),
+        "{msg}"
+    );
+    let check = |engine: &Engine| {
+        let v: serde_json::Value =
+            serde_json::from_str(&engine.ok(&["volume", "inspect", "owned"])).unwrap();
+        let v = &v[0];
+        assert_eq!(v["Status"]["Store"], "shared", "{v}");
+        assert_eq!(v["Scope"], "local", "{v}");
+        assert!(!v["CreatedAt"].as_str().unwrap().starts_with("0001"), "{v}");
+        assert_eq!(
+            v["Mountpoint"],
+            shared.join("owned/merged").to_str().unwrap()
+        );
+        let ls = engine.ok(&["volume", "ls", "-q"]);
+        assert_eq!(ls.lines().collect::<Vec<_>>(), ["owned", "plain"]);
+        let out = engine.ok(&run_on("owned:/data", "busybox stat -c '%u %g %a' /data"));
+        assert_eq!(out, "1234 2345 750");
+    };
+    check(&engine);
+    // Docker's Mount id is not the container's, but the container keeps it
+    // in its config (as doc/volume-stores.md tells how to find it).
+    let cid = engine.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "-v",
+        "owned:/data",
+        "bb:1",
+        "sleep",
+        "600",
+    ]);
+    let store_arg = format!("shared={}", shared.display());
+    let out = engine
+        .in_ns(&[bin(), "--store", &store_arg, "inspect", "owned"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let holder = v["Holders"][0].as_str().unwrap().to_string();
+    let config = dir.join(format!("data/containers/{cid}/config.v2.json"));
+    let config = fs::read_to_string(config).unwrap();
+    assert!(
+        config.contains(&format!("\"ID\":\"{holder}\"")),
+        "{holder}: {config}"
+    );
+    engine.ok(&["rm", "-f", &cid]);
+    engine.kill_plugin();
+    engine.restart_plugin();
+    check(&engine);
+    engine.ok(&["volume", "rm", "owned", "plain"]);
+    assert!(!shared.join("owned").exists());
     drop(engine);
 }
 
@@ -1253,7 +1726,29 @@ fn podman_uses_layerfs_volumes() {
     assert!(!mounted(&fx), "the last holder unmounts");
     podman.ok(&["volume", "rm", "vol"]);
     assert!(!fx.store.join("vol").exists());
+    // podman's spelling of ownership options.
+    podman.ok(&[
+        "volume",
+        "create",
+        "--driver",
+        "layerfs",
+        "-o",
+        "o=uid=1234,gid=2345",
+        "owned",
+    ]);
+    let out = podman.ok(&run_on("owned:/data", "busybox stat -c '%u %g' /data"));
+    assert_eq!(out, "1234 2345");
+    podman.ok(&["volume", "rm", "owned"]);
     assert_eq!(fs::read(seed.join("change")).unwrap(), b"old\n");
+}
+
+/// A temp dir directly under /tmp: the unix sockets an engine makes under
+/// it must stay within the 108 bytes of a socket path.
+fn short_tmp(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .unwrap()
 }
 
 /// Imports the busybox image into an engine as `bb:1`.
@@ -1283,10 +1778,7 @@ fn import_busybox(engine: &Engine, scratch: &Path) {
 #[test]
 fn docker_fuse_overlayfs_storage_driver_runs_on_layerfs() {
     require!("dockerd", "docker", "busybox", "unshare", "nsenter", "tar");
-    let tmp = tempfile::Builder::new()
-        .prefix("lfd")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let tmp = short_tmp("lfd");
     let dir = tmp.path().join("a");
     fs::create_dir_all(dir.join("bin")).unwrap();
     std::os::unix::fs::symlink(common::layerfs_bin(), dir.join("bin/fuse-overlayfs")).unwrap();
