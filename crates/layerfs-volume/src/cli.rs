@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 use crate::backup;
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_LABEL};
 use crate::options::CreateOptions;
 use crate::plugin;
 use crate::store::{err, rfc3339, Store};
@@ -201,9 +201,10 @@ pub fn run(cli: Cli) -> io::Result<()> {
         cmd => cmd,
     };
     let spec = config.one_store(&cli.store)?;
-    let store = if cmd.reads_only() && !spec.path.exists() {
+    let store = if cmd.reads_only() && !spec.path.exists() && spec.label == DEFAULT_LABEL {
         // Nothing to read; every volume is missing. A first `ls` leaves
-        // the host as it was.
+        // the host as it was (a missing labelled store is an error: see
+        // `open_store`).
         Store {
             root: spec.path.clone(),
         }

@@ -222,6 +222,15 @@ impl Config {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_packaged_file_reads() {
+        let text = include_str!("../../../contrib/etc/volumes.toml");
+        let c = Config::parse(text, Path::new("volumes.toml")).unwrap();
+        assert_eq!(c.stores.len(), 1);
+        assert_eq!(c.stores[0].label, DEFAULT_LABEL);
+        assert_eq!(c.stores[0].path, Path::new("/var/lib/layerfs/volumes"));
+    }
+
     const FILE: &str = r#"
 [stores.shared]
 path = "/mnt/gluster/layerfs"

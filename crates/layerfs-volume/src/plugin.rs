@@ -180,6 +180,7 @@ pub fn serve(set: &StoreSet, socket: &Path) -> io::Result<()> {
         return Err(err("no store can be served (see the errors above)"));
     }
     let (listener, path) = listen(socket)?;
+    log::info!("listening on {}", path.display());
     for s in &set.stores {
         let mounted = match s.vols.recover() {
             Ok(m) => m,
@@ -203,13 +204,11 @@ pub fn serve(set: &StoreSet, socket: &Path) -> io::Result<()> {
     }
     let server = tiny_http::Server::from_listener(listener, None)
         .map_err(|e| err(format!("cannot serve on {}: {e}", path.display())))?;
-    log::info!("listening on {}", path.display());
     let header = tiny_http::Header::from_bytes(
         &b"Content-Type"[..],
         &b"application/vnd.docker.plugins.v1+json"[..],
     )
     .map_err(|_| err("bad header"))?;
-    log::info!("listening on {}", socket.display());
     for mut request in server.incoming_requests() {
         let mut body = Vec::new();
         if let Err(e) = request.as_reader().read_to_end(&mut body) {
