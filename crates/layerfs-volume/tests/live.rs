@@ -256,6 +256,9 @@ fn hardlink_sets_stay_one_file_across_rotations() {
     st.ok(&["create", "v", "--from", seed.to_str().unwrap()]);
     let mp = PathBuf::from(st.ok(&["mount", "v"]));
     let ino = fs::metadata(mp.join("h1")).unwrap().ino();
+    // A directory merged with the seed, in the upper too.
+    fs::write(mp.join("d/mine"), b"mine\n").unwrap();
+    let dir_ino = fs::metadata(mp.join("d")).unwrap().ino();
     // One name written: the set is in the upper by that name only.
     append(&mp.join("h1"), b"one\n");
     st.ok(&["snapshot", "v", "s1"]);
@@ -276,6 +279,14 @@ fn hardlink_sets_stay_one_file_across_rotations() {
     }
     assert_eq!(fs::read(mp.join("n1")).unwrap(), b"new\nmore\n");
     assert_eq!(fs::metadata(mp.join("n1")).unwrap().nlink(), 2);
+    // Listed again (readdirplus looks each entry up): the same numbers.
+    let listed: Vec<_> = fs::read_dir(&mp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(listed.iter().any(|n| n == "d"));
+    assert_eq!(fs::metadata(mp.join("d")).unwrap().ino(), dir_ino);
+    assert_eq!(fs::metadata(mp.join("h2")).unwrap().ino(), ino);
     let s1 = st.files_at("v", "s1");
     for name in ["h1", "h2", "d/h3"] {
         assert_eq!(s1[name], b"seed\none\n", "s1: {name}");
@@ -451,4 +462,163 @@ fn kill_9_of_the_cli_or_the_daemon_mid_snapshot_loses_nothing() {
     let mp = PathBuf::from(st.ok(&["mount", "v"]));
     assert_record_prefix(&fs::read(mp.join("log")).unwrap(), total, "the end");
     st.ok(&["umount", "v"]);
+}
+
+/// Every path under `root` with its content (files) or kind, and its
+/// inode number.
+fn tree(root: &Path) -> BTreeMap<String, (Vec<u8>, u64)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if md.is_dir() {
+                stack.push(p.clone());
+                out.insert(rel, (b"<dir>".to_vec(), md.ino()));
+            } else if !rel.starts_with("log") {
+                out.insert(rel, (fs::read(&p).unwrap(), md.ino()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn snapshot_removal_and_compaction_under_a_running_writer() {
+    require!();
+    let st = Store::new();
+    let seed = st.path("seed");
+    fs::create_dir_all(seed.join("d/e")).unwrap();
+    fs::write(seed.join("d/e/x"), b"seed x\n").unwrap();
+    fs::write(seed.join("top"), b"seed top\n").unwrap();
+    st.ok(&["create", "v", "--from", seed.to_str().unwrap()]);
+    let mp = PathBuf::from(st.ok(&["mount", "v"]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let w = record_writer(mp.join("log"), Arc::clone(&stop), Arc::clone(&acked));
+    fs::write(mp.join("a"), b"a1\n").unwrap();
+    st.ok(&["snapshot", "v", "s1"]);
+    append(&mp.join("d/e/x"), b"s2\n");
+    fs::write(mp.join("d/e/y"), b"y\n").unwrap();
+    fs::create_dir(mp.join("d/f")).unwrap();
+    fs::write(mp.join("d/f/z"), b"z\n").unwrap();
+    st.ok(&["snapshot", "v", "s2"]);
+    fs::remove_file(mp.join("a")).unwrap();
+    fs::rename(mp.join("d/f"), mp.join("d/g")).unwrap();
+    st.ok(&["snapshot", "v", "s3"]);
+    append(&mp.join("top"), b"upper\n");
+    // Held across the changes of the stack: a file and a directory.
+    let held = fs::File::open(mp.join("d/e/x")).unwrap();
+    let cwd = fs::File::open(mp.join("d/e")).unwrap();
+    let before = tree(&mp);
+
+    let msg = st.fails(&["snapshot-rm", "v", "s3"]);
+    assert!(msg.contains("take another snapshot first"), "{msg}");
+    st.ok(&["snapshot-rm", "v", "s2"]);
+    assert_eq!(tree(&mp), before, "after snapshot-rm");
+    assert_eq!(st.snapshots("v"), ["s1", "s3"]);
+    assert!(!st.root.join("v/snapshots/s2").exists());
+    st.ok(&["compact", "v"]);
+    assert_eq!(tree(&mp), before, "after compact");
+    assert_eq!(st.snapshots("v"), ["s3"]);
+    let layers: Vec<_> = fs::read_dir(st.root.join("v/snapshots")).unwrap().collect();
+    assert_eq!(layers.len(), 1, "old layers are gone");
+    let mut seen = String::new();
+    (&held).read_to_string(&mut seen).unwrap();
+    assert_eq!(seen, "seed x\ns2\n");
+    assert!(cwd.metadata().unwrap().is_dir());
+    // The merged layer is a lower layer like any other.
+    append(&mp.join("d/e/x"), b"after\n");
+    fs::write(mp.join("d/g/new"), b"new\n").unwrap();
+    let files = st.files_at("v", "s3");
+    assert_eq!(files["d/e/x"], b"seed x\ns2\n");
+    assert_eq!(files["d/g/z"], b"z\n");
+    assert!(!files.contains_key("a") && !files.contains_key("d/f/z"));
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    let total = acked.load(Ordering::SeqCst);
+    let now = tree(&mp);
+    drop((held, cwd));
+    st.ok(&["umount", "v"]);
+    let mp = PathBuf::from(st.ok(&["mount", "v"]));
+    let again = tree(&mp);
+    let contents = |t: &BTreeMap<String, (Vec<u8>, u64)>| -> BTreeMap<String, Vec<u8>> {
+        t.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect()
+    };
+    assert_eq!(contents(&again), contents(&now));
+    assert_record_prefix(&fs::read(mp.join("log")).unwrap(), total, "log");
+    st.ok(&["umount", "v"]);
+}
+
+#[test]
+fn kill_9_of_the_cli_or_the_daemon_mid_compaction_loses_nothing() {
+    require!();
+    let st = Store::new();
+    st.ok(&["create", "v"]);
+    let mp = PathBuf::from(st.ok(&["mount", "v"]));
+    let layered = |round: usize| {
+        for i in 0..3 {
+            fs::create_dir_all(mp.join(format!("r{round}/d{i}"))).unwrap();
+            fs::write(
+                mp.join(format!("r{round}/d{i}/f")),
+                format!("{round} {i}\n"),
+            )
+            .unwrap();
+            st.ok(&["snapshot", "v"]);
+        }
+    };
+    let contents = |mp: &Path| -> BTreeMap<String, Vec<u8>> {
+        tree(mp).into_iter().map(|(k, v)| (k, v.0)).collect()
+    };
+    // The CLI killed at moments spread over a compaction.
+    for round in 0..6u64 {
+        layered(round as usize);
+        let before = contents(&mp);
+        let mut child = st.cmd(&["compact", "v"]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(3 * round + 1));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(contents(&mp), before, "round {round}: after the kill");
+        st.ok(&["compact", "v"]);
+        assert_eq!(contents(&mp), before, "round {round}: compacted");
+        assert_eq!(st.snapshots("v").len(), 1);
+    }
+    st.ok(&["umount", "v"]);
+    // The daemon killed inside its restack, before and after the swap.
+    for (round, point) in ["restack-stopped", "restack-swapped"].iter().enumerate() {
+        let out = st
+            .cmd(&["mount", "v"])
+            .env("LAYERFS_CRASH_AT", point)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::output_text(&out));
+        layered(10 + round);
+        let before = contents(&mp);
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let log = mp.join(format!("log{round}"));
+        let w = record_writer(log.clone(), Arc::clone(&stop), Arc::clone(&acked));
+        std::thread::sleep(Duration::from_millis(30));
+        let _ = st.run(&["compact", "v"]);
+        stop.store(true, Ordering::Relaxed);
+        w.join().unwrap();
+        let _ = Command::new("umount").arg("-l").arg(&mp).status();
+        st.ok(&["mount", "v"]);
+        let after = contents(&mp);
+        assert_eq!(after, before, "{point}: the volume after a remount");
+        assert_record_prefix(
+            &fs::read(&log).unwrap(),
+            acked.load(Ordering::SeqCst),
+            point,
+        );
+        st.ok(&["compact", "v"]);
+        assert_eq!(
+            contents(&mp),
+            before,
+            "{point}: compacted after the remount"
+        );
+        st.ok(&["umount", "v"]);
+    }
 }
