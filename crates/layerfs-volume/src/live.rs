@@ -108,6 +108,13 @@ fn ask(socket: &Path, line: &str) -> Asked {
     }
 }
 
+/// Whether a daemon serves the volume in `dir` (in whichever mount
+/// namespace): its control socket answers.
+pub fn daemon_answers(dir: &Path) -> bool {
+    let socket = control_socket(dir);
+    socket.exists() && matches!(ask(&socket, "status"), Asked::Answer(a) if a.starts_with("ok"))
+}
+
 /// A request whose answer is needed.
 fn request(socket: &Path, line: &str) -> io::Result<String> {
     match ask(socket, line) {

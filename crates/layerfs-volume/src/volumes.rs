@@ -38,9 +38,17 @@ impl Volumes {
         self.store.dir(name).join("merged")
     }
 
-    /// Whether the volume is mounted and its daemon answers (a killed
-    /// daemon leaves a mountpoint that fails with ENOTCONN).
+    /// Whether the volume is mounted and its daemon answers: here (a
+    /// killed daemon leaves a mountpoint that fails with ENOTCONN), or in
+    /// another mount namespace (the plugin's in dockerd's, say), where
+    /// only its control socket is seen.
     pub fn is_mounted(&self, name: &str) -> bool {
+        self.is_mounted_here(name) || crate::live::daemon_answers(&self.store.dir(name))
+    }
+
+    /// Whether the volume is mounted, with its daemon answering, in this
+    /// process' mount namespace.
+    pub fn is_mounted_here(&self, name: &str) -> bool {
         let mp = self.mountpoint(name);
         in_proc_mounts(&mp) && fs::metadata(&mp).is_ok()
     }
@@ -586,6 +594,12 @@ impl Volumes {
         let _lock = self.store.lock()?;
         let mut meta = self.store.load(name)?;
         let mp = self.mountpoint(name);
+        if !self.is_mounted_here(name) && self.is_mounted(name) {
+            return Err(err(format!(
+                "volume {name} is mounted in another mount namespace (its daemon answers on {}): use it there, or unmount it there first",
+                crate::live::control_socket(&self.store.dir(name)).display()
+            )));
+        }
         if !self.is_mounted(name) {
             self.repair(&mut meta)?;
             let dir = self.store.dir(name);
