@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vol_common::{bin, short_tmp, start_plugin, start_plugin_cmd, Engine, Fixture};
+use vol_common::{
+    bin, busybox_rootfs, podman_with_plugin, rootfs_tar, short_tmp, start_plugin, start_plugin_cmd,
+    Engine, Fixture,
+};
 
 fn groups_of_links(tree: &BTreeMap<Vec<u8>, common::Node>) -> BTreeSet<Vec<Vec<u8>>> {
     let mut by_ino: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
@@ -1333,13 +1336,7 @@ fn podman_uses_layerfs_volumes() {
     require!("podman", "runc", "busybox", "tar");
     let mut fx = Fixture::new();
     let sock = fx.path("plugins/layerfs.sock");
-    start_plugin(&mut fx, &sock);
-    // The plugin named in containers.conf; containers removed on drop.
-    let plugin = format!(
-        "[engine.volume_plugins]\nlayerfs = \"{}\"\n",
-        sock.display()
-    );
-    let podman = common::Podman::new(&fx.path("podman"), common::PodmanStorage::Vfs, &plugin);
+    let podman = podman_with_plugin(&mut fx, &sock);
     let rootfs = fx.path("rootfs");
     fs::create_dir_all(rootfs.join("bin")).unwrap();
     fs::copy(common::busybox().unwrap(), rootfs.join("bin/busybox")).unwrap();
@@ -1448,22 +1445,9 @@ fn podman_uses_layerfs_volumes() {
 
 /// Imports the busybox image into an engine as `bb:1`.
 fn import_busybox(engine: &Engine, scratch: &Path) {
-    let rootfs = scratch.join("rootfs");
-    fs::create_dir_all(rootfs.join("bin")).unwrap();
-    fs::copy(common::busybox().unwrap(), rootfs.join("bin/busybox")).unwrap();
-    for applet in ["sh", "cat", "ls", "echo", "rm", "mkdir", "tr", "sleep"] {
-        common::link_sym("busybox", &rootfs.join("bin").join(applet));
-    }
-    let tar = scratch.join("rootfs.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let applets = ["sh", "cat", "ls", "echo", "rm", "mkdir", "tr", "sleep"];
+    let rootfs = busybox_rootfs(scratch, &applets);
+    let tar = rootfs_tar(&rootfs, scratch);
     engine.ok(&["import", tar.to_str().unwrap(), "bb:1"]);
 }
 

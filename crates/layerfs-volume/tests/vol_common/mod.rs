@@ -321,3 +321,43 @@ pub fn short_tmp(prefix: &str) -> tempfile::TempDir {
         .tempdir_in("/tmp")
         .unwrap()
 }
+
+/// An image root in `scratch/rootfs` of the host's busybox with
+/// `applets` linked to it in `bin/`; returns the root.
+pub fn busybox_rootfs(scratch: &Path, applets: &[&str]) -> PathBuf {
+    let rootfs = scratch.join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::copy(common::busybox().unwrap(), rootfs.join("bin/busybox")).unwrap();
+    for applet in applets {
+        common::link_sym("busybox", &rootfs.join("bin").join(applet));
+    }
+    rootfs
+}
+
+/// Tars `root` into `scratch/rootfs.tar`, for an engine to import;
+/// returns the tar.
+pub fn rootfs_tar(root: &Path, scratch: &Path) -> PathBuf {
+    let tar = scratch.join("rootfs.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    tar
+}
+
+/// A podman of the test's own (vfs storage) whose containers.conf names
+/// the layerfs plugin, started for the fixture's store on `sock`.
+pub fn podman_with_plugin(fx: &mut Fixture, sock: &Path) -> common::Podman {
+    start_plugin(fx, sock);
+    // The plugin named in containers.conf; containers removed on drop.
+    let plugin = format!(
+        "[engine.volume_plugins]\nlayerfs = \"{}\"\n",
+        sock.display()
+    );
+    common::Podman::new(&fx.path("podman"), common::PodmanStorage::Vfs, &plugin)
+}

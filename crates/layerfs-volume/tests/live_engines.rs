@@ -1,0 +1,367 @@
+//! Live snapshots under real engines: a container started through the
+//! Docker or podman volume plugin writes a SQLite database (WAL mode) and
+//! an fsync'ed append-only log at once, while `layerfs-volume backup`
+//! takes 20 snapshots of the mounted volume. Every backup point, restored
+//! on a fresh store, must be what a power cut at that instant would leave:
+//! a sound database and gapless prefixes of the transactions and records,
+//! holding at least everything acknowledged before the snapshot began and
+//! nothing begun after it ended. The containers never see an error and
+//! their inode numbers do not change. Mounted: run as root.
+
+// The mounted-test helpers of the filesystem crate, shared.
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+mod vol_common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use vol_common::{bin, podman_with_plugin, Engine, Fixture};
+
+/// How many live backups a run takes, and how far apart they start.
+const SNAPSHOTS: usize = 20;
+const PERIOD: Duration = Duration::from_millis(500);
+
+/// The size of one log record: `record NNNNNNNN ` and dots, then `\n`.
+const RECORD: usize = 64;
+
+/// Log record `n` (from 1), exactly `RECORD` bytes.
+fn record(n: u64) -> String {
+    format!("record {n:08} {}\n", ".".repeat(RECORD - 17))
+}
+
+/// The busybox applets the writers use.
+const APPLETS: [&str; 11] = [
+    "sh", "cat", "dd", "echo", "ls", "mv", "printf", "rm", "sleep", "stat", "touch",
+];
+
+/// An image root of host binaries (no registry here): busybox, and the
+/// host's `sqlite3` with every library `ldd` lists, at the same paths.
+/// Returns the tar to import.
+fn image_tar(scratch: &Path) -> PathBuf {
+    let root = vol_common::busybox_rootfs(scratch, &APPLETS);
+    let sqlite = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v sqlite3"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let sqlite = Path::new(sqlite.trim()).canonicalize().unwrap();
+    fs::copy(&sqlite, root.join("bin/sqlite3")).unwrap();
+    let ldd = Command::new("ldd").arg(&sqlite).output().unwrap();
+    assert!(ldd.status.success(), "{}", common::output_text(&ldd));
+    // Lines are `name => /path (addr)` or `/path (addr)`; the vdso has no
+    // path.
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = line
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(Path::new);
+        if let Some(lib) = path {
+            let to = root.join(lib.strip_prefix("/").unwrap());
+            fs::create_dir_all(to.parent().unwrap()).unwrap();
+            fs::copy(lib, &to).unwrap();
+        }
+    }
+    fs::create_dir_all(root.join("tmp")).unwrap();
+    common::chmod(&root.join("tmp"), 0o1777);
+    vol_common::rootfs_tar(&root, scratch)
+}
+
+/// The container's script: two writers on /data until /tmp/stop exists.
+/// - One sqlite3 connection in WAL mode (synchronous=FULL: each commit
+///   fsyncs the WAL) commits transaction N (row N) and only then writes N
+///   to /tmp/ack.db.
+/// - A loop appends record N to /data/log with one write, fsyncs it
+///   (`dd conv=fsync`), and only then writes N to /tmp/ack.log.
+///
+/// The acks live outside the volume. The inode numbers of the db and log
+/// are printed before the writers start and after they stop; then each
+/// writer's exit status.
+fn writers_script() -> String {
+    let rec = record(0).replace("00000000", "%08d").replace('\n', "\\n");
+    format!(
+        "set -e\n\
+         cd /data\n\
+         sqlite3 -bail db 'PRAGMA journal_mode=WAL; \
+           CREATE TABLE t(n INTEGER PRIMARY KEY, pad BLOB NOT NULL);' >/dev/null\n\
+         touch log\n\
+         echo ino $(stat -c %i db log)\n\
+         set +e\n\
+         statements() {{\n\
+           echo 'PRAGMA synchronous=FULL;'\n\
+           i=0\n\
+           while [ ! -e /tmp/stop ]; do\n\
+             i=$((i+1))\n\
+             echo \"INSERT INTO t VALUES($i, randomblob(300));\"\n\
+             echo '.once /tmp/ack.db'\n\
+             echo \"SELECT $i;\"\n\
+           done\n\
+         }}\n\
+         records() {{\n\
+           i=0\n\
+           while [ ! -e /tmp/stop ]; do\n\
+             i=$((i+1))\n\
+             printf '{rec}' $i | dd of=/data/log bs={RECORD} count=1 iflag=fullblock \
+               oflag=append conv=notrunc,fsync status=none || return 1\n\
+             echo $i > /tmp/ack.log\n\
+           done\n\
+         }}\n\
+         statements | sqlite3 -bail /data/db >/dev/null & db=$!\n\
+         records & log=$!\n\
+         wait $db; sdb=$?\n\
+         wait $log; slog=$?\n\
+         echo ino $(stat -c %i /data/db /data/log)\n\
+         echo exit $sdb $slog\n\
+         [ $sdb = 0 ] && [ $slog = 0 ]\n"
+    )
+}
+
+/// A writer's acknowledged counter, read from the container's /tmp
+/// through /proc (0 before its first ack). The writer rewrites it in
+/// place: a read that meets it half-written is retried.
+fn acked(root: &Path, which: &str) -> u64 {
+    let path = root.join("tmp").join(which);
+    for _ in 0..1000 {
+        match fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+            Ok(s) if s.ends_with('\n') => return s.trim().parse().unwrap(),
+            _ => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    panic!("{} stays half-written", path.display());
+}
+
+/// One backup point: its snapshot, and the writers' acks (database,
+/// log) read just before the backup started and just after it ended.
+struct Point {
+    snap: String,
+    before: (u64, u64),
+    after: (u64, u64),
+}
+
+/// What the engine-specific part gives the common run: the engine's CLI
+/// (docker or podman, same subcommands) and a way to run
+/// `layerfs-volume --store STORE ARGS` where the volume is mounted.
+struct Setup<'a> {
+    engine: &'a dyn Fn(&[&str]) -> Output,
+    volume_tool: &'a dyn Fn(&[&str]) -> Output,
+}
+
+impl Setup<'_> {
+    fn engine_ok(&self, args: &[&str]) -> String {
+        let out = (self.engine)(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            common::output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+/// Runs the writers in a container on volume `vol` (made by the plugin)
+/// of image `img`, takes the live backups into `backups`, stops the
+/// writers and checks what the container saw. Returns the points.
+fn backups_while_writing(s: &Setup, img: &str, backups: &Path) -> Vec<Point> {
+    let id = s.engine_ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "writers",
+        "-v",
+        "vol:/data",
+        img,
+        "sh",
+        "-c",
+        &writers_script(),
+    ]);
+    let pid = s.engine_ok(&["inspect", "-f", "{{.State.Pid}}", &id]);
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked(&root, "ack.db") == 0 || acked(&root, "ack.log") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the writers did not start: {}",
+            common::output_text(&(s.engine)(&["logs", &id]))
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut points = Vec::new();
+    let start = Instant::now();
+    for n in 0..SNAPSHOTS {
+        let due = start + PERIOD * n as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let before = (acked(&root, "ack.db"), acked(&root, "ack.log"));
+        let out = (s.volume_tool)(&["backup", "vol", "--to", backups.to_str().unwrap()]);
+        let after = (acked(&root, "ack.db"), acked(&root, "ack.log"));
+        assert!(
+            out.status.success(),
+            "backup {n}: {}",
+            common::output_text(&out)
+        );
+        let snap = String::from_utf8_lossy(&out.stdout);
+        let snap = snap.split('\t').next().unwrap().trim().to_string();
+        points.push(Point {
+            snap,
+            before,
+            after,
+        });
+    }
+    let took = start.elapsed();
+    fs::write(root.join("tmp/stop"), b"").unwrap();
+    let status = s.engine_ok(&["wait", &id]);
+    let logs = (s.engine)(&["logs", &id]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr),
+    );
+    assert_eq!(status, "0", "the writers failed:\n{stdout}{stderr}");
+    assert!(stderr.is_empty(), "the writers saw errors:\n{stderr}");
+    let inos: Vec<&str> = stdout.lines().filter(|l| l.starts_with("ino ")).collect();
+    assert_eq!(inos.len(), 2, "{stdout}");
+    assert_eq!(inos[0], inos[1], "inode numbers changed: {stdout}");
+    let last = points.last().unwrap();
+    eprintln!(
+        "{SNAPSHOTS} live backups in {took:?}; by the last one {} transactions and {} records",
+        last.before.0, last.before.1
+    );
+    points
+}
+
+/// Restores each point from `backups` on the fresh store `store` and
+/// checks what it holds.
+fn check_points(fx: &Fixture, store: &Path, backups: &Path, points: &[Point]) {
+    let mut last = (0, 0);
+    for (n, p) in points.iter().enumerate() {
+        let name = format!("r{n}");
+        let out = fx.run_in(
+            store,
+            &["restore", backups.to_str().unwrap(), &name, "--at", &p.snap],
+        );
+        assert!(out.status.success(), "{}", common::output_text(&out));
+        let out = fx.run_in(store, &["mount", &name]);
+        assert!(out.status.success(), "{}", common::output_text(&out));
+        let mp = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let held = (db_prefix(&mp.join("db")), log_prefix(&mp.join("log")));
+        let out = fx.run_in(store, &["umount", &name]);
+        assert!(out.status.success(), "{}", common::output_text(&out));
+        let what = format!(
+            "snapshot {} holds {held:?} (transactions, records); acked before it {:?}, after it {:?}",
+            p.snap, p.before, p.after
+        );
+        // Everything acknowledged before the snapshot began is in it...
+        assert!(held.0 >= p.before.0 && held.1 >= p.before.1, "{what}");
+        // ...and nothing begun after it ended: each writer starts N+2
+        // only after N+1 is acknowledged.
+        assert!(held.0 <= p.after.0 + 1 && held.1 <= p.after.1 + 1, "{what}");
+        assert!(
+            held.0 >= last.0 && held.1 >= last.1,
+            "{what}; before {last:?}"
+        );
+        last = held;
+    }
+}
+
+/// Checks the restored database and returns how many transactions it
+/// holds: it must pass `integrity_check` and hold rows 1..=k, no gap.
+fn db_prefix(db: &Path) -> u64 {
+    let sql = |q: &str| {
+        let out = Command::new("sqlite3").arg(db).arg(q).output().unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "sqlite3 {q}: {}",
+            common::output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(sql("PRAGMA integrity_check"), "ok");
+    let counts = sql("SELECT count(*), coalesce(min(n), 1), coalesce(max(n), 0) FROM t");
+    let v: Vec<u64> = counts.split('|').map(|x| x.parse().unwrap()).collect();
+    assert!(v[1] == 1 && v[0] == v[2], "rows are no prefix: {counts}");
+    v[0]
+}
+
+/// Checks the restored log and returns how many records it holds: whole
+/// records 1..=k, in order, nothing torn.
+fn log_prefix(log: &Path) -> u64 {
+    let data = fs::read(log).unwrap();
+    assert_eq!(
+        data.len() % RECORD,
+        0,
+        "a torn record: {} bytes",
+        data.len()
+    );
+    for (i, r) in data.chunks(RECORD).enumerate() {
+        let want = record(i as u64 + 1);
+        assert_eq!(
+            r,
+            want.as_bytes(),
+            "record {}: {:?}",
+            i + 1,
+            String::from_utf8_lossy(r)
+        );
+    }
+    (data.len() / RECORD) as u64
+}
+
+#[test]
+fn docker_writers_survive_live_backups() {
+    require!("dockerd", "docker", "unshare", "nsenter", "busybox", "sqlite3", "ldd", "tar");
+    let tmp = tempfile::Builder::new()
+        .prefix("lfl")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = tmp.path();
+    let engine = Engine::start(dir);
+    engine.ok(&["import", image_tar(dir).to_str().unwrap(), "lt:1"]);
+    engine.ok(&["volume", "create", "-d", "layerfs", "vol"]);
+    let store = engine.store.to_str().unwrap().to_string();
+    let docker = |args: &[&str]| engine.docker(args);
+    // The volume is mounted in dockerd's namespace: the tool runs there.
+    let tool = |args: &[&str]| {
+        let mut all = vec![bin(), "--store", store.as_str()];
+        all.extend_from_slice(args);
+        engine.in_ns(&all).output().unwrap()
+    };
+    let setup = Setup {
+        engine: &docker,
+        volume_tool: &tool,
+    };
+    let backups = dir.join("backups");
+    let points = backups_while_writing(&setup, "lt:1", &backups);
+    let fx = Fixture::new();
+    check_points(&fx, &fx.path("fresh"), &backups, &points);
+    drop(engine);
+}
+
+#[test]
+fn podman_writers_survive_live_backups() {
+    require!("podman", "runc", "busybox", "sqlite3", "ldd", "tar");
+    let mut fx = Fixture::new();
+    let sock = fx.path("plugins/layerfs.sock");
+    let podman = podman_with_plugin(&mut fx, &sock);
+    podman.ok(&[
+        "import",
+        image_tar(&fx.path("image")).to_str().unwrap(),
+        "lt:1",
+    ]);
+    podman.ok(&["volume", "create", "--driver", "layerfs", "vol"]);
+    let engine = |args: &[&str]| podman.cmd(args).output().unwrap();
+    let tool = |args: &[&str]| fx.run(args);
+    let setup = Setup {
+        engine: &engine,
+        volume_tool: &tool,
+    };
+    let backups = fx.path("backups");
+    let points = backups_while_writing(&setup, "lt:1", &backups);
+    check_points(&fx, &fx.path("fresh"), &backups, &points);
+}
