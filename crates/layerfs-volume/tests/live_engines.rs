@@ -1,12 +1,14 @@
 //! Live snapshots under real engines: a container started through the
-//! Docker or podman volume plugin writes a SQLite database (WAL mode) and
-//! an fsync'ed append-only log at once, while `layerfs-volume backup`
-//! takes 20 snapshots of the mounted volume. Every backup point, restored
-//! on a fresh store, must be what a power cut at that instant would leave:
-//! a sound database and gapless prefixes of the transactions and records,
-//! holding at least everything acknowledged before the snapshot began and
-//! nothing begun after it ended. The containers never see an error and
-//! their inode numbers do not change. Mounted: run as root.
+//! Docker or podman volume plugin runs three writers at once (a SQLite
+//! database in WAL mode, an fsync'ed append-only log with a second hard
+//! link, a file replaced by renames) while `layerfs-volume backup` takes
+//! 20 snapshots of the mounted volume, one more run being killed halfway.
+//! Every backup point, restored on a fresh store, must be what a power cut
+//! at that instant would leave: a sound database and gapless prefixes of
+//! the transactions and records, holding at least everything acknowledged
+//! before the snapshot began and nothing begun after it ended. The
+//! containers never see an error and their inode numbers do not change.
+//! Mounted: run as root.
 
 // The mounted-test helpers of the filesystem crate, shared.
 #[path = "../../../tests/common/mod.rs"]
@@ -172,14 +174,52 @@ struct Point {
 }
 
 /// What the engine-specific part gives the common run: the engine's CLI
-/// (docker or podman, same subcommands) and a way to run
-/// `layerfs-volume --store STORE ARGS` where the volume is mounted.
+/// (docker or podman, same subcommands), the plugin's store, and a way to
+/// run a command in the mount namespace where the plugin mounts volumes.
 struct Setup<'a> {
     engine: &'a dyn Fn(&[&str]) -> Output,
-    volume_tool: &'a dyn Fn(&[&str]) -> Output,
+    store: &'a Path,
+    where_mounted: &'a dyn Fn(&[&str]) -> Command,
 }
 
 impl Setup<'_> {
+    /// `layerfs-volume --store STORE ARGS`, where the volume is mounted.
+    fn tool(&self, args: &[&str]) -> Command {
+        let mut all = vec![bin(), "--store", self.store.to_str().unwrap()];
+        all.extend_from_slice(args);
+        (self.where_mounted)(&all)
+    }
+
+    /// A `backup` killed with SIGKILL after a random time below `within`;
+    /// then the read-only view it may leave mounted (the tool does not
+    /// clean it up yet) is unmounted, lest its daemon outlive the test.
+    fn killed_backup(&self, backups: &Path, within: Duration) {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let after =
+            Duration::from_micros(common::Rng::new(seed).below(within.as_micros() as u64 + 1));
+        let mut child = self
+            .tool(&["backup", "vol", "--to", backups.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(after);
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        eprintln!("a backup killed after {after:?} (seed {seed}): {status}");
+        let views = format!(
+            "for v in '{}'/vol/.view-*; do mountpoint -q \"$v\" && umount \"$v\"; done; true",
+            self.store.display()
+        );
+        let out = (self.where_mounted)(&["sh", "-c", &views])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::output_text(&out));
+    }
+
     fn engine_ok(&self, args: &[&str]) -> String {
         let out = (self.engine)(args);
         assert!(
@@ -229,14 +269,25 @@ fn backups_while_writing(s: &Setup, img: &str, backups: &Path) -> Vec<Point> {
     };
     let first = inos();
     let mut points = Vec::new();
+    let mut longest = Duration::ZERO;
     let start = Instant::now();
     for n in 0..SNAPSHOTS {
         let due = start + PERIOD * n as u32;
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
+        if n == SNAPSHOTS / 2 {
+            // Halfway, a run is killed at any step: the next ones finish
+            // or redo what it left, and the writers see nothing of it.
+            s.killed_backup(backups, longest);
+        }
         let before = acks(&root);
-        let out = (s.volume_tool)(&["backup", "vol", "--to", backups.to_str().unwrap()]);
+        let t = Instant::now();
+        let out = s
+            .tool(&["backup", "vol", "--to", backups.to_str().unwrap()])
+            .output()
+            .unwrap();
+        longest = longest.max(t.elapsed());
         let after = acks(&root);
         assert!(
             out.status.success(),
@@ -393,17 +444,13 @@ fn docker_writers_survive_live_backups() {
     let engine = Engine::start(dir);
     engine.ok(&["import", image_tar(dir).to_str().unwrap(), "lt:1"]);
     engine.ok(&["volume", "create", "-d", "layerfs", "vol"]);
-    let store = engine.store.to_str().unwrap().to_string();
     let docker = |args: &[&str]| engine.docker(args);
-    // The volume is mounted in dockerd's namespace: the tool runs there.
-    let tool = |args: &[&str]| {
-        let mut all = vec![bin(), "--store", store.as_str()];
-        all.extend_from_slice(args);
-        engine.in_ns(&all).output().unwrap()
-    };
+    // The plugin mounts in dockerd's namespace: the tool runs there.
+    let in_ns = |args: &[&str]| engine.in_ns(args);
     let setup = Setup {
         engine: &docker,
-        volume_tool: &tool,
+        store: &engine.store,
+        where_mounted: &in_ns,
     };
     let backups = dir.join("backups");
     let points = backups_while_writing(&setup, "lt:1", &backups);
@@ -425,10 +472,16 @@ fn podman_writers_survive_live_backups() {
     ]);
     podman.ok(&["volume", "create", "--driver", "layerfs", "vol"]);
     let engine = |args: &[&str]| podman.cmd(args).output().unwrap();
-    let tool = |args: &[&str]| fx.run(args);
+    // The plugin mounts in the test's namespace.
+    let here = |args: &[&str]| {
+        let mut c = Command::new(args[0]);
+        c.args(&args[1..]);
+        c
+    };
     let setup = Setup {
         engine: &engine,
-        volume_tool: &tool,
+        store: &fx.store,
+        where_mounted: &here,
     };
     let backups = fx.path("backups");
     let points = backups_while_writing(&setup, "lt:1", &backups);
