@@ -496,6 +496,29 @@ struct ForeignMount {
     mnt: PathBuf,
 }
 
+impl ForeignMount {
+    /// Mounts volume `name` of the fixture's store with `layerfs-volume
+    /// mount` run in a new mount namespace, which its daemon keeps alive.
+    fn new(fx: &Fixture, name: &str) -> ForeignMount {
+        let out = Command::new("unshare")
+            .args(["-m", "--propagation", "private", bin(), "--store"])
+            .arg(&fx.store)
+            .args(["mount", name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::output_text(&out));
+        let mnt = fx.store.join(name).join("merged");
+        let pid = common::daemon_pid(&mnt).expect("the volume's daemon");
+        assert!(!common::is_mounted(&mnt), "not mounted in this namespace");
+        ForeignMount { pid, mnt }
+    }
+
+    /// The mount as the daemon's namespace sees it.
+    fn seen(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.pid)).join(self.mnt.strip_prefix("/").unwrap())
+    }
+}
+
 impl Drop for ForeignMount {
     fn drop(&mut self) {
         let _ = Command::new("nsenter")
@@ -531,22 +554,8 @@ fn bug_snapshot_outside_the_mounts_namespace_renames_the_upper_under_the_daemon(
     require!("unshare", "nsenter");
     let fx = Fixture::new();
     fx.ok(&["create", "v"]);
-    let out = Command::new("unshare")
-        .args(["-m", "--propagation", "private", bin(), "--store"])
-        .arg(&fx.store)
-        .args(["mount", "v"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", common::output_text(&out));
-    let mnt = fx.store.join("v/merged");
-    let pid = common::daemon_pid(&mnt).expect("the volume's daemon");
-    let _mount = ForeignMount {
-        pid,
-        mnt: mnt.clone(),
-    };
-    assert!(!common::is_mounted(&mnt), "not mounted in this namespace");
-    // The mount as the daemon's namespace sees it.
-    let seen = PathBuf::from(format!("/proc/{pid}/root")).join(mnt.strip_prefix("/").unwrap());
+    let mount = ForeignMount::new(&fx, "v");
+    let seen = mount.seen();
     common::write(&seen.join("a"), b"before\n");
     let mut held = fs::OpenOptions::new()
         .create(true)
@@ -573,4 +582,24 @@ fn bug_snapshot_outside_the_mounts_namespace_renames_the_upper_under_the_daemon(
         b"before\n",
         "a write after snapshot s1 changed it"
     );
+}
+
+/// BUG, reported to the lead and not fixed here: the same blindness
+/// (`Volumes::is_mounted` reads this namespace's mount table) lets `rm`
+/// delete a volume mounted in another namespace, its holder listed in
+/// its metadata: the data under the running daemon is gone, and the
+/// containers' mount with it.
+#[test]
+fn bug_rm_outside_the_mounts_namespace_deletes_a_volume_in_use() {
+    require!("unshare", "nsenter");
+    let fx = Fixture::new();
+    fx.ok(&["create", "v"]);
+    let mount = ForeignMount::new(&fx, "v");
+    common::write(&mount.seen().join("data"), b"precious\n");
+    let out = fx.run(&["rm", "v"]);
+    assert!(
+        !out.status.success(),
+        "rm of a volume mounted in another namespace succeeded"
+    );
+    assert_eq!(fs::read(mount.seen().join("data")).unwrap(), b"precious\n");
 }
