@@ -36,9 +36,7 @@ fn record(n: u64) -> String {
 }
 
 /// The busybox applets the writers use.
-const APPLETS: [&str; 11] = [
-    "sh", "cat", "dd", "echo", "ls", "mv", "printf", "rm", "sleep", "stat", "touch",
-];
+const APPLETS: [&str; 8] = ["sh", "dd", "echo", "ln", "mv", "printf", "stat", "touch"];
 
 /// An image root of host binaries (no registry here): busybox, and the
 /// host's `sqlite3` with every library `ldd` lists, at the same paths.
