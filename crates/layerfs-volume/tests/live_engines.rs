@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use vol_common::{bin, podman_with_plugin, Engine, Fixture};
+use vol_common::{bin, podman_with_plugin, short_tmp, Engine, Fixture};
 
 /// How many live backups a run takes, and how far apart they start.
 const SNAPSHOTS: usize = 20;
@@ -434,10 +434,7 @@ fn renamed_value(cur: &Path) -> u64 {
 #[test]
 fn docker_writers_survive_live_backups() {
     require!("dockerd", "docker", "unshare", "nsenter", "busybox", "sqlite3", "ldd", "tar");
-    let tmp = tempfile::Builder::new()
-        .prefix("lfl")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let tmp = short_tmp("lfl");
     let dir = tmp.path();
     let engine = Engine::start(dir);
     engine.ok(&["import", image_tar(dir).to_str().unwrap(), "lt:1"]);
