@@ -227,9 +227,11 @@ impl Volumes {
                 Asked::Unreachable(e) => return Err(e),
                 // The daemon may use it: it stays until the volume is
                 // next mounted (`repair` removes `.merge-*` then).
-                Asked::NoAnswer(e) => return Ok(Err(err(format!(
+                Asked::NoAnswer(e) => {
+                    return Ok(Err(err(format!(
                     "the mounted volume {name} did not answer while taking the merged layer: {e}"
-                )))),
+                ))))
+                }
             };
             match answer.strip_prefix("ok") {
                 Some(stats) => {

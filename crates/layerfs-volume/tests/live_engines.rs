@@ -535,17 +535,14 @@ impl Drop for ForeignMount {
     }
 }
 
-/// BUG, reported to the lead and not fixed here: `snapshot` (and so
-/// `backup`) decides whether a volume is mounted from the mount table of
-/// its own namespace. Run outside the namespace the volume is mounted in
-/// (Docker's plugin in a daemon with private mounts, a service unit with
-/// PrivateMounts=), it takes the offline path and renames `upper/` to
-/// `snapshots/ID/` under the running daemon, which holds fds, not paths:
-/// every later write of the containers lands in the "immutable" snapshot,
-/// and the new `upper/` stays empty, unused. A live snapshot, or a
-/// refusal, is expected: the daemon's control socket answers.
+/// A volume mounted in another mount namespace (Docker's plugin in a
+/// daemon with private mounts, a service unit with PrivateMounts=) is
+/// mounted for `snapshot` (and so `backup`) too: its daemon's control
+/// socket answers, and the snapshot is a live one. (It once took the
+/// offline path and renamed `upper/` under the running daemon, whose
+/// later writes then landed in the "immutable" snapshot.)
 #[test]
-fn bug_snapshot_outside_the_mounts_namespace_renames_the_upper_under_the_daemon() {
+fn snapshot_from_another_mount_namespace_is_taken_live() {
     require!("unshare", "nsenter");
     let fx = Fixture::new();
     fx.ok(&["create", "v"]);
@@ -579,13 +576,11 @@ fn bug_snapshot_outside_the_mounts_namespace_renames_the_upper_under_the_daemon(
     );
 }
 
-/// BUG, reported to the lead and not fixed here: the same blindness
-/// (`Volumes::is_mounted` reads this namespace's mount table) lets `rm`
-/// delete a volume mounted in another namespace, its holder listed in
-/// its metadata: the data under the running daemon is gone, and the
-/// containers' mount with it.
+/// Nor may `rm` delete a volume mounted in another namespace (it once
+/// did: the data under the running daemon was gone, and the containers'
+/// mount with it).
 #[test]
-fn bug_rm_outside_the_mounts_namespace_deletes_a_volume_in_use() {
+fn rm_from_another_mount_namespace_is_refused_while_in_use() {
     require!("unshare", "nsenter");
     let fx = Fixture::new();
     fx.ok(&["create", "v"]);
