@@ -110,6 +110,36 @@ fn lock_holder(workdir: BorrowedFd<'_>, path: &Path) -> io::Result<Option<OwnedF
     Ok(Some(fd))
 }
 
+/// Who holds the work directory `workdir` now, as its holder note names
+/// it (`pid N on host H`), if a mount holds its lock: on this host or on
+/// another that shares the filesystem. None if no one does (or the
+/// filesystem has no record locks). Nothing is locked by asking.
+pub fn current_holder(workdir: &Path) -> io::Result<Option<(u32, String)>> {
+    let fd = match sys::open_path(
+        &workdir.join(HOLDER_FILE),
+        libc::O_RDONLY | libc::O_NOFOLLOW,
+    ) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match sys::ofd_conflicts(fd.as_fd(), libc::F_RDLCK) {
+        Ok(true) => {}
+        Ok(false) => return Ok(None),
+        Err(e) => {
+            log::debug!("{}: no record locks ({e})", workdir.display());
+            return Ok(None);
+        }
+    }
+    let mut held = vec![0u8; 512];
+    let n = sys::pread(fd.as_fd(), &mut held, 0).unwrap_or(0);
+    let note = String::from_utf8_lossy(&held[..n]).into_owned();
+    Ok(Some(match HolderNote::parse(&note) {
+        Some(h) => (h.pid, h.host),
+        None => (0, String::new()),
+    }))
+}
+
 /// Who holds the work directory: this process on this host, and once its
 /// mount is up, that mount (`major:minor` and its mountpoint as
 /// mountinfo writes it).

@@ -264,6 +264,26 @@ fn every_mistake_gets_a_message_naming_it() {
             "workdir= needs upperdir=",
         ),
         (
+            format!("{lo},control=/tmp/x.sock"),
+            "control= needs a writable mount",
+        ),
+        (
+            format!(
+                "{lo},upperdir={},workdir={},control=x.sock",
+                d.p("u"),
+                d.p("w")
+            ),
+            "control=x.sock: must be an absolute path",
+        ),
+        (
+            format!(
+                "{lo},upperdir={},workdir={},control=/tmp/x.sock,metacopy=on",
+                d.p("u"),
+                d.p("w")
+            ),
+            "control= cannot go with metacopy=on",
+        ),
+        (
             format!("{lo},upperdir={},workdir={}", d.p("l0/sub"), d.p("w")),
             "does not exist",
         ),

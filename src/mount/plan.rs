@@ -135,6 +135,13 @@ pub fn plan(req: &MountRequest) -> Result<Plan, MountError> {
                 c.display()
             )));
         }
+        if o.metacopy {
+            // A metacopy's data is found from the upper only: once its
+            // upper became a lower layer, the file would show no data.
+            return Err(MountError::Options(
+                "control= cannot go with metacopy=on (a rotated upper's metacopy files would lose their data)".into(),
+            ));
+        }
     }
     let mut lowers = Vec::with_capacity(o.lowerdirs.len());
     for l in &o.lowerdirs {

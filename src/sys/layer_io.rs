@@ -669,6 +669,18 @@ pub fn ofd_setlk(fd: BorrowedFd<'_>, kind: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether another open file description holds a lock on the file that
+/// would conflict with a `kind` lock (`F_OFD_GETLK`: nothing is taken).
+pub fn ofd_conflicts(fd: BorrowedFd<'_>, kind: i32) -> io::Result<bool> {
+    // SAFETY: an all-zero flock is a valid value of this plain C struct.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: `fl` is a valid flock that outlives the call, which fills it.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) })?;
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+}
+
 /// `syncfs`: everything written to the filesystem holding `fd` is durable.
 pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: no pointers involved.

@@ -115,6 +115,29 @@ pub fn daemon_answers(dir: &Path) -> bool {
     socket.exists() && matches!(ask(&socket, "status"), Asked::Answer(a) if a.starts_with("ok"))
 }
 
+/// Who holds the volume in `dir` mounted on another host sharing the
+/// store (GlusterFS): the holder note of its work dir's lock, when the
+/// lock is held from another host.
+pub fn held_elsewhere(dir: &Path) -> Option<String> {
+    match layerfs::workdir::current_holder(&dir.join("work")) {
+        Ok(Some((pid, host))) if host != layerfs::sys::hostname() => {
+            Some(format!("layerfs pid {pid} on host {host}"))
+        }
+        _ => None,
+    }
+}
+
+/// The refusal of a change only the host that has the volume mounted can
+/// make.
+fn refuse_elsewhere(name: &str, dir: &Path) -> io::Result<()> {
+    match held_elsewhere(dir) {
+        Some(h) => Err(err(format!(
+            "volume {name} is mounted on another host ({h}): run this there"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A request whose answer is needed.
 fn request(socket: &Path, line: &str) -> io::Result<String> {
     match ask(socket, line) {
@@ -135,6 +158,7 @@ impl Volumes {
     ) -> io::Result<()> {
         let name = meta.name.clone();
         let dir = self.store.dir(&name);
+        refuse_elsewhere(&name, &dir)?;
         let next = dir.join(NEXT_UPPER);
         meta.pending_snapshot = Some(id.to_string());
         meta.pending_live = true;
@@ -209,6 +233,7 @@ impl Volumes {
     ) -> io::Result<()> {
         let dir = self.store.dir(name);
         let done = (|| {
+            refuse_elsewhere(name, &dir)?;
             let rel = merged
                 .strip_prefix(&dir)
                 .map_err(|_| err(format!("{} is not in volume {name}", merged.display())))?;
@@ -279,6 +304,7 @@ impl Volumes {
             return Ok(());
         };
         let dir = self.store.dir(&meta.name);
+        refuse_elsewhere(&meta.name, &dir)?;
         let status = request(&control_socket(&dir), "status")?;
         let writes_to = status
             .split(' ')

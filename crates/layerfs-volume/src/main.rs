@@ -23,6 +23,7 @@ mod plugin;
 mod progress;
 mod store;
 mod stores;
+mod swap;
 mod volumes;
 
 fn main() -> ExitCode {

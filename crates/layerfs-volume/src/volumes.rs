@@ -41,9 +41,13 @@ impl Volumes {
     /// Whether the volume is mounted and its daemon answers: here (a
     /// killed daemon leaves a mountpoint that fails with ENOTCONN), or in
     /// another mount namespace (the plugin's in dockerd's, say), where
-    /// only its control socket is seen.
+    /// only its control socket is seen; or on another host sharing the
+    /// store, whose daemon holds the work dir's lock.
     pub fn is_mounted(&self, name: &str) -> bool {
-        self.is_mounted_here(name) || crate::live::daemon_answers(&self.store.dir(name))
+        let dir = self.store.dir(name);
+        self.is_mounted_here(name)
+            || crate::live::daemon_answers(&dir)
+            || crate::live::held_elsewhere(&dir).is_some()
     }
 
     /// Whether the volume is mounted, with its daemon answering, in this
@@ -237,6 +241,7 @@ impl Volumes {
             // crash of this side is settled, by asking the daemon.
             return self.repair_live_mounted(meta);
         }
+        crate::swap::settle(&self.store.dir(&meta.name))?;
         if meta.pending_live {
             self.repair_live(meta)?;
         }
@@ -392,7 +397,7 @@ impl Volumes {
         // same whether the snapshot is still below it or not: swapping it
         // in atomically, then dropping the snapshot from the metadata,
         // leaves no moment where a crash changes what the volume shows.
-        exchange(&tmp, &above)?;
+        crate::swap::exchange(&tmp, &above, &dir)?;
         meta.snapshots.remove(k);
         self.store.save(&meta)?;
         fs::remove_dir_all(&tmp)?;
@@ -425,7 +430,7 @@ impl Volumes {
         // As in snapshot_remove: the merged layer shadows every older one,
         // so the swap and the metadata write can each be the last thing a
         // crash lets happen; repair() removes what is left.
-        exchange(&tmp, &self.store.snapshot_dir(name, &newest.id))?;
+        crate::swap::exchange(&tmp, &self.store.snapshot_dir(name, &newest.id), &dir)?;
         let older: Vec<Snapshot> = meta.snapshots[..n - 1].to_vec();
         meta.snapshots = vec![newest];
         self.store.save(&meta)?;
@@ -513,6 +518,11 @@ impl Volumes {
         let _lock = self.store.lock()?;
         let mut meta = self.store.load(name)?;
         let mp = self.mountpoint(name);
+        if let Some(h) = crate::live::held_elsewhere(&self.store.dir(name)) {
+            return Err(err(format!(
+                "volume {name} is mounted on another host ({h}): unmount it there first"
+            )));
+        }
         if !self.is_mounted_here(name) && self.is_mounted(name) {
             return Err(err(format!(
                 "volume {name} is mounted in another mount namespace (its daemon answers on {}): use it there, or unmount it there first",
@@ -681,26 +691,6 @@ fn collect_linked(
         }
     }
     Ok(())
-}
-
-/// Swaps two directories atomically (renameat2 RENAME_EXCHANGE).
-fn exchange(a: &Path, b: &Path) -> io::Result<()> {
-    let parent = |p: &Path| -> io::Result<(std::os::fd::OwnedFd, std::ffi::OsString)> {
-        let dir = p
-            .parent()
-            .ok_or_else(|| err(format!("{}: no parent", p.display())))?;
-        let name = p
-            .file_name()
-            .ok_or_else(|| err(format!("{}: no name", p.display())))?;
-        Ok((
-            layerfs::sys::open_path(dir, libc::O_PATH | libc::O_DIRECTORY)?,
-            name.to_os_string(),
-        ))
-    };
-    let (da, na) = parent(a)?;
-    let (db, nb) = parent(b)?;
-    use std::os::fd::AsFd;
-    layerfs::sys::renameat2(da.as_fd(), &na, db.as_fd(), &nb, libc::RENAME_EXCHANGE)
 }
 
 /// Empties a directory by replacing it (the work dir after its upper
