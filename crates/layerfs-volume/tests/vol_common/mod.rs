@@ -5,9 +5,12 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common;
@@ -360,4 +363,43 @@ pub fn podman_with_plugin(fx: &mut Fixture, sock: &Path) -> common::Podman {
         sock.display()
     );
     common::Podman::new(&fx.path("podman"), common::PodmanStorage::Vfs, &plugin)
+}
+
+/// Appends numbered records to `log`, fsync'ing each, and counts the
+/// acknowledged ones in `acked` until `stop`; stops at the first error.
+pub fn record_writer(
+    log: PathBuf,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(&log) else {
+            return;
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let n = acked.load(Ordering::SeqCst) + 1;
+            if f.write_all(format!("{n:08}\n").as_bytes()).is_err() || f.sync_data().is_err() {
+                return;
+            }
+            acked.store(n, Ordering::SeqCst);
+        }
+    })
+}
+
+/// A log of records 1..k, each whole, k at least `acked`.
+pub fn assert_record_prefix(data: &[u8], acked: u64, what: &str) {
+    assert_eq!(data.len() % 9, 0, "{what}: a torn record");
+    for (i, rec) in data.chunks(9).enumerate() {
+        assert_eq!(
+            rec,
+            format!("{:08}\n", i + 1).as_bytes(),
+            "{what}: record {}",
+            i + 1
+        );
+    }
+    assert!(
+        data.len() as u64 / 9 >= acked,
+        "{what}: {} records, {acked} acknowledged",
+        data.len() / 9
+    );
 }
