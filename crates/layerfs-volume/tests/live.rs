@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vol_common::{assert_record_prefix, record_writer, Fixture};
+use vol_common::{assert_record_prefix, record_writer, tree, Fixture};
 
 /// The CLI on the fixture's store, to spawn (and kill).
 fn cmd(st: &Fixture, args: &[&str]) -> Command {
@@ -361,27 +361,6 @@ fn kill_9_of_the_cli_or_the_daemon_mid_snapshot_loses_nothing() {
     let mp = PathBuf::from(st.ok(&["mount", "v"]));
     assert_record_prefix(&fs::read(mp.join("log")).unwrap(), total, "the end");
     st.ok(&["umount", "v"]);
-}
-
-/// Every path under `root` with its content (files) or kind, and its
-/// inode number.
-fn tree(root: &Path) -> BTreeMap<String, (Vec<u8>, u64)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            if md.is_dir() {
-                stack.push(p.clone());
-                out.insert(rel, (b"<dir>".to_vec(), md.ino()));
-            } else if !rel.starts_with("log") {
-                out.insert(rel, (fs::read(&p).unwrap(), md.ino()));
-            }
-        }
-    }
-    out
 }
 
 #[test]

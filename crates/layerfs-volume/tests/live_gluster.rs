@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::gluster::{child_base, role, tell_parent, Cluster};
-use vol_common::{assert_record_prefix, record_writer, Fixture};
+use vol_common::{assert_record_prefix, record_writer, tree, Fixture};
 
 /// The CLI on this host, with the store on the GlusterFS volume.
 struct Gl {
@@ -55,19 +55,11 @@ impl Gl {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "layerfs-volume {args:?} failed: {}",
-            common::output_text(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        vol_common::succeeded(args, self.run(args))
     }
 
     fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(!out.status.success(), "layerfs-volume {args:?} succeeded");
-        common::output_text(&out)
+        vol_common::failed(args, self.run(args))
     }
 
     fn snapshots(&self, name: &str) -> Vec<String> {
@@ -128,25 +120,10 @@ impl Drop for Writer {
     }
 }
 
-/// Every path under `root` with its content (files) or kind, but the
+/// The files and directories under `root` with their contents, but the
 /// record log, which changes under the writer.
 fn contents(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            if md.is_dir() {
-                stack.push(p);
-                out.insert(rel, b"<dir>".to_vec());
-            } else if rel != "log" {
-                out.insert(rel, fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
+    tree(root).into_iter().map(|(k, v)| (k, v.0)).collect()
 }
 
 /// Restores backup point `snap` from `backups` on the local store of

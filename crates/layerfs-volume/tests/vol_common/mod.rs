@@ -22,6 +22,24 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_layerfs-volume")
 }
 
+/// Asserts that `layerfs-volume ARGS` ended as `out` succeeded; returns
+/// its stdout.
+pub fn succeeded(args: &[&str], out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "layerfs-volume {args:?} failed: {}",
+        common::output_text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Asserts that `layerfs-volume ARGS` ended as `out` failed; returns
+/// what it said.
+pub fn failed(args: &[&str], out: Output) -> String {
+    assert!(!out.status.success(), "layerfs-volume {args:?} succeeded");
+    common::output_text(&out)
+}
+
 /// A store in a temp dir; on drop, everything mounted under it is
 /// unmounted and a plugin started for it is killed.
 pub struct Fixture {
@@ -60,20 +78,12 @@ impl Fixture {
 
     /// Runs and asserts success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "layerfs-volume {args:?} failed: {}",
-            common::output_text(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        succeeded(args, self.run(args))
     }
 
     /// Runs, asserts failure, returns the message.
     pub fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(!out.status.success(), "layerfs-volume {args:?} succeeded");
-        common::output_text(&out)
+        failed(args, self.run(args))
     }
 
     pub fn mounts_under(&self) -> Vec<PathBuf> {
@@ -402,4 +412,27 @@ pub fn assert_record_prefix(data: &[u8], acked: u64, what: &str) {
         "{what}: {} records, {acked} acknowledged",
         data.len() / 9
     );
+}
+
+/// Every path under `root` with its content (files) or kind, and its
+/// inode number; record logs (`log*`), which change under a writer, left
+/// out.
+pub fn tree(root: &Path) -> std::collections::BTreeMap<String, (Vec<u8>, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if md.is_dir() {
+                stack.push(p.clone());
+                out.insert(rel, (b"<dir>".to_vec(), md.ino()));
+            } else if !rel.starts_with("log") {
+                out.insert(rel, (fs::read(&p).unwrap(), md.ino()));
+            }
+        }
+    }
+    out
 }
