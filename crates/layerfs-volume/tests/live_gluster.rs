@@ -170,7 +170,7 @@ fn live_body() {
     common::write(&seed.join("top"), b"seed top\n");
     gl.ok(&["create", "v", "--from", seed.to_str().unwrap()]);
     let mp = PathBuf::from(gl.ok(&["mount", "v"]));
-    let backups = child_base().join("gl/backups");
+    let backups = backups();
     let w = Writer::start(mp.join("log"), 0);
 
     // (snapshot, records acked before the backup began, the files then)
@@ -281,19 +281,24 @@ fn taken_over(gl: &Gl, point: &str) -> (PathBuf, u64) {
     let meta = fs::read_to_string(dir.join("meta.json")).unwrap();
     let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
     assert!(meta["pending_snapshot"].is_null(), "{meta}");
-    for s in gl.snapshots("v") {
-        assert!(dir.join("snapshots").join(&s).is_dir(), "snapshot {s}");
+    let snapshots = gl.snapshots("v");
+    for s in &snapshots {
+        assert!(dir.join("snapshots").join(s).is_dir(), "snapshot {s}");
     }
+    eprintln!("after the takeover: snapshots {snapshots:?}");
     (mp, log.len() as u64 / 9)
 }
 
-/// Host A mounts a volume on GlusterFS and writes fsync'ed records; host
-/// B is refused while A holds it; A's daemon dies inside a rotation (new
-/// upper swapped in) and host A then dies whole; B mounts the volume and
-/// finds every acknowledged record, writes on, and its own daemon dies
-/// inside a rotation (before the swap); host C mounts it, finds all of
-/// B's acknowledged records, snapshots it live and backs it up, and the
-/// backup restored on a local store holds them too.
+/// Host A mounts a volume on GlusterFS, writes fsync'ed records and backs
+/// it up; host B is refused while A holds it; A's daemon dies inside a
+/// snapshot's rotation (new upper swapped in) and host A then dies whole;
+/// B mounts the volume and finds every acknowledged record, writes on,
+/// and its own daemon dies inside a rotation (before the swap); host C
+/// mounts it, finds all of B's acknowledged records, snapshots it live and
+/// adds an increment to A's backup chain; both points, restored on a
+/// local store, hold what was acknowledged before them. Then C's snapshot
+/// CLIs are killed mid-way and host C dies whole; host D mounts, finds
+/// every acknowledged record, snapshots and backs up.
 #[test]
 fn a_takeover_in_the_middle_of_a_live_snapshot_leaves_a_volume_the_next_host_mounts() {
     const NAME: &str =
@@ -307,6 +312,7 @@ fn a_takeover_in_the_middle_of_a_live_snapshot_leaves_a_volume_the_next_host_mou
         }
         Some("b-takeover") => return takeover_b(),
         Some("c-takeover") => return takeover_c(),
+        Some("d-takeover") => return takeover_d(),
         Some(r) => panic!("unknown role {r}"),
         None => {}
     }
@@ -314,7 +320,7 @@ fn a_takeover_in_the_middle_of_a_live_snapshot_leaves_a_volume_the_next_host_mou
     let cluster = Cluster::start();
     let mut a = cluster.host("a");
     let b = cluster.host("b");
-    let c = cluster.host("c");
+    let mut c = cluster.host("c");
     let mut body = a.spawn_test(NAME, "a-write");
     let daemon: u32 = body
         .wait_for("MOUNTED ", Duration::from_secs(60))
@@ -327,19 +333,38 @@ fn a_takeover_in_the_middle_of_a_live_snapshot_leaves_a_volume_the_next_host_mou
     drop(body);
     fs::write(cluster.base.join("acked"), acked).unwrap();
     b.run_test_ok(NAME, "b-takeover");
-    c.run_test_ok(NAME, "c-takeover");
+    let mut body = c.spawn_test(NAME, "c-takeover");
+    let daemon: u32 = body
+        .wait_for("DAEMON ", Duration::from_secs(60))
+        .parse()
+        .unwrap();
+    let acked = body.wait_for("ACKED ", Duration::from_secs(60));
+    c.crash(&[daemon]);
+    drop(body);
+    fs::write(cluster.base.join("acked"), acked).unwrap();
+    cluster.host("d").run_test_ok(NAME, "d-takeover");
+}
+
+/// The backup directory the hosts share, on the GlusterFS volume.
+fn backups() -> PathBuf {
+    child_base().join("gl/backups")
 }
 
 fn takeover_a() {
     let gl = Gl::here();
     fs::create_dir_all(&gl.store).unwrap();
     gl.ok(&["create", "v"]);
-    let mp = mount_dying_at(&gl, "rotate-swapped");
+    // The first rotation is the backup's; the second is cut.
+    let mp = mount_dying_at(&gl, "rotate-swapped:2");
     let mut f = fs::File::create(mp.join("synced")).unwrap();
     std::io::Write::write_all(&mut f, b"synced on a\n").unwrap();
     f.sync_all().unwrap();
     fs::File::open(&mp).unwrap().sync_all().unwrap();
     let w = Writer::start(mp.join("log"), 0);
+    let acked = w.acked();
+    let line = gl.ok(&["backup", "v", "--to", backups().to_str().unwrap()]);
+    let snap = line.split('\t').next().unwrap();
+    fs::write(child_base().join("point-a"), format!("{snap} {acked}")).unwrap();
     let daemon = common::daemon_pid(&mp).expect("the volume's daemon");
     tell_parent(&format!("MOUNTED {daemon}"));
     wait_for_file(&child_base().join("go"));
@@ -372,9 +397,11 @@ fn takeover_c() {
     let (mp, found) = taken_over(&gl, "");
     let w = Writer::start(mp.join("log"), found);
     gl.ok(&["snapshot", "v", "on-c"]);
-    let backups = child_base().join("gl/backups-c");
+    let backups = backups();
     let acked = w.acked();
+    // An increment on the chain host a began.
     let line = gl.ok(&["backup", "v", "--to", backups.to_str().unwrap()]);
+    assert!(line.contains(".incr."), "{line}");
     let snap = line.split('\t').next().unwrap().to_string();
     let total = w.finish();
     let files = contents(&mp);
@@ -383,12 +410,52 @@ fn takeover_c() {
     let (got, log) = restored(&fx, &backups, &snap, "r");
     assert_eq!(got, files, "the backup made on host c");
     assert_record_prefix(&log, acked, "the backup made on host c");
+    let point_a = fs::read_to_string(child_base().join("point-a")).unwrap();
+    let (snap_a, acked_a) = point_a.split_once(' ').unwrap();
+    let (_, log) = restored(&fx, &backups, snap_a, "r-a");
+    let acked_a: u64 = acked_a.parse().unwrap();
+    assert_record_prefix(&log, acked_a, "the backup made on host a");
     let mp = mount_dying_at(&gl, "");
-    assert_record_prefix(
-        &fs::read(mp.join("log")).unwrap(),
-        total,
-        "host c, remounted",
+    let log = fs::read(mp.join("log")).unwrap();
+    assert_record_prefix(&log, total, "host c, remounted");
+
+    // Snapshots whose CLI is killed at moments spread over its few
+    // milliseconds (some after the daemon rotated, before the renames),
+    // then the host dies whole: the next host settles what they left.
+    let w = Writer::start(mp.join("log"), log.len() as u64 / 9);
+    // How long a whole one takes here, to spread the kills over.
+    let t0 = std::time::Instant::now();
+    gl.ok(&["snapshot", "v"]);
+    let whole = t0.elapsed();
+    for round in 1..=10u32 {
+        let mut child = gl.cmd(&["snapshot", "v"]).spawn().unwrap();
+        std::thread::sleep(whole * round / 10);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let meta = fs::read_to_string(gl.dir("v").join("meta.json")).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    eprintln!(
+        "host c: a snapshot takes {whole:?}; after the killed ones: snapshots {}, pending {}",
+        meta["snapshots"], meta["pending_snapshot"]
     );
+    let daemon = common::daemon_pid(&mp).expect("the volume's daemon");
+    tell_parent(&format!("DAEMON {daemon}"));
+    // The writer goes on until the host dies; what it had acked by the
+    // kill is at least what it has acked by now.
+    tell_parent(&format!("ACKED {}", w.acked()));
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+fn takeover_d() {
+    let gl = Gl::here();
+    let (mp, found) = taken_over(&gl, "");
+    eprintln!("host d: {found} records after the takeover");
+    let w = Writer::start(mp.join("log"), found);
+    gl.ok(&["snapshot", "v", "on-d"]);
+    let line = gl.ok(&["backup", "v", "--to", backups().to_str().unwrap()]);
+    assert!(line.contains(".incr."), "{line}");
+    w.finish();
     gl.ok(&["umount", "v"]);
 }
 
@@ -427,6 +494,7 @@ fn compact_and_snapshot_rm_on_a_glusterfs_store() {
             gl.ok(&["snapshot", "v", s]);
         }
         let failed = failed_steps(&gl, &[&["snapshot-rm", "v", "s2"], &["compact", "v"]]);
+        let exchange = exchange_works(&gl.store);
         let left = gl.snapshots("v");
         let mp = mount_dying_at(&gl, "");
         let files = contents(&mp);
@@ -435,7 +503,7 @@ fn compact_and_snapshot_rm_on_a_glusterfs_store() {
         assert_eq!(names, ["s1", "s2", "s3", "s4"], "the volume's files");
         assert!(
             failed.is_empty(),
-            "on a GlusterFS store (snapshots now {left:?}):\n{}",
+            "on a GlusterFS store (snapshots now {left:?}; renameat2 RENAME_EXCHANGE there: {exchange:?}):\n{}",
             failed.join("\n")
         );
         assert_eq!(left, ["s4"]);
@@ -444,6 +512,26 @@ fn compact_and_snapshot_rm_on_a_glusterfs_store() {
     require_gluster!();
     let cluster = Cluster::start();
     cluster.host("a").run_test_ok(NAME, "body");
+}
+
+/// Whether two directories in `dir` swap with renameat2(RENAME_EXCHANGE),
+/// as `compact` and `snapshot-rm` swap the merged layer in.
+fn exchange_works(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let (a, b) = (dir.join("xchg-a"), dir.join("xchg-b"));
+    fs::create_dir(&a)?;
+    fs::create_dir(&b)?;
+    let d = layerfs::sys::open_path(dir, libc::O_PATH | libc::O_DIRECTORY)?;
+    let r = layerfs::sys::renameat2(
+        d.as_fd(),
+        a.file_name().unwrap(),
+        d.as_fd(),
+        b.file_name().unwrap(),
+        libc::RENAME_EXCHANGE,
+    );
+    fs::remove_dir(&a)?;
+    fs::remove_dir(&b)?;
+    r
 }
 
 /// While host A has a volume mounted, host B (which cannot reach A's
