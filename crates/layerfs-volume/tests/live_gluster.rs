@@ -162,6 +162,10 @@ fn live_snapshots_backups_and_compaction_with_the_store_on_glusterfs() {
     host.run_test_ok(NAME, "body");
 }
 
+/// A backup point: its snapshot, the records acknowledged before the
+/// backup began, and the files the mount showed then.
+type Point = (String, u64, BTreeMap<String, Vec<u8>>);
+
 fn live_body() {
     let gl = Gl::here();
     fs::create_dir_all(&gl.store).unwrap();
@@ -173,8 +177,7 @@ fn live_body() {
     let backups = backups();
     let w = Writer::start(mp.join("log"), 0);
 
-    // (snapshot, records acked before the backup began, the files then)
-    let mut points: Vec<(String, u64, BTreeMap<String, Vec<u8>>)> = Vec::new();
+    let mut points: Vec<Point> = Vec::new();
     let backup = |points: &mut Vec<_>, acked: u64| {
         let files = contents(&mp);
         let line = gl.ok(&["backup", "v", "--to", backups.to_str().unwrap()]);
@@ -205,7 +208,7 @@ fn live_body() {
 
     // Every point, restored on a fresh local store, the writer going on.
     let fx = Fixture::new();
-    let check = |points: &[(String, u64, BTreeMap<String, Vec<u8>>)]| {
+    let check = |points: &[Point]| {
         for (snap, acked, files) in points {
             let (got, log) = restored(&fx, &backups, snap, &format!("r-{snap}"));
             assert_eq!(&got, files, "backup point {snap}: the files");
@@ -560,6 +563,18 @@ fn a_second_host_cannot_change_a_volume_mounted_on_another_host() {
         }
         Some("b-change") => {
             let gl = Gl::here();
+            // Which directory is which, by inode: A's daemon holds these.
+            let ids = || {
+                ["upper", "work", "work/layerfs.lock"].map(|d| {
+                    use std::os::unix::fs::MetadataExt;
+                    let ino = fs::metadata(gl.dir("v").join(d)).map(|m| m.ino());
+                    format!(
+                        "{d}: {}",
+                        ino.map_or_else(|e| e.to_string(), |i| i.to_string())
+                    )
+                })
+            };
+            let before = ids();
             let mut failed = Vec::new();
             for args in [
                 &["mount", "v"][..],
@@ -574,7 +589,9 @@ fn a_second_host_cannot_change_a_volume_mounted_on_another_host() {
             }
             assert!(
                 failed.is_empty(),
-                "with volume v mounted on host a, host b did: {failed:?}"
+                "with volume v mounted on host a, host b did: {failed:?}; \
+                 inodes before {before:?}, after {:?}",
+                ids()
             );
             return;
         }
