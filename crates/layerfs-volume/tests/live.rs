@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vol_common::Fixture;
+use vol_common::{assert_record_prefix, record_writer, tree, Fixture};
 
 /// The CLI on the fixture's store, to spawn (and kill).
 fn cmd(st: &Fixture, args: &[&str]) -> Command {
@@ -308,45 +308,6 @@ fn a_barrier_that_times_out_changes_nothing() {
     st.ok(&["umount", "v"]);
 }
 
-/// Appends numbered records to `log`, fsync'ing each, and counts the
-/// acknowledged ones in `acked` until `stop`; stops at the first error.
-fn record_writer(
-    log: PathBuf,
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(&log) else {
-            return;
-        };
-        while !stop.load(Ordering::Relaxed) {
-            let n = acked.load(Ordering::SeqCst) + 1;
-            if f.write_all(format!("{n:08}\n").as_bytes()).is_err() || f.sync_data().is_err() {
-                return;
-            }
-            acked.store(n, Ordering::SeqCst);
-        }
-    })
-}
-
-/// A log of records 1..k, each whole, k at least `acked`.
-fn assert_record_prefix(data: &[u8], acked: u64, what: &str) {
-    assert_eq!(data.len() % 9, 0, "{what}: a torn record");
-    for (i, rec) in data.chunks(9).enumerate() {
-        assert_eq!(
-            rec,
-            format!("{:08}\n", i + 1).as_bytes(),
-            "{what}: record {}",
-            i + 1
-        );
-    }
-    assert!(
-        data.len() as u64 / 9 >= acked,
-        "{what}: {} records, {acked} acknowledged",
-        data.len() / 9
-    );
-}
-
 #[test]
 fn kill_9_of_the_cli_or_the_daemon_mid_snapshot_loses_nothing() {
     require!();
@@ -406,27 +367,6 @@ fn kill_9_of_the_cli_or_the_daemon_mid_snapshot_loses_nothing() {
     let mp = PathBuf::from(st.ok(&["mount", "v"]));
     assert_record_prefix(&fs::read(mp.join("log")).unwrap(), total, "the end");
     st.ok(&["umount", "v"]);
-}
-
-/// Every path under `root` with its content (files) or kind, and its
-/// inode number.
-fn tree(root: &Path) -> BTreeMap<String, (Vec<u8>, u64)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            if md.is_dir() {
-                stack.push(p.clone());
-                out.insert(rel, (b"<dir>".to_vec(), md.ino()));
-            } else if !rel.starts_with("log") {
-                out.insert(rel, (fs::read(&p).unwrap(), md.ino()));
-            }
-        }
-    }
-    out
 }
 
 #[test]

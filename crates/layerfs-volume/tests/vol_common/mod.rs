@@ -5,9 +5,12 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common;
@@ -17,6 +20,24 @@ use crate::common;
 pub fn bin() -> &'static str {
     let _ = common::layerfs_bin();
     env!("CARGO_BIN_EXE_layerfs-volume")
+}
+
+/// Asserts that `layerfs-volume ARGS` ended as `out` succeeded; returns
+/// its stdout.
+pub fn succeeded(args: &[&str], out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "layerfs-volume {args:?} failed: {}",
+        common::output_text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Asserts that `layerfs-volume ARGS` ended as `out` failed; returns
+/// what it said.
+pub fn failed(args: &[&str], out: Output) -> String {
+    assert!(!out.status.success(), "layerfs-volume {args:?} succeeded");
+    common::output_text(&out)
 }
 
 /// A store in a temp dir; on drop, everything mounted under it is
@@ -57,20 +78,12 @@ impl Fixture {
 
     /// Runs and asserts success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "layerfs-volume {args:?} failed: {}",
-            common::output_text(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        succeeded(args, self.run(args))
     }
 
     /// Runs, asserts failure, returns the message.
     pub fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(!out.status.success(), "layerfs-volume {args:?} succeeded");
-        common::output_text(&out)
+        failed(args, self.run(args))
     }
 
     pub fn mounts_under(&self) -> Vec<PathBuf> {
@@ -360,4 +373,66 @@ pub fn podman_with_plugin(fx: &mut Fixture, sock: &Path) -> common::Podman {
         sock.display()
     );
     common::Podman::new(&fx.path("podman"), common::PodmanStorage::Vfs, &plugin)
+}
+
+/// Appends numbered records to `log`, fsync'ing each, and counts the
+/// acknowledged ones in `acked` until `stop`; stops at the first error.
+pub fn record_writer(
+    log: PathBuf,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(&log) else {
+            return;
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let n = acked.load(Ordering::SeqCst) + 1;
+            if f.write_all(format!("{n:08}\n").as_bytes()).is_err() || f.sync_data().is_err() {
+                return;
+            }
+            acked.store(n, Ordering::SeqCst);
+        }
+    })
+}
+
+/// A log of records 1..k, each whole, k at least `acked`.
+pub fn assert_record_prefix(data: &[u8], acked: u64, what: &str) {
+    assert_eq!(data.len() % 9, 0, "{what}: a torn record");
+    for (i, rec) in data.chunks(9).enumerate() {
+        assert_eq!(
+            rec,
+            format!("{:08}\n", i + 1).as_bytes(),
+            "{what}: record {}",
+            i + 1
+        );
+    }
+    assert!(
+        data.len() as u64 / 9 >= acked,
+        "{what}: {} records, {acked} acknowledged",
+        data.len() / 9
+    );
+}
+
+/// Every path under `root` with its content (files) or kind, and its
+/// inode number; record logs (`log*`), which change under a writer, left
+/// out.
+pub fn tree(root: &Path) -> std::collections::BTreeMap<String, (Vec<u8>, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if md.is_dir() {
+                stack.push(p.clone());
+                out.insert(rel, (b"<dir>".to_vec(), md.ino()));
+            } else if !rel.starts_with("log") {
+                out.insert(rel, (fs::read(&p).unwrap(), md.ino()));
+            }
+        }
+    }
+    out
 }
