@@ -204,7 +204,29 @@ impl Anchor {
             return Err(io::Error::other("namespace anchor did not start"));
         }
         a.exec(&["hostname", hostname])?;
+        a.drop_copied_fuse_mounts();
         Ok(a)
+    }
+
+    /// The new mount namespace copied every mount of this one, the layerfs
+    /// mounts of tests running beside included: a copy keeps its
+    /// filesystem mounted (and its daemon alive) after the test that made
+    /// it has unmounted it. They are detached here; the host mounts its
+    /// own.
+    fn drop_copied_fuse_mounts(&self) {
+        let mounts = fs::read_to_string(format!("/proc/{}/mounts", self.pid)).unwrap_or_default();
+        let mut fuse: Vec<String> = mounts
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(' ');
+                let (_, at, kind) = (f.next()?, f.next()?, f.next()?);
+                (kind == "fuse.layerfs" && !at.contains('\\')).then(|| at.to_string())
+            })
+            .collect();
+        fuse.sort();
+        for at in fuse.iter().rev() {
+            let _ = self.exec(&["umount", "-l", at]);
+        }
     }
 
     /// `nsenter` into the anchor's namespaces (mount, net, UTS).
