@@ -7,6 +7,7 @@
 //! `fs` is the thin fuser glue and `sys` the only module with `unsafe`.
 
 pub mod attr;
+pub mod capacity;
 pub mod backing;
 pub mod control;
 pub mod copyup;

@@ -241,6 +241,7 @@ impl LayerFs {
         }
         let dir = self.inode(parent)?;
         let (owner, _) = self.owner_for(&dir, uid, gid)?;
+        let room = self.reserve(crate::capacity::BLOCK)?;
         let (_, path) = self.place(
             &dir,
             name,
@@ -250,6 +251,7 @@ impl LayerFs {
             |at, n| sys::mknodat(at, n, mode, dev).map(|_| None),
         )?;
         dir.dir_changed();
+        room.keep();
         self.new_upper_inode(parent, name, path)
     }
 
@@ -267,9 +269,11 @@ impl LayerFs {
         if sgid {
             perm |= libc::S_ISGID;
         }
+        let room = self.reserve(crate::capacity::BLOCK)?;
         let (_, path) = self.place(&dir, name, true, Some(owner), Some(perm), |at, n| {
             sys::mkdirat(at, n, perm).map(|_| None)
         })?;
+        room.keep();
         dir.dir_changed();
         self.new_upper_inode(parent, name, path)
     }
@@ -284,9 +288,11 @@ impl LayerFs {
     ) -> io::Result<(Arc<Inode>, FileAttr)> {
         let dir = self.inode(parent)?;
         let (owner, _) = self.owner_for(&dir, uid, gid)?;
+        let room = self.reserve(crate::capacity::BLOCK)?;
         let (_, path) = self.place(&dir, name, false, Some(owner), None, |at, n| {
             sys::symlinkat(target, at, n).map(|_| None)
         })?;
+        room.keep();
         dir.dir_changed();
         self.new_upper_inode(parent, name, path)
     }
@@ -333,6 +339,7 @@ impl LayerFs {
                     i.name_gone(parent, name);
                 }
                 if gone {
+                    self.credit_object(&st);
                     self.mark_gone(&st, fd);
                 }
             }
@@ -447,8 +454,14 @@ impl LayerFs {
         let lower = self.lower_positive(&dir, name)?;
         dir.dir_changed();
         match self.upper_slot(&pu, name)? {
-            UpperSlot::Entry(..) if lower => self.replace_with_whiteout(&pu, name, &dir)?,
-            UpperSlot::Entry(..) => self.remove_upper(&pu, name)?,
+            UpperSlot::Entry(_, st) if lower => {
+                self.replace_with_whiteout(&pu, name, &dir)?;
+                self.credit_object(&st);
+            }
+            UpperSlot::Entry(_, st) => {
+                self.remove_upper(&pu, name)?;
+                self.credit_object(&st);
+            }
             UpperSlot::Empty if lower => self.make_whiteout(pu.fd.get()?.as_fd(), name, &dir)?,
             UpperSlot::Empty | UpperSlot::Whiteout => return Err(errno(libc::ENOENT)),
         }
