@@ -116,14 +116,16 @@ impl Capacity {
         // Under the count's own update, so that no charge slips between
         // the check and the change.
         let mut refused = None;
-        let _ = self.used.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
-            if limit < used {
-                refused = Some(used);
-            } else {
-                self.limit.store(limit, Ordering::SeqCst);
-            }
-            None
-        });
+        let _ = self
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                if limit < used {
+                    refused = Some(used);
+                } else {
+                    self.limit.store(limit, Ordering::SeqCst);
+                }
+                None
+            });
         refused.map_or(Ok(()), Err)
     }
 

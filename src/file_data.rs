@@ -97,12 +97,14 @@ impl LayerFs {
         };
         // Where the write ends: an O_APPEND fd writes at its end, whatever
         // the offset says.
-        let append = self.capacity().is_some()
-            && self.file(fh).is_ok_and(|f| f.flags & libc::O_APPEND != 0);
+        let append =
+            self.capacity().is_some() && self.file(fh).is_ok_and(|f| f.flags & libc::O_APPEND != 0);
         let end = |size: u64| (if append { size } else { offset }) + data.len() as u64;
-        let done = self.resize_file(fd.as_fd(), |size| size.max(end(size)), || {
-            write_all_at(fd.as_fd(), data, offset)
-        })?;
+        let done = self.resize_file(
+            fd.as_fd(),
+            |size| size.max(end(size)),
+            || write_all_at(fd.as_fd(), data, offset),
+        )?;
         Ok((done as u32, killed))
     }
 
@@ -166,9 +168,11 @@ impl LayerFs {
         let fout = self.write_fd(fh_out)?;
         let len = len.min(u32::MAX as u64 & !0xfff) as usize;
         let end = off_out.saturating_add(len as u64);
-        let n = self.resize_file(fout.as_fd(), |size| size.max(end), || {
-            sys::copy_file_range(fin.as_fd(), off_in, fout.as_fd(), off_out, len)
-        })?;
+        let n = self.resize_file(
+            fout.as_fd(),
+            |size| size.max(end),
+            || sys::copy_file_range(fin.as_fd(), off_in, fout.as_fd(), off_out, len),
+        )?;
         Ok(n as u32)
     }
 }

@@ -7,8 +7,8 @@
 //! `fs` is the thin fuser glue and `sys` the only module with `unsafe`.
 
 pub mod attr;
-pub mod capacity;
 pub mod backing;
+pub mod capacity;
 pub mod control;
 pub mod copyup;
 pub mod dir;

@@ -495,9 +495,9 @@ impl MountOptions {
             }
             "capacity" | "capacity_used" => {
                 let v = need("BYTES")?;
-                let n: u64 = v.parse().map_err(|_| {
-                    OptionError(format!("{name}={v}: expected a number of bytes"))
-                })?;
+                let n: u64 = v
+                    .parse()
+                    .map_err(|_| OptionError(format!("{name}={v}: expected a number of bytes")))?;
                 if name == "capacity_used" {
                     self.capacity_used = n;
                 } else if n == 0 {
@@ -630,8 +630,15 @@ mod tests {
         assert!(MountOptions::parse(&["fsync=0"]).unwrap().no_fsync);
         assert!(MountOptions::parse(&["writeback=0"]).unwrap().no_writeback);
         let o = MountOptions::parse(&["upperdir=/u,workdir=/w,capacity=4096,capacity_used=5"]);
-        assert_eq!(o.map(|o| (o.capacity, o.capacity_used)), Ok((Some(4096), 5)));
-        for bad in ["upperdir=/u,capacity=0", "upperdir=/u,capacity=1G", "capacity=4096"] {
+        assert_eq!(
+            o.map(|o| (o.capacity, o.capacity_used)),
+            Ok((Some(4096), 5))
+        );
+        for bad in [
+            "upperdir=/u,capacity=0",
+            "upperdir=/u,capacity=1G",
+            "capacity=4096",
+        ] {
             assert!(MountOptions::parse(&[bad]).is_err(), "{bad}");
         }
         assert!(!MountOptions::parse(&["writeback=1"]).unwrap().no_writeback);

@@ -185,9 +185,15 @@ fn parse_id(key: &str, value: &str) -> io::Result<u32> {
 /// `KiB`/`KB` and lower case are read the same), above zero.
 pub fn parse_size(key: &str, value: &str) -> io::Result<u64> {
     let allowed = "a whole number then K, M, G or T (binary: 1K = 1024 bytes)";
-    let digits = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let digits = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
     let (num, unit) = value.split_at(digits);
-    let shift = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+    let shift = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
         "K" => 10,
         "M" => 20,
         "G" => 30,
@@ -324,9 +330,18 @@ mod tests {
             ),
             (vec![("o", "colour=red")], "unknown option \"colour\""),
             (vec![("store", "a/b")], "store=a/b: bad store name"),
-            (vec![("size", "10")], "size=10: a unit is needed: a whole number then K, M, G or T"),
-            (vec![("Capacity", "0G")], "Capacity=0G: a size of zero allows nothing"),
-            (vec![("size", "1.5G")], "size=1.5G: expected a whole number then K, M, G or T"),
+            (
+                vec![("size", "10")],
+                "size=10: a unit is needed: a whole number then K, M, G or T",
+            ),
+            (
+                vec![("Capacity", "0G")],
+                "Capacity=0G: a size of zero allows nothing",
+            ),
+            (
+                vec![("size", "1.5G")],
+                "size=1.5G: expected a whole number then K, M, G or T",
+            ),
             (vec![("size", "10X")], "size=10X: expected a whole number"),
             (vec![("size", "99999999T")], "size=99999999T: expected"),
         ] {
