@@ -95,7 +95,7 @@ if command -v dockerd >/dev/null && command -v docker >/dev/null && [ -x /bin/bu
   # copies an image's /data into an empty volume mounted there, so the
   # write rows use the first, where every target starts empty.
   cp /bin/busybox "$K/rootfs/bin/busybox"
-  for a in sh true test ls wc echo dd; do ln -s busybox "$K/rootfs/bin/$a"; done
+  for a in sh true test ls wc echo dd rm; do ln -s busybox "$K/rootfs/bin/$a"; done
   tar -C "$K/rootfs" -cf - . | dk import - vb-bb:1 >/dev/null
   tar -cf - -C "$K/rootfs" . -C "$D" --transform 's,^seed,data,' seed | dk import - vb-seed:1 >/dev/null
   run=(run --rm --network none)
