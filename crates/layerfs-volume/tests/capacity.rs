@@ -193,6 +193,14 @@ fn a_full_volume_refuses_whole_writes_until_space_is_freed() {
     fs::create_dir(mp.join("dir")).unwrap();
     let used = 34 * M + 4096;
     assert_eq!(df(&mp).1, used);
+    // Written over (truncated, then written): counted once.
+    let (ok, _, text) = dd(&mp.join("c"), 10, false);
+    assert!(ok, "{text}");
+    fs::write(mp.join("x"), vec![1u8; 5000]).unwrap();
+    fs::write(mp.join("x"), b"short").unwrap();
+    assert_eq!(df(&mp).1, used + 4096);
+    fs::remove_file(mp.join("x")).unwrap();
+    assert_eq!(df(&mp).1, used);
 
     // Resized while mounted: the daemon takes it at once.
     let e = st.fails(&["resize", "v", "10M"]);
