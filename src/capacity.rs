@@ -28,7 +28,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::overlay::{errno, LayerFs};
 use crate::sys;
 
 /// The unit of the count: what a directory, a symlink or a device costs,
@@ -136,7 +135,7 @@ impl Capacity {
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
                     used.checked_add(bytes).filter(|&n| n <= self.limit())
                 })
-                .map_err(|_| errno(libc::ENOSPC))?;
+                .map_err(|_| io::Error::from_raw_os_error(libc::ENOSPC))?;
         }
         Ok(Reservation {
             cap: Some(self),
@@ -208,58 +207,57 @@ impl Drop for Reservation<'_> {
 /// Serialises the size changes of one file (a write past its end, a
 /// truncate, a fallocate), so that the size read before a change and the
 /// one after belong to it alone: one of a few locks shared by all files.
-pub(crate) fn size_lock(st: &sys::Stat) -> parking_lot::MutexGuard<'static, ()> {
+fn size_lock(st: &sys::Stat) -> parking_lot::MutexGuard<'static, ()> {
     static LOCKS: [parking_lot::Mutex<()>; 64] = [const { parking_lot::Mutex::new(()) }; 64];
     let stripe = (st.st_ino ^ st.st_dev.rotate_left(32)) as usize % LOCKS.len();
     LOCKS[stripe].lock()
 }
 
-impl LayerFs {
-    /// Reserves `bytes` for a change, or ENOSPC; nothing on an unlimited
-    /// mount.
-    pub(crate) fn reserve(&self, bytes: u64) -> io::Result<Reservation<'_>> {
-        match self.capacity() {
-            Some(c) => c.reserve(bytes),
-            None => Ok(Reservation { cap: None, bytes }),
-        }
+/// Reserves `bytes` for a change on a mount limited by `cap`, or ENOSPC;
+/// nothing on an unlimited mount (`None`).
+pub fn reserve(cap: Option<&Capacity>, bytes: u64) -> io::Result<Reservation<'_>> {
+    match cap {
+        Some(c) => c.reserve(bytes),
+        None => Ok(Reservation { cap: None, bytes }),
     }
+}
 
-    /// Gives back what the object `st` cost (its last name went).
-    pub(crate) fn credit_object(&self, st: &sys::Stat) {
-        if let Some(c) = self.capacity() {
-            c.credit(charge(st));
-        }
+/// Gives back what the object `st` cost (its last name went).
+pub fn credit_object(cap: Option<&Capacity>, st: &sys::Stat) {
+    if let Some(c) = cap {
+        c.credit(charge(st));
     }
+}
 
-    /// Runs `run`, a change of the file `fd` that leaves it at most
-    /// `most(size before)` bytes long: a growth is reserved first (ENOSPC,
-    /// nothing done, where it does not fit) and settled to the size the
-    /// file has after. With no limit, or no growth possible, `run` alone.
-    pub(crate) fn resize_file<T>(
-        &self,
-        fd: BorrowedFd<'_>,
-        most: impl Fn(u64) -> u64,
-        run: impl FnOnce() -> io::Result<T>,
-    ) -> io::Result<T> {
-        let Some(cap) = self.capacity() else {
-            return run();
-        };
-        let st = sys::fstat(fd)?;
-        if file_charge(most(st.st_size as u64)) == file_charge(st.st_size as u64) {
-            // Within the blocks the file is charged for already (a write
-            // inside it, most writes): the kernel holds the inode's lock
-            // around a write and a truncate, so its size cannot change
-            // under this one.
-            return run();
-        }
-        let _lock = size_lock(&st);
-        let old = sys::fstat(fd)?.st_size as u64;
-        let r = cap.reserve(file_charge(most(old)).saturating_sub(file_charge(old)))?;
-        let out = run();
-        let new = sys::fstat(fd).map_or(most(old), |s| s.st_size as u64);
-        r.settle(file_charge(new) as i64 - file_charge(old) as i64);
-        out
+/// Runs `run`, a change of the file `fd` that leaves it at most
+/// `most(size before)` bytes long: a growth is reserved first (ENOSPC,
+/// nothing done, where it does not fit) and settled to the size the file
+/// has after. With no limit, or no growth or shrinking possible, `run`
+/// alone.
+pub fn resize_file<T>(
+    cap: Option<&Capacity>,
+    fd: BorrowedFd<'_>,
+    most: impl Fn(u64) -> u64,
+    run: impl FnOnce() -> io::Result<T>,
+) -> io::Result<T> {
+    let Some(cap) = cap else {
+        return run();
+    };
+    let st = sys::fstat(fd)?;
+    if file_charge(most(st.st_size as u64)) == file_charge(st.st_size as u64) {
+        // Within the blocks the file is charged for already (a write
+        // inside it, most writes): the kernel holds the inode's lock
+        // around a write and a truncate, so its size cannot change under
+        // this one.
+        return run();
     }
+    let _lock = size_lock(&st);
+    let old = sys::fstat(fd)?.st_size as u64;
+    let r = cap.reserve(file_charge(most(old)).saturating_sub(file_charge(old)))?;
+    let out = run();
+    let new = sys::fstat(fd).map_or(most(old), |s| s.st_size as u64);
+    r.settle(file_charge(new) as i64 - file_charge(old) as i64);
+    out
 }
 
 #[cfg(test)]

@@ -432,7 +432,8 @@ impl LayerFs {
             CopyMode::Truncated => 0,
             _ => crate::capacity::charge(&st),
         };
-        let room = self.reserve(if inode.is_dir() { 0 } else { cost })?;
+        let room =
+            crate::capacity::reserve(self.capacity(), if inode.is_dir() { 0 } else { cost })?;
         let parent_fd = parent_up.fd.get()?;
         let (fd, indexed) = stage_copy(&job, &top, &st, parent_fd.as_fd(), &name)?;
         room.keep();

@@ -100,7 +100,8 @@ impl LayerFs {
         let append =
             self.capacity().is_some() && self.file(fh).is_ok_and(|f| f.flags & libc::O_APPEND != 0);
         let end = |size: u64| (if append { size } else { offset }) + data.len() as u64;
-        let done = self.resize_file(
+        let done = crate::capacity::resize_file(
+            self.capacity(),
             fd.as_fd(),
             |size| size.max(end(size)),
             || write_all_at(fd.as_fd(), data, offset),
@@ -147,7 +148,7 @@ impl LayerFs {
                 size.max(offset.saturating_add(len))
             }
         };
-        self.resize_file(fd.as_fd(), most, || {
+        crate::capacity::resize_file(self.capacity(), fd.as_fd(), most, || {
             sys::fallocate(fd.as_fd(), mode, offset, len)
         })
     }
@@ -168,7 +169,8 @@ impl LayerFs {
         let fout = self.write_fd(fh_out)?;
         let len = len.min(u32::MAX as u64 & !0xfff) as usize;
         let end = off_out.saturating_add(len as u64);
-        let n = self.resize_file(
+        let n = crate::capacity::resize_file(
+            self.capacity(),
             fout.as_fd(),
             |size| size.max(end),
             || sys::copy_file_range(fin.as_fd(), off_in, fout.as_fd(), off_out, len),

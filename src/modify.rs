@@ -64,7 +64,12 @@ impl LayerFs {
                 Some(f) => f,
                 None => std::sync::Arc::new(sys::reopen(fd, libc::O_WRONLY)?),
             };
-            self.resize_file(w.as_fd(), |_| size, || sys::ftruncate(w.as_fd(), size))?;
+            crate::capacity::resize_file(
+                self.capacity(),
+                w.as_fd(),
+                |_| size,
+                || sys::ftruncate(w.as_fd(), size),
+            )?;
         }
         // Owner before mode: chown clears setuid/setgid.
         if a.uid.is_some() || a.gid.is_some() {

@@ -241,7 +241,7 @@ impl LayerFs {
         }
         let dir = self.inode(parent)?;
         let (owner, _) = self.owner_for(&dir, uid, gid)?;
-        let room = self.reserve(crate::capacity::BLOCK)?;
+        let room = crate::capacity::reserve(self.capacity(), crate::capacity::BLOCK)?;
         let (_, path) = self.place(
             &dir,
             name,
@@ -269,7 +269,7 @@ impl LayerFs {
         if sgid {
             perm |= libc::S_ISGID;
         }
-        let room = self.reserve(crate::capacity::BLOCK)?;
+        let room = crate::capacity::reserve(self.capacity(), crate::capacity::BLOCK)?;
         let (_, path) = self.place(&dir, name, true, Some(owner), Some(perm), |at, n| {
             sys::mkdirat(at, n, perm).map(|_| None)
         })?;
@@ -288,7 +288,7 @@ impl LayerFs {
     ) -> io::Result<(Arc<Inode>, FileAttr)> {
         let dir = self.inode(parent)?;
         let (owner, _) = self.owner_for(&dir, uid, gid)?;
-        let room = self.reserve(crate::capacity::BLOCK)?;
+        let room = crate::capacity::reserve(self.capacity(), crate::capacity::BLOCK)?;
         let (_, path) = self.place(&dir, name, false, Some(owner), None, |at, n| {
             sys::symlinkat(target, at, n).map(|_| None)
         })?;
@@ -339,7 +339,7 @@ impl LayerFs {
                     i.name_gone(parent, name);
                 }
                 if gone {
-                    self.credit_object(&st);
+                    crate::capacity::credit_object(self.capacity(), &st);
                     self.mark_gone(&st, fd);
                 }
             }
@@ -456,11 +456,11 @@ impl LayerFs {
         match self.upper_slot(&pu, name)? {
             UpperSlot::Entry(_, st) if lower => {
                 self.replace_with_whiteout(&pu, name, &dir)?;
-                self.credit_object(&st);
+                crate::capacity::credit_object(self.capacity(), &st);
             }
             UpperSlot::Entry(_, st) => {
                 self.remove_upper(&pu, name)?;
-                self.credit_object(&st);
+                crate::capacity::credit_object(self.capacity(), &st);
             }
             UpperSlot::Empty if lower => self.make_whiteout(pu.fd.get()?.as_fd(), name, &dir)?,
             UpperSlot::Empty | UpperSlot::Whiteout => return Err(errno(libc::ENOENT)),
