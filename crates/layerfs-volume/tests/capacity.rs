@@ -3,7 +3,9 @@
 //! by dd until ENOSPC with nothing partial, `df` showing the limit and the
 //! use, space freed and written again, a resize up and down (not below
 //! the use) while mounted, a copy-up that does not fit, and the count
-//! kept across a live snapshot and a remount. Mounted tests: run as root.
+//! kept across a live snapshot and a remount; on a GlusterFS store, the
+//! same limit enforced, and kept when another host takes the volume over.
+//! Mounted tests: run as root.
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
@@ -12,6 +14,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::gluster::{child_base, role, Cluster};
+
 const M: u64 = 1 << 20;
 
 fn bin() -> &'static str {
@@ -19,9 +23,10 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_layerfs-volume")
 }
 
-/// A store in a temp dir; on drop, what is mounted under it is unmounted.
+/// A store (in a temp dir, or at a given path); on drop, what is mounted
+/// under it is unmounted.
 struct Store {
-    tmp: tempfile::TempDir,
+    tmp: Option<tempfile::TempDir>,
     root: PathBuf,
 }
 
@@ -29,7 +34,18 @@ impl Store {
     fn new() -> Store {
         let tmp = common::tmp();
         let root = tmp.path().join("store");
-        Store { tmp, root }
+        Store {
+            tmp: Some(tmp),
+            root,
+        }
+    }
+
+    fn at(root: PathBuf) -> Store {
+        Store { tmp: None, root }
+    }
+
+    fn scratch(&self) -> PathBuf {
+        self.tmp.as_ref().unwrap().path().to_path_buf()
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -63,7 +79,9 @@ impl Store {
 impl Drop for Store {
     fn drop(&mut self) {
         let text = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let root = self.tmp.path().canonicalize().unwrap();
+        let Ok(root) = self.root.canonicalize() else {
+            return;
+        };
         let mounts: Vec<&str> = text
             .lines()
             .filter_map(|l| l.split(' ').nth(1))
@@ -243,7 +261,7 @@ fn a_full_volume_refuses_whole_writes_until_space_is_freed() {
 fn a_copy_up_that_does_not_fit_leaves_the_lower_file() {
     require!("df");
     let st = Store::new();
-    let seed = st.tmp.path().join("seed");
+    let seed = st.scratch().join("seed");
     fs::create_dir(&seed).unwrap();
     fs::write(seed.join("big"), vec![7u8; 8 << 20]).unwrap();
     fs::write(seed.join("small"), b"small").unwrap();
@@ -267,5 +285,50 @@ fn a_copy_up_that_does_not_fit_leaves_the_lower_file() {
     assert!(!st.root.join("v/upper/big").exists(), "no partial copy");
     fs::write(mp.join("small"), b"changed").unwrap();
     assert_eq!(df(&mp).1, 4096);
+    st.ok(&["umount", "v"]);
+}
+
+/// The store on the GlusterFS volume, as each host sees it.
+fn gluster_store() -> Store {
+    Store::at(child_base().join("gl/store"))
+}
+
+#[test]
+fn a_limit_on_a_glusterfs_store_holds_when_another_host_takes_over() {
+    const NAME: &str = "a_limit_on_a_glusterfs_store_holds_when_another_host_takes_over";
+    match role().as_deref() {
+        Some("fill") => return gluster_fill(),
+        Some("takeover") => return gluster_takeover(),
+        _ => {}
+    }
+    require_gluster!();
+    let cluster = Cluster::start();
+    cluster.host("a").run_test_ok(NAME, "fill");
+    cluster.host("b").run_test_ok(NAME, "takeover");
+}
+
+/// Host a: filled until ENOSPC, space freed and written again.
+fn gluster_fill() {
+    let st = gluster_store();
+    st.ok(&["create", "-o", "size=64M", "v"]);
+    let mp = PathBuf::from(st.ok(&["mount", "v"]));
+    let (ok, copied, text) = dd(&mp.join("a"), 100, false);
+    assert!(!ok && copied == 64 * M, "{text}");
+    assert_eq!(len(&mp.join("a")), copied);
+    assert_eq!(df(&mp), (64 * M, 64 * M, 0));
+    fs::remove_file(mp.join("a")).unwrap();
+    let (ok, _, text) = dd(&mp.join("b"), 10, false);
+    assert!(ok, "{text}");
+    assert_eq!(df(&mp), (64 * M, 10 * M, 54 * M));
+    st.ok(&["umount", "v"]);
+}
+
+/// Host b: the same limit and use, from the store alone.
+fn gluster_takeover() {
+    let st = gluster_store();
+    let mp = PathBuf::from(st.ok(&["mount", "v"]));
+    assert_eq!(df(&mp), (64 * M, 10 * M, 54 * M));
+    let (ok, copied, text) = dd(&mp.join("c"), 100, false);
+    assert!(!ok && copied == 54 * M, "{text}");
     st.ok(&["umount", "v"]);
 }
