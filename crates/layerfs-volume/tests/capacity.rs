@@ -219,6 +219,18 @@ fn a_full_volume_refuses_whole_writes_until_space_is_freed() {
     assert_eq!(df(&mp).1, used + 4096);
     fs::remove_file(mp.join("x")).unwrap();
     assert_eq!(df(&mp).1, used);
+    // A file renamed over another frees the one replaced.
+    fs::write(mp.join("x"), vec![1u8; 5000]).unwrap();
+    fs::write(mp.join("y"), b"y").unwrap();
+    fs::rename(mp.join("y"), mp.join("x")).unwrap();
+    assert_eq!(df(&mp).1, used + 4096);
+    fs::create_dir_all(mp.join("d1/sub")).unwrap();
+    fs::create_dir(mp.join("d2")).unwrap();
+    fs::rename(mp.join("d2"), mp.join("d1/sub")).unwrap();
+    assert_eq!(df(&mp).1, used + 3 * 4096);
+    fs::remove_dir_all(mp.join("d1")).unwrap();
+    fs::remove_file(mp.join("x")).unwrap();
+    assert_eq!(df(&mp).1, used);
 
     // Resized while mounted: the daemon takes it at once.
     let e = st.fails(&["resize", "v", "10M"]);
