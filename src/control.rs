@@ -11,7 +11,11 @@
 //! - `rotate NAME [TIMEOUT_MS]` → `ok barrier_us=N stopped_us=N sync_us=N inodes=N`
 //!   (NAME: an empty directory beside the upper dir; TIMEOUT_MS defaults
 //!   to 1000)
-//!
+//! - `restack PATH DEV:INO[,DEV:INO...] [TIMEOUT_MS]` → `ok stopped_us=N
+//!   inodes=N relooked=N`: the lower layers with those root identities (a
+//!   run of the stack, top first) are replaced by the layer at PATH
+//!   (relative to the upper dir's parent), which must show what they
+//!   showed together (see `restack`)
 //! - `limit [BYTES]` → `ok limit=N used=N` (a mount with `capacity=`:
 //!   sets the limit to BYTES, refused below what is used; without BYTES
 //!   only says both; see `capacity`)
@@ -104,18 +108,35 @@ pub fn answer(fs: &LayerFs, line: &str) -> String {
                 fs.rotations.load(Ordering::SeqCst)
             )
         }
+        (Some("restack"), Some(path), Some(roots), timeout) if words.next().is_none() => {
+            let timeout = match parse_timeout(timeout) {
+                Ok(t) => t,
+                Err(e) => return e,
+            };
+            let ids: Option<Vec<(u64, u64)>> = roots
+                .split(',')
+                .map(|r| {
+                    let (d, i) = r.split_once(':')?;
+                    Some((d.parse().ok()?, i.parse().ok()?))
+                })
+                .collect();
+            let Some(ids) = ids else {
+                return "err usage expected layer roots as DEV:INO[,DEV:INO...]".into();
+            };
+            match fs.restack(&ids, std::ffi::OsStr::new(path), timeout) {
+                Ok(r) => format!(
+                    "ok stopped_us={} inodes={} relooked={}",
+                    r.stopped.as_micros(),
+                    r.inodes,
+                    r.relooked
+                ),
+                Err(e) => error_line(e),
+            }
+        }
         (Some("rotate"), Some(name), timeout, None) => {
-            let timeout = match timeout.map(str::parse::<u64>) {
-                None => Duration::from_secs(1),
-                Some(Ok(ms)) if ms > 0 && Duration::from_millis(ms) <= MAX_TIMEOUT => {
-                    Duration::from_millis(ms)
-                }
-                Some(_) => {
-                    return format!(
-                        "err usage timeout: expected milliseconds from 1 to {}",
-                        MAX_TIMEOUT.as_millis()
-                    )
-                }
+            let timeout = match parse_timeout(timeout) {
+                Ok(t) => t,
+                Err(e) => return e,
             };
             match fs.rotate(std::ffi::OsStr::new(name), timeout) {
                 Ok(r) => format!(
@@ -125,24 +146,40 @@ pub fn answer(fs: &LayerFs, line: &str) -> String {
                     r.sync.as_micros(),
                     r.inodes
                 ),
-                Err(e) => {
-                    let kind = match &e {
-                        RotateError::Timeout(_) => "timeout",
-                        RotateError::PartialLinks(_) => "links",
-                        RotateError::Io(e) if e.kind() == io::ErrorKind::InvalidInput => "usage",
-                        RotateError::Io(_) => "io",
-                    };
-                    log::warn!("rotation refused: {e}");
-                    format!("err {kind} {}", one_line(&e.to_string()))
-                }
+                Err(e) => error_line(e),
             }
         }
         (Some("limit"), bytes, None, _) => limit(fs, bytes),
         _ => format!(
-            "err usage unknown request {:?}: expected `status`, `rotate NAME [TIMEOUT_MS]` or `limit [BYTES]`",
+            "err usage unknown request {:?}: expected `status`, `rotate NAME [TIMEOUT_MS]`, \
+             `restack PATH DEV:INO[,...] [TIMEOUT_MS]` or `limit [BYTES]`",
             one_line(line)
         ),
     }
+}
+
+fn parse_timeout(ms: Option<&str>) -> Result<Duration, String> {
+    match ms.map(str::parse::<u64>) {
+        None => Ok(Duration::from_secs(1)),
+        Some(Ok(ms)) if ms > 0 && Duration::from_millis(ms) <= MAX_TIMEOUT => {
+            Ok(Duration::from_millis(ms))
+        }
+        Some(_) => Err(format!(
+            "err usage timeout: expected milliseconds from 1 to {}",
+            MAX_TIMEOUT.as_millis()
+        )),
+    }
+}
+
+fn error_line(e: RotateError) -> String {
+    let kind = match &e {
+        RotateError::Timeout(_) => "timeout",
+        RotateError::PartialLinks(_) => "links",
+        RotateError::Io(e) if e.kind() == io::ErrorKind::InvalidInput => "usage",
+        RotateError::Io(_) => "io",
+    };
+    log::warn!("control request refused: {e}");
+    format!("err {kind} {}", one_line(&e.to_string()))
 }
 
 /// `limit [BYTES]`: the capacity's answer line.

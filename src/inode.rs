@@ -443,6 +443,17 @@ impl Inode {
         self.data_version.load(Ordering::SeqCst)
     }
 
+    /// Its real objects after a restack (`restack`): what was learnt per
+    /// layer index is forgotten, as in `rotated`.
+    pub(crate) fn restacked(&self, reals: Vec<RealEntry>) {
+        self.state.write().reals = reals;
+        if let NodeKind::Dir(d) = &self.kind {
+            d.oci_clean.store(0, Ordering::Relaxed);
+            d.listing_gen.fetch_add(1, Ordering::SeqCst);
+            d.listings.lock().clear();
+        }
+    }
+
     /// The upper it had became the top lower layer (a rotation: every
     /// layer moved one index down, `upper_root` is the new upper's root
     /// for the root directory). What was its upper part is a lower part

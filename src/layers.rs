@@ -122,6 +122,39 @@ impl LayerStack {
         Ok(LayerStack::from_layers(layers))
     }
 
+    /// The stack with the lower layers `range` replaced by `root`, a layer
+    /// that shows what they showed together (a merge of them): refused
+    /// (EXDEV) unless every filesystem keeps its place in the xino rule.
+    pub fn replaced(
+        &self,
+        range: std::ops::RangeInclusive<usize>,
+        root: OwnedFd,
+    ) -> io::Result<LayerStack> {
+        let dev = sys::fstat(root.as_fd())?.st_dev;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (i, l) in self.layers.iter().enumerate() {
+            if i == *range.start() {
+                layers.push(Layer {
+                    root: root.try_clone()?,
+                    dev,
+                    writable: false,
+                });
+            }
+            if !range.contains(&i) {
+                layers.push(Layer {
+                    root: l.root.try_clone()?,
+                    dev: l.dev,
+                    writable: l.writable,
+                });
+            }
+        }
+        let next = LayerStack::from_layers(layers);
+        if next.devs != self.devs {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        Ok(next)
+    }
+
     pub fn len(&self) -> usize {
         self.layers.len()
     }

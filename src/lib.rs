@@ -37,6 +37,7 @@ pub mod origin;
 pub mod overlay;
 pub mod rename;
 pub mod resolve;
+pub mod restack;
 pub mod rotation;
 pub mod sys;
 pub mod upper_renames;

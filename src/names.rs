@@ -141,7 +141,13 @@ impl LayerFs {
                     // directory are), so it keeps the number and the new
                     // object gets a fresh one.
                     Some(old) => {
-                        old.mark_unlinked();
+                        // Unless it lives on as another object: a node
+                        // whose part was replaced by a merged layer's
+                        // (`restack`) keeps the number of an identity the
+                        // removed layer freed for reuse.
+                        if !shows_another_object(&old, &st) {
+                            old.mark_unlinked();
+                        }
                         Holder::Other
                     }
                     None => Holder::Free,
@@ -488,4 +494,13 @@ impl LayerFs {
             _ => inode.unlinked_holding(fd),
         }
     }
+}
+
+/// Whether `node`'s top real object is there and is not `st`'s.
+fn shows_another_object(node: &Inode, st: &sys::Stat) -> bool {
+    let top = node.top();
+    top.fd
+        .get()
+        .and_then(|fd| sys::fstat(fd.as_fd()))
+        .is_ok_and(|have| (have.st_dev, have.st_ino) != (st.st_dev, st.st_ino))
 }

@@ -159,6 +159,27 @@ impl Numbering {
         Arc::clone(&self.handles.read())
     }
 
+    /// After a restack (`LayerStack::replaced`): the merged layer, on the
+    /// filesystem of the first layer it replaces, takes its handles.
+    pub(crate) fn restack(&self, range: std::ops::RangeInclusive<usize>) {
+        let old = self.handles();
+        let mut uuids = Vec::new();
+        let mut roots = Vec::new();
+        for i in 0..old.uuids.len() {
+            if i == *range.start() || !range.contains(&i) {
+                uuids.push(old.uuids[i]);
+                roots.push(old.roots[i].clone());
+            }
+        }
+        *self.handles.write() = Arc::new(LayerHandles { uuids, roots });
+    }
+
+    /// Object `key` shows number `n` from now on (an object of a merged
+    /// layer standing for one a live inode was numbered by).
+    pub(crate) fn keep(&self, key: RealKey, n: InodeNo) {
+        self.remembered.insert(key, n);
+    }
+
     /// After a rotation: the handles of the new stack.
     pub(crate) fn rotate(&self) {
         let next = self.handles().rotated();

@@ -155,6 +155,7 @@ impl LayerFs {
         let root_ino = crate::inode::ROOT_INO;
         self.inodes.for_each(|inode| {
             inodes += 1;
+            self.keep_upper_number(inode);
             let top = if inode.ino == root_ino {
                 root_entry.take()
             } else {
@@ -187,6 +188,21 @@ impl LayerFs {
             sync: t3.elapsed(),
             inodes,
         })
+    }
+
+    /// An object numbered by a part below its upper one (a merged
+    /// directory, by its first lower part; a metacopy, by its data) is
+    /// numbered by its own identity once the upper is a lower layer: its
+    /// number is kept for that identity, so that a lookup finds it again.
+    fn keep_upper_number(&self, inode: &crate::inode::Inode) {
+        let s = inode.state();
+        if s.reals.len() < 2 || !self.is_upper(s.reals[0].layer) {
+            return;
+        }
+        if let Ok(st) = s.reals[0].fd.get().and_then(|fd| sys::fstat(fd.as_fd())) {
+            self.numbering
+                .keep(crate::ids::RealKey::of(&st), inode.st_ino);
+        }
     }
 
     /// Links up every name known of a hardlink set kept through the index

@@ -21,12 +21,13 @@ $install_only || check_toolchain
 # the manual page check (groff-base), a loop-mounted ext2 upper
 # (e2fsprogs), xfs_io to shut an upper down (xfsprogs), a GlusterFS
 # volume in a network namespace (glusterfs-server, glusterfs-client,
-# iproute2), Docker Engine for the volume tests (docker.io), and for the
+# iproute2), Docker Engine for the volume tests (docker.io), the
+# database the live-snapshot tests write and check (sqlite3), and for the
 # package test apt and systemd's systemd-socket-activate (systemd, where
 # it is not PID 1).
 packages=(fuse3 attr coreutils util-linux procps tar runc crun podman uidmap
           busybox-static debootstrap dpkg strace groff-base e2fsprogs xfsprogs
-          glusterfs-server glusterfs-client iproute2 docker.io apt systemd)
+          glusterfs-server glusterfs-client iproute2 docker.io sqlite3 apt systemd)
 
 missing=()
 if command -v dpkg-query >/dev/null; then

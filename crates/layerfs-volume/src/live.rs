@@ -25,6 +25,9 @@ use std::time::Duration;
 use crate::store::{err, now, Meta, Snapshot};
 use crate::volumes::Volumes;
 
+/// How long a restack may hold the containers' requests.
+const RESTACK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where the new upper is made, beside `upper/`.
 pub const NEXT_UPPER: &str = "upper.next";
 
@@ -103,6 +106,13 @@ fn ask(socket: &Path, line: &str) -> Asked {
         Ok(_) => Asked::NoAnswer(err("the volume's daemon ended without answering")),
         Err(e) => Asked::NoAnswer(e),
     }
+}
+
+/// Whether a daemon serves the volume in `dir` (in whichever mount
+/// namespace): its control socket answers.
+pub fn daemon_answers(dir: &Path) -> bool {
+    let socket = control_socket(dir);
+    socket.exists() && matches!(ask(&socket, "status"), Asked::Answer(a) if a.starts_with("ok"))
 }
 
 /// A request whose answer is needed.
@@ -185,6 +195,65 @@ impl Volumes {
         meta.pending_snapshot = None;
         meta.pending_live = false;
         self.store.save(meta)
+    }
+
+    /// Has the mounted volume's daemon put `merged` (a directory in the
+    /// volume's directory, holding what `layers` show together) in place
+    /// of `layers`, so that they can be removed. On failure the merged
+    /// layer is removed and nothing changed.
+    pub(crate) fn restack_live(
+        &self,
+        name: &str,
+        layers: &[PathBuf],
+        merged: &Path,
+    ) -> io::Result<()> {
+        let dir = self.store.dir(name);
+        let done = (|| {
+            let rel = merged
+                .strip_prefix(&dir)
+                .map_err(|_| err(format!("{} is not in volume {name}", merged.display())))?;
+            let ids: Vec<String> = layers
+                .iter()
+                .map(|l| fs::metadata(l).map(|m| format!("{}:{}", m.dev(), m.ino())))
+                .collect::<io::Result<_>>()?;
+            let line = format!(
+                "restack {} {} {}",
+                rel.display(),
+                ids.join(","),
+                RESTACK_TIMEOUT.as_millis()
+            );
+            let answer = match ask(&control_socket(&dir), &line) {
+                Asked::Answer(a) => a,
+                Asked::Unreachable(e) => return Err(e),
+                // The daemon may use it: it stays until the volume is
+                // next mounted (`repair` removes `.merge-*` then).
+                Asked::NoAnswer(e) => {
+                    return Ok(Err(err(format!(
+                    "the mounted volume {name} did not answer while taking the merged layer: {e}"
+                ))))
+                }
+            };
+            match answer.strip_prefix("ok") {
+                Some(stats) => {
+                    log::info!("volume {name}: the mount took the merged layer:{stats}");
+                    Ok(Ok(()))
+                }
+                None => Err(err(format!(
+                    "the mounted volume {name} cannot take the merged layer: {}",
+                    answer
+                        .strip_prefix("err ")
+                        .and_then(|a| a.split_once(' '))
+                        .map_or(answer.as_str(), |(_, m)| m)
+                ))),
+            }
+        })();
+        match done {
+            Ok(kept) => kept,
+            Err(e) => {
+                let _ = fs::remove_dir_all(merged);
+                Err(e)
+            }
+        }
     }
 
     /// Finishes a live snapshot a crash cut, the volume not mounted: a

@@ -113,7 +113,7 @@ pub fn handle(set: &StoreSet, path: &str, body: &[u8]) -> Value {
             .and_then(|s| s.vols.unmount(&req.name, holder))
             .map(|_| json!({"Err": ""})),
         "/VolumeDriver.Path" => set.holding(&req.name).map(|s| {
-            let m = if s.vols.is_mounted(&req.name) {
+            let m = if s.vols.is_mounted_here(&req.name) {
                 s.vols.mountpoint(&req.name).to_string_lossy().into_owned()
             } else {
                 String::new()

@@ -38,9 +38,17 @@ impl Volumes {
         self.store.dir(name).join("merged")
     }
 
-    /// Whether the volume is mounted and its daemon answers (a killed
-    /// daemon leaves a mountpoint that fails with ENOTCONN).
+    /// Whether the volume is mounted and its daemon answers: here (a
+    /// killed daemon leaves a mountpoint that fails with ENOTCONN), or in
+    /// another mount namespace (the plugin's in dockerd's, say), where
+    /// only its control socket is seen.
     pub fn is_mounted(&self, name: &str) -> bool {
+        self.is_mounted_here(name) || crate::live::daemon_answers(&self.store.dir(name))
+    }
+
+    /// Whether the volume is mounted, with its daemon answering, in this
+    /// process' mount namespace.
+    pub fn is_mounted_here(&self, name: &str) -> bool {
         let mp = self.mountpoint(name);
         in_proc_mounts(&mp) && fs::metadata(&mp).is_ok()
     }
@@ -341,11 +349,18 @@ impl Volumes {
         let _lock = self.store.lock()?;
         let mut meta = self.store.load(name)?;
         self.repair(&mut meta)?;
-        self.refuse_if_mounted(&meta, "remove a snapshot of")?;
-        self.settle_hardlinks(&meta)?;
+        let mounted = self.is_mounted(name);
         let Some(k) = meta.snapshots.iter().position(|s| s.id == id) else {
             return Err(err(format!("volume {name} has no snapshot {id}")));
         };
+        if mounted && k + 1 == meta.snapshots.len() {
+            return Err(err(format!(
+                "cannot remove snapshot {id} of volume {name} while it is mounted: it is the newest, under the upper the containers write to; take another snapshot first, or unmount the volume"
+            )));
+        }
+        if !mounted {
+            self.settle_hardlinks(&meta)?;
+        }
         self.refuse_if_cloned(&meta, k, &format!("remove snapshot {id}"))?;
         let stack = self.store.lower_stack(&meta)?;
         // stack[0] is the newest snapshot; snapshot k is at n-1-k.
@@ -363,6 +378,11 @@ impl Volumes {
         };
         let tmp = dir.join(format!(".merge-{}", std::process::id()));
         self.merge(&meta, &m, &tmp)?;
+        if mounted {
+            // The running daemon takes the merged layer first: the old
+            // ones can then go.
+            self.restack_live(name, &m.range, &tmp)?;
+        }
         if k + 1 == n {
             // The index refers to the upper being replaced (its sets were
             // made whole in the upper by settle_hardlinks).
@@ -385,7 +405,6 @@ impl Volumes {
         let _lock = self.store.lock()?;
         let mut meta = self.store.load(name)?;
         self.repair(&mut meta)?;
-        self.refuse_if_mounted(&meta, "compact")?;
         let n = meta.snapshots.len();
         if n < 2 {
             return Ok(());
@@ -399,6 +418,9 @@ impl Volumes {
         let dir = self.store.dir(name);
         let tmp = dir.join(format!(".merge-{}", std::process::id()));
         self.merge(&meta, &m, &tmp)?;
+        if self.is_mounted(name) {
+            self.restack_live(name, &m.range, &tmp)?;
+        }
         let newest = meta.snapshots[n - 1].clone();
         // As in snapshot_remove: the merged layer shadows every older one,
         // so the swap and the metadata write can each be the last thing a
@@ -574,6 +596,12 @@ impl Volumes {
         let _lock = self.store.lock()?;
         let mut meta = self.store.load(name)?;
         let mp = self.mountpoint(name);
+        if !self.is_mounted_here(name) && self.is_mounted(name) {
+            return Err(err(format!(
+                "volume {name} is mounted in another mount namespace (its daemon answers on {}): use it there, or unmount it there first",
+                crate::live::control_socket(&self.store.dir(name)).display()
+            )));
+        }
         if !self.is_mounted(name) {
             self.repair(&mut meta)?;
             let dir = self.store.dir(name);

@@ -18,6 +18,15 @@ use common::gluster::{child_base, role, Cluster};
 
 const M: u64 = 1 << 20;
 
+/// The mounted tests run one at a time: the namespaces of a GlusterFS
+/// cluster copy every mount made before them, and a copy of a volume's
+/// mount keeps its daemon, and so its control socket, alive after `umount`
+/// (the volume then looks mounted in another namespace).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static MOUNTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    MOUNTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn bin() -> &'static str {
     let _ = common::layerfs_bin();
     env!("CARGO_BIN_EXE_layerfs-volume")
@@ -183,6 +192,7 @@ fn bad_sizes_are_refused_with_their_text_and_nothing_is_made() {
 #[test]
 fn a_full_volume_refuses_whole_writes_until_space_is_freed() {
     require!("dd", "df");
+    let _one = one_at_a_time();
     let st = Store::new();
     st.ok(&["create", "-o", "size=64M", "v"]);
     let mp = PathBuf::from(st.ok(&["mount", "v"]));
@@ -272,6 +282,7 @@ fn a_full_volume_refuses_whole_writes_until_space_is_freed() {
 #[test]
 fn a_copy_up_that_does_not_fit_leaves_the_lower_file() {
     require!("df");
+    let _one = one_at_a_time();
     let st = Store::new();
     let seed = st.scratch().join("seed");
     fs::create_dir(&seed).unwrap();
@@ -314,6 +325,7 @@ fn a_limit_on_a_glusterfs_store_holds_when_another_host_takes_over() {
         _ => {}
     }
     require_gluster!();
+    let _one = one_at_a_time();
     let cluster = Cluster::start();
     cluster.host("a").run_test_ok(NAME, "fill");
     cluster.host("b").run_test_ok(NAME, "takeover");

@@ -6,124 +6,63 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+mod vol_common;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn bin() -> &'static str {
-    let _ = common::layerfs_bin();
-    env!("CARGO_BIN_EXE_layerfs-volume")
+use vol_common::Fixture;
+
+/// The CLI on the fixture's store, to spawn (and kill).
+fn cmd(st: &Fixture, args: &[&str]) -> Command {
+    let mut c = Command::new(vol_common::bin());
+    c.arg("--store").arg(&st.store).args(args);
+    c
 }
 
-/// A store in a temp dir whose mounts are undone on drop.
-struct Store {
-    tmp: tempfile::TempDir,
-    root: PathBuf,
+fn snapshots(st: &Fixture, name: &str) -> Vec<String> {
+    st.ok(&["snapshots", name])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
 }
 
-impl Store {
-    fn new() -> Store {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("store");
-        Store { tmp, root }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.tmp.path().join(rel)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin());
-        c.arg("--store").arg(&self.root).args(args);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "layerfs-volume {args:?} failed: {}",
-            common::output_text(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(!out.status.success(), "layerfs-volume {args:?} succeeded");
-        common::output_text(&out)
-    }
-
-    fn snapshots(&self, name: &str) -> Vec<String> {
-        self.ok(&["snapshots", name])
-            .lines()
-            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .collect()
-    }
-
-    /// The files of the volume as it was at snapshot `id`, from its tar.
-    fn files_at(&self, name: &str, id: &str) -> BTreeMap<String, Vec<u8>> {
-        let tar = self.path(&format!("{name}-{id}.tar"));
-        self.ok(&["export", name, "--to", id, "-o", tar.to_str().unwrap()]);
-        let mut out = BTreeMap::new();
-        let mut a = tar::Archive::new(fs::File::open(&tar).unwrap());
-        let mut links = Vec::new();
-        for e in a.entries().unwrap() {
-            let mut e = e.unwrap();
-            let path = e.path().unwrap().to_string_lossy().into_owned();
-            match e.header().entry_type() {
-                tar::EntryType::Regular => {
-                    let mut data = Vec::new();
-                    e.read_to_end(&mut data).unwrap();
-                    out.insert(path, data);
-                }
-                tar::EntryType::Link => {
-                    let target = e.link_name().unwrap().unwrap();
-                    links.push((path, target.to_string_lossy().into_owned()));
-                }
-                _ => {}
+/// The files of the volume as it was at snapshot `id`, from its tar.
+fn files_at(st: &Fixture, name: &str, id: &str) -> BTreeMap<String, Vec<u8>> {
+    let tar = st.path(&format!("{name}-{id}.tar"));
+    st.ok(&["export", name, "--to", id, "-o", tar.to_str().unwrap()]);
+    let mut out = BTreeMap::new();
+    let mut a = tar::Archive::new(fs::File::open(&tar).unwrap());
+    let mut links = Vec::new();
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().to_string_lossy().into_owned();
+        match e.header().entry_type() {
+            tar::EntryType::Regular => {
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                out.insert(path, data);
             }
-        }
-        for (path, target) in links {
-            let data = out[&target].clone();
-            out.insert(path, data);
-        }
-        fs::remove_file(&tar).unwrap();
-        out
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        let text = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let root = self.tmp.path().canonicalize().unwrap();
-        let mounts: Vec<PathBuf> = text
-            .lines()
-            .filter_map(|l| l.split(' ').nth(1))
-            .map(|m| PathBuf::from(m.replace("\\040", " ")))
-            .filter(|m| m.starts_with(&root))
-            .collect();
-        for m in mounts.into_iter().rev() {
-            if !Command::new("umount")
-                .arg(&m)
-                .status()
-                .is_ok_and(|s| s.success())
-            {
-                let _ = Command::new("umount").arg("-l").arg(&m).status();
+            tar::EntryType::Link => {
+                let target = e.link_name().unwrap().unwrap();
+                links.push((path, target.to_string_lossy().into_owned()));
             }
+            _ => {}
         }
     }
+    for (path, target) in links {
+        let data = out[&target].clone();
+        out.insert(path, data);
+    }
+    fs::remove_file(&tar).unwrap();
+    out
 }
 
 fn append(path: &Path, data: &[u8]) {
@@ -134,7 +73,7 @@ fn append(path: &Path, data: &[u8]) {
 #[test]
 fn a_file_kept_open_for_writing_goes_on_across_snapshots() {
     require!();
-    let st = Store::new();
+    let st = Fixture::new();
     st.ok(&["create", "v"]);
     let mp = PathBuf::from(st.ok(&["mount", "v"]));
     let mut w = fs::OpenOptions::new()
@@ -163,7 +102,7 @@ fn a_file_kept_open_for_writing_goes_on_across_snapshots() {
     assert_eq!(seen, expect, "a reader opened before the snapshots");
     // Each snapshot holds the records written before it, and no later one.
     for i in 1..=4 {
-        let files = st.files_at("v", &format!("s{i}"));
+        let files = files_at(&st, "v", &format!("s{i}"));
         let want: String = (1..=i).map(|k| format!("record {k}\n")).collect();
         assert_eq!(files["log"], want.as_bytes(), "snapshot s{i}");
     }
@@ -177,7 +116,7 @@ fn a_file_kept_open_for_writing_goes_on_across_snapshots() {
 #[test]
 fn renames_and_unlinks_racing_the_barrier_are_whole_in_each_snapshot() {
     require!();
-    let st = Store::new();
+    let st = Fixture::new();
     st.ok(&["create", "v"]);
     let mp = PathBuf::from(st.ok(&["mount", "v"]));
     fs::create_dir(mp.join("a")).unwrap();
@@ -224,7 +163,7 @@ fn renames_and_unlinks_racing_the_barrier_are_whole_in_each_snapshot() {
     churner.join().unwrap();
     assert_eq!(errors.load(Ordering::Relaxed), 0, "the writers saw errors");
     for i in 1..=12 {
-        let files = st.files_at("v", &format!("s{i}"));
+        let files = files_at(&st, "v", &format!("s{i}"));
         let xs: Vec<_> = ["a/x", "b/x"]
             .iter()
             .filter(|p| files.contains_key(**p))
@@ -247,7 +186,7 @@ fn renames_and_unlinks_racing_the_barrier_are_whole_in_each_snapshot() {
 #[test]
 fn hardlink_sets_stay_one_file_across_rotations() {
     require!();
-    let st = Store::new();
+    let st = Fixture::new();
     let seed = st.path("seed");
     fs::create_dir_all(seed.join("d")).unwrap();
     fs::write(seed.join("h1"), b"seed\n").unwrap();
@@ -256,6 +195,9 @@ fn hardlink_sets_stay_one_file_across_rotations() {
     st.ok(&["create", "v", "--from", seed.to_str().unwrap()]);
     let mp = PathBuf::from(st.ok(&["mount", "v"]));
     let ino = fs::metadata(mp.join("h1")).unwrap().ino();
+    // A directory merged with the seed, in the upper too.
+    fs::write(mp.join("d/mine"), b"mine\n").unwrap();
+    let dir_ino = fs::metadata(mp.join("d")).unwrap().ino();
     // One name written: the set is in the upper by that name only.
     append(&mp.join("h1"), b"one\n");
     st.ok(&["snapshot", "v", "s1"]);
@@ -276,11 +218,19 @@ fn hardlink_sets_stay_one_file_across_rotations() {
     }
     assert_eq!(fs::read(mp.join("n1")).unwrap(), b"new\nmore\n");
     assert_eq!(fs::metadata(mp.join("n1")).unwrap().nlink(), 2);
-    let s1 = st.files_at("v", "s1");
+    // Listed again (readdirplus looks each entry up): the same numbers.
+    let listed: Vec<_> = fs::read_dir(&mp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(listed.iter().any(|n| n == "d"));
+    assert_eq!(fs::metadata(mp.join("d")).unwrap().ino(), dir_ino);
+    assert_eq!(fs::metadata(mp.join("h2")).unwrap().ino(), ino);
+    let s1 = files_at(&st, "v", "s1");
     for name in ["h1", "h2", "d/h3"] {
         assert_eq!(s1[name], b"seed\none\n", "s1: {name}");
     }
-    let s2 = st.files_at("v", "s2");
+    let s2 = files_at(&st, "v", "s2");
     for name in ["h1", "h2", "d/h3"] {
         assert_eq!(s2[name], b"seed\none\ntwo\n", "s2: {name}");
     }
@@ -302,7 +252,7 @@ fn hardlink_sets_stay_one_file_across_rotations() {
 #[test]
 fn a_barrier_that_times_out_changes_nothing() {
     require!();
-    let st = Store::new();
+    let st = Fixture::new();
     let seed = st.path("seed");
     fs::create_dir_all(&seed).unwrap();
     // Copying this up holds a mutating request long enough.
@@ -315,7 +265,7 @@ fn a_barrier_that_times_out_changes_nothing() {
     st.ok(&["create", "v", "--from", seed.to_str().unwrap()]);
     let mp = PathBuf::from(st.ok(&["mount", "v"]));
     fs::write(mp.join("kept"), b"before").unwrap();
-    let dir = st.root.join("v");
+    let dir = st.store.join("v");
     let upper_ino = fs::metadata(dir.join("upper")).unwrap().ino();
     let mut timed_out = false;
     for attempt in 0..5 {
@@ -348,7 +298,7 @@ fn a_barrier_that_times_out_changes_nothing() {
     assert_eq!(fs::read(mp.join("kept")).unwrap(), b"before");
     // And the next snapshot is taken.
     st.ok(&["snapshot", "v", "later"]);
-    assert!(st.snapshots("v").contains(&"later".to_string()));
+    assert!(snapshots(&st, "v").contains(&"later".to_string()));
     st.ok(&["umount", "v"]);
 }
 
@@ -394,7 +344,7 @@ fn assert_record_prefix(data: &[u8], acked: u64, what: &str) {
 #[test]
 fn kill_9_of_the_cli_or_the_daemon_mid_snapshot_loses_nothing() {
     require!();
-    let st = Store::new();
+    let st = Fixture::new();
     st.ok(&["create", "v"]);
     let mp = PathBuf::from(st.ok(&["mount", "v"]));
     let stop = Arc::new(AtomicBool::new(false));
@@ -402,7 +352,7 @@ fn kill_9_of_the_cli_or_the_daemon_mid_snapshot_loses_nothing() {
     let w = record_writer(mp.join("log"), Arc::clone(&stop), Arc::clone(&acked));
     // The CLI killed at moments spread over a snapshot's few milliseconds.
     for round in 0..16u64 {
-        let mut child = st.cmd(&["snapshot", "v"]).spawn().unwrap();
+        let mut child = cmd(&st, &["snapshot", "v"]).spawn().unwrap();
         std::thread::sleep(Duration::from_micros(500 * (round % 8) + 100 * round));
         let _ = child.kill();
         let _ = child.wait();
@@ -410,19 +360,18 @@ fn kill_9_of_the_cli_or_the_daemon_mid_snapshot_loses_nothing() {
     // The next snapshot finishes or forgets what the killed ones left.
     let before = acked.load(Ordering::SeqCst);
     st.ok(&["snapshot", "v", "after-kills"]);
-    let files = st.files_at("v", "after-kills");
+    let files = files_at(&st, "v", "after-kills");
     assert_record_prefix(&files["log"], before, "after-kills");
     stop.store(true, Ordering::Relaxed);
     w.join().unwrap();
     let total = acked.load(Ordering::SeqCst);
     st.ok(&["umount", "v"]);
-    assert!(!st.root.join("v/upper.next").exists());
+    assert!(!st.store.join("v/upper.next").exists());
 
     // The daemon killed inside its rotation, before and after the swap.
     let mut total = total;
     for (round, point) in ["rotate-stopped", "rotate-swapped"].iter().enumerate() {
-        let out = st
-            .cmd(&["mount", "v"])
+        let out = cmd(&st, &["mount", "v"])
             .env("LAYERFS_CRASH_AT", point)
             .output()
             .unwrap();
@@ -444,11 +393,171 @@ fn kill_9_of_the_cli_or_the_daemon_mid_snapshot_loses_nothing() {
         assert_record_prefix(&log, total, point);
         // A record written but not acknowledged may be there too.
         total = log.len() as u64 / 9;
-        assert!(!st.root.join("v/upper.next").exists(), "{point}");
+        assert!(!st.store.join("v/upper.next").exists(), "{point}");
         st.ok(&["snapshot", "v", &format!("after-{point}")]);
         st.ok(&["umount", "v"]);
     }
     let mp = PathBuf::from(st.ok(&["mount", "v"]));
     assert_record_prefix(&fs::read(mp.join("log")).unwrap(), total, "the end");
     st.ok(&["umount", "v"]);
+}
+
+/// Every path under `root` with its content (files) or kind, and its
+/// inode number.
+fn tree(root: &Path) -> BTreeMap<String, (Vec<u8>, u64)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if md.is_dir() {
+                stack.push(p.clone());
+                out.insert(rel, (b"<dir>".to_vec(), md.ino()));
+            } else if !rel.starts_with("log") {
+                out.insert(rel, (fs::read(&p).unwrap(), md.ino()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn snapshot_removal_and_compaction_under_a_running_writer() {
+    require!();
+    let st = Fixture::new();
+    let seed = st.path("seed");
+    fs::create_dir_all(seed.join("d/e")).unwrap();
+    fs::write(seed.join("d/e/x"), b"seed x\n").unwrap();
+    fs::write(seed.join("top"), b"seed top\n").unwrap();
+    st.ok(&["create", "v", "--from", seed.to_str().unwrap()]);
+    let mp = PathBuf::from(st.ok(&["mount", "v"]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let w = record_writer(mp.join("log"), Arc::clone(&stop), Arc::clone(&acked));
+    fs::write(mp.join("a"), b"a1\n").unwrap();
+    st.ok(&["snapshot", "v", "s1"]);
+    append(&mp.join("d/e/x"), b"s2\n");
+    fs::write(mp.join("d/e/y"), b"y\n").unwrap();
+    fs::create_dir(mp.join("d/f")).unwrap();
+    fs::write(mp.join("d/f/z"), b"z\n").unwrap();
+    st.ok(&["snapshot", "v", "s2"]);
+    fs::remove_file(mp.join("a")).unwrap();
+    fs::rename(mp.join("d/f"), mp.join("d/g")).unwrap();
+    st.ok(&["snapshot", "v", "s3"]);
+    append(&mp.join("top"), b"upper\n");
+    // Held across the changes of the stack: a file and a directory.
+    let held = fs::File::open(mp.join("d/e/x")).unwrap();
+    let cwd = fs::File::open(mp.join("d/e")).unwrap();
+    let before = tree(&mp);
+
+    let msg = st.fails(&["snapshot-rm", "v", "s3"]);
+    assert!(msg.contains("take another snapshot first"), "{msg}");
+    st.ok(&["snapshot-rm", "v", "s2"]);
+    assert_eq!(tree(&mp), before, "after snapshot-rm");
+    assert_eq!(snapshots(&st, "v"), ["s1", "s3"]);
+    assert!(!st.store.join("v/snapshots/s2").exists());
+    st.ok(&["compact", "v"]);
+    assert_eq!(tree(&mp), before, "after compact");
+    assert_eq!(snapshots(&st, "v"), ["s3"]);
+    let layers: Vec<_> = fs::read_dir(st.store.join("v/snapshots"))
+        .unwrap()
+        .collect();
+    assert_eq!(layers.len(), 1, "old layers are gone");
+    let mut seen = String::new();
+    (&held).read_to_string(&mut seen).unwrap();
+    assert_eq!(seen, "seed x\ns2\n");
+    assert!(cwd.metadata().unwrap().is_dir());
+    // The merged layer is a lower layer like any other.
+    append(&mp.join("d/e/x"), b"after\n");
+    fs::write(mp.join("d/g/new"), b"new\n").unwrap();
+    let files = files_at(&st, "v", "s3");
+    assert_eq!(files["d/e/x"], b"seed x\ns2\n");
+    assert_eq!(files["d/g/z"], b"z\n");
+    assert!(!files.contains_key("a") && !files.contains_key("d/f/z"));
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    let total = acked.load(Ordering::SeqCst);
+    let now = tree(&mp);
+    drop((held, cwd));
+    st.ok(&["umount", "v"]);
+    let mp = PathBuf::from(st.ok(&["mount", "v"]));
+    let again = tree(&mp);
+    let contents = |t: &BTreeMap<String, (Vec<u8>, u64)>| -> BTreeMap<String, Vec<u8>> {
+        t.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect()
+    };
+    assert_eq!(contents(&again), contents(&now));
+    assert_record_prefix(&fs::read(mp.join("log")).unwrap(), total, "log");
+    st.ok(&["umount", "v"]);
+}
+
+#[test]
+fn kill_9_of_the_cli_or_the_daemon_mid_compaction_loses_nothing() {
+    require!();
+    let st = Fixture::new();
+    st.ok(&["create", "v"]);
+    let mp = PathBuf::from(st.ok(&["mount", "v"]));
+    let layered = |round: usize| {
+        for i in 0..3 {
+            fs::create_dir_all(mp.join(format!("r{round}/d{i}"))).unwrap();
+            fs::write(
+                mp.join(format!("r{round}/d{i}/f")),
+                format!("{round} {i}\n"),
+            )
+            .unwrap();
+            st.ok(&["snapshot", "v"]);
+        }
+    };
+    let contents = |mp: &Path| -> BTreeMap<String, Vec<u8>> {
+        tree(mp).into_iter().map(|(k, v)| (k, v.0)).collect()
+    };
+    // The CLI killed at moments spread over a compaction.
+    for round in 0..6u64 {
+        layered(round as usize);
+        let before = contents(&mp);
+        let mut child = cmd(&st, &["compact", "v"]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(3 * round + 1));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(contents(&mp), before, "round {round}: after the kill");
+        st.ok(&["compact", "v"]);
+        assert_eq!(contents(&mp), before, "round {round}: compacted");
+        assert_eq!(snapshots(&st, "v").len(), 1);
+    }
+    st.ok(&["umount", "v"]);
+    // The daemon killed inside its restack, before and after the swap.
+    for (round, point) in ["restack-stopped", "restack-swapped"].iter().enumerate() {
+        let out = cmd(&st, &["mount", "v"])
+            .env("LAYERFS_CRASH_AT", point)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::output_text(&out));
+        layered(10 + round);
+        let before = contents(&mp);
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let log = mp.join(format!("log{round}"));
+        let w = record_writer(log.clone(), Arc::clone(&stop), Arc::clone(&acked));
+        std::thread::sleep(Duration::from_millis(30));
+        let _ = st.run(&["compact", "v"]);
+        stop.store(true, Ordering::Relaxed);
+        w.join().unwrap();
+        let _ = Command::new("umount").arg("-l").arg(&mp).status();
+        st.ok(&["mount", "v"]);
+        let after = contents(&mp);
+        assert_eq!(after, before, "{point}: the volume after a remount");
+        assert_record_prefix(
+            &fs::read(&log).unwrap(),
+            acked.load(Ordering::SeqCst),
+            point,
+        );
+        st.ok(&["compact", "v"]);
+        assert_eq!(
+            contents(&mp),
+            before,
+            "{point}: compacted after the remount"
+        );
+        st.ok(&["umount", "v"]);
+    }
 }
