@@ -669,6 +669,13 @@ pub fn ofd_setlk(fd: BorrowedFd<'_>, kind: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// `syncfs`: everything written to the filesystem holding `fd` is durable.
+pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: no pointers involved.
+    cvt(unsafe { libc::syncfs(fd.as_raw_fd()) })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -703,11 +710,4 @@ mod tests {
             ]
         );
     }
-}
-
-/// `syncfs`: everything written to the filesystem holding `fd` is durable.
-pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: no pointers involved.
-    cvt(unsafe { libc::syncfs(fd.as_raw_fd()) })?;
-    Ok(())
 }

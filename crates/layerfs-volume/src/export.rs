@@ -24,6 +24,10 @@ use std::path::{Path, PathBuf};
 use layerfs::sys;
 use layerfs::whiteout;
 
+use crate::mounts::View;
+use crate::progress::{self, Progress};
+use crate::store::err;
+
 /// What a node is, with what its kind needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -456,6 +460,88 @@ impl<W: Write> Sink for TarSink<W> {
 
     fn finish(&mut self) -> io::Result<()> {
         self.builder.finish()
+    }
+}
+
+impl crate::volumes::Volumes {
+    /// Writes the volume as it was at snapshot `to` (the newest one of a
+    /// mounted volume, whose upper is changing; the volume as it is now
+    /// when unmounted), all of it or what changed since snapshot `since`.
+    /// Read from the immutable layers, so the containers go on meanwhile.
+    pub fn export_range(
+        &self,
+        name: &str,
+        since: Option<&str>,
+        to: Option<&str>,
+        out: &mut dyn Write,
+    ) -> io::Result<()> {
+        let (meta, mounted) = {
+            let _lock = self.store.lock()?;
+            let mut meta = self.store.load(name)?;
+            self.repair(&mut meta)?;
+            let mounted = self.is_mounted(name);
+            if !mounted && to.is_none() {
+                self.settle_hardlinks(&meta)?;
+            }
+            (meta, mounted)
+        };
+        let position = |id: &str| {
+            meta.snapshots
+                .iter()
+                .position(|s| s.id == id)
+                .ok_or_else(|| err(format!("volume {name} has no snapshot {id}")))
+        };
+        let n = meta.snapshots.len();
+        // The newest snapshot exported; None: the upper too.
+        let top = match to {
+            Some(id) => Some(position(id)?),
+            None if mounted => Some(n.checked_sub(1).ok_or_else(|| {
+                err(format!(
+                    "volume {name} is mounted and has no snapshot to export: take one first (layerfs-volume snapshot {name})"
+                ))
+            })?),
+            None => None,
+        };
+        let stack = self.store.lower_stack(&meta)?;
+        let layers = match top {
+            None => {
+                let mut l = vec![self.store.dir(name).join("upper")];
+                l.extend(stack);
+                l
+            }
+            Some(t) => stack[n - 1 - t..].to_vec(),
+        };
+        let above = match since {
+            None => None,
+            Some(id) => {
+                let k = position(id)?;
+                let newer = match top {
+                    None => n - k,
+                    Some(t) if t > k => t - k,
+                    Some(t) => {
+                        return Err(err(format!(
+                            "snapshot {id} is not older than snapshot {} of volume {name}",
+                            meta.snapshots[t].id
+                        )))
+                    }
+                };
+                Some(layers[..newer].to_vec())
+            }
+        };
+        let dir = self.store.dir(name);
+        let exported = above.as_deref().unwrap_or(&layers);
+        let total = Progress::wanted().then(|| {
+            progress::tar_size_of(&exported.iter().map(|p| p.as_path()).collect::<Vec<_>>())
+        });
+        let progress = Progress::new(&format!("export {name}"), total);
+        let view = View::mount(dir.join(format!(".view-{}", std::process::id())), &layers)?;
+        let mut tar = TarSink::new(progress.writer(out));
+        let mut sink = progress.sink(&mut tar);
+        let mut walker = Walker::new(&view.dir, &mut sink);
+        match above {
+            None => walker.full(),
+            Some(above) => walker.since(&above),
+        }
     }
 }
 

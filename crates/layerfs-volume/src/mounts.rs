@@ -117,6 +117,37 @@ impl Drop for View {
     }
 }
 
+/// The read-only views (`.view-PID`, `.settle-PID`) that killed commands
+/// left in the volume directory `dir`: unmounted (lazily: their daemon may
+/// be busy) and removed. A view mounted in another namespace stays.
+pub fn remove_stale_views(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        let Some(pid) = n
+            .strip_prefix(".view-")
+            .or_else(|| n.strip_prefix(".settle-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = e.path();
+        if in_proc_mounts(&path) {
+            let _ = layerfs::sys::umount(&path, libc::MNT_DETACH);
+        }
+        match fs::remove_dir(&path) {
+            Ok(()) => log::info!("{}: removed {n}, left by a killed command", dir.display()),
+            Err(e) => log::debug!("{}: {n} stays: {e}", dir.display()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,15 +5,15 @@
 //! write, so a CLI and a plugin can share one store.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::export::{TarSink, Walker};
+use crate::export::Walker;
 use crate::import::{apply_tar, LayerSink};
 use crate::mounts::{in_proc_mounts, run_layerfs, stack_options, unmount_dir, View};
 use crate::options::{CreateOptions, Ownership};
-use crate::progress::{self, Progress};
+use crate::progress::Progress;
 use crate::store::{check_name, err, now, parse_base, rfc3339, Base, Meta, Snapshot, Store};
 
 /// How long a live snapshot may hold the containers' changes by default.
@@ -231,7 +231,8 @@ impl Volumes {
     /// rename did not happen is forgotten); the layers an interrupted
     /// merge was replacing, no longer in the metadata, are removed. Runs
     /// under the store lock, so no other change is under way.
-    fn repair(&self, meta: &mut Meta) -> io::Result<()> {
+    pub(crate) fn repair(&self, meta: &mut Meta) -> io::Result<()> {
+        crate::mounts::remove_stale_views(&self.store.dir(&meta.name));
         if self.is_mounted(&meta.name) {
             // Its daemon uses the layers: only a live snapshot cut by a
             // crash of this side is settled, by asking the daemon.
@@ -436,88 +437,6 @@ impl Volumes {
         Ok(())
     }
 
-    /// Writes the volume as an OCI layer tar: all of it, or what changed
-    /// since snapshot `since`.
-    /// Writes the volume as it was at snapshot `to` (the newest one of a
-    /// mounted volume, whose upper is changing; the volume as it is now
-    /// when unmounted), all of it or what changed since snapshot `since`.
-    /// Read from the immutable layers, so the containers go on meanwhile.
-    pub fn export_range(
-        &self,
-        name: &str,
-        since: Option<&str>,
-        to: Option<&str>,
-        out: &mut dyn Write,
-    ) -> io::Result<()> {
-        let (meta, mounted) = {
-            let _lock = self.store.lock()?;
-            let mut meta = self.store.load(name)?;
-            self.repair(&mut meta)?;
-            let mounted = self.is_mounted(name);
-            if !mounted && to.is_none() {
-                self.settle_hardlinks(&meta)?;
-            }
-            (meta, mounted)
-        };
-        let position = |id: &str| {
-            meta.snapshots
-                .iter()
-                .position(|s| s.id == id)
-                .ok_or_else(|| err(format!("volume {name} has no snapshot {id}")))
-        };
-        let n = meta.snapshots.len();
-        // The newest snapshot exported; None: the upper too.
-        let top = match to {
-            Some(id) => Some(position(id)?),
-            None if mounted => Some(n.checked_sub(1).ok_or_else(|| {
-                err(format!(
-                    "volume {name} is mounted and has no snapshot to export: take one first (layerfs-volume snapshot {name})"
-                ))
-            })?),
-            None => None,
-        };
-        let stack = self.store.lower_stack(&meta)?;
-        let layers = match top {
-            None => {
-                let mut l = vec![self.store.dir(name).join("upper")];
-                l.extend(stack);
-                l
-            }
-            Some(t) => stack[n - 1 - t..].to_vec(),
-        };
-        let above = match since {
-            None => None,
-            Some(id) => {
-                let k = position(id)?;
-                let newer = match top {
-                    None => n - k,
-                    Some(t) if t > k => t - k,
-                    Some(t) => {
-                        return Err(err(format!(
-                            "snapshot {id} is not older than snapshot {} of volume {name}",
-                            meta.snapshots[t].id
-                        )))
-                    }
-                };
-                Some(layers[..newer].to_vec())
-            }
-        };
-        let dir = self.store.dir(name);
-        let exported = above.as_deref().unwrap_or(&layers);
-        let total = Progress::wanted().then(|| {
-            progress::tar_size_of(&exported.iter().map(|p| p.as_path()).collect::<Vec<_>>())
-        });
-        let progress = Progress::new(&format!("export {name}"), total);
-        let view = View::mount(dir.join(format!(".view-{}", std::process::id())), &layers)?;
-        let mut tar = TarSink::new(progress.writer(out));
-        let mut sink = progress.sink(&mut tar);
-        let mut walker = Walker::new(&view.dir, &mut sink);
-        match above {
-            None => walker.full(),
-            Some(above) => walker.since(&above),
-        }
-    }
-
     /// Builds a new volume from a chain of layer tars (full first, then
     /// increments), one snapshot per tar, named s1..sN.
     pub fn import(&self, name: &str, tars: &[PathBuf]) -> io::Result<Meta> {
@@ -658,6 +577,7 @@ impl Volumes {
             let Ok(mut meta) = self.store.load(&name) else {
                 continue;
             };
+            crate::mounts::remove_stale_views(&self.store.dir(&name));
             if self.is_mounted(&name) {
                 mounted.push(name);
             } else if !meta.holders.is_empty() {
@@ -681,7 +601,7 @@ impl Volumes {
     /// other name of a set that is partly in the upper is linked to the
     /// copy there (what the kernel's link-up does), its parents copied up
     /// first through a mount.
-    fn settle_hardlinks(&self, meta: &Meta) -> io::Result<()> {
+    pub(crate) fn settle_hardlinks(&self, meta: &Meta) -> io::Result<()> {
         let dir = self.store.dir(&meta.name);
         let index_empty = fs::read_dir(dir.join("work/index"))
             .map(|mut d| d.next().is_none())

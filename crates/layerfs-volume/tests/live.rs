@@ -264,11 +264,16 @@ fn a_barrier_that_times_out_changes_nothing() {
     drop(f);
     st.ok(&["create", "v", "--from", seed.to_str().unwrap()]);
     let mp = PathBuf::from(st.ok(&["mount", "v"]));
-    fs::write(mp.join("kept"), b"before").unwrap();
     let dir = st.store.join("v");
-    let upper_ino = fs::metadata(dir.join("upper")).unwrap().ino();
+    let mut upper_ino = 0;
+    let mut kept = String::new();
+    let mut before = Vec::new();
     let mut timed_out = false;
     for attempt in 0..5 {
+        upper_ino = fs::metadata(dir.join("upper")).unwrap().ino();
+        before = snapshots(&st, "v");
+        kept = format!("kept{attempt}");
+        fs::write(mp.join(&kept), b"before").unwrap();
         let name = mp.join("big");
         let writer = std::thread::spawn(move || append(&name, b"!"));
         // Wait until the copy-up is under way (a staged file in work/).
@@ -292,10 +297,11 @@ fn a_barrier_that_times_out_changes_nothing() {
     }
     assert!(timed_out, "no barrier timed out in 5 attempts");
     // Nothing changed: no snapshot, the same upper, no new one left over.
+    assert_eq!(snapshots(&st, "v"), before);
     assert!(!dir.join("upper.next").exists());
     assert_eq!(fs::metadata(dir.join("upper")).unwrap().ino(), upper_ino);
-    assert!(fs::read(dir.join("upper/kept")).is_ok());
-    assert_eq!(fs::read(mp.join("kept")).unwrap(), b"before");
+    assert!(fs::read(dir.join("upper").join(&kept)).is_ok());
+    assert_eq!(fs::read(mp.join(&kept)).unwrap(), b"before");
     // And the next snapshot is taken.
     st.ok(&["snapshot", "v", "later"]);
     assert!(snapshots(&st, "v").contains(&"later".to_string()));
@@ -525,6 +531,13 @@ fn kill_9_of_the_cli_or_the_daemon_mid_compaction_loses_nothing() {
         assert_eq!(contents(&mp), before, "round {round}: compacted");
         assert_eq!(snapshots(&st, "v").len(), 1);
     }
+    // The views of the killed commands are gone with them.
+    let left: Vec<_> = fs::read_dir(st.store.join("v"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".view-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     st.ok(&["umount", "v"]);
     // The daemon killed inside its restack, before and after the swap.
     for (round, point) in ["restack-stopped", "restack-swapped"].iter().enumerate() {
