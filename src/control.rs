@@ -16,6 +16,9 @@
 //!   run of the stack, top first) are replaced by the layer at PATH
 //!   (relative to the upper dir's parent), which must show what they
 //!   showed together (see `restack`)
+//! - `limit [BYTES]` → `ok limit=N used=N` (a mount with `capacity=`:
+//!   sets the limit to BYTES, refused below what is used; without BYTES
+//!   only says both; see `capacity`)
 //!
 //! An error is `err KIND MESSAGE`, KIND one of `timeout`, `links`
 //! (hardlink sets to link up first), `usage`, `io`. After an error
@@ -146,8 +149,10 @@ pub fn answer(fs: &LayerFs, line: &str) -> String {
                 Err(e) => error_line(e),
             }
         }
+        (Some("limit"), bytes, None, _) => limit(fs, bytes),
         _ => format!(
-            "err usage unknown request {:?}: expected `status`, `rotate NAME [TIMEOUT_MS]` or `restack PATH DEV:INO[,...] [TIMEOUT_MS]`",
+            "err usage unknown request {:?}: expected `status`, `rotate NAME [TIMEOUT_MS]`, \
+             `restack PATH DEV:INO[,...] [TIMEOUT_MS]` or `limit [BYTES]`",
             one_line(line)
         ),
     }
@@ -175,6 +180,24 @@ fn error_line(e: RotateError) -> String {
     };
     log::warn!("control request refused: {e}");
     format!("err {kind} {}", one_line(&e.to_string()))
+}
+
+/// `limit [BYTES]`: the capacity's answer line.
+fn limit(fs: &LayerFs, bytes: Option<&str>) -> String {
+    let Some(cap) = fs.capacity() else {
+        return "err usage this mount has no capacity= limit: remount with one".into();
+    };
+    match bytes.map(str::parse::<u64>) {
+        None => {}
+        Some(Ok(n)) if n > 0 => {
+            if let Err(used) = cap.set_limit(n) {
+                return format!("err usage limit {n} is below the {used} bytes in use");
+            }
+            log::info!("capacity limit now {n} bytes");
+        }
+        Some(_) => return "err usage limit: expected a number of bytes above 0".into(),
+    }
+    format!("ok limit={} used={}", cap.limit(), cap.used())
 }
 
 fn one_line(s: &str) -> String {

@@ -426,8 +426,20 @@ impl LayerFs {
             origin: self.origin_of(&top),
             ids_squashed: self.opts.ids.squashed(),
         };
+        // The whole copy fits or none is made; a directory is charged
+        // whatever is left, so that a full volume can still be cleaned.
+        let cost = match mode {
+            CopyMode::Truncated => 0,
+            _ => crate::capacity::charge(&st),
+        };
+        let room =
+            crate::capacity::reserve(self.capacity(), if inode.is_dir() { 0 } else { cost })?;
         let parent_fd = parent_up.fd.get()?;
         let (fd, indexed) = stage_copy(&job, &top, &st, parent_fd.as_fd(), &name)?;
+        room.keep();
+        if let Some(c) = self.capacity().filter(|_| inode.is_dir()) {
+            c.force(cost);
+        }
         let ust = sys::fstat(fd.as_fd())?;
         self.numbering.copied_up(RealKey::of(&ust), inode.st_ino);
         if indexed {

@@ -35,6 +35,25 @@ pub(crate) fn kill_suidgid(fd: BorrowedFd<'_>, caller_gid: u32) -> io::Result<bo
     Ok(true)
 }
 
+/// Writes `data` at `offset`, retrying where interrupted; a short write
+/// after some bytes is reported as such, not as its error.
+fn write_all_at(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        match sys::pwrite(fd, &data[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if done > 0 => {
+                log::debug!("short write after {done} bytes: {e}");
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 impl LayerFs {
     pub fn read(&self, fh: FileHandle, offset: u64, size: u32) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; size as usize];
@@ -76,19 +95,17 @@ impl LayerFs {
             Some(gid) => kill_suidgid(fd.as_fd(), gid)?,
             None => false,
         };
-        let mut done = 0;
-        while done < data.len() {
-            match sys::pwrite(fd.as_fd(), &data[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if done > 0 => {
-                    log::debug!("short write after {done} bytes: {e}");
-                    break;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        // Where the write ends: an O_APPEND fd writes at its end, whatever
+        // the offset says.
+        let append =
+            self.capacity().is_some() && self.file(fh).is_ok_and(|f| f.flags & libc::O_APPEND != 0);
+        let end = |size: u64| (if append { size } else { offset }) + data.len() as u64;
+        let done = crate::capacity::resize_file(
+            self.capacity(),
+            fd.as_fd(),
+            |size| size.max(end(size)),
+            || write_all_at(fd.as_fd(), data, offset),
+        )?;
         Ok((done as u32, killed))
     }
 
@@ -115,7 +132,25 @@ impl LayerFs {
     }
 
     pub fn fallocate(&self, fh: FileHandle, offset: u64, len: u64, mode: i32) -> io::Result<()> {
-        sys::fallocate(self.write_fd(fh)?.as_fd(), mode, offset, len)
+        let fd = self.write_fd(fh)?;
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        if self.capacity().is_some() && keep_size && mode & libc::FALLOC_FL_PUNCH_HOLE == 0 {
+            // Blocks past the end that no size shows: the count, made of
+            // sizes, cannot see them (see `capacity`).
+            return Err(crate::overlay::errno(libc::EOPNOTSUPP));
+        }
+        let most = |size: u64| {
+            if mode & libc::FALLOC_FL_INSERT_RANGE != 0 {
+                size.saturating_add(len)
+            } else if mode & libc::FALLOC_FL_COLLAPSE_RANGE != 0 || keep_size {
+                size
+            } else {
+                size.max(offset.saturating_add(len))
+            }
+        };
+        crate::capacity::resize_file(self.capacity(), fd.as_fd(), most, || {
+            sys::fallocate(fd.as_fd(), mode, offset, len)
+        })
     }
 
     pub fn lseek(&self, fh: FileHandle, offset: i64, whence: i32) -> io::Result<i64> {
@@ -133,7 +168,13 @@ impl LayerFs {
         let fin = self.read_fd(fh_in)?;
         let fout = self.write_fd(fh_out)?;
         let len = len.min(u32::MAX as u64 & !0xfff) as usize;
-        let n = sys::copy_file_range(fin.as_fd(), off_in, fout.as_fd(), off_out, len)?;
+        let end = off_out.saturating_add(len as u64);
+        let n = crate::capacity::resize_file(
+            self.capacity(),
+            fout.as_fd(),
+            |size| size.max(end),
+            || sys::copy_file_range(fin.as_fd(), off_in, fout.as_fd(), off_out, len),
+        )?;
         Ok(n as u32)
     }
 }

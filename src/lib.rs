@@ -8,6 +8,7 @@
 
 pub mod attr;
 pub mod backing;
+pub mod capacity;
 pub mod control;
 pub mod copyup;
 pub mod dir;

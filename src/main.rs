@@ -43,6 +43,9 @@ Mount options (-o, comma-separated):
   logfile=PATH           log here instead of syslog once mounted
   control=PATH           a control socket for live snapshots (rotations
                          of the upper); implies passthrough=off
+  capacity=BYTES         most the upper may hold (ENOSPC past it; df shows
+                         it); implies passthrough=off, writeback=0
+  capacity_used=BYTES    counted against capacity= besides the upper
   ro, allow_other, allow_root, auto_unmount, dev, nodev, suid, nosuid,
   exec, noexec, atime, noatime, sync, async, dirsync, fsname=NAME,
   subtype=NAME, debug, default_permissions (always on)

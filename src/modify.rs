@@ -60,13 +60,16 @@ impl LayerFs {
         let held = up.fd.get()?;
         let fd = held.as_fd();
         if let Some(size) = a.size {
-            match a.fh.and_then(|fh| self.write_fd(fh).ok()) {
-                Some(f) => sys::ftruncate(f.as_fd(), size)?,
-                None => {
-                    let w = sys::reopen(fd, libc::O_WRONLY)?;
-                    sys::ftruncate(w.as_fd(), size)?;
-                }
-            }
+            let w = match a.fh.and_then(|fh| self.write_fd(fh).ok()) {
+                Some(f) => f,
+                None => std::sync::Arc::new(sys::reopen(fd, libc::O_WRONLY)?),
+            };
+            crate::capacity::resize_file(
+                self.capacity(),
+                w.as_fd(),
+                |_| size,
+                || sys::ftruncate(w.as_fd(), size),
+            )?;
         }
         // Owner before mode: chown clears setuid/setgid.
         if a.uid.is_some() || a.gid.is_some() {

@@ -247,6 +247,7 @@ impl LayerFs {
         }
         let dir = self.inode(parent)?;
         let (owner, _) = self.owner_for(&dir, uid, gid)?;
+        let room = crate::capacity::reserve(self.capacity(), crate::capacity::BLOCK)?;
         let (_, path) = self.place(
             &dir,
             name,
@@ -256,6 +257,7 @@ impl LayerFs {
             |at, n| sys::mknodat(at, n, mode, dev).map(|_| None),
         )?;
         dir.dir_changed();
+        room.keep();
         self.new_upper_inode(parent, name, path)
     }
 
@@ -273,9 +275,11 @@ impl LayerFs {
         if sgid {
             perm |= libc::S_ISGID;
         }
+        let room = crate::capacity::reserve(self.capacity(), crate::capacity::BLOCK)?;
         let (_, path) = self.place(&dir, name, true, Some(owner), Some(perm), |at, n| {
             sys::mkdirat(at, n, perm).map(|_| None)
         })?;
+        room.keep();
         dir.dir_changed();
         self.new_upper_inode(parent, name, path)
     }
@@ -290,9 +294,11 @@ impl LayerFs {
     ) -> io::Result<(Arc<Inode>, FileAttr)> {
         let dir = self.inode(parent)?;
         let (owner, _) = self.owner_for(&dir, uid, gid)?;
+        let room = crate::capacity::reserve(self.capacity(), crate::capacity::BLOCK)?;
         let (_, path) = self.place(&dir, name, false, Some(owner), None, |at, n| {
             sys::symlinkat(target, at, n).map(|_| None)
         })?;
+        room.keep();
         dir.dir_changed();
         self.new_upper_inode(parent, name, path)
     }
@@ -339,6 +345,7 @@ impl LayerFs {
                     i.name_gone(parent, name);
                 }
                 if gone {
+                    crate::capacity::credit_object(self.capacity(), &st);
                     self.mark_gone(&st, fd);
                 }
             }
@@ -453,8 +460,14 @@ impl LayerFs {
         let lower = self.lower_positive(&dir, name)?;
         dir.dir_changed();
         match self.upper_slot(&pu, name)? {
-            UpperSlot::Entry(..) if lower => self.replace_with_whiteout(&pu, name, &dir)?,
-            UpperSlot::Entry(..) => self.remove_upper(&pu, name)?,
+            UpperSlot::Entry(_, st) if lower => {
+                self.replace_with_whiteout(&pu, name, &dir)?;
+                crate::capacity::credit_object(self.capacity(), &st);
+            }
+            UpperSlot::Entry(_, st) => {
+                self.remove_upper(&pu, name)?;
+                crate::capacity::credit_object(self.capacity(), &st);
+            }
             UpperSlot::Empty if lower => self.make_whiteout(pu.fd.get()?.as_fd(), name, &dir)?,
             UpperSlot::Empty | UpperSlot::Whiteout => return Err(errno(libc::ENOENT)),
         }

@@ -77,6 +77,12 @@ pub struct MountOptions {
     pub userxattr: bool,
     /// `redirect_dir=`, when given (`None`: the default, `on`).
     pub redirect_dir: Option<RedirectDir>,
+    /// `capacity=BYTES`: the most the mount's own data may take (see
+    /// `capacity`).
+    pub capacity: Option<u64>,
+    /// `capacity_used=BYTES`: what the read-only layers that count against
+    /// the limit hold already (a volume's own snapshots).
+    pub capacity_used: u64,
     /// Other options with a value that a later step reads (`logfile=`).
     pub extra: Vec<(String, String)>,
 }
@@ -338,6 +344,9 @@ impl MountOptions {
             }
         }
         o.check_conflicts()?;
+        if o.capacity.is_some() && (o.upperdir.is_none() || o.read_only) {
+            return err("capacity= needs a writable mount (upperdir= and workdir=)");
+        }
         Ok(o)
     }
 
@@ -484,6 +493,19 @@ impl MountOptions {
             "redirect_dir" => {
                 self.redirect_dir = Some(RedirectDir::parse(value.unwrap_or_default())?)
             }
+            "capacity" | "capacity_used" => {
+                let v = need("BYTES")?;
+                let n: u64 = v
+                    .parse()
+                    .map_err(|_| OptionError(format!("{name}={v}: expected a number of bytes")))?;
+                if name == "capacity_used" {
+                    self.capacity_used = n;
+                } else if n == 0 {
+                    return err(format!("{name}={v}: a limit of 0 bytes allows nothing"));
+                } else {
+                    self.capacity = Some(n);
+                }
+            }
             "fsname" => self.fsname = Some(need("NAME")?),
             "subtype" => self.subtype = Some(need("NAME")?),
             n if KEPT.contains(&n) => self.extra.push((n.to_string(), need("VALUE")?)),
@@ -607,6 +629,18 @@ mod tests {
         assert!(MountOptions::parse(&["fsync=maybe"]).is_err());
         assert!(MountOptions::parse(&["fsync=0"]).unwrap().no_fsync);
         assert!(MountOptions::parse(&["writeback=0"]).unwrap().no_writeback);
+        let o = MountOptions::parse(&["upperdir=/u,workdir=/w,capacity=4096,capacity_used=5"]);
+        assert_eq!(
+            o.map(|o| (o.capacity, o.capacity_used)),
+            Ok((Some(4096), 5))
+        );
+        for bad in [
+            "upperdir=/u,capacity=0",
+            "upperdir=/u,capacity=1G",
+            "capacity=4096",
+        ] {
+            assert!(MountOptions::parse(&[bad]).is_err(), "{bad}");
+        }
         assert!(!MountOptions::parse(&["writeback=1"]).unwrap().no_writeback);
     }
 

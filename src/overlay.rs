@@ -55,6 +55,9 @@ pub struct FsOptions {
     /// `redirect_dir=`: whether directory renames write redirects and
     /// lookups follow them.
     pub redirect_dir: crate::options::RedirectDir,
+    /// `capacity=` and `capacity_used=`: the limit on the mount's own
+    /// data, and what its read-only layers already hold of it.
+    pub capacity: Option<(u64, u64)>,
 }
 
 impl Default for FsOptions {
@@ -69,6 +72,7 @@ impl Default for FsOptions {
             ids: Default::default(),
             xattr_whiteouts: false,
             redirect_dir: Default::default(),
+            capacity: None,
         }
     }
 }
@@ -118,6 +122,8 @@ pub struct LayerFs {
     pub(crate) files: OpenFiles,
     /// The session's notifier once mounted (see `set_notifier`).
     notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// The limit and the count, when `capacity=` was given.
+    capacity: Option<crate::capacity::Capacity>,
 }
 
 impl LayerFs {
@@ -172,6 +178,14 @@ impl LayerFs {
             .as_ref()
             .is_some_and(|u| u.work.features().file_handles && handles.root(u.idx).is_some());
         let inodes = InodeTable::new(root);
+        let capacity = match (opts.capacity, &upper) {
+            (Some((limit, below)), Some(u)) => {
+                let dir = sys::reopen(layers.root_fd(u.idx), libc::O_RDONLY | libc::O_DIRECTORY)?;
+                let used = crate::capacity::usage_at(dir)?.saturating_add(below);
+                Some(crate::capacity::Capacity::new(limit, used))
+            }
+            _ => None,
+        };
         let numbering = Numbering::new(&layers, handles, upper.as_ref().map(|u| (u.idx, u.ns)));
         Ok(LayerFs {
             layers: parking_lot::RwLock::new(Arc::new(layers)),
@@ -185,6 +199,7 @@ impl LayerFs {
             fd_pressure: fd_pressure(),
             files: OpenFiles::default(),
             notifier: Default::default(),
+            capacity,
         })
     }
 
@@ -225,6 +240,11 @@ impl LayerFs {
     /// The writable layer, or EROFS.
     pub(crate) fn upper_ctx(&self) -> io::Result<&UpperCtx> {
         self.upper.as_ref().ok_or_else(|| errno(libc::EROFS))
+    }
+
+    /// The limit and the count, on a mount with `capacity=`.
+    pub fn capacity(&self) -> Option<&crate::capacity::Capacity> {
+        self.capacity.as_ref()
     }
 
     pub fn is_writable(&self) -> bool {
@@ -373,7 +393,15 @@ impl LayerFs {
     pub fn statfs(&self) -> io::Result<libc::statvfs> {
         let layers = self.layers();
         let idx = layers.upper().unwrap_or(LayerIdx(0));
-        sys::fstatvfs(layers.root_fd(idx))
+        let mut st = sys::fstatvfs(layers.root_fd(idx))?;
+        if let Some(c) = self.capacity() {
+            // `df` shows the limit as the size and the count as used.
+            let (blocks, free, avail) = c.statfs_blocks(st.f_frsize, st.f_bavail);
+            st.f_blocks = blocks;
+            st.f_bfree = free;
+            st.f_bavail = avail;
+        }
+        Ok(st)
     }
 }
 

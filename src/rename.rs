@@ -437,9 +437,18 @@ impl LayerFs {
                 d.name_moved((newparent, newname), (parent, name));
                 d.upper_name_moved(spu.fd.get()?, name);
             } else if d.is_dir() {
+                if let Some(c) = self.capacity().filter(|_| self.is_upper(d.top().layer)) {
+                    c.credit(crate::capacity::BLOCK);
+                }
                 d.mark_unlinked();
             } else {
                 d.name_gone(newparent, newname);
+                // What the replaced file cost is free once its last name
+                // went (see `capacity`).
+                let gone = dst_held.as_ref().and_then(|f| sys::fstat(f.as_fd()).ok());
+                if let Some(st) = gone.filter(|st| st.st_nlink == 0) {
+                    crate::capacity::credit_object(self.capacity(), &st);
+                }
                 self.note_removed(d, dst_held);
             }
         }

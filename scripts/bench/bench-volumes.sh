@@ -7,7 +7,9 @@
 # dockerd, if installed): a new volume filled with the same 30,000 files by
 # Docker's `local` driver (copied from an image) against the layerfs plugin
 # (`from=` the seed), and a container writing 2,000 small files into a
-# layerfs volume against a plain bind mount and a `local` volume. Needs
+# layerfs volume against a plain bind mount and a `local` volume, and the
+# same writes (plus one 256 MiB dd) into a layerfs volume with a size limit
+# against one without, in the same run: what capacity enforcement costs. Needs
 # root; runs in a private mount namespace.
 #   scripts/bench/bench-volumes.sh [DIR]   (scratch dir, default a new temp dir)
 set -euo pipefail
@@ -93,7 +95,7 @@ if command -v dockerd >/dev/null && command -v docker >/dev/null && [ -x /bin/bu
   # copies an image's /data into an empty volume mounted there, so the
   # write rows use the first, where every target starts empty.
   cp /bin/busybox "$K/rootfs/bin/busybox"
-  for a in sh true test ls wc echo; do ln -s busybox "$K/rootfs/bin/$a"; done
+  for a in sh true test ls wc echo dd rm; do ln -s busybox "$K/rootfs/bin/$a"; done
   tar -C "$K/rootfs" -cf - . | dk import - vb-bb:1 >/dev/null
   tar -cf - -C "$K/rootfs" . -C "$D" --transform 's,^seed,data,' seed | dk import - vb-seed:1 >/dev/null
   run=(run --rm --network none)
@@ -113,14 +115,23 @@ if command -v dockerd >/dev/null && command -v docker >/dev/null && [ -x /bin/bu
   writes='i=0; while [ $i -lt 2000 ]; do echo $i > /data/f$i; i=$((i+1)); done'
   min() { echo "if ($1 < $2) $1 else $2" | bc; }
   c_bind=1000 c_local=1000 c_lfs=1000 m_bind=1000 m_local=1000 m_lfs=1000
+  c_cap=1000 m_cap=1000 dd_lfs=1000 dd_cap=1000
+  big='dd if=/dev/zero of=/data/big bs=1M count=256 2>/dev/null'
   for r in 1 2 3; do
     mkdir "$D/bind$r"
     dk volume create "w1-$r" >/dev/null
     dk volume create -d layerfs "w2-$r" >/dev/null
+    dk volume create -d layerfs -o size=1G "w3-$r" >/dev/null
     c_bind=$(min "$c_bind" "$(t dk "${run[@]}" -v "$D/bind$r:/data" vb-bb:1 sh -c "$writes")")
     c_local=$(min "$c_local" "$(t dk "${run[@]}" -v "w1-$r:/data" vb-bb:1 sh -c "$writes")")
     c_lfs=$(min "$c_lfs" "$(t dk "${run[@]}" -v "w2-$r:/data" vb-bb:1 sh -c "$writes")")
-    for v in "$D/bind$r" "w1-$r" "w2-$r"; do
+    c_cap=$(min "$c_cap" "$(t dk "${run[@]}" -v "w3-$r:/data" vb-bb:1 sh -c "$writes")")
+    dd_lfs=$(min "$dd_lfs" "$(t dk "${run[@]}" -v "w2-$r:/data" vb-bb:1 sh -c "$big")")
+    dd_cap=$(min "$dd_cap" "$(t dk "${run[@]}" -v "w3-$r:/data" vb-bb:1 sh -c "$big")")
+    for v in "w2-$r" "w3-$r"; do
+      dk "${run[@]}" -v "$v:/data" vb-bb:1 sh -c 'rm /data/big' >/dev/null
+    done
+    for v in "$D/bind$r" "w1-$r" "w2-$r" "w3-$r"; do
       n=$(dk "${run[@]}" -v "$v:/data" vb-bb:1 sh -c 'ls /data | wc -l; cat /data/f1999')
       [ "$n" = "$(printf '2000\n1999')" ] || { echo "$v holds not the 2,000 files: $n" >&2; exit 1; }
     done
@@ -128,6 +139,7 @@ if command -v dockerd >/dev/null && command -v docker >/dev/null && [ -x /bin/bu
     m_bind=$(min "$m_bind" "$(t dk "${run[@]}" -v "$D/bind$r:/data" vb-bb:1 true)")
     m_local=$(min "$m_local" "$(t dk "${run[@]}" -v "w1-$r:/data" vb-bb:1 true)")
     m_lfs=$(min "$m_lfs" "$(t dk "${run[@]}" -v "w2-$r:/data" vb-bb:1 true)")
+    m_cap=$(min "$m_cap" "$(t dk "${run[@]}" -v "w3-$r:/data" vb-bb:1 true)")
   done
   c_empty=$(t dk "${run[@]}" vb-bb:1 true)
 fi
@@ -150,6 +162,10 @@ if [ -n "$docker_rows" ]; then
   row "container: only mounting it, best of 3 (s)" "bind mount" "$(s "$m_bind")" "$(s "$m_lfs")" "$(ratio "$m_lfs" "$m_bind")"
   row "container: only mounting it, best of 3 (s)" "local volume" "$(s "$m_local")" "$(s "$m_lfs")" "$(ratio "$m_lfs" "$m_local")"
   row "container: nothing mounted (s)" "-" "$(s "$c_empty")" "-" "-"
+  # Capacity: a layerfs volume with -o size=1G against one without.
+  row "capacity: 2,000 small writes, best of 3 (s)" "layerfs, no limit" "$(s "$c_lfs")" "$(s "$c_cap")" "$(ratio "$c_cap" "$c_lfs")"
+  row "capacity: dd 256 MiB, bs=1M, best of 3 (s)" "layerfs, no limit" "$(s "$dd_lfs")" "$(s "$dd_cap")" "$(ratio "$dd_cap" "$dd_lfs")"
+  row "capacity: only mounting it, best of 3 (s)" "layerfs, no limit" "$(s "$m_lfs")" "$(s "$m_cap")" "$(ratio "$m_cap" "$m_lfs")"
 else
   echo "(no dockerd/docker or /bin/busybox: Docker rows left out)"
 fi

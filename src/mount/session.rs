@@ -182,9 +182,14 @@ pub fn fs_options(o: &MountOptions, env: impl Fn(&str) -> Option<OsString>) -> F
         metacopy: o.metacopy,
         redirect_dir: o.redirect_mode(),
         // A write passed through never reaches the daemon, so no barrier
-        // could hold it and no rotation redirect it (see `control`).
-        passthrough: !o.no_passthrough && o.control().is_none(),
-        no_writeback: o.no_writeback,
+        // could hold it, no rotation redirect it (see `control`) and no
+        // limit count it (see `capacity`).
+        passthrough: !o.no_passthrough && o.control().is_none() && o.capacity.is_none(),
+        // A write the kernel cached would meet the limit only at
+        // writeback, where its ENOSPC reaches no one: every write of a
+        // limited mount goes to the daemon before write(2) returns.
+        no_writeback: o.no_writeback || o.capacity.is_some(),
+        capacity: o.capacity.map(|c| (c, o.capacity_used)),
         ids: o.id_mapping(),
         xattr_whiteouts: env("FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT").is_some(),
         ..FsOptions::default()

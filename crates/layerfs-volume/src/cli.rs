@@ -51,7 +51,8 @@ pub enum Cmd {
         /// colon-separated list (`from=/a:/b`) instead.
         #[arg(long = "from", value_name = "DIR|VOLUME@SNAP")]
         from: Vec<String>,
-        /// The root directory's owner and mode: uid=U, gid=G, mode=OCTAL
+        /// The size limit, size=SIZE (K, M, G or T, binary: size=10G), and
+        /// the root directory's owner and mode: uid=U, gid=G, mode=OCTAL
         /// (several at once, comma-separated; the store's defaults fill the
         /// rest).
         #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE[,...]")]
@@ -63,6 +64,14 @@ pub enum Cmd {
     Inspect {
         /// The volume.
         name: String,
+    },
+    /// Change a volume's size limit, mounted or not (refused below what
+    /// the volume uses: its changes and its snapshots).
+    Resize {
+        /// The volume.
+        name: String,
+        /// The new limit: a whole number and K, M, G or T (binary: 10G).
+        size: String,
     },
     /// Remove a volume (refused while mounted or cloned from).
     Rm {
@@ -242,6 +251,9 @@ pub fn run(cli: Cli) -> io::Result<()> {
         Cmd::Inspect { name } => {
             let v = vols.inspect(&name)?;
             writeln!(out, "{}", serde_json::to_string_pretty(&v)?)
+        }
+        Cmd::Resize { name, size } => {
+            vols.resize(&name, crate::options::parse_size("size", &size)?)
         }
         Cmd::Rm { name } => vols.remove(&name),
         Cmd::Snapshot { name, id, timeout } => {

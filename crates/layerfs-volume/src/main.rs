@@ -16,6 +16,7 @@ mod config;
 mod export;
 mod gen_docs;
 mod import;
+mod limits;
 mod live;
 mod mounts;
 mod options;

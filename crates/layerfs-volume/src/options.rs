@@ -19,7 +19,7 @@ use layerfs::options::parse_lowerdirs;
 use crate::store::{check_name, err, is_base_spec};
 
 /// The keys `set` knows, as the refusal of an unknown one lists them.
-const KNOWN: &str = "from, store (or VolumeStore), uid, gid, mode, o";
+const KNOWN: &str = "from, store (or VolumeStore), size (or Capacity), uid, gid, mode, o";
 
 /// Who owns the new volume's root directory, and its mode. What is not
 /// given stays as made (root's, 0755), or comes from the store's defaults.
@@ -80,6 +80,9 @@ pub struct CreateOptions {
     /// `VOLUME@SNAPSHOT` to clone.
     pub base: Option<String>,
     pub owner: Ownership,
+    /// The most the volume's own data may take, in bytes (`size=`, VIC's
+    /// `Capacity=`).
+    pub size: Option<u64>,
 }
 
 impl CreateOptions {
@@ -121,7 +124,7 @@ impl CreateOptions {
         for pair in list.split(',').filter(|p| !p.is_empty()) {
             let Some((k, v)) = pair.split_once('=') else {
                 return Err(err(format!(
-                    "option {pair:?}: expected KEY=VALUE (keys: uid, gid, mode)"
+                    "option {pair:?}: expected KEY=VALUE (keys: size, uid, gid, mode)"
                 )));
             };
             if matches!(k.to_ascii_lowercase().as_str(), "o" | "from") {
@@ -148,6 +151,7 @@ impl CreateOptions {
                 check_name("store", value).map_err(|e| err(format!("{key}={value}: {e}")))?;
                 self.store = Some(value.to_string());
             }
+            "size" | "capacity" => self.size = Some(parse_size(key, value)?),
             "uid" => self.owner.uid = Some(parse_id(key, value)?),
             "gid" => self.owner.gid = Some(parse_id(key, value)?),
             "mode" => self.owner.mode = Some(parse_mode(value)?),
@@ -173,6 +177,45 @@ fn parse_id(key: &str, value: &str) -> io::Result<u32> {
         Ok(n) if n != u32::MAX => Ok(n),
         _ => Err(err(format!(
             "{key}={value}: a number from 0 to 4294967294 is expected (e.g. {key}=1000)"
+        ))),
+    }
+}
+
+/// A size limit: a whole number and a binary unit, K, M, G or T (`10G`;
+/// `KiB`/`KB` and lower case are read the same), above zero.
+pub fn parse_size(key: &str, value: &str) -> io::Result<u64> {
+    let allowed = "a whole number then K, M, G or T (binary: 1K = 1024 bytes)";
+    let digits = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (num, unit) = value.split_at(digits);
+    let shift = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        "" if !num.is_empty() => {
+            return Err(err(format!(
+                "{key}={value}: a unit is needed: {allowed}, e.g. {key}={value}G"
+            )))
+        }
+        _ => {
+            return Err(err(format!(
+                "{key}={value}: expected {allowed}, e.g. {key}=10G"
+            )))
+        }
+    };
+    match num.parse::<u64>().ok().map(|n| n.checked_mul(1 << shift)) {
+        Some(Some(0)) => Err(err(format!(
+            "{key}={value}: a size of zero allows nothing: {allowed}, above zero"
+        ))),
+        Some(Some(n)) => Ok(n),
+        _ => Err(err(format!(
+            "{key}={value}: expected {allowed}, at most 16383P, e.g. {key}=10G"
         ))),
     }
 }
@@ -228,6 +271,16 @@ mod tests {
     }
 
     #[test]
+    fn sizes() {
+        assert_eq!(plugin(&[("size", "64M")]).unwrap().size, Some(64 << 20));
+        assert_eq!(plugin(&[("Capacity", "2G")]).unwrap().size, Some(2 << 30));
+        assert_eq!(plugin(&[("o", "size=1t")]).unwrap().size, Some(1 << 40));
+        assert_eq!(parse_size("size", "3KiB").unwrap(), 3072);
+        let c = CreateOptions::from_cli(&["size=10G,uid=1".into()]).unwrap();
+        assert_eq!(c.size, Some(10 << 30));
+    }
+
+    #[test]
     fn stores_and_ownership() {
         let c = plugin(&[("VolumeStore", "shared"), ("uid", "1000"), ("mode", "0750")]).unwrap();
         assert_eq!(c.store.as_deref(), Some("shared"));
@@ -277,6 +330,20 @@ mod tests {
             ),
             (vec![("o", "colour=red")], "unknown option \"colour\""),
             (vec![("store", "a/b")], "store=a/b: bad store name"),
+            (
+                vec![("size", "10")],
+                "size=10: a unit is needed: a whole number then K, M, G or T",
+            ),
+            (
+                vec![("Capacity", "0G")],
+                "Capacity=0G: a size of zero allows nothing",
+            ),
+            (
+                vec![("size", "1.5G")],
+                "size=1.5G: expected a whole number then K, M, G or T",
+            ),
+            (vec![("size", "10X")], "size=10X: expected a whole number"),
+            (vec![("size", "99999999T")], "size=99999999T: expected"),
         ] {
             let e = fails(&pairs);
             assert!(e.contains(want), "{pairs:?}: {e}");

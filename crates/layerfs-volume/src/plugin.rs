@@ -64,6 +64,7 @@ fn describe(s: &Labelled, name: &str, status: bool) -> io::Result<Value> {
             "Store": s.label,
             "Scope": s.scope.as_str(),
             // Past the walk's limit, "at least": Docker shows it as it is.
+            "Size": meta.size,
             "Used": if whole { json!(used) } else { json!(format!(">= {used}")) },
             "Snapshots": meta.snapshots.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(),
             "Seeds": meta.seeds,

@@ -51,6 +51,10 @@ pub struct Meta {
     /// daemon (see `live`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending_live: bool,
+    /// The most the volume's own data (upper and snapshots) may take, in
+    /// bytes; None: no limit. Given to each mount (see `limits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 /// `VOLUME@SNAPSHOT`: where a clone's lower layers come from.

@@ -130,6 +130,7 @@ impl Volumes {
             next_snapshot: 1,
             pending_snapshot: None,
             pending_live: false,
+            size: opts.size,
         };
         // What is not asked for comes from the root the upper covers (the
         // base's snapshot, the top seed), as a copy-up would keep it.
@@ -488,6 +489,7 @@ impl Volumes {
             holders: Vec::new(),
             pending_snapshot: None,
             pending_live: false,
+            size: None,
         };
         let total = chain
             .iter()
@@ -544,6 +546,7 @@ impl Volumes {
             let socket = crate::live::control_socket(&dir);
             let socket = layerfs::options::encode_path(&socket).map_err(|e| err(e.0))?;
             opts.push_str(&format!(",control={socket}"));
+            opts.push_str(&self.capacity_options(&meta)?);
             run_layerfs(&opts, &mp)?;
             meta.holders.clear();
         }
@@ -663,6 +666,7 @@ impl Volumes {
             "Mountpoint": self.mountpoint(name),
             "Mounted": self.is_mounted(name),
             "Holders": meta.holders,
+            "Size": meta.size,
             "Seeds": meta.seeds,
             "Base": meta.base.as_ref().map(|b: &Base| format!("{}@{}", b.volume, b.snapshot)),
             "Snapshots": meta.snapshots.iter().map(|s| serde_json::json!({

@@ -1331,6 +1331,66 @@ fn docker_volume_stores_and_ownership() {
     drop(engine);
 }
 
+/// A `size=64M` volume in a container (see doc/capacity.md): a size
+/// without a unit refused with nothing made; `dd` until ENOSPC with
+/// nothing partial; `df` inside showing the limit and the use; space freed
+/// and written again; all of it kept when the plugin restarts.
+#[test]
+fn docker_volume_size_limit() {
+    require!("dockerd", "docker", "busybox", "unshare", "nsenter", "tar");
+    let tmp = short_tmp("lfc");
+    let dir = tmp.path().join("e");
+    let mut engine = Engine::start(&dir);
+    import_busybox(&engine, tmp.path());
+    let bad = engine.docker(&["volume", "create", "-d", "layerfs", "-o", "size=64", "bad"]);
+    let msg = common::output_text(&bad);
+    assert!(
+        !bad.status.success() && msg.contains("size=64: a unit is needed"),
+        "{msg}"
+    );
+    assert!(!dir.join("store/bad").exists());
+    engine.ok(&["volume", "create", "-d", "layerfs", "-o", "size=64M", "cap"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&engine.ok(&["volume", "inspect", "cap"])).unwrap();
+    assert_eq!(v[0]["Status"]["Size"], 64 << 20, "{v}");
+    // `df -k` inside: (size, used, available) in KiB.
+    let df = |engine: &Engine, script: &str| -> (String, Vec<u64>) {
+        let script = format!("{script}; busybox df -k /data | busybox tail -1");
+        let out = engine.ok(&run_on("cap:/data", &script));
+        let last = out.lines().last().unwrap_or_default().to_string();
+        let f = last
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        (out, f)
+    };
+    let (_, f) = df(&engine, "true");
+    assert_eq!(f[..3], [65536, 0, 65536]);
+    let fill = "busybox dd if=/dev/zero of=/data/a bs=1M count=100 2>&1; echo rc=$?; \
+                busybox stat -c %s /data/a";
+    let (out, f) = df(&engine, fill);
+    assert!(
+        out.contains("No space left on device") && out.contains("rc=1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\n67108864\n"),
+        "a holds what fits, whole: {out}"
+    );
+    assert_eq!(f[..3], [65536, 65536, 0], "{out}");
+    let again = "busybox rm /data/a; busybox dd if=/dev/zero of=/data/b bs=1M count=10 2>&1; \
+                 echo rc=$?";
+    let (out, f) = df(&engine, again);
+    assert!(out.contains("rc=0"), "{out}");
+    assert_eq!(f[..3], [65536, 10240, 55296], "{out}");
+    engine.kill_plugin();
+    engine.restart_plugin();
+    let (_, f) = df(&engine, "true");
+    assert_eq!(f[..3], [65536, 10240, 55296]);
+    engine.ok(&["volume", "rm", "cap"]);
+    drop(engine);
+}
+
 #[test]
 fn podman_uses_layerfs_volumes() {
     require!("podman", "runc", "busybox", "tar");
