@@ -110,11 +110,20 @@ fn lock_holder(workdir: BorrowedFd<'_>, path: &Path) -> io::Result<Option<OwnedF
     Ok(Some(fd))
 }
 
-/// Who holds the work directory `workdir` now, as its holder note names
-/// it (`pid N on host H`), if a mount holds its lock: on this host or on
-/// another that shares the filesystem. None if no one does (or the
-/// filesystem has no record locks). Nothing is locked by asking.
-pub fn current_holder(workdir: &Path) -> io::Result<Option<(u32, String)>> {
+/// A work directory's holder, as its note names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    pub host: String,
+    /// On this host, and its mount is gone (its daemon is ending).
+    pub going_away: bool,
+}
+
+/// Who holds the work directory `workdir` now, if a mount holds its lock:
+/// on this host or on another that shares the filesystem. None if no one
+/// does (or the filesystem has no record locks). Nothing is locked by
+/// asking.
+pub fn current_holder(workdir: &Path) -> io::Result<Option<Holder>> {
     let fd = match sys::open_path(
         &workdir.join(HOLDER_FILE),
         libc::O_RDONLY | libc::O_NOFOLLOW,
@@ -135,8 +144,16 @@ pub fn current_holder(workdir: &Path) -> io::Result<Option<(u32, String)>> {
     let n = sys::pread(fd.as_fd(), &mut held, 0).unwrap_or(0);
     let note = String::from_utf8_lossy(&held[..n]).into_owned();
     Ok(Some(match HolderNote::parse(&note) {
-        Some(h) => (h.pid, h.host),
-        None => (0, String::new()),
+        Some(h) => Holder {
+            going_away: h.going_away(),
+            pid: h.pid,
+            host: h.host,
+        },
+        None => Holder {
+            pid: 0,
+            host: String::new(),
+            going_away: false,
+        },
     }))
 }
 

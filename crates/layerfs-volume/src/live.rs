@@ -109,10 +109,15 @@ fn ask(socket: &Path, line: &str) -> Asked {
 }
 
 /// Whether a daemon serves the volume in `dir` (in whichever mount
-/// namespace): its control socket answers.
+/// namespace): its control socket answers, and its mount is not on its
+/// way out (a daemon answers for a moment after its unmount).
 pub fn daemon_answers(dir: &Path) -> bool {
     let socket = control_socket(dir);
-    socket.exists() && matches!(ask(&socket, "status"), Asked::Answer(a) if a.starts_with("ok"))
+    let answers = socket.exists()
+        && matches!(ask(&socket, "status"), Asked::Answer(a) if a.starts_with("ok"));
+    answers
+        && !layerfs::workdir::current_holder(&dir.join("work"))
+            .is_ok_and(|h| h.is_some_and(|h| h.going_away))
 }
 
 /// Who holds the volume in `dir` mounted on another host sharing the
@@ -120,8 +125,8 @@ pub fn daemon_answers(dir: &Path) -> bool {
 /// lock is held from another host.
 pub fn held_elsewhere(dir: &Path) -> Option<String> {
     match layerfs::workdir::current_holder(&dir.join("work")) {
-        Ok(Some((pid, host))) if host != layerfs::sys::hostname() => {
-            Some(format!("layerfs pid {pid} on host {host}"))
+        Ok(Some(h)) if h.host != layerfs::sys::hostname() => {
+            Some(format!("layerfs pid {} on host {}", h.pid, h.host))
         }
         _ => None,
     }

@@ -361,7 +361,7 @@ impl Volumes {
         };
         if mounted && k + 1 == meta.snapshots.len() {
             return Err(err(format!(
-                "cannot remove snapshot {id} of volume {name} while it is mounted: it is the newest, under the upper the containers write to; take another snapshot first, or unmount the volume"
+                "cannot remove snapshot {id} of volume {name} while it is mounted: it is the newest, under the upper the containers write to; take another snapshot first, or unmount it first: layerfs-volume umount {name}"
             )));
         }
         if !mounted {

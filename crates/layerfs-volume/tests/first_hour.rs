@@ -243,11 +243,12 @@ fn refusals_while_mounted_say_how_to_unmount() {
     s.ok(&["snapshot", "web", "day0"]);
     s.ok(&["mount", "web"]);
     let how = "unmount it first: layerfs-volume umount web";
+    // The newest snapshot of a mounted volume holds its upper up.
     let e = s.fails(&["snapshot-rm", "web", "day0"]);
     assert_eq!(
         e,
         format!(
-            "layerfs-volume: cannot remove a snapshot of volume web: it is mounted, in use by cli; {how}\n"
+            "layerfs-volume: cannot remove snapshot day0 of volume web while it is mounted: it is the newest, under the upper the containers write to; take another snapshot first, or {how}\n"
         )
     );
     let e = s.fails(&["rm", "web"]);
