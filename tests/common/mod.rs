@@ -7,6 +7,7 @@
 //! - `layers`: building layers (random stacks, OCI twins);
 //! - `engines`: OCI runtimes and podman;
 //! - `fsguards`: scratch filesystems (tmpfs, loop devices) for an upper;
+//! - `users`: an unprivileged user of a test's own, for rootless runs;
 //! - `gluster`: a gluster cluster in network namespaces (used by name).
 // Each test file is its own crate and uses a part of these.
 #![allow(dead_code)]
@@ -19,6 +20,7 @@ mod layers;
 mod mounts;
 mod skip;
 mod tree;
+mod users;
 
 // A test file that uses nothing of one module would warn of its glob.
 #[allow(unused_imports)]
@@ -33,6 +35,8 @@ pub use mounts::*;
 pub use skip::*;
 #[allow(unused_imports)]
 pub use tree::*;
+#[allow(unused_imports)]
+pub use users::*;
 
 /// A temp dir for one test, named after its test file; kept for a look
 /// after the run when `LAYERFS_KEEP_TEST_DIRS` is set.

@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -55,6 +56,36 @@ pub fn in_proc_mounts(dir: &Path) -> bool {
         .any(|m| unescape_mount_field(m) == want)
 }
 
+/// Whether the mount holding `dir` propagates mounts made under it to its
+/// peers and slaves (`shared:N` in /proc/self/mountinfo). A rootless
+/// engine runs its containers in a mount namespace of its own, made before
+/// the plugin mounts a volume: only a shared mount carries the volume's
+/// mount there.
+pub fn propagates(dir: &Path) -> bool {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let mut holder: Option<(usize, bool)> = None;
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(mp) = fields.get(4) else { continue };
+        let mp = PathBuf::from(std::ffi::OsString::from_vec(unescape_mount_field(mp)));
+        if !dir.starts_with(&mp) {
+            continue;
+        }
+        let shared = fields[6..]
+            .iter()
+            .take_while(|f| **f != "-")
+            .any(|f| f.starts_with("shared:"));
+        // The deepest mountpoint holds it; of two at one place, the later
+        // one (mounted over the other).
+        let depth = mp.components().count();
+        if holder.is_none_or(|(d, _)| depth >= d) {
+            holder = Some((depth, shared));
+        }
+    }
+    holder.is_some_and(|(_, shared)| shared)
+}
+
 /// The mount options for a layer stack, escaped by the one rule the
 /// parser reads (`layerfs::options`).
 pub fn stack_options(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> io::Result<String> {
@@ -79,8 +110,44 @@ pub fn run_layerfs(opts: &str, mountpoint: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Unmounts `dir`; `flags` as umount2(2). An unprivileged process (a
+/// rootless plugin) may not call umount2 and has fusermount3 do it: the
+/// mount is its own, made through fusermount3.
+fn umount(dir: &Path, flags: i32) -> io::Result<()> {
+    match layerfs::sys::umount(dir, flags) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => fusermount_unmount(dir, flags),
+        done => done,
+    }
+}
+
+/// `fusermount3 -u`, its failure carried back as umount2's errno would be.
+fn fusermount_unmount(dir: &Path, flags: i32) -> io::Result<()> {
+    let mut cmd = Command::new("fusermount3");
+    cmd.arg("-u");
+    if flags & libc::MNT_DETACH != 0 {
+        cmd.arg("-z");
+    }
+    let out = cmd
+        .arg(dir)
+        .output()
+        .map_err(|e| err(format!("cannot run fusermount3: {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let why = String::from_utf8_lossy(&out.stderr);
+    // fusermount3 says what umount2 said, in words.
+    let errno = if why.contains("busy") {
+        libc::EBUSY
+    } else if why.contains("not found in /etc/mtab") || why.contains("Invalid argument") {
+        libc::EINVAL
+    } else {
+        return Err(err(format!("fusermount3 -u: {}", why.trim())));
+    };
+    Err(io::Error::from_raw_os_error(errno))
+}
+
 pub fn unmount_dir(dir: &Path) -> io::Result<()> {
-    match layerfs::sys::umount(dir, 0) {
+    match umount(dir, 0) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(err(format!(
             "cannot unmount {}: busy (a process still uses it)",
@@ -89,6 +156,11 @@ pub fn unmount_dir(dir: &Path) -> io::Result<()> {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
         Err(e) => Err(err(format!("cannot unmount {}: {e}", dir.display()))),
     }
+}
+
+/// Detaches `dir` (MNT_DETACH): its daemon may be busy.
+pub fn detach(dir: &Path) -> io::Result<()> {
+    umount(dir, libc::MNT_DETACH)
 }
 
 /// A read-only layerfs mount of some layers, unmounted and removed on drop.
@@ -110,7 +182,7 @@ impl Drop for View {
         if in_proc_mounts(&self.dir) {
             if let Err(e) = unmount_dir(&self.dir) {
                 log::warn!("{e}; detaching it");
-                let _ = layerfs::sys::umount(&self.dir, libc::MNT_DETACH);
+                let _ = detach(&self.dir);
             }
         }
         let _ = fs::remove_dir(&self.dir);
@@ -139,7 +211,7 @@ pub fn remove_stale_views(dir: &Path) {
         }
         let path = e.path();
         if in_proc_mounts(&path) {
-            let _ = layerfs::sys::umount(&path, libc::MNT_DETACH);
+            let _ = detach(&path);
         }
         match fs::remove_dir(&path) {
             Ok(()) => log::info!("{}: removed {n}, left by a killed command", dir.display()),

@@ -76,6 +76,23 @@ fn describe(s: &Labelled, name: &str, status: bool) -> io::Result<Value> {
     Ok(v)
 }
 
+/// A plugin run by a user (for rootless podman) mounts through fusermount3
+/// in its own mount namespace, while the engine's containers run in the
+/// engine's namespace, made earlier: the mount reaches them only if the
+/// store's mount is shared. Without that they would write to the empty
+/// mountpoint directory, so the mount is refused instead.
+fn refuse_unseen_mount(s: &Labelled) -> io::Result<()> {
+    let root = &s.vols.store.root;
+    if layerfs::sys::geteuid() == 0 || crate::mounts::propagates(root) {
+        return Ok(());
+    }
+    Err(err(format!(
+        "store {} at {} is on a mount that does not propagate (see findmnt -o TARGET,PROPAGATION): a rootless engine's containers would not see the volume's mount; make it shared (mount --make-rshared /, as rootless podman expects)",
+        s.label,
+        root.display()
+    )))
+}
+
 /// Answers one API call. Errors become `{"Err": "..."}`, never a crash.
 pub fn handle(set: &StoreSet, path: &str, body: &[u8]) -> Value {
     let req: Request = if body.iter().all(u8::is_ascii_whitespace) {
@@ -106,6 +123,7 @@ pub fn handle(set: &StoreSet, path: &str, body: &[u8]) -> Value {
             .map(|_| json!({"Err": ""})),
         "/VolumeDriver.Mount" => set
             .holding(&req.name)
+            .and_then(|s| refuse_unseen_mount(s).map(|_| s))
             .and_then(|s| s.vols.mount(&req.name, holder))
             .map(|p| json!({"Mountpoint": p, "Err": ""})),
         "/VolumeDriver.Unmount" => set
@@ -219,8 +237,16 @@ pub fn serve(set: &StoreSet, socket: &Path) -> io::Result<()> {
         let url = request.url().to_string();
         let answer = handle(set, &url, &body);
         log::debug!("{url} {} -> {answer}", String::from_utf8_lossy(&body));
-        let response =
-            tiny_http::Response::from_string(answer.to_string()).with_header(header.clone());
+        // An error is a 500 with its `Err`, as Docker's plugin helpers
+        // answer: podman reads `Err` only from a status other than 200,
+        // and would take a refused mount or removal for done.
+        let failed = answer
+            .get("Err")
+            .and_then(Value::as_str)
+            .is_some_and(|e| !e.is_empty());
+        let response = tiny_http::Response::from_string(answer.to_string())
+            .with_header(header.clone())
+            .with_status_code(if failed { 500 } else { 200 });
         if let Err(e) = request.respond(response) {
             log::warn!("answering {url}: {e}");
         }

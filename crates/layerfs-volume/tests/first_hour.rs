@@ -267,7 +267,11 @@ fn post(sock: &Path, endpoint: &str, body: &str) {
     s.write_all(req.as_bytes()).unwrap();
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Answered: 200, or 500 with the `Err` podman reads.
+    assert!(
+        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.1 500"),
+        "{answer}"
+    );
 }
 
 #[test]

@@ -589,8 +589,17 @@ fn call(sock: &Path, endpoint: &str, body: &str) -> serde_json::Value {
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     let (head, json) = resp.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("{endpoint}: {e}: {json}"))
+    let v: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{endpoint}: {e}: {json}"));
+    // An error is a 500 (podman reads `Err` only then), success a 200.
+    let failed = v["Err"].as_str().is_some_and(|e| !e.is_empty());
+    let status = if failed {
+        "HTTP/1.1 500"
+    } else {
+        "HTTP/1.1 200"
+    };
+    assert!(head.starts_with(status), "{head}: {json}");
+    v
 }
 
 #[test]
