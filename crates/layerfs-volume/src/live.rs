@@ -134,7 +134,7 @@ pub fn held_elsewhere(dir: &Path) -> Option<String> {
 
 /// The refusal of a change only the host that has the volume mounted can
 /// make.
-fn refuse_elsewhere(name: &str, dir: &Path) -> io::Result<()> {
+pub(crate) fn refuse_elsewhere(name: &str, dir: &Path) -> io::Result<()> {
     match held_elsewhere(dir) {
         Some(h) => Err(err(format!(
             "volume {name} is mounted on another host ({h}): run this there"

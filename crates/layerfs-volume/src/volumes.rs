@@ -354,6 +354,7 @@ impl Volumes {
     pub fn snapshot_remove(&self, name: &str, id: &str) -> io::Result<()> {
         let _lock = self.store.lock()?;
         let mut meta = self.store.load(name)?;
+        crate::live::refuse_elsewhere(name, &self.store.dir(name))?;
         self.repair(&mut meta)?;
         let mounted = self.is_mounted(name);
         let Some(k) = meta.snapshots.iter().position(|s| s.id == id) else {
@@ -410,6 +411,7 @@ impl Volumes {
     pub fn compact(&self, name: &str) -> io::Result<()> {
         let _lock = self.store.lock()?;
         let mut meta = self.store.load(name)?;
+        crate::live::refuse_elsewhere(name, &self.store.dir(name))?;
         self.repair(&mut meta)?;
         let n = meta.snapshots.len();
         if n < 2 {

@@ -881,7 +881,7 @@ fn plugin_serves_labelled_stores_with_ownership() {
 
     // Refusals name the option, or both stores; nothing is made.
     // Each case: the volume's name, its options, what the Err says.
-    let known = "(known: from, store (or VolumeStore), uid, gid, mode, o)";
+    let known = "(known: from, store (or VolumeStore), size (or Capacity), uid, gid, mode, o)";
     let colour = format!(r#"x|{{"o":"uid=1,colour=red"}}|unknown option "colour" {known}"#);
     for case in [
         r#"a|{"store":"shared"}|store shared: store default already has a volume a"#,
