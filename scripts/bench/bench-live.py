@@ -85,9 +85,10 @@ def writer(path, seconds, out):
 
 
 def around(out, snaptimes):
-    """MB/s; write and fsync p50/p99/max (ms); the worst operation that
-    ended between a snapshot's start and 1 s after its end (where the
-    copy-up of the written file falls), in ms; -1 without snapshots."""
+    """MB/s; write and fsync p50/p99/max (ms); the worst operation under
+    way at any time from a snapshot's start to 1 s after its end (the first
+    fsync after it, which copies the file up, starts in that time), in ms;
+    -1 without snapshots."""
     w = json.load(open(out))
     snaps = [tuple(map(float, l.split())) for l in open(snaptimes) if l.strip()]
     mbs = w["bytes"] / w["seconds"] / 1e6
@@ -96,7 +97,7 @@ def around(out, snaptimes):
     worst = -1.0
     for a, b in snaps:
         for s, l in zip(w["starts"], w["lats"]):
-            if a <= s + l <= b + 1.0:
+            if s <= b + 1.0 and s + l >= a:
                 worst = max(worst, l)
     pw, pf = percentiles(wr), percentiles(fs)
     ms = lambda x: f"{x * 1e3:.3f}"

@@ -12,12 +12,13 @@
 #   up) on an ext4 store and on an XFS store with reflink (loop images).
 # - `backup` of a 30,000-file volume, then again after changing 1% of it.
 # Needs root; runs in a private mount namespace, all in a scratch dir that
-# goes at exit. About 10 minutes.
+# goes at exit. About 13 minutes on 2 busy cores.
 #   scripts/bench/bench-live.sh [DIR]   (scratch dir, default a new temp dir)
 # LAYERFS_BENCH_SNAPSHOTS (default 30) and LAYERFS_BENCH_SECONDS (default
 # 60) make a shorter run for a try.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/bench/volume-lib.sh
 if [ "${LAYERFS_BENCH_NS:-}" != 1 ]; then
   need=()
   command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
@@ -25,10 +26,9 @@ if [ "${LAYERFS_BENCH_NS:-}" != 1 ]; then
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
   fi
-  cargo build --release -q
-  exec env LAYERFS_BENCH_NS=1 unshare -m --propagation private "$0" "$@"
 fi
-B="${CARGO_TARGET_DIR:-$PWD/target}/release/layerfs-volume"
+in_private_namespace "$0" "$@"
+B="$VOLUME_BIN"
 PY="$PWD/scripts/bench/bench-live.py"
 N="${LAYERFS_BENCH_SNAPSHOTS:-30}"
 SECS="${LAYERFS_BENCH_SECONDS:-60}"
@@ -39,7 +39,7 @@ S="$D/store"
 # a loop device mounted with -o loop goes with its last unmount).
 cleanup() {
   if [ -n "${writer_pid:-}" ]; then kill "$writer_pid" 2>/dev/null || true; wait "$writer_pid" 2>/dev/null || true; fi
-  for m in $(grep -o " ${D}[^ ]*" /proc/self/mounts | sort -r); do umount "$m" 2>/dev/null || umount -l "$m"; done
+  umount_under "$D"
   rm -rf "$D"
 }
 trap cleanup EXIT
@@ -47,8 +47,6 @@ mkdir -p "$D"
 log="$D/cli.log"
 vol() { "$B" --store "$S" "$@" 2>>"$log"; }
 now() { date +%s.%N; }
-# Seconds a command takes.
-t() { local s e; s=$(now); "$@" >/dev/null || return 1; e=$(now); echo "$e - $s" | bc; }
 # MiB dirty or under writeback in the page cache, machine-wide.
 dirty() { awk '/^(Dirty|Writeback):/ { k += $2 } END { printf "%d", k / 1024 }' /proc/meminfo; }
 # A live snapshot: "barrier_us stopped_us sync_us command_us".
@@ -156,12 +154,8 @@ done
 
 # 4. Backups of a 30,000-file volume, full then after changing 1%.
 echo "backup: 30,000 files, then 300 changed" >&2
-mkdir -p "$D/seed" "$D/bk"
-for d in $(seq 0 2999); do
-  mkdir "$D/seed/d$d"
-  for f in 0 1 2 3 4 5 6 7 8 9; do echo "file $d $f" >"$D/seed/d$d/f$f"; done
-done
-sync
+mkdir -p "$D/bk"
+make_seed "$D/seed"
 vol create k --from "$D/seed" >/dev/null
 M=$(vol mount k)
 k_full=$(t vol backup k --to "$D/bk")
