@@ -14,11 +14,9 @@
 #   scripts/bench/bench-volumes.sh [DIR]   (scratch dir, default a new temp dir)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-if [ "${LAYERFS_BENCH_NS:-}" != 1 ]; then
-  cargo build --release -q
-  exec env LAYERFS_BENCH_NS=1 unshare -m --propagation private "$0" "$@"
-fi
-B="${CARGO_TARGET_DIR:-$PWD/target}/release/layerfs-volume"
+. scripts/bench/volume-lib.sh
+in_private_namespace "$0" "$@"
+B="$VOLUME_BIN"
 D="${1:-$(mktemp -d /tmp/layerfs-vbench.XXXXXX)}"
 S="$D/store"
 K="$D/docker"
@@ -37,18 +35,12 @@ cleanup() {
     for _ in $(seq 100); do kill -0 "$plugin_pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$plugin_pid" 2>/dev/null || true
   fi
-  for m in $(grep -o " ${D}[^ ]*" /proc/self/mounts | sort -r); do umount -l "$m"; done
+  umount_under "$D"
   rm -rf "$D"
 }
 trap cleanup EXIT
-mkdir -p "$D/seed" "$D/plain"
-for d in $(seq 0 2999); do
-  mkdir "$D/seed/d$d"
-  for f in 0 1 2 3 4 5 6 7 8 9; do echo "file $d $f" > "$D/seed/d$d/f$f"; done
-done
-sync
-# Seconds a command takes.
-t() { local s e; s=$(date +%s.%N); "$@" >/dev/null || return 1; e=$(date +%s.%N); echo "$e - $s" | bc; }
+mkdir -p "$D/plain"
+make_seed "$D/seed"
 ratio() { printf "%.4f" "$(echo "scale=6; $1 / $2" | bc)"; }
 
 empty=$(t "$B" --store "$S" create empty)
