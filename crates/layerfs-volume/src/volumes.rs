@@ -527,6 +527,14 @@ impl Volumes {
                 "volume {name} is mounted on another host ({h}): unmount it there first"
             )));
         }
+        // A daemon unmounted a moment ago may still answer while it ends.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while !self.is_mounted_here(name)
+            && self.is_mounted(name)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         if !self.is_mounted_here(name) && self.is_mounted(name) {
             return Err(err(format!(
                 "volume {name} is mounted in another mount namespace (its daemon answers on {}): use it there, or unmount it there first",
