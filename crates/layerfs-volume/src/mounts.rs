@@ -147,7 +147,17 @@ fn fusermount_unmount(dir: &Path, flags: i32) -> io::Result<()> {
 }
 
 pub fn unmount_dir(dir: &Path) -> io::Result<()> {
-    match umount(dir, 0) {
+    // A file just closed may hold the mount a moment longer (a forked
+    // child's copy of the fd until its exec): busy is asked again a while.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut result = umount(dir, 0);
+    while matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EBUSY))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        result = umount(dir, 0);
+    }
+    match result {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(err(format!(
             "cannot unmount {}: busy (a process still uses it)",
