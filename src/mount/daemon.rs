@@ -144,6 +144,11 @@ pub(super) fn serve(
         })
         .map_err(MountError::step("cannot start the signal thread"))?;
     let result = session.run();
+    // While the work dir is still locked: no mount of the same volume can
+    // have bound the path anew yet.
+    if let Some(path) = req.options.control() {
+        let _ = std::fs::remove_file(path);
+    }
     if result.is_err() {
         unmount(&plan.mountpoint);
     } else if let Some(locks) = locks {
