@@ -289,14 +289,18 @@ impl Filesystem for Fuse {
         thread_local! {
             static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        // The reply is taken only by the read that produced the bytes.
+        let mut reply = Some(reply);
         READ_BUF.with_borrow_mut(|buf| {
-            let size = size as usize;
-            if buf.len() < size {
-                buf.resize(size, 0);
-            }
-            match self.fs.read_into(fh.into(), offset, &mut buf[..size]) {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(answer("read", e)),
+            let sent = self
+                .fs
+                .read_with(fh.into(), offset, size as usize, buf, |data| {
+                    if let Some(r) = reply.take() {
+                        r.data(data)
+                    }
+                });
+            if let (Err(e), Some(r)) = (sent, reply.take()) {
+                r.error(answer("read", e))
             }
         });
     }

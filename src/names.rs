@@ -226,7 +226,7 @@ impl LayerFs {
             errno(libc::EIO)
         })?;
         let again = (flags & keep) | libc::O_NOCTTY;
-        let fh = self.add_file(Arc::new(fd), Arc::clone(&inode), again);
+        let fh = self.add_file(Arc::new(fd), false, Arc::clone(&inode), again);
         Ok((inode, attr, fh))
     }
 

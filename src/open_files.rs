@@ -45,14 +45,20 @@ impl LayerFs {
                 again | (flags & libc::O_TRUNC),
             )?)
         };
-        Ok((self.add_file(fd, inode, again), lower))
+        Ok((self.add_file(fd, lower, inode, again), lower))
     }
 
     /// Registers an open file of `node` (fd opened with `flags`, as it
-    /// would be opened again).
-    pub(crate) fn add_file(&self, fd: Arc<OwnedFd>, node: Arc<Inode>, flags: i32) -> FileHandle {
+    /// would be opened again; `immutable` for a lower layer's file).
+    pub(crate) fn add_file(
+        &self,
+        fd: Arc<OwnedFd>,
+        immutable: bool,
+        node: Arc<Inode>,
+        flags: i32,
+    ) -> FileHandle {
         let rotation = self.rotations.load(std::sync::atomic::Ordering::SeqCst);
-        self.files.add(fd, node, flags, rotation)
+        self.files.add(fd, immutable, node, flags, rotation)
     }
 
     pub fn file(&self, fh: FileHandle) -> io::Result<Arc<OpenFile>> {
@@ -64,6 +70,16 @@ impl LayerFs {
     pub(crate) fn read_fd(&self, fh: FileHandle) -> io::Result<Arc<OwnedFd>> {
         let file = self.file(fh)?;
         self.current_fd(&file)
+    }
+
+    /// As `read_fd`, with a lower layer's file's mapping place.
+    pub(crate) fn read_data_fd(
+        &self,
+        fh: FileHandle,
+    ) -> io::Result<(Arc<OwnedFd>, Option<Arc<crate::open_table::LowerMap>>)> {
+        let file = self.file(fh)?;
+        self.current_fd(&file)?;
+        Ok(file.data_fd())
     }
 
     /// The fd to change an open file through: after a rotation, the file
@@ -96,7 +112,7 @@ impl LayerFs {
             }
         };
         let fd = Arc::new(sys::reopen(top.fd.get()?.as_fd(), file.flags)?);
-        file.replace(Arc::clone(&fd), version);
+        file.replace(Arc::clone(&fd), !self.is_upper(top.layer), version);
         Ok(fd)
     }
 

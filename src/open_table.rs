@@ -11,6 +11,7 @@ use dashmap::DashMap;
 
 use crate::ids::FileHandle;
 use crate::inode::Inode;
+use crate::sys;
 
 /// The open files, by handle.
 #[derive(Debug)]
@@ -30,14 +31,22 @@ impl Default for OpenFiles {
 
 impl OpenFiles {
     /// Registers an open file under a new handle: `fd`, opened with
-    /// `flags` on what `node` showed then (at `rotation`, see `OpenFile`).
-    pub fn add(&self, fd: Arc<OwnedFd>, node: Arc<Inode>, flags: i32, rotation: u64) -> FileHandle {
+    /// `flags` on what `node` showed then (at `rotation`, see `OpenFile`);
+    /// `immutable` when `fd` is a lower layer's file.
+    pub fn add(
+        &self,
+        fd: Arc<OwnedFd>,
+        immutable: bool,
+        node: Arc<Inode>,
+        flags: i32,
+        rotation: u64,
+    ) -> FileHandle {
         let fh = FileHandle(self.next.fetch_add(1, Ordering::Relaxed));
         let version = node.data_version();
         self.files.insert(
             fh,
             Arc::new(OpenFile {
-                fd: parking_lot::RwLock::new(fd),
+                fd: parking_lot::RwLock::new(DataFd::new(fd, immutable)),
                 node,
                 flags,
                 version: AtomicU64::new(version),
@@ -60,6 +69,27 @@ impl OpenFiles {
     }
 }
 
+/// A lower file's whole mapping, made at its first large read and kept
+/// until the file is released or its fd replaced (see `file_data`); None
+/// where the file cannot be mapped.
+pub type LowerMap = std::sync::OnceLock<Option<sys::FileRange>>;
+
+/// An open file's fd, and for a lower layer's file its mapping's place.
+#[derive(Debug)]
+struct DataFd {
+    fd: Arc<OwnedFd>,
+    lower: Option<Arc<LowerMap>>,
+}
+
+impl DataFd {
+    fn new(fd: Arc<OwnedFd>, immutable: bool) -> DataFd {
+        DataFd {
+            fd,
+            lower: immutable.then(Default::default),
+        }
+    }
+}
+
 /// An open regular file. Its fd is replaced when its node's top real
 /// object changes (a copy-up through another handle, or after a rotation
 /// turned the upper into a lower layer): `open_files` reopens the node's
@@ -67,7 +97,7 @@ impl OpenFiles {
 #[derive(Debug)]
 pub struct OpenFile {
     /// Shared with other read-only opens of the same lower file.
-    fd: parking_lot::RwLock<Arc<OwnedFd>>,
+    fd: parking_lot::RwLock<DataFd>,
     pub node: Arc<Inode>,
     /// How to open the node's object again (no O_CREAT, O_EXCL, O_TRUNC).
     pub flags: i32,
@@ -81,7 +111,16 @@ pub struct OpenFile {
 
 impl OpenFile {
     pub fn fd(&self) -> Arc<OwnedFd> {
-        Arc::clone(&self.fd.read())
+        Arc::clone(&self.fd.read().fd)
+    }
+
+    /// The fd and, when its file is a lower layer's, whose bytes never
+    /// change, the place for its mapping (one that was the upper when
+    /// opened stays mutable: an unlinked file may still be written after a
+    /// rotation).
+    pub fn data_fd(&self) -> (Arc<OwnedFd>, Option<Arc<LowerMap>>) {
+        let d = self.fd.read();
+        (Arc::clone(&d.fd), d.lower.clone())
     }
 
     /// Whether `fd` is of the node's top object as it is now.
@@ -98,8 +137,8 @@ impl OpenFile {
     }
 
     /// Puts `fd`, of the node's data version `version`, in place.
-    pub fn replace(&self, fd: Arc<OwnedFd>, version: u64) {
-        *self.fd.write() = fd;
+    pub fn replace(&self, fd: Arc<OwnedFd>, immutable: bool, version: u64) {
+        *self.fd.write() = DataFd::new(fd, immutable);
         self.version.store(version, Ordering::SeqCst);
     }
 }

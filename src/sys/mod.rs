@@ -9,10 +9,12 @@
 
 pub mod crashpoint;
 mod layer_io;
+mod mapping;
 mod mount;
 mod process;
 
 pub use layer_io::*;
+pub use mapping::FileRange;
 pub use mount::*;
 pub use process::*;
 
