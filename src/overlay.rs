@@ -262,10 +262,11 @@ impl LayerFs {
     /// `reaches_by_name`), so that no fd is held per file.
     pub(crate) fn upper_ref(
         &self,
-        fd: OwnedFd,
+        fd: impl Into<Arc<OwnedFd>>,
         is_dir: bool,
         at: impl FnOnce() -> Option<(Arc<OwnedFd>, Arc<OsStr>)>,
     ) -> RealFd {
+        let fd: Arc<OwnedFd> = fd.into();
         if self.reaches_by_name(&fd, is_dir) {
             if let (Ok(st), Some((dir, name))) = (sys::fstat(fd.as_fd()), at()) {
                 if st.st_nlink == 1 {
@@ -278,9 +279,11 @@ impl LayerFs {
             }
         }
         if is_dir {
-            return match &self.upper {
-                Some(u) if self.upper_handles => self.dir_ref(u.idx, fd),
-                _ => fd.into(),
+            return match (&self.upper, Arc::try_unwrap(fd)) {
+                (Some(u), Ok(fd)) if self.upper_handles => self.dir_ref(u.idx, fd),
+                // Shared with the caller: held as it is.
+                (_, Ok(fd)) => fd.into(),
+                (_, Err(fd)) => RealFd::Held(fd),
             };
         }
         if self.upper_handles {
@@ -293,7 +296,7 @@ impl LayerFs {
                 }
             }
         }
-        fd.into()
+        RealFd::Held(fd)
     }
 
     /// Whether `upper_ref` would reach the upper object `fd` by its name:
