@@ -9,7 +9,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -348,15 +348,21 @@ impl LayerFs {
     }
 
     pub(crate) fn attr_of(&self, inode: &Inode) -> io::Result<FileAttr> {
-        let (top, data) = {
+        let top = inode.top().fd;
+        self.attr_at(inode, top.get()?.as_fd())
+    }
+
+    /// [`Self::attr_of`], with `top` an fd of its top object the caller
+    /// holds already.
+    pub(crate) fn attr_at(&self, inode: &Inode, top: BorrowedFd<'_>) -> io::Result<FileAttr> {
+        let data = {
             let s = inode.state();
-            let data = (!inode.is_dir())
+            (!inode.is_dir())
                 .then(|| s.reals.get(1).map(|r| r.fd.clone()))
-                .flatten();
-            (s.reals[0].fd.clone(), data)
+                .flatten()
         };
         let merged = inode.is_dir() && inode.state().reals.len() > 1;
-        let st = sys::fstat(top.get()?.as_fd())?;
+        let st = sys::fstat(top)?;
         let data_st = match data {
             Some(d) => Some(sys::fstat(d.get()?.as_fd())?),
             None => None,
