@@ -44,31 +44,41 @@ impl LayerFs {
 
     pub fn setattr(&self, ino: NodeId, a: SetAttr) -> io::Result<FileAttr> {
         let inode = self.inode(ino)?;
-        // One fd of the top object serves the whole request while it stays
-        // the top (an upper one does): each `get` of an upper file reopens
-        // it by handle or name, and the times the writeback cache sends
-        // back after every write come here.
+        // One fd of an upper top serves the whole request: each `get` of an
+        // upper file reopens it by handle or name, and the times the
+        // writeback cache sends back after every write come here.
         let top = inode.top();
-        let top_fd = top.fd.get()?;
-        if changes_nothing(top_fd.as_fd(), &a)? {
-            // With the writeback cache the kernel owns times, and writes
-            // back the ctime of every file it saw change: after an unlink
-            // too, with the unchanged mtime. Copying up a lower file (one
-            // just deleted, at that) for it would cost a copy and an fsync
-            // each: `rm -rf` of a lower tree ran 6x slower.
-            return self.attr_at(&inode, top_fd.as_fd());
+        let upper_fd = match self.is_upper(top.layer) {
+            true => Some(top.fd.get()?),
+            false => None,
+        };
+        if times_only(&a) {
+            let fd = match &upper_fd {
+                Some(fd) => std::sync::Arc::clone(fd),
+                None => top.fd.get()?,
+            };
+            if same_times(fd.as_fd(), &a)? {
+                // With the writeback cache the kernel owns times, and
+                // writes back the ctime of every file it saw change: after
+                // an unlink too, with the unchanged mtime. Copying up a
+                // lower file (one just deleted, at that) for it would cost
+                // a copy and an fsync each: `rm -rf` of a lower tree ran 6x
+                // slower.
+                return self.attr_at(&inode, fd.as_fd());
+            }
         }
-        let held = if self.is_upper(top.layer) && a.size.is_none() {
+        let held = match upper_fd {
             // Already up, and no data to bring up (a metacopy's is, for a
             // size change): the copy-up would return this very object.
-            top_fd
-        } else {
-            let up = match a.size {
-                Some(0) => self.copy_up_with(&inode, CopyMode::Truncated)?,
-                Some(_) => self.copy_up(&inode)?,
-                None => self.copy_up_meta(&inode)?,
-            };
-            up.fd.get()?
+            Some(fd) if a.size.is_none() => fd,
+            _ => {
+                let up = match a.size {
+                    Some(0) => self.copy_up_with(&inode, CopyMode::Truncated)?,
+                    Some(_) => self.copy_up(&inode)?,
+                    None => self.copy_up_meta(&inode)?,
+                };
+                up.fd.get()?
+            }
         };
         let fd = held.as_fd();
         if let Some(size) = a.size {
@@ -104,12 +114,14 @@ impl LayerFs {
     }
 }
 
-/// Whether `a` sets nothing but times the object (`top`) has already (the
-/// ctime it may carry is not settable, and moves by itself).
-fn changes_nothing(top: BorrowedFd<'_>, a: &SetAttr) -> io::Result<bool> {
-    if a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || a.size.is_some() {
-        return Ok(false);
-    }
+/// Whether `a` changes times only.
+fn times_only(a: &SetAttr) -> bool {
+    a.mode.is_none() && a.uid.is_none() && a.gid.is_none() && a.size.is_none()
+}
+
+/// Whether the object (`top`) has the times `a` sets already (the ctime it
+/// may carry is not settable, and moves by itself).
+fn same_times(top: BorrowedFd<'_>, a: &SetAttr) -> io::Result<bool> {
     let st = sys::fstat(top)?;
     let same = |t: Option<TimeSpec>, sec: i64, nsec: i64| match t {
         None => true,
