@@ -23,6 +23,7 @@ use crate::overlay::{errno, LayerFs, UpperCtx};
 use crate::sys::{self, TimeSpec};
 use crate::whiteout::{self, DirMarks, XattrNs};
 use crate::workdir::Staged;
+use crate::xattrs::CAPS;
 
 /// Set once FICLONE failed for lack of support.
 static NO_REFLINK: AtomicBool = AtomicBool::new(false);
@@ -126,15 +127,18 @@ fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut from: u64, to: u64) 
     Ok(from)
 }
 
-/// Copies every xattr but overlay's private ones. A failure fails the
-/// copy-up (a copy missing its capabilities or ACLs is not a faithful copy),
-/// except an SELinux label the upper filesystem assigns itself.
-pub fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<()> {
+/// Copies every xattr but overlay's private ones; returns whether the
+/// source has a `security.capability` (listed: the copy may have it). A
+/// failure fails the copy-up (a copy missing its capabilities or ACLs is
+/// not a faithful copy), except an SELinux label the upper filesystem
+/// assigns itself.
+pub fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<bool> {
     let list = match sys::listxattr_fd(src) {
         Ok(l) => l,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(false),
         Err(e) => return Err(e),
     };
+    let caps = list.split(|&b| b == 0).any(|n| n == CAPS);
     for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         if whiteout::is_private_xattr(name) {
             continue;
@@ -152,7 +156,7 @@ pub fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<()> {
             return Err(e);
         }
     }
-    Ok(())
+    Ok(caps)
 }
 
 fn time_of(sec: i64, nsec: i64) -> TimeSpec {
@@ -239,16 +243,25 @@ fn parent_times_lock(parent: BorrowedFd<'_>) -> io::Result<parking_lot::MutexGua
     Ok(LOCKS[stripe].lock())
 }
 
+/// The copy [`stage_copy`] made.
+struct Copied {
+    /// An O_PATH fd of the new object.
+    fd: OwnedFd,
+    /// It was linked into the index.
+    indexed: bool,
+    /// It has no `security.capability` (its source had none).
+    caps_absent: bool,
+}
+
 /// Builds the copy of `src` (whose stat is `st`) in the work directory
-/// and renames it to `name` in `parent_upper`; returns an O_PATH fd of
-/// the new object and whether it was linked into the index.
+/// and renames it to `name` in `parent_upper`.
 fn stage_copy(
     job: &CopyJob<'_>,
     src: &RealEntry,
     st: &sys::Stat,
     parent_upper: BorrowedFd<'_>,
     name: &OsStr,
-) -> io::Result<(OwnedFd, bool)> {
+) -> io::Result<Copied> {
     let (up, mode, indexed) = (job.upper, job.mode, job.indexed);
     let work = &up.work;
     // A copy that will be linked into the index carries, in its staged
@@ -298,9 +311,7 @@ fn stage_copy(
     // mode lets it write (a 0400 lower file would fail its copy-up).
     job.chown(fd.as_fd(), st.st_uid, st.st_gid)?;
     // An upper without xattrs (OCI format) cannot keep them.
-    if !up.oci_whiteouts {
-        copy_xattrs(src.fd.get()?.as_fd(), fd.as_fd())?;
-    }
+    let caps = !up.oci_whiteouts && copy_xattrs(src.fd.get()?.as_fd(), fd.as_fd())?;
     let origin = job.set_origin(fd.as_fd())?;
     if mode == CopyMode::MetaOnly {
         sys::setxattr_fd(fd.as_fd(), &up.ns.name("metacopy"), b"", 0)?;
@@ -356,7 +367,11 @@ fn stage_copy(
         time_of(pst.st_atime, pst.st_atime_nsec),
         time_of(pst.st_mtime, pst.st_mtime_nsec),
     );
-    Ok((fd, in_index))
+    Ok(Copied {
+        fd,
+        indexed: in_index,
+        caps_absent: !caps,
+    })
 }
 impl LayerFs {
     /// Ensures `inode` has an upper object with its data, and returns it.
@@ -435,7 +450,11 @@ impl LayerFs {
         let room =
             crate::capacity::reserve(self.capacity(), if inode.is_dir() { 0 } else { cost })?;
         let parent_fd = parent_up.fd.get()?;
-        let (fd, indexed) = stage_copy(&job, &top, &st, parent_fd.as_fd(), &name)?;
+        let Copied {
+            fd,
+            indexed,
+            caps_absent,
+        } = stage_copy(&job, &top, &st, parent_fd.as_fd(), &name)?;
         room.keep();
         if let Some(c) = self.capacity().filter(|_| inode.is_dir()) {
             c.force(cost);
@@ -459,6 +478,8 @@ impl LayerFs {
                 }
             }
         }
+        let fd = Arc::new(fd);
+        let in_hand = (!inode.is_dir()).then(|| Arc::clone(&fd));
         let entry = RealEntry {
             layer: up.idx,
             // An indexed copy has several names: it is held, never named.
@@ -468,13 +489,23 @@ impl LayerFs {
             marks: DirMarks::default(),
         };
         inode.copied_up(entry.clone(), inode.is_dir() || mode == CopyMode::MetaOnly);
+        inode.set_caps_absent(caps_absent);
         if inode.is_dir() {
             // Now merged, it shows nlink 1 as kernel overlayfs does; the
             // kernel refreshes only the directory a change was made in,
             // not the ancestors copied up on the way.
             self.attributes_changed(inode.ino);
         }
-        Ok(entry)
+        // The caller acts on a file's copy at once (an open reopens it):
+        // the fd in hand saves reaching it again by handle or name. The
+        // inode keeps the lasting reference.
+        Ok(match in_hand {
+            Some(fd) => RealEntry {
+                fd: RealFd::Held(fd),
+                ..entry
+            },
+            None => entry,
+        })
     }
 
     /// Copies up the ancestors of directory `ino` that are not in the

@@ -222,6 +222,12 @@ pub struct Inode {
     /// (dropped by xattr changes and copy-up): answers "no such xattr"
     /// without a syscall, which `ls -l` asks for every file.
     xattr_names: Mutex<Option<Arc<Vec<u8>>>>,
+    /// Its top object is known to carry no `security.capability`: a copy
+    /// made from a source without one. Only a setxattr through the mount
+    /// can add one (the kernel only ever removes it, on write or chown), so
+    /// the kernel's question at every write (file_remove_privs asks it) is
+    /// answered without a syscall. Cleared whenever the top changes.
+    caps_absent: AtomicBool,
     /// Bumped whenever its top real object becomes another one (copy-up):
     /// an open file made before reopens the new one (see `open_table`).
     data_version: AtomicU64,
@@ -287,6 +293,7 @@ impl Inode {
             copy_lock: Mutex::new(()),
             unlinked: AtomicBool::new(false),
             xattr_names: Mutex::new(None),
+            caps_absent: AtomicBool::new(false),
             data_version: AtomicU64::new(0),
         }
     }
@@ -402,6 +409,17 @@ impl Inode {
         Ok(l)
     }
 
+    /// Whether its top object is known to have no `security.capability`.
+    pub fn caps_absent(&self) -> bool {
+        self.caps_absent.load(Ordering::SeqCst)
+    }
+
+    /// Records whether its top object is known to have no
+    /// `security.capability` (false: not known, ask the object).
+    pub fn set_caps_absent(&self, absent: bool) {
+        self.caps_absent.store(absent, Ordering::SeqCst);
+    }
+
     pub fn is_unlinked(&self) -> bool {
         self.unlinked.load(Ordering::Relaxed)
     }
@@ -428,6 +446,7 @@ impl Inode {
             }
         }
         *self.xattr_names.lock() = None;
+        self.set_caps_absent(false);
         self.forget_lower_fd();
         self.data_version.fetch_add(1, Ordering::SeqCst);
     }
@@ -447,6 +466,7 @@ impl Inode {
     /// layer index is forgotten, as in `rotated`.
     pub(crate) fn restacked(&self, reals: Vec<RealEntry>) {
         self.state.write().reals = reals;
+        self.set_caps_absent(false);
         if let NodeKind::Dir(d) = &self.kind {
             d.oci_clean.store(0, Ordering::Relaxed);
             d.listing_gen.fetch_add(1, Ordering::SeqCst);

@@ -44,20 +44,42 @@ impl LayerFs {
 
     pub fn setattr(&self, ino: NodeId, a: SetAttr) -> io::Result<FileAttr> {
         let inode = self.inode(ino)?;
-        if self.changes_nothing(&inode, &a)? {
-            // With the writeback cache the kernel owns times, and writes
-            // back the ctime of every file it saw change: after an unlink
-            // too, with the unchanged mtime. Copying up a lower file (one
-            // just deleted, at that) for it would cost a copy and an fsync
-            // each: `rm -rf` of a lower tree ran 6x slower.
-            return self.attr_of(&inode);
-        }
-        let up = match a.size {
-            Some(0) => self.copy_up_with(&inode, CopyMode::Truncated)?,
-            Some(_) => self.copy_up(&inode)?,
-            None => self.copy_up_meta(&inode)?,
+        // One fd of an upper top serves the whole request: each `get` of an
+        // upper file reopens it by handle or name, and the times the
+        // writeback cache sends back after every write come here.
+        let top = inode.top();
+        let upper_fd = match self.is_upper(top.layer) {
+            true => Some(top.fd.get()?),
+            false => None,
         };
-        let held = up.fd.get()?;
+        if times_only(&a) {
+            let fd = match &upper_fd {
+                Some(fd) => std::sync::Arc::clone(fd),
+                None => top.fd.get()?,
+            };
+            if same_times(fd.as_fd(), &a)? {
+                // With the writeback cache the kernel owns times, and
+                // writes back the ctime of every file it saw change: after
+                // an unlink too, with the unchanged mtime. Copying up a
+                // lower file (one just deleted, at that) for it would cost
+                // a copy and an fsync each: `rm -rf` of a lower tree ran 6x
+                // slower.
+                return self.attr_at(&inode, fd.as_fd());
+            }
+        }
+        let held = match upper_fd {
+            // Already up, and no data to bring up (a metacopy's is, for a
+            // size change): the copy-up would return this very object.
+            Some(fd) if a.size.is_none() => fd,
+            _ => {
+                let up = match a.size {
+                    Some(0) => self.copy_up_with(&inode, CopyMode::Truncated)?,
+                    Some(_) => self.copy_up(&inode)?,
+                    None => self.copy_up_meta(&inode)?,
+                };
+                up.fd.get()?
+            }
+        };
         let fd = held.as_fd();
         if let Some(size) = a.size {
             let w = match a.fh.and_then(|fh| self.write_fd(fh).ok()) {
@@ -88,22 +110,26 @@ impl LayerFs {
                 a.mtime.unwrap_or(TimeSpec::Omit),
             )?;
         }
-        self.attr_of(&inode)
+        self.attr_at(&inode, fd)
     }
+}
 
-    /// Whether `a` sets nothing but times the object has already (the
-    /// ctime it may carry is not settable, and moves by itself).
-    fn changes_nothing(&self, inode: &crate::inode::Inode, a: &SetAttr) -> io::Result<bool> {
-        if a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || a.size.is_some() {
-            return Ok(false);
-        }
-        let st = sys::fstat(inode.top().fd.get()?.as_fd())?;
-        let same = |t: Option<TimeSpec>, sec: i64, nsec: i64| match t {
-            None => true,
-            Some(TimeSpec::Set(s, n)) => s == sec && n == nsec,
-            Some(_) => false,
-        };
-        Ok(same(a.mtime, st.st_mtime, st.st_mtime_nsec)
-            && same(a.atime, st.st_atime, st.st_atime_nsec))
-    }
+/// Whether `a` changes times only.
+fn times_only(a: &SetAttr) -> bool {
+    a.mode.is_none() && a.uid.is_none() && a.gid.is_none() && a.size.is_none()
+}
+
+/// Whether the object (`top`) has the times `a` sets already (the ctime it
+/// may carry is not settable, and moves by itself).
+fn same_times(top: BorrowedFd<'_>, a: &SetAttr) -> io::Result<bool> {
+    let st = sys::fstat(top)?;
+    let same = |t: Option<TimeSpec>, sec: i64, nsec: i64| match t {
+        None => true,
+        Some(TimeSpec::Set(s, n)) => s == sec && n == nsec,
+        Some(_) => false,
+    };
+    Ok(
+        same(a.mtime, st.st_mtime, st.st_mtime_nsec)
+            && same(a.atime, st.st_atime, st.st_atime_nsec),
+    )
 }

@@ -9,7 +9,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -262,10 +262,11 @@ impl LayerFs {
     /// `reaches_by_name`), so that no fd is held per file.
     pub(crate) fn upper_ref(
         &self,
-        fd: OwnedFd,
+        fd: impl Into<Arc<OwnedFd>>,
         is_dir: bool,
         at: impl FnOnce() -> Option<(Arc<OwnedFd>, Arc<OsStr>)>,
     ) -> RealFd {
+        let fd: Arc<OwnedFd> = fd.into();
         if self.reaches_by_name(&fd, is_dir) {
             if let (Ok(st), Some((dir, name))) = (sys::fstat(fd.as_fd()), at()) {
                 if st.st_nlink == 1 {
@@ -278,9 +279,11 @@ impl LayerFs {
             }
         }
         if is_dir {
-            return match &self.upper {
-                Some(u) if self.upper_handles => self.dir_ref(u.idx, fd),
-                _ => fd.into(),
+            return match (&self.upper, Arc::try_unwrap(fd)) {
+                (Some(u), Ok(fd)) if self.upper_handles => self.dir_ref(u.idx, fd),
+                // Shared with the caller: held as it is.
+                (_, Ok(fd)) => fd.into(),
+                (_, Err(fd)) => RealFd::Held(fd),
             };
         }
         if self.upper_handles {
@@ -293,7 +296,7 @@ impl LayerFs {
                 }
             }
         }
-        fd.into()
+        RealFd::Held(fd)
     }
 
     /// Whether `upper_ref` would reach the upper object `fd` by its name:
@@ -345,15 +348,21 @@ impl LayerFs {
     }
 
     pub(crate) fn attr_of(&self, inode: &Inode) -> io::Result<FileAttr> {
-        let (top, data) = {
+        let top = inode.top().fd;
+        self.attr_at(inode, top.get()?.as_fd())
+    }
+
+    /// [`Self::attr_of`], with `top` an fd of its top object the caller
+    /// holds already.
+    pub(crate) fn attr_at(&self, inode: &Inode, top: BorrowedFd<'_>) -> io::Result<FileAttr> {
+        let data = {
             let s = inode.state();
-            let data = (!inode.is_dir())
+            (!inode.is_dir())
                 .then(|| s.reals.get(1).map(|r| r.fd.clone()))
-                .flatten();
-            (s.reals[0].fd.clone(), data)
+                .flatten()
         };
         let merged = inode.is_dir() && inode.state().reals.len() > 1;
-        let st = sys::fstat(top.get()?.as_fd())?;
+        let st = sys::fstat(top)?;
         let data_st = match data {
             Some(d) => Some(sys::fstat(d.get()?.as_fd())?),
             None => None,

@@ -15,12 +15,18 @@ use crate::overlay::{errno, LayerFs};
 use crate::sys;
 use crate::whiteout;
 
+/// The xattr the kernel asks for before every write, to drop it.
+pub(crate) const CAPS: &[u8] = b"security.capability";
+
 impl LayerFs {
     pub fn getxattr(&self, ino: NodeId, name: &OsStr) -> io::Result<Vec<u8>> {
         if whiteout::is_private_xattr(name.as_bytes()) {
             return Err(errno(libc::ENODATA));
         }
         let inode = self.inode(ino)?;
+        if name.as_bytes() == CAPS && inode.caps_absent() {
+            return Err(errno(libc::ENODATA));
+        }
         if let Some(names) = self.lower_xattr_names(&inode)? {
             if !names.split(|&b| b == 0).any(|n| n == name.as_bytes()) {
                 return Err(errno(libc::ENODATA));
@@ -72,6 +78,10 @@ impl LayerFs {
         }
         let inode = self.inode(ino)?;
         let up = self.copy_up_meta(&inode)?;
+        if name.as_bytes() == CAPS {
+            // Before the change: a reader meanwhile sees no capability yet.
+            inode.set_caps_absent(false);
+        }
         sys::setxattr_fd(up.fd.get()?.as_fd(), &sys::cstr(name)?, value, flags)
     }
 

@@ -1251,6 +1251,71 @@ fn writes_clear_privileges(v: Variant) {
     pair.assert_same("after writes that drop privileges");
 }
 
+/// A mount over one lower file `name` under `base`; returns it and its upper dir.
+fn mount_one_lower_file(base: &Path, name: &str, content: &[u8]) -> (Mounted, PathBuf) {
+    let l0 = base.join("l0");
+    write(&l0.join(name), content);
+    let (opts, u, _w) = rw_opts(base, &[l0], "");
+    (try_mount_layerfs(&opts, &base.join("m")).unwrap(), u)
+}
+
+#[test]
+fn capability_set_after_copy_up_is_seen_and_dropped_by_a_write() {
+    // A copy-up of a file without capabilities remembers that it has none
+    // (the kernel asks at every write): a capability set through the mount
+    // afterwards must still be seen, and dropped by the next write.
+    require_root!();
+    let t = tmp();
+    let (m, u) = mount_one_lower_file(t.path(), "tool", b"lower\n");
+    let p = m.path("tool");
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .unwrap()
+        .write_all(b"up\n")
+        .unwrap();
+    assert_eq!(
+        getxattr(&p, "security.capability").map_err(|e| e.raw_os_error()),
+        Err(Some(libc::ENODATA))
+    );
+    let mut cap = 0x0200_0000u32.to_le_bytes().to_vec();
+    cap.resize(20, 0);
+    setxattr(&p, "security.capability", &cap);
+    assert_eq!(getxattr(&p, "security.capability").unwrap(), cap);
+    assert_eq!(
+        getxattr(&u.join("tool"), "security.capability").unwrap(),
+        cap
+    );
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .unwrap()
+        .write_all(b"more\n")
+        .unwrap();
+    assert!(
+        getxattr(&u.join("tool"), "security.capability").is_err(),
+        "a write drops the capability, as with kernel overlayfs"
+    );
+    assert!(getxattr(&p, "security.capability").is_err());
+    assert_eq!(fs::read(&p).unwrap(), b"lower\nup\nmore\n");
+}
+
+#[test]
+fn ioctls_are_not_served() {
+    // ENOTTY, as a regular file of kernel overlayfs answers TCGETS (isatty).
+    require_root!();
+    let t = tmp();
+    let (m, _u) = mount_one_lower_file(t.path(), "f", b"x");
+    // stty asks TCGETS; a lower file, then its copy (opened for writing).
+    for path in [m.path("f"), m.path("f")] {
+        let out = Command::new("stty").arg("-F").arg(&path).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains("Inappropriate ioctl for device"), "{err}");
+        fs::OpenOptions::new().append(true).open(&path).unwrap();
+    }
+}
+
 #[test]
 fn crash_during_copy_up_leaves_old_or_new_content() {
     require_root!();
