@@ -26,7 +26,6 @@ pub struct Features {
     pub rename_noreplace: bool,
     pub rename_exchange: bool,
     pub rename_whiteout: bool,
-    pub tmpfile: bool,
     pub file_handles: bool,
     /// char 0/0 devices (the kernel's whiteout) can be made.
     pub whiteout_mknod: bool,
@@ -38,8 +37,6 @@ pub struct Features {
     /// Open-file-description record locks (`F_OFD_SETLK`): on network
     /// filesystems, the lock that other hosts see.
     pub ofd_locks: bool,
-    pub reflink: bool,
-    pub copy_file_range: bool,
 }
 
 impl Features {
@@ -48,7 +45,6 @@ impl Features {
         rename_noreplace: true,
         rename_exchange: true,
         rename_whiteout: true,
-        tmpfile: true,
         file_handles: true,
         whiteout_mknod: true,
         xattr_trusted: true,
@@ -56,8 +52,6 @@ impl Features {
         d_type: true,
         flock: true,
         ofd_locks: true,
-        reflink: true,
-        copy_file_range: true,
     };
 
     /// No xattrs at all: whiteouts are `.wh.NAME` files and opaque
@@ -69,9 +63,7 @@ impl Features {
         !self.xattr_trusted && !self.xattr_user
     }
 
-    /// The fallbacks in use that change how layerfs keeps its guarantees
-    /// (missing reflink or copy_file_range only costs speed, and O_TMPFILE
-    /// is not used).
+    /// The fallbacks in use that change how layerfs keeps its guarantees.
     pub fn fallbacks(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
         if !self.rename_noreplace {
@@ -148,6 +140,14 @@ impl Drop for ProbeFiles<'_> {
 /// no other thread uses yet) for every feature in [`Features`], and
 /// removes what it made there. Only a failure to set up the probe itself
 /// is an error; a feature that fails is recorded as missing, with why.
+///
+/// It makes as few inodes as it can (a file, the char 0/0 device and the
+/// whiteout a rename leaves): every mount runs it, and an ext4 without a
+/// journal makes each new inode scan past the inodes freed in the last
+/// seconds (`recently_deleted`), about a millisecond each where uppers
+/// come and go. What has a fallback at run time is not probed: reflink
+/// and `copy_file_range` are tried by the first copy-up (`copyup`), and
+/// `O_TMPFILE` is not used.
 pub fn probe(dir: BorrowedFd<'_>) -> io::Result<(Features, ProbeNotes)> {
     let _cleanup = ProbeFiles(dir);
     let mut notes = ProbeNotes::default();
@@ -160,7 +160,7 @@ pub fn probe(dir: BorrowedFd<'_>) -> io::Result<(Features, ProbeNotes)> {
         }
     };
     let name = |s: &str| OsStr::new(s).to_os_string();
-    let (a, b, c) = (name(PROBE_A), name(PROBE_B), name(PROBE_C));
+    let (a, c) = (name(PROBE_A), name(PROBE_C));
     let create = |n: &OsStr| {
         sys::openat(
             dir,
@@ -171,7 +171,18 @@ pub fn probe(dir: BorrowedFd<'_>) -> io::Result<(Features, ProbeNotes)> {
     };
     let fa = create(&a)?;
     sys::pwrite(fa.as_fd(), b"layerfs probe", 0)?;
-    let fb = create(&b)?;
+    // The device, where it can be made, is also the second entry the
+    // renames below need; a plain file only where it cannot.
+    let w = name(PROBE_W);
+    let r = sys::mknodat(dir, &w, libc::S_IFCHR | 0o600, 0);
+    let b = if r.is_ok() {
+        w
+    } else {
+        let b = name(PROBE_B);
+        create(&b)?;
+        b
+    };
+    note("char 0/0 mknod", &mut f.whiteout_mknod, r);
 
     // A rename that must not replace, to a free name: the VFS itself
     // answers EEXIST for a taken one, so only this shows whether the
@@ -184,23 +195,15 @@ pub fn probe(dir: BorrowedFd<'_>) -> io::Result<(Features, ProbeNotes)> {
         sys::renameat2(dir, &a, dir, &b, libc::RENAME_EXCHANGE)
     });
     note("RENAME_EXCHANGE", &mut f.rename_exchange, r);
+    // `b` has moved away: whatever is found at its name, the rename made.
     let r = sys::renameat2(dir, &b, dir, &c, libc::RENAME_WHITEOUT).and_then(|()| {
         let st = sys::lstatat(dir, &b)?;
         if !crate::whiteout::is_chardev_whiteout(&st) {
             return Err(io::Error::other("no whiteout was left"));
         }
-        sys::unlinkat(dir, &b, 0)?;
-        sys::renameat2(dir, &c, dir, &b, 0)
+        Ok(())
     });
     note("RENAME_WHITEOUT", &mut f.rename_whiteout, r);
-    let r = sys::openat(
-        dir,
-        OsStr::new("."),
-        libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
-        0o600,
-    )
-    .map(drop);
-    note("O_TMPFILE", &mut f.tmpfile, r);
     let r = sys::reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY).and_then(|root| {
         // A FUSE filesystem's handles name the kernel's node ids: they go
         // stale once the kernel forgets the inode, and mean nothing on
@@ -214,9 +217,6 @@ pub fn probe(dir: BorrowedFd<'_>) -> io::Result<(Features, ProbeNotes)> {
         sys::open_by_handle(root.as_fd(), &h).map(drop)
     });
     note("file handles", &mut f.file_handles, r);
-    let w = name(PROBE_W);
-    let r = sys::mknodat(dir, &w, libc::S_IFCHR | 0o600, 0);
-    note("char 0/0 mknod", &mut f.whiteout_mknod, r);
     for (ns, ok, what) in [
         ("trusted", &mut f.xattr_trusted, "trusted.* xattrs"),
         ("user", &mut f.xattr_user, "user.* xattrs"),
@@ -242,10 +242,6 @@ pub fn probe(dir: BorrowedFd<'_>) -> io::Result<(Features, ProbeNotes)> {
     let r = sys::ofd_setlk(fa.as_fd(), libc::F_WRLCK)
         .and_then(|()| sys::ofd_setlk(fa.as_fd(), libc::F_UNLCK));
     note("OFD record locks", &mut f.ofd_locks, r);
-    let r = sys::ficlone(fb.as_fd(), fa.as_fd());
-    note("reflink", &mut f.reflink, r);
-    let r = sys::copy_file_range(fa.as_fd(), 0, fb.as_fd(), 0, 4).map(drop);
-    note("copy_file_range", &mut f.copy_file_range, r);
     Ok((f, notes))
 }
 
@@ -304,10 +300,11 @@ mod tests {
         let (f, notes) = probe(d.as_fd()).unwrap();
         // The probe leaves the directory as it found it: empty.
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
-        // trusted.* needs root, reflink a filesystem that shares extents:
-        // neither is a fallback of concern here.
+        // trusted.* needs root: not a fallback of concern here.
         assert!(f.rename_noreplace && f.rename_exchange, "{notes}");
         assert!(f.d_type && f.flock && f.ofd_locks, "{notes}");
+        // The device doubles as the renames' second entry.
+        assert!(f.whiteout_mknod && f.rename_whiteout, "{notes}");
         assert!(f
             .fallbacks()
             .iter()
