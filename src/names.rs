@@ -35,6 +35,13 @@ pub struct Owner {
     pub gid: u32,
 }
 
+/// An object [`LayerFs::place`] just made: an O_PATH fd of it, and its
+/// attributes when nothing has changed them since they were read.
+pub(crate) struct Made {
+    path: OwnedFd,
+    st: Option<sys::Stat>,
+}
+
 /// Decodes the 32-bit device number FUSE carries (`new_decode_dev`).
 fn decode_rdev(rdev: u32) -> u64 {
     let major = (rdev & 0xfff00) >> 8;
@@ -55,7 +62,7 @@ impl LayerFs {
         owner: Option<Owner>,
         mode: Option<u32>,
         build: impl FnOnce(BorrowedFd<'_>, &OsStr) -> io::Result<Option<OwnedFd>>,
-    ) -> io::Result<(Option<OwnedFd>, OwnedFd)> {
+    ) -> io::Result<(Option<OwnedFd>, Made)> {
         check_name(name)?;
         if whiteout::is_oci_marker(name.as_bytes()) {
             // Such a name would read back as a marker, not as the object.
@@ -64,15 +71,31 @@ impl LayerFs {
         let up = self.upper_ctx()?;
         let pu = self.upper_dir(parent)?;
         parent.dir_changed();
-        let finish = |dir: BorrowedFd<'_>, n: &OsStr| -> io::Result<OwnedFd> {
+        // Owner and mode are set only where the creating call left them
+        // otherwise (the daemon's own ids, its umask, a setgid bit the
+        // kernel dropped): each change is an inode update in the upper's
+        // journal, and most new objects need neither.
+        let finish = |dir: BorrowedFd<'_>, n: &OsStr| -> io::Result<Made> {
             let fd = sys::openat(dir, n, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            let st = sys::fstat(fd.as_fd())?;
+            let mut changed = false;
             if let Some(o) = owner {
-                self.chown_upper(fd.as_fd(), o.uid, o.gid)?;
+                if (st.st_uid, st.st_gid) != (o.uid, o.gid) {
+                    self.chown_upper(fd.as_fd(), o.uid, o.gid)?;
+                    changed = true;
+                }
             }
             if let Some(m) = mode {
-                sys::fchmod_fd(fd.as_fd(), m)?;
+                // A chown may have cleared setuid/setgid bits: set after it.
+                if changed || st.st_mode & 0o7777 != m {
+                    sys::fchmod_fd(fd.as_fd(), m)?;
+                    changed = true;
+                }
             }
-            Ok(fd)
+            Ok(Made {
+                path: fd,
+                st: (!changed).then_some(st),
+            })
         };
         match self.upper_slot(&pu, name)? {
             UpperSlot::Entry(..) => Err(errno(libc::EEXIST)),
@@ -94,22 +117,25 @@ impl LayerFs {
                 // marker goes: a crash in between leaves the new object
                 // shown (a directory beside its marker counts as opaque).
                 let fd = build(pu.fd.get()?.as_fd(), name)?;
-                let path = finish(pu.fd.get()?.as_fd(), name)?;
+                let mut made = finish(pu.fd.get()?.as_fd(), name)?;
                 if is_dir {
-                    make_oci_marker(path.as_fd(), OsStr::from_bytes(whiteout::OCI_OPAQUE))?;
+                    make_oci_marker(made.path.as_fd(), OsStr::from_bytes(whiteout::OCI_OPAQUE))?;
                 }
                 self.remove_whiteout(&pu, name)?;
-                Ok((fd, path))
+                made.st = None;
+                Ok((fd, made))
             }
             UpperSlot::Whiteout => {
                 let staged = Staged::new(&up.work);
                 let fd = build(up.work.fd(), &staged.name)?;
-                let path = finish(up.work.fd(), &staged.name)?;
+                let mut made = finish(up.work.fd(), &staged.name)?;
                 if is_dir {
-                    sys::setxattr_fd(path.as_fd(), &up.ns.name("opaque"), b"y", 0)?;
+                    sys::setxattr_fd(made.path.as_fd(), &up.ns.name("opaque"), b"y", 0)?;
                 }
                 self.exchange_into_place(staged, &pu, name)?;
-                Ok((fd, path))
+                // The rename moved its ctime.
+                made.st = None;
+                Ok((fd, made))
             }
         }
     }
@@ -122,10 +148,14 @@ impl LayerFs {
         &self,
         parent: NodeId,
         name: &OsStr,
-        path: OwnedFd,
+        made: Made,
     ) -> io::Result<(Arc<Inode>, FileAttr)> {
         let up = self.upper_ctx()?;
-        let st = sys::fstat(path.as_fd())?;
+        let Made { path, st } = made;
+        let st = match st {
+            Some(st) => st,
+            None => sys::fstat(path.as_fd())?,
+        };
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         // A new object is numbered by its own identity. A number remembered
         // for that identity belonged to a deleted object whose inode the
@@ -333,14 +363,22 @@ impl LayerFs {
         // and is not a directory.
         match self.upper_slot(&pu, name)? {
             UpperSlot::Entry(fd, st) => {
-                if self.lower_positive(&dir, name)? {
+                let gone = if self.lower_positive(&dir, name)? {
                     self.replace_with_whiteout(&pu, name, &dir)?;
+                    sys::fstat(fd.as_fd())
+                        .map(|s| s.st_nlink == 0)
+                        .unwrap_or(true)
                 } else {
                     sys::unlinkat(pu.fd.get()?.as_fd(), name, 0)?;
-                }
-                let gone = sys::fstat(fd.as_fd())
-                    .map(|s| s.st_nlink == 0)
-                    .unwrap_or(true);
+                    // Its only name is gone: no link can have been added
+                    // meanwhile, as the kernel holds the object's inode lock
+                    // across both link and unlink, and nothing else writes
+                    // the upper.
+                    st.st_nlink <= 1
+                        || sys::fstat(fd.as_fd())
+                            .map(|s| s.st_nlink == 0)
+                            .unwrap_or(true)
+                };
                 if let Some(i) = self.live_inode_of(&st) {
                     i.name_gone(parent, name);
                 }
