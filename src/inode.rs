@@ -134,6 +134,33 @@ impl RealFd {
             RealFd::Named(n) => Ok(Arc::new(n.open()?)),
         }
     }
+
+    /// The object's attributes. One reached by name is looked at by name:
+    /// an O_PATH open, `fstat` and `close` were three syscalls where a
+    /// `stat` of each lower file (every `ls -l`, every file `tar` reads)
+    /// needs one.
+    pub fn stat(&self) -> std::io::Result<crate::sys::Stat> {
+        match self {
+            RealFd::Held(fd) => crate::sys::fstat(std::os::fd::AsFd::as_fd(&**fd)),
+            RealFd::At { dir, name } => crate::sys::lstatat(std::os::fd::AsFd::as_fd(&**dir), name),
+            other => crate::sys::fstat(std::os::fd::AsFd::as_fd(&*other.get()?)),
+        }
+    }
+
+    /// Opens the object (a regular file or a directory) with `flags`: one
+    /// reached by name straight by its name, the others by reopening their
+    /// O_PATH fd (through /proc, a path walk of its own).
+    pub fn open(&self, flags: i32) -> std::io::Result<OwnedFd> {
+        match self {
+            RealFd::At { dir, name } => crate::sys::openat(
+                std::os::fd::AsFd::as_fd(&**dir),
+                name,
+                flags | libc::O_NOFOLLOW,
+                0,
+            ),
+            other => crate::sys::reopen(std::os::fd::AsFd::as_fd(&*other.get()?), flags),
+        }
+    }
 }
 
 impl From<OwnedFd> for RealFd {

@@ -38,12 +38,9 @@ impl LayerFs {
         let fd = if lower {
             // Lower files never change: one read-only fd serves every
             // read-only open of the file while any is open.
-            inode.shared_lower_fd(|| sys::reopen(top.fd.get()?.as_fd(), libc::O_RDONLY))?
+            inode.shared_lower_fd(|| top.fd.open(libc::O_RDONLY))?
         } else {
-            Arc::new(sys::reopen(
-                top.fd.get()?.as_fd(),
-                again | (flags & libc::O_TRUNC),
-            )?)
+            Arc::new(top.fd.open(again | (flags & libc::O_TRUNC))?)
         };
         Ok((self.add_file(fd, lower, inode, again), lower))
     }

@@ -348,13 +348,18 @@ impl LayerFs {
     }
 
     pub(crate) fn attr_of(&self, inode: &Inode) -> io::Result<FileAttr> {
-        let top = inode.top().fd;
-        self.attr_at(inode, top.get()?.as_fd())
+        let st = inode.top().fd.stat()?;
+        self.attr_from(inode, &st)
     }
 
     /// [`Self::attr_of`], with `top` an fd of its top object the caller
     /// holds already.
     pub(crate) fn attr_at(&self, inode: &Inode, top: BorrowedFd<'_>) -> io::Result<FileAttr> {
+        self.attr_from(inode, &sys::fstat(top)?)
+    }
+
+    /// The attributes shown for `inode`, whose top object's are `st`.
+    fn attr_from(&self, inode: &Inode, st: &sys::Stat) -> io::Result<FileAttr> {
         let data = {
             let s = inode.state();
             (!inode.is_dir())
@@ -362,13 +367,12 @@ impl LayerFs {
                 .flatten()
         };
         let merged = inode.is_dir() && inode.state().reals.len() > 1;
-        let st = sys::fstat(top)?;
         let data_st = match data {
-            Some(d) => Some(sys::fstat(d.get()?.as_fd())?),
+            Some(d) => Some(d.stat()?),
             None => None,
         };
         Ok(attr::compose(
-            &st,
+            st,
             inode.st_ino,
             merged,
             inode.nlink_delta(),
