@@ -158,7 +158,9 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
     drop(private);
     if let (Err(e), Some(mut n)) = (&result, notify.take()) {
         // The parent reports it; the daemon child just leaves.
-        let _ = n.write_all(format!("{e}").as_bytes());
+        let mut msg = vec![daemon::MOUNT_FAILED];
+        msg.extend_from_slice(format!("{e}").as_bytes());
+        let _ = n.write_all(&msg);
         drop(n);
         std::process::exit(1);
     }
