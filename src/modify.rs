@@ -48,23 +48,21 @@ impl LayerFs {
         // upper file reopens it by handle or name, and the times the
         // writeback cache sends back after every write come here.
         let top = inode.top();
-        let upper_fd = match self.is_upper(top.layer) {
-            true => Some(top.fd.get()?),
-            false => None,
-        };
+        let upper_fd = self.is_upper(top.layer).then(|| top.fd.get()).transpose()?;
         if times_only(&a) {
-            let fd = match &upper_fd {
-                Some(fd) => std::sync::Arc::clone(fd),
-                None => top.fd.get()?,
+            // A lower top is looked at without being opened.
+            let st = match &upper_fd {
+                Some(fd) => sys::fstat(fd.as_fd())?,
+                None => top.fd.stat()?,
             };
-            if same_times(fd.as_fd(), &a)? {
+            if same_times(&st, &a) {
                 // With the writeback cache the kernel owns times, and
                 // writes back the ctime of every file it saw change: after
                 // an unlink too, with the unchanged mtime. Copying up a
                 // lower file (one just deleted, at that) for it would cost
                 // a copy and an fsync each: `rm -rf` of a lower tree ran 6x
                 // slower.
-                return self.attr_at(&inode, fd.as_fd());
+                return self.attr_from(&inode, &st);
             }
         }
         let held = match upper_fd {
@@ -119,17 +117,13 @@ fn times_only(a: &SetAttr) -> bool {
     a.mode.is_none() && a.uid.is_none() && a.gid.is_none() && a.size.is_none()
 }
 
-/// Whether the object (`top`) has the times `a` sets already (the ctime it
-/// may carry is not settable, and moves by itself).
-fn same_times(top: BorrowedFd<'_>, a: &SetAttr) -> io::Result<bool> {
-    let st = sys::fstat(top)?;
+/// Whether the object, whose attributes are `st`, has the times `a` sets
+/// already (the ctime it may carry is not settable, and moves by itself).
+fn same_times(st: &sys::Stat, a: &SetAttr) -> bool {
     let same = |t: Option<TimeSpec>, sec: i64, nsec: i64| match t {
         None => true,
         Some(TimeSpec::Set(s, n)) => s == sec && n == nsec,
         Some(_) => false,
     };
-    Ok(
-        same(a.mtime, st.st_mtime, st.st_mtime_nsec)
-            && same(a.atime, st.st_atime, st.st_atime_nsec),
-    )
+    same(a.mtime, st.st_mtime, st.st_mtime_nsec) && same(a.atime, st.st_atime, st.st_atime_nsec)
 }

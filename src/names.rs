@@ -363,22 +363,20 @@ impl LayerFs {
         // and is not a directory.
         match self.upper_slot(&pu, name)? {
             UpperSlot::Entry(fd, st) => {
-                let gone = if self.lower_positive(&dir, name)? {
+                let below = self.lower_positive(&dir, name)?;
+                if below {
                     self.replace_with_whiteout(&pu, name, &dir)?;
-                    sys::fstat(fd.as_fd())
-                        .map(|s| s.st_nlink == 0)
-                        .unwrap_or(true)
                 } else {
                     sys::unlinkat(pu.fd.get()?.as_fd(), name, 0)?;
-                    // Its only name is gone: no link can have been added
-                    // meanwhile, as the kernel holds the object's inode lock
-                    // across both link and unlink, and nothing else writes
-                    // the upper.
-                    st.st_nlink <= 1
-                        || sys::fstat(fd.as_fd())
-                            .map(|s| s.st_nlink == 0)
-                            .unwrap_or(true)
-                };
+                }
+                // An unlinked only name needs no second look: no link can
+                // have been added meanwhile, as the kernel holds the
+                // object's inode lock across both link and unlink, and
+                // nothing else writes the upper.
+                let gone = (!below && st.st_nlink <= 1)
+                    || sys::fstat(fd.as_fd())
+                        .map(|s| s.st_nlink == 0)
+                        .unwrap_or(true);
                 if let Some(i) = self.live_inode_of(&st) {
                     i.name_gone(parent, name);
                 }

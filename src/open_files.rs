@@ -3,7 +3,7 @@
 //! `file_data`).
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use crate::copyup::CopyMode;
@@ -11,7 +11,6 @@ use crate::ids::{FileHandle, NodeId};
 use crate::inode::Inode;
 use crate::open_table::OpenFile;
 use crate::overlay::LayerFs;
-use crate::sys;
 
 impl LayerFs {
     /// Opens a regular file, copying it up first when opened for writing.
@@ -75,8 +74,7 @@ impl LayerFs {
         fh: FileHandle,
     ) -> io::Result<(Arc<OwnedFd>, Option<Arc<crate::open_table::LowerMap>>)> {
         let file = self.file(fh)?;
-        self.current_fd(&file)?;
-        Ok(file.data_fd())
+        self.current_data(&file)
     }
 
     /// The fd to change an open file through: after a rotation, the file
@@ -95,8 +93,17 @@ impl LayerFs {
     }
 
     fn current_fd(&self, file: &OpenFile) -> io::Result<Arc<OwnedFd>> {
+        self.current_data(file).map(|(fd, _)| fd)
+    }
+
+    /// The open file's fd of its node's top object as it is now (reopened
+    /// if a copy-up replaced it), with its mapping's place.
+    fn current_data(
+        &self,
+        file: &OpenFile,
+    ) -> io::Result<(Arc<OwnedFd>, Option<Arc<crate::open_table::LowerMap>>)> {
         if file.is_current() {
-            return Ok(file.fd());
+            return Ok(file.data_fd());
         }
         let version = file.node.data_version();
         let top = {
@@ -108,9 +115,9 @@ impl LayerFs {
                 _ => s.reals[0].clone(),
             }
         };
-        let fd = Arc::new(sys::reopen(top.fd.get()?.as_fd(), file.flags)?);
-        file.replace(Arc::clone(&fd), !self.is_upper(top.layer), version);
-        Ok(fd)
+        let fd = Arc::new(top.fd.open(file.flags)?);
+        file.replace(fd, !self.is_upper(top.layer), version);
+        Ok(file.data_fd())
     }
 
     pub fn release(&self, fh: FileHandle) {

@@ -359,7 +359,7 @@ impl LayerFs {
     }
 
     /// The attributes shown for `inode`, whose top object's are `st`.
-    fn attr_from(&self, inode: &Inode, st: &sys::Stat) -> io::Result<FileAttr> {
+    pub(crate) fn attr_from(&self, inode: &Inode, st: &sys::Stat) -> io::Result<FileAttr> {
         let data = {
             let s = inode.state();
             (!inode.is_dir())
