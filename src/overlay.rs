@@ -145,9 +145,6 @@ impl LayerFs {
         if reals.is_empty() {
             return Err(errno(libc::EINVAL));
         }
-        if let Some(w) = &work {
-            w.note_holder();
-        }
         let upper = match (layers.upper(), work) {
             (Some(idx), Some(work)) if !opts.read_only => Some(UpperCtx {
                 idx,

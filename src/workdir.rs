@@ -414,16 +414,6 @@ impl WorkDir {
         Ok((features, ns))
     }
 
-    /// Names the calling process as the holder (the daemon, once it has
-    /// forked from the process that took the lock).
-    pub fn note_holder(&self) {
-        if let Some(fd) = &self.holder {
-            if let Err(e) = write_holder_note(fd.as_fd(), None) {
-                log::warn!("cannot update {HOLDER_FILE}: {e}");
-            }
-        }
-    }
-
     /// Copies of the descriptors holding this work dir's locks, to let the
     /// locks go before the rest of the mount's state is torn down (see
     /// [`LockRelease`]).
@@ -527,19 +517,20 @@ pub struct LockRelease {
 }
 
 impl LockRelease {
-    /// Adds the mount on `mountpoint`, now up, to the holder note: a mount
-    /// made once it is gone waits for this daemon to let go rather than
-    /// being refused (see `HolderNote::going_away`).
+    /// Names the calling process (the daemon, forked from the process that
+    /// took the lock) as the holder, with the mount on `mountpoint`, now
+    /// up: a mount made once it is gone waits for this daemon to let go
+    /// rather than being refused (see `HolderNote::going_away`).
     pub fn note_mount(&self, mountpoint: &Path) {
         let Some(h) = &self.holder else { return };
-        let Some(dev) = fuse_mount_dev(mountpoint) else {
+        let dev = fuse_mount_dev(mountpoint);
+        if dev.is_none() {
             log::debug!(
                 "{}: not found in /proc/self/mountinfo",
                 mountpoint.display()
             );
-            return;
-        };
-        if let Err(e) = write_holder_note(h.as_fd(), Some(&dev)) {
+        }
+        if let Err(e) = write_holder_note(h.as_fd(), dev.as_deref()) {
             log::warn!("cannot update {HOLDER_FILE}: {e}");
         }
     }

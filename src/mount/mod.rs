@@ -102,6 +102,7 @@ pub struct MountRequest {
 /// process returns (exit status 0) only once the mount is up.
 pub fn run(req: MountRequest) -> Result<(), MountError> {
     let plan = plan(&req)?;
+    sys::tune_allocator();
     if let Err(e) = sys::raise_nofile_limit() {
         log::warn!("cannot raise the open-file limit: {e}");
     }
