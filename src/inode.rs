@@ -121,12 +121,7 @@ impl RealFd {
     pub fn get(&self) -> std::io::Result<Arc<OwnedFd>> {
         match self {
             RealFd::Held(fd) => Ok(Arc::clone(fd)),
-            RealFd::At { dir, name } => Ok(Arc::new(crate::sys::openat(
-                std::os::fd::AsFd::as_fd(&**dir),
-                name,
-                libc::O_PATH | libc::O_NOFOLLOW,
-                0,
-            )?)),
+            RealFd::At { .. } => self.open(libc::O_PATH).map(Arc::new),
             RealFd::Handle { root, handle } => Ok(Arc::new(crate::sys::open_by_handle(
                 std::os::fd::AsFd::as_fd(&**root),
                 handle,
@@ -141,15 +136,14 @@ impl RealFd {
     /// needs one.
     pub fn stat(&self) -> std::io::Result<crate::sys::Stat> {
         match self {
-            RealFd::Held(fd) => crate::sys::fstat(std::os::fd::AsFd::as_fd(&**fd)),
             RealFd::At { dir, name } => crate::sys::lstatat(std::os::fd::AsFd::as_fd(&**dir), name),
             other => crate::sys::fstat(std::os::fd::AsFd::as_fd(&*other.get()?)),
         }
     }
 
-    /// Opens the object (a regular file or a directory) with `flags`: one
-    /// reached by name straight by its name, the others by reopening their
-    /// O_PATH fd (through /proc, a path walk of its own).
+    /// Opens the object with `flags` (O_PATH included): one reached by
+    /// name straight by its name, the others by reopening their O_PATH fd
+    /// (through /proc, a path walk of its own).
     pub fn open(&self, flags: i32) -> std::io::Result<OwnedFd> {
         match self {
             RealFd::At { dir, name } => crate::sys::openat(
