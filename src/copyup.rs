@@ -3,9 +3,11 @@
 //! The copy is built in the work directory — data (reflink, else
 //! copy_file_range over data extents only, so holes stay holes), owner,
 //! xattrs, the `overlay.origin` handle of the lower file, times and mode —
-//! made durable, then renamed into the upper parent. A crash at any moment
-//! leaves either no upper copy or a complete one; the staged leftovers are
-//! removed at the next mount. Parents are copied up first. Each inode has
+//! made durable, then put in the upper parent: a regular file's copy is
+//! an unnamed (`O_TMPFILE`) file linked into place, anything else a staged
+//! name renamed into place. A crash at any moment leaves either no upper
+//! copy or a complete one; the staged leftovers are removed at the next
+//! mount. Parents are copied up first. Each inode has
 //! its own copy-up lock, so concurrent writers of one file produce one copy
 //! and a long data copy never blocks other files.
 
@@ -27,6 +29,8 @@ use crate::xattrs::CAPS;
 
 /// Set once FICLONE failed for lack of support.
 static NO_REFLINK: AtomicBool = AtomicBool::new(false);
+/// Set once the work directory could not make or link an `O_TMPFILE` copy.
+static NO_TMPFILE: AtomicBool = AtomicBool::new(false);
 /// Files up to this size are copied in one go, without looking for holes.
 const SMALL_FILE: u64 = 64 * 1024;
 
@@ -253,8 +257,11 @@ struct Copied {
     caps_absent: bool,
 }
 
-/// Builds the copy of `src` (whose stat is `st`) in the work directory
-/// and renames it to `name` in `parent_upper`.
+/// Builds the copy of `src` (whose stat is `st`) and puts it at `name` in
+/// `parent_upper`: a regular file as an unnamed file of the work
+/// directory's filesystem, linked into place once complete (as kernel
+/// overlayfs does); anything else, or a file linked into the index, under
+/// a staged name in the work directory, renamed into place.
 fn stage_copy(
     job: &CopyJob<'_>,
     src: &RealEntry,
@@ -262,117 +269,254 @@ fn stage_copy(
     parent_upper: BorrowedFd<'_>,
     name: &OsStr,
 ) -> io::Result<Copied> {
-    let (up, mode, indexed) = (job.upper, job.mode, job.indexed);
-    let work = &up.work;
-    // A copy that will be linked into the index carries, in its staged
-    // name, the nlink delta right while it is staged (see
-    // `Staged::index_link`).
-    let staged = if indexed && work.index_fd().is_some() {
-        Staged::index_link(work, st.st_nlink as i64 - 2)
-    } else {
-        Staged::new(work)
+    let copying = Copying {
+        job,
+        src,
+        st,
+        parent_upper,
+        name,
     };
-    let fmt = st.st_mode & libc::S_IFMT;
-    let mut data_fd = None;
-    match fmt {
-        libc::S_IFREG => {
-            let dst = sys::openat(
-                work.fd(),
-                &staged.name,
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-                0o600,
-            )?;
-            match mode {
-                CopyMode::Full => {
-                    let srcf = sys::reopen(src.fd.get()?.as_fd(), libc::O_RDONLY)?;
-                    copy_data(srcf.as_fd(), dst.as_fd(), st.st_size as u64)?;
-                    // Only copied data needs an fsync before the rename,
-                    // as with kernel overlayfs (metadata is journaled).
-                    if st.st_size > 0 {
-                        data_fd = Some(dst);
-                    }
-                }
-                // Same size, no blocks: reads go to the lower file.
-                CopyMode::MetaOnly => sys::ftruncate(dst.as_fd(), st.st_size as u64)?,
-                CopyMode::Truncated => {}
-            }
+    let into_index = job.indexed && job.upper.work.index_fd().is_some();
+    if st.st_mode & libc::S_IFMT == libc::S_IFREG
+        && !into_index
+        && !NO_TMPFILE.load(Ordering::Relaxed)
+    {
+        if let Some(copied) = copying.unnamed()? {
+            return Ok(copied);
         }
-        libc::S_IFDIR => sys::mkdirat(work.fd(), &staged.name, 0o700)?,
-        libc::S_IFLNK => {
-            let target = sys::readlink_fd(src.fd.get()?.as_fd())?;
-            sys::symlinkat(OsStr::from_bytes(&target), work.fd(), &staged.name)?;
-        }
-        _ => sys::mknodat(work.fd(), &staged.name, st.st_mode, st.st_rdev)?,
     }
-    let fd = sys::openat(work.fd(), &staged.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-    // Owner first (chown clears setuid bits and capabilities), then
-    // xattrs, times, and the mode last, as kernel overlayfs: an
-    // unprivileged daemon may set `user.*` xattrs only on a file its
-    // mode lets it write (a 0400 lower file would fail its copy-up).
-    job.chown(fd.as_fd(), st.st_uid, st.st_gid)?;
+    copying.named()
+}
+
+/// One copy being made: of `src` (whose stat is `st`), to `name` in
+/// `parent_upper`.
+#[derive(Clone, Copy)]
+struct Copying<'a> {
+    job: &'a CopyJob<'a>,
+    src: &'a RealEntry,
+    st: &'a sys::Stat,
+    parent_upper: BorrowedFd<'a>,
+    name: &'a OsStr,
+}
+
+/// The data of a regular file's copy, as the mode asks; returns whether
+/// data was copied (and so needs an fsync before the copy is named).
+fn copy_file_data(
+    mode: CopyMode,
+    src: &RealEntry,
+    st: &sys::Stat,
+    dst: BorrowedFd<'_>,
+) -> io::Result<bool> {
+    match mode {
+        CopyMode::Full => {
+            let srcf = src.fd.open(libc::O_RDONLY)?;
+            copy_data(srcf.as_fd(), dst, st.st_size as u64)?;
+            // Only copied data needs an fsync before the copy is named,
+            // as with kernel overlayfs (metadata is journaled).
+            Ok(st.st_size > 0)
+        }
+        // Same size, no blocks: reads go to the lower file.
+        CopyMode::MetaOnly => sys::ftruncate(dst, st.st_size as u64).map(|()| false),
+        CopyMode::Truncated => Ok(false),
+    }
+}
+
+/// Sets what the copy `fd` takes from its source besides the data:
+/// owner first (chown clears setuid bits and capabilities), then xattrs,
+/// origin and times, as kernel overlayfs; the mode comes last, from the
+/// caller. Returns the origin set and whether the source has a
+/// `security.capability`.
+fn copy_metadata(
+    job: &CopyJob<'_>,
+    src: &RealEntry,
+    st: &sys::Stat,
+    fd: BorrowedFd<'_>,
+) -> io::Result<(Option<Vec<u8>>, bool)> {
+    let up = job.upper;
+    job.chown(fd, st.st_uid, st.st_gid)?;
     // An upper without xattrs (OCI format) cannot keep them.
-    let caps = !up.oci_whiteouts && copy_xattrs(src.fd.get()?.as_fd(), fd.as_fd())?;
-    let origin = job.set_origin(fd.as_fd())?;
-    if mode == CopyMode::MetaOnly {
-        sys::setxattr_fd(fd.as_fd(), &up.ns.name("metacopy"), b"", 0)?;
+    let caps = !up.oci_whiteouts && copy_xattrs(src.fd.get()?.as_fd(), fd)?;
+    let origin = job.set_origin(fd)?;
+    if job.mode == CopyMode::MetaOnly {
+        sys::setxattr_fd(fd, &up.ns.name("metacopy"), b"", 0)?;
     }
     sys::utimens_at(
-        fd.as_fd(),
+        fd,
         OsStr::new(""),
         time_of(st.st_atime, st.st_atime_nsec),
         time_of(st.st_mtime, st.st_mtime_nsec),
     )?;
-    if let Some(d) = &data_fd {
-        if up.fsync {
-            sys::fsync(d.as_fd(), false)?;
-        }
-    }
-    let index_at = match (indexed, origin, work.index_fd()) {
-        (true, Some(origin), Some(index)) => Some((origin, index)),
-        _ => None,
-    };
-    if index_at.is_some() {
-        // Overlay nlink = upper nlink + delta: the lower names all
-        // stay visible, while the upper inode gains the index link
-        // and the target name.
-        let delta = st.st_nlink as i64 - 2;
-        sys::setxattr_fd(
-            fd.as_fd(),
-            &up.ns.name("nlink"),
-            format!("U{delta:+}").as_bytes(),
-            0,
-        )?;
-    }
-    if fmt != libc::S_IFLNK {
-        sys::fchmod_fd(fd.as_fd(), st.st_mode & 0o7777)?;
-    }
-    let in_index = index_at.is_some();
-    if let Some((origin, index)) = index_at {
-        sys::link_fd(fd.as_fd(), index, &index_name(&origin))?;
-        crate::sys::crashpoint::reached("copyup-indexed");
-    }
-    // Kernel overlayfs keeps the parent's times across a copy-up: the
-    // directory did not change as the user sees it. Held from the read of
-    // the times to their restore: two copy-ups into one directory
-    // interleaved there would have one put back the time the other's
-    // rename had set.
+    Ok((origin, caps))
+}
+
+/// Makes `name` in `parent_upper` by `place`, keeping the parent's times:
+/// kernel overlayfs keeps them across a copy-up, as the directory did not
+/// change as the user sees it. Held from the read of the times to their
+/// restore: two copy-ups into one directory interleaved there would have
+/// one put back the time the other's entry had set.
+fn name_keeping_parent_times(
+    parent_upper: BorrowedFd<'_>,
+    place: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
     let _times = parent_times_lock(parent_upper)?;
     let pst = sys::fstat(parent_upper)?;
-    up.renames
-        .noreplace(work.fd(), &staged.name, parent_upper, name)?;
-    staged.commit();
+    place()?;
     let _ = sys::utimens_at(
         parent_upper,
         OsStr::new(""),
         time_of(pst.st_atime, pst.st_atime_nsec),
         time_of(pst.st_mtime, pst.st_mtime_nsec),
     );
-    Ok(Copied {
-        fd,
-        indexed: in_index,
-        caps_absent: !caps,
-    })
+    Ok(())
 }
+
+impl Copying<'_> {
+    /// The copy of a regular file made as an unnamed (`O_TMPFILE`) file in
+    /// the work directory's filesystem and linked at `name` once complete and
+    /// durable. A crash before the link leaves nothing to clean up, and its
+    /// fsync writes the file alone, not a work-directory entry as well.
+    /// `None` where the upper cannot make or link such a file: the caller
+    /// stages a named copy instead, and later copy-ups go that way at once.
+    fn unnamed(self) -> io::Result<Option<Copied>> {
+        let (job, src, st) = (self.job, self.src, self.st);
+        let (parent_upper, name) = (self.parent_upper, self.name);
+        let up = job.upper;
+        let unsupported = |e: &io::Error| {
+            matches!(
+                e.raw_os_error(),
+                // EISDIR/EINVAL: kernels and filesystems that predate the flag.
+                Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)
+            )
+        };
+        let dst = match sys::openat(
+            up.work.fd(),
+            OsStr::new("."),
+            libc::O_TMPFILE | libc::O_RDWR,
+            0o600,
+        ) {
+            Ok(fd) => fd,
+            Err(e) if unsupported(&e) => {
+                log::debug!("copy-up: no O_TMPFILE in the work directory ({e}); staging by name");
+                NO_TMPFILE.store(true, Ordering::Relaxed);
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let synced = copy_file_data(job.mode, src, st, dst.as_fd())?;
+        let (_origin, caps) = copy_metadata(job, src, st, dst.as_fd())?;
+        sys::fchmod(dst.as_fd(), st.st_mode & 0o7777)?;
+        if synced && up.fsync {
+            sys::fsync(dst.as_fd(), false)?;
+        }
+        let linked = name_keeping_parent_times(parent_upper, || {
+            // A link makes a name as a NOREPLACE rename does; where that
+            // rename is emulated, its check must not race this name.
+            let _names = up.renames.name_guard();
+            sys::link_fd(dst.as_fd(), parent_upper, name)
+        });
+        match linked {
+            Ok(()) => {}
+            // An upper that makes no hard links (the file is dropped at close).
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                log::debug!("copy-up: cannot link an O_TMPFILE copy ({e}); staging by name");
+                NO_TMPFILE.store(true, Ordering::Relaxed);
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+        // The copy is held by an O_PATH fd, as every upper object is: an fd
+        // open for writing would make the file busy to exec.
+        let fd = sys::reopen(dst.as_fd(), libc::O_PATH)?;
+        Ok(Some(Copied {
+            fd,
+            indexed: false,
+            caps_absent: !caps,
+        }))
+    }
+
+    /// The copy built under a staged name in the work directory and renamed
+    /// to `name` in `parent_upper`.
+    fn named(self) -> io::Result<Copied> {
+        let Copying { job, src, st, .. } = self;
+        let (parent_upper, name) = (self.parent_upper, self.name);
+        let (up, mode, indexed) = (job.upper, job.mode, job.indexed);
+        let work = &up.work;
+        // A copy that will be linked into the index carries, in its staged
+        // name, the nlink delta right while it is staged (see
+        // `Staged::index_link`).
+        let staged = if indexed && work.index_fd().is_some() {
+            Staged::index_link(work, st.st_nlink as i64 - 2)
+        } else {
+            Staged::new(work)
+        };
+        let fmt = st.st_mode & libc::S_IFMT;
+        let mut data_fd = None;
+        match fmt {
+            libc::S_IFREG => {
+                let dst = sys::openat(
+                    work.fd(),
+                    &staged.name,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                    0o600,
+                )?;
+                if copy_file_data(mode, src, st, dst.as_fd())? {
+                    data_fd = Some(dst);
+                }
+            }
+            libc::S_IFDIR => sys::mkdirat(work.fd(), &staged.name, 0o700)?,
+            libc::S_IFLNK => {
+                let target = sys::readlink_fd(src.fd.get()?.as_fd())?;
+                sys::symlinkat(OsStr::from_bytes(&target), work.fd(), &staged.name)?;
+            }
+            _ => sys::mknodat(work.fd(), &staged.name, st.st_mode, st.st_rdev)?,
+        }
+        let fd = sys::openat(work.fd(), &staged.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        // The mode last, as kernel overlayfs: an unprivileged daemon may set
+        // `user.*` xattrs only on a file its mode lets it write (a 0400 lower
+        // file would fail its copy-up).
+        let (origin, caps) = copy_metadata(job, src, st, fd.as_fd())?;
+        if let Some(d) = &data_fd {
+            if up.fsync {
+                sys::fsync(d.as_fd(), false)?;
+            }
+        }
+        let index_at = match (indexed, origin, work.index_fd()) {
+            (true, Some(origin), Some(index)) => Some((origin, index)),
+            _ => None,
+        };
+        if index_at.is_some() {
+            // Overlay nlink = upper nlink + delta: the lower names all
+            // stay visible, while the upper inode gains the index link
+            // and the target name.
+            let delta = st.st_nlink as i64 - 2;
+            sys::setxattr_fd(
+                fd.as_fd(),
+                &up.ns.name("nlink"),
+                format!("U{delta:+}").as_bytes(),
+                0,
+            )?;
+        }
+        if fmt != libc::S_IFLNK {
+            sys::fchmod_fd(fd.as_fd(), st.st_mode & 0o7777)?;
+        }
+        let in_index = index_at.is_some();
+        if let Some((origin, index)) = index_at {
+            sys::link_fd(fd.as_fd(), index, &index_name(&origin))?;
+            crate::sys::crashpoint::reached("copyup-indexed");
+        }
+        name_keeping_parent_times(parent_upper, || {
+            up.renames
+                .noreplace(work.fd(), &staged.name, parent_upper, name)
+        })?;
+        staged.commit();
+        Ok(Copied {
+            fd,
+            indexed: in_index,
+            caps_absent: !caps,
+        })
+    }
+}
+
 impl LayerFs {
     /// Ensures `inode` has an upper object with its data, and returns it.
     /// Directories get only the directory itself; their entries stay below.

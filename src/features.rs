@@ -145,9 +145,9 @@ impl Drop for ProbeFiles<'_> {
 /// whiteout a rename leaves): every mount runs it, and an ext4 without a
 /// journal makes each new inode scan past the inodes freed in the last
 /// seconds (`recently_deleted`), about a millisecond each where uppers
-/// come and go. What has a fallback at run time is not probed: reflink
-/// and `copy_file_range` are tried by the first copy-up (`copyup`), and
-/// `O_TMPFILE` is not used.
+/// come and go. What has a fallback at run time is not probed: reflink,
+/// `copy_file_range` and `O_TMPFILE` are tried by the first copy-up
+/// (`copyup`).
 pub fn probe(dir: BorrowedFd<'_>) -> io::Result<(Features, ProbeNotes)> {
     let _cleanup = ProbeFiles(dir);
     let mut notes = ProbeNotes::default();

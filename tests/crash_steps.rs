@@ -233,3 +233,100 @@ fn crash_in_the_link_up_before_a_rename_over_keeps_the_count() {
     drop(m);
     assert_eq!(s.check("after a crash before a rename over a name"), NAMES);
 }
+
+/// A crash at every step of the first write to a lower file (its parent's
+/// copy-up, then its own: an unnamed copy linked into place where the
+/// upper has `O_TMPFILE`) leaves the file as it was below, or a complete
+/// copy of it: same data, mode, times and xattrs, as layerfs and kernel
+/// overlayfs both read it; nothing staged survives the next mount.
+#[test]
+fn crash_at_each_step_of_a_copy_up_leaves_no_copy_or_a_whole_one() {
+    require!();
+    let t = tmp();
+    let base = t.path();
+    let (lower, upper, work) = (base.join("l"), base.join("u"), base.join("w"));
+    mkdir(&lower.join("d"));
+    write(&lower.join("d/f"), b"lower data\n");
+    setxattr(&lower.join("d/f"), "user.note", b"kept");
+    chmod(&lower.join("d/f"), 0o640);
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    fs::File::options()
+        .write(true)
+        .open(lower.join("d/f"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    mkdir(&upper);
+    mkdir(&work);
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let kopts = format!(
+        "upperdir={},workdir={},index=on,redirect_dir=on,metacopy=off",
+        upper.display(),
+        work.display()
+    );
+    let (mnt, kmnt) = (base.join("m"), base.join("k"));
+    let m = try_mount_layerfs(&opts, &mnt).expect("mount layerfs");
+    let before = snapshot(&m.dir);
+    drop(m);
+    let (mut crashes, mut copies_seen) = (0, false);
+    for step in 1.. {
+        assert!(step < 100, "the first write never completed");
+        let point = format!("any:{step}");
+        let m = match try_mount_layerfs_env(&opts, &mnt, &[("LAYERFS_CRASH_AT", &point)]) {
+            Ok(m) => m,
+            // A step of the mount itself (the holder note): the mount
+            // failed, with nothing of the copy-up done yet (its dead
+            // mount is cleared by the next, as after any crash).
+            Err(e) if e.to_string().contains("dying at crash point") => continue,
+            Err(e) => panic!("mount layerfs: {e}"),
+        };
+        let pid = daemon_pid(&m.dir).expect("daemon pid");
+        if append(&m.path("d/f")).is_ok() {
+            // Fewer steps than `step`: the copy-up and the write are done.
+            assert_eq!(fs::read(m.path("d/f")).unwrap(), b"lower data\nmore\n");
+            break;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(std::time::Instant::now() < deadline, "daemon {pid} alive");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        std::mem::forget(m);
+        crashes += 1;
+        // The file as it was below, its copy complete or absent. (Its
+        // parent may show a new mtime: a crash between the copy's rename
+        // or link and the restore of the parent's times leaves that, as
+        // with kernel overlayfs.)
+        let m = try_mount_layerfs(&opts, &mnt).expect("mount after the crash");
+        let after = snapshot(&m.dir);
+        drop(m);
+        let leftovers: Vec<_> = fs::read_dir(work.join("work")).unwrap().collect();
+        assert!(
+            leftovers.is_empty(),
+            "crash at step {step}: left in the work dir: {leftovers:?}"
+        );
+        let k = mount_kernel(std::slice::from_ref(&lower), &kmnt, &kopts);
+        let ktree = snapshot(&k.dir);
+        drop(k);
+        for (reader, tree) in [("layerfs", &after), ("kernel overlayfs", &ktree)] {
+            assert_eq!(
+                tree.get(&b"d/f"[..]),
+                before.get(&b"d/f"[..]),
+                "crash at step {step}: {reader} reads another file"
+            );
+        }
+        let copied = upper.join("d/f").exists();
+        copies_seen |= copied;
+        if copied {
+            assert_eq!(fs::read(upper.join("d/f")).unwrap(), b"lower data\n");
+        }
+    }
+    assert!(copies_seen, "no crash fell after the copy was in place");
+    // The parent's copy-up and the file's each take several steps.
+    assert!(crashes >= 4, "only {crashes} steps were cut");
+}

@@ -403,6 +403,15 @@ pub fn fchmod_fd(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// `fchmod(fd, mode)` of an fd open for I/O (an O_PATH fd needs
+/// [`fchmod_fd`]): no walk of `/proc`.
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    // SAFETY: plain syscall on a borrowed fd.
+    cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) })?;
+    step_done();
+    Ok(())
+}
+
 /// A timestamp for [`utimens_at`]: a time, now, or left alone.
 #[derive(Debug, Clone, Copy)]
 pub enum TimeSpec {
