@@ -194,6 +194,8 @@ pub fn index_name(origin: &[u8]) -> std::ffi::OsString {
 pub struct CopyJob<'a> {
     pub upper: &'a UpperCtx,
     pub mode: CopyMode,
+    /// The source, opened for reading (a copy of its data only).
+    pub src_data: Option<BorrowedFd<'a>>,
     /// Link the copy into the index (a lower file with several names).
     pub indexed: bool,
     /// The source's origin handle, kernel format (None where its
@@ -302,15 +304,22 @@ struct Copying<'a> {
 /// The data of a regular file's copy, as the mode asks; returns whether
 /// data was copied (and so needs an fsync before the copy is named).
 fn copy_file_data(
-    mode: CopyMode,
+    job: &CopyJob<'_>,
     src: &RealEntry,
     st: &sys::Stat,
     dst: BorrowedFd<'_>,
 ) -> io::Result<bool> {
-    match mode {
+    match job.mode {
         CopyMode::Full => {
-            let srcf = src.fd.open(libc::O_RDONLY)?;
-            copy_data(srcf.as_fd(), dst, st.st_size as u64)?;
+            let opened;
+            let srcf = match job.src_data {
+                Some(fd) => fd,
+                None => {
+                    opened = src.fd.open(libc::O_RDONLY)?;
+                    opened.as_fd()
+                }
+            };
+            copy_data(srcf, dst, st.st_size as u64)?;
             // Only copied data needs an fsync before the copy is named,
             // as with kernel overlayfs (metadata is journaled).
             Ok(st.st_size > 0)
@@ -402,7 +411,7 @@ impl Copying<'_> {
             }
             Err(e) => return Err(e),
         };
-        let synced = copy_file_data(job.mode, src, st, dst.as_fd())?;
+        let synced = copy_file_data(job, src, st, dst.as_fd())?;
         let (_origin, caps) = copy_metadata(job, src, st, dst.as_fd())?;
         sys::fchmod(dst.as_fd(), st.st_mode & 0o7777)?;
         if synced && up.fsync {
@@ -439,7 +448,7 @@ impl Copying<'_> {
     fn named(self) -> io::Result<Copied> {
         let Copying { job, src, st, .. } = self;
         let (parent_upper, name) = (self.parent_upper, self.name);
-        let (up, mode, indexed) = (job.upper, job.mode, job.indexed);
+        let (up, indexed) = (job.upper, job.indexed);
         let work = &up.work;
         // A copy that will be linked into the index carries, in its staged
         // name, the nlink delta right while it is staged (see
@@ -459,7 +468,7 @@ impl Copying<'_> {
                     libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
                     0o600,
                 )?;
-                if copy_file_data(mode, src, st, dst.as_fd())? {
+                if copy_file_data(job, src, st, dst.as_fd())? {
                     data_fd = Some(dst);
                 }
             }
@@ -553,20 +562,28 @@ impl LayerFs {
             }
             return self.complete_metacopy(inode, mode);
         }
-        // One fd of the source for the whole copy (a lower file is
-        // otherwise reopened by name at every use).
-        let src_fd = top.fd.get()?;
-        let top = RealEntry {
-            fd: RealFd::Held(Arc::clone(&src_fd)),
-            ..top
-        };
-        let st = sys::fstat(src_fd.as_fd())?;
+        let st = top.fd.stat()?;
         let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
         let mode = match mode {
             CopyMode::MetaOnly if !(self.opts.metacopy && regular && st.st_nlink == 1) => {
                 CopyMode::Full
             }
             m => m,
+        };
+        // One fd of the source for the whole copy (a lower file is
+        // otherwise reopened by name at every use). A file whose data is
+        // copied is opened for reading at once: that fd serves the data
+        // copy as well, where an O_PATH one would be reopened through
+        // /proc for it.
+        let reads_data = regular && mode == CopyMode::Full;
+        let src_fd = if reads_data {
+            Arc::new(top.fd.open(libc::O_RDONLY)?)
+        } else {
+            top.fd.get()?
+        };
+        let top = RealEntry {
+            fd: RealFd::Held(Arc::clone(&src_fd)),
+            ..top
         };
         let (parent_ino, name) = {
             let s = inode.state();
@@ -581,6 +598,7 @@ impl LayerFs {
         let job = CopyJob {
             upper: self.upper_ctx()?,
             mode,
+            src_data: reads_data.then(|| src_fd.as_fd()),
             indexed: hardlinked,
             origin: self.origin_of(&top),
             ids_squashed: self.opts.ids.squashed(),
