@@ -240,7 +240,8 @@ impl CopyJob<'_> {
 }
 
 /// The lock of the parent-times window of copy-ups into `parent`: one of a
-/// few shared by all directories (a holder keeps it for one rename), so
+/// few shared by all directories (a holder keeps it for one rename or
+/// link), so
 /// no directory needs a lock of its own.
 fn parent_times_lock(parent: BorrowedFd<'_>) -> io::Result<parking_lot::MutexGuard<'static, ()>> {
     static LOCKS: [parking_lot::Mutex<()>; 64] = [const { parking_lot::Mutex::new(()) }; 64];
@@ -405,7 +406,9 @@ impl Copying<'_> {
         ) {
             Ok(fd) => fd,
             Err(e) if unsupported(&e) => {
-                log::debug!("copy-up: no O_TMPFILE in the work directory ({e}); staging by name");
+                log::info!(
+                    "copy-up: no O_TMPFILE in the work directory ({e}); staging copies by name"
+                );
                 NO_TMPFILE.store(true, Ordering::Relaxed);
                 return Ok(None);
             }
@@ -417,6 +420,10 @@ impl Copying<'_> {
         if synced && up.fsync {
             sys::fsync(dst.as_fd(), false)?;
         }
+        // The copy is held by an O_PATH fd, as every upper object is (an
+        // fd open for writing would make the file busy to exec). Taken
+        // before the link: once the copy has its name, nothing may fail.
+        let fd = sys::reopen(dst.as_fd(), libc::O_PATH)?;
         let linked = name_keeping_parent_times(parent_upper, || {
             // A link makes a name as a NOREPLACE rename does; where that
             // rename is emulated, its check must not race this name.
@@ -425,17 +432,21 @@ impl Copying<'_> {
         });
         match linked {
             Ok(()) => {}
-            // An upper that makes no hard links (the file is dropped at close).
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                log::debug!("copy-up: cannot link an O_TMPFILE copy ({e}); staging by name");
+            // An upper that makes no hard links (the file is dropped at
+            // close): EPERM from most, ENOSYS/EOPNOTSUPP from a FUSE or
+            // network filesystem without the operation.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EPERM) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+                ) =>
+            {
+                log::info!("copy-up: cannot link an O_TMPFILE copy ({e}); staging copies by name");
                 NO_TMPFILE.store(true, Ordering::Relaxed);
                 return Ok(None);
             }
             Err(e) => return Err(e),
         }
-        // The copy is held by an O_PATH fd, as every upper object is: an fd
-        // open for writing would make the file busy to exec.
-        let fd = sys::reopen(dst.as_fd(), libc::O_PATH)?;
         Ok(Some(Copied {
             fd,
             indexed: false,

@@ -41,7 +41,8 @@ pub const ROOT_INO: NodeId = NodeId::ROOT;
 /// How an inode reaches one real object.
 #[derive(Debug, Clone)]
 pub enum RealFd {
-    /// An O_PATH, O_NOFOLLOW fd of the object, held.
+    /// An O_PATH, O_NOFOLLOW fd of the object, held (for the length of a
+    /// copy-up, its source may be held by an fd open for reading).
     Held(Arc<OwnedFd>),
     /// A lower non-directory, reopened by name in its parent's real
     /// directory when needed: lower layers never change, and holding no fd

@@ -34,7 +34,7 @@ fn is_same_object(inode: &Inode, st: &Stat) -> bool {
     if same() {
         return true;
     }
-    // A copy-up of that inode may have just renamed its copy into place
+    // A copy-up of that inode may have just put its copy in place
     // (found by this lookup) without having switched the inode's top to it
     // yet: wait for it to finish, then compare again. No lookup runs under
     // a copy lock, so this cannot wait on itself.

@@ -273,6 +273,16 @@ fn crash_at_each_step_of_a_copy_up_leaves_no_copy_or_a_whole_one() {
     let m = try_mount_layerfs(&opts, &mnt).expect("mount layerfs");
     let before = snapshot(&m.dir);
     drop(m);
+    // Where the upper's filesystem makes O_TMPFILE files, the file's copy
+    // must be one: nothing regular is ever staged by name in the work dir.
+    let tmpfile = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .open(&work)
+            .is_ok()
+    };
     let (mut crashes, mut copies_seen) = (0, false);
     for step in 1.. {
         assert!(step < 100, "the first write never completed");
@@ -298,6 +308,18 @@ fn crash_at_each_step_of_a_copy_up_leaves_no_copy_or_a_whole_one() {
         }
         std::mem::forget(m);
         crashes += 1;
+        if tmpfile {
+            let staged_files: Vec<_> = fs::read_dir(work.join("work"))
+                .unwrap()
+                .map(|e| e.unwrap())
+                .filter(|e| e.file_type().unwrap().is_file())
+                .map(|e| e.file_name())
+                .collect();
+            assert!(
+                staged_files.is_empty(),
+                "crash at step {step}: a file copy was staged by name: {staged_files:?}"
+            );
+        }
         // The file as it was below, its copy complete or absent. (Its
         // parent may show a new mtime: a crash between the copy's rename
         // or link and the restore of the parent's times leaves that, as
