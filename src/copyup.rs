@@ -304,22 +304,12 @@ struct Copying<'a> {
 
 /// The data of a regular file's copy, as the mode asks; returns whether
 /// data was copied (and so needs an fsync before the copy is named).
-fn copy_file_data(
-    job: &CopyJob<'_>,
-    src: &RealEntry,
-    st: &sys::Stat,
-    dst: BorrowedFd<'_>,
-) -> io::Result<bool> {
+fn copy_file_data(job: &CopyJob<'_>, st: &sys::Stat, dst: BorrowedFd<'_>) -> io::Result<bool> {
     match job.mode {
         CopyMode::Full => {
-            let opened;
-            let srcf = match job.src_data {
-                Some(fd) => fd,
-                None => {
-                    opened = src.fd.open(libc::O_RDONLY)?;
-                    opened.as_fd()
-                }
-            };
+            // `copy_up_with` opens a regular source for reading whenever
+            // its data is copied.
+            let srcf = job.src_data.ok_or_else(|| errno(libc::EBADF))?;
             copy_data(srcf, dst, st.st_size as u64)?;
             // Only copied data needs an fsync before the copy is named,
             // as with kernel overlayfs (metadata is journaled).
@@ -391,12 +381,12 @@ impl Copying<'_> {
         let (job, src, st) = (self.job, self.src, self.st);
         let (parent_upper, name) = (self.parent_upper, self.name);
         let up = job.upper;
-        let unsupported = |e: &io::Error| {
-            matches!(
-                e.raw_os_error(),
-                // EISDIR/EINVAL: kernels and filesystems that predate the flag.
-                Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)
-            )
+        // The upper cannot do it: this copy and every later one are
+        // staged by name.
+        let refused = |what: &str, e: io::Error| {
+            log::info!("copy-up: {what} ({e}); staging copies by name");
+            NO_TMPFILE.store(true, Ordering::Relaxed);
+            Ok(None)
         };
         let dst = match sys::openat(
             up.work.fd(),
@@ -405,16 +395,18 @@ impl Copying<'_> {
             0o600,
         ) {
             Ok(fd) => fd,
-            Err(e) if unsupported(&e) => {
-                log::info!(
-                    "copy-up: no O_TMPFILE in the work directory ({e}); staging copies by name"
-                );
-                NO_TMPFILE.store(true, Ordering::Relaxed);
-                return Ok(None);
+            // EISDIR/EINVAL: kernels and filesystems that predate the flag.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)
+                ) =>
+            {
+                return refused("no O_TMPFILE in the work directory", e)
             }
             Err(e) => return Err(e),
         };
-        let synced = copy_file_data(job, src, st, dst.as_fd())?;
+        let synced = copy_file_data(job, st, dst.as_fd())?;
         let (_origin, caps) = copy_metadata(job, src, st, dst.as_fd())?;
         sys::fchmod(dst.as_fd(), st.st_mode & 0o7777)?;
         if synced && up.fsync {
@@ -441,9 +433,7 @@ impl Copying<'_> {
                     Some(libc::EPERM) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
                 ) =>
             {
-                log::info!("copy-up: cannot link an O_TMPFILE copy ({e}); staging copies by name");
-                NO_TMPFILE.store(true, Ordering::Relaxed);
-                return Ok(None);
+                return refused("cannot link an O_TMPFILE copy", e)
             }
             Err(e) => return Err(e),
         }
@@ -479,7 +469,7 @@ impl Copying<'_> {
                     libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
                     0o600,
                 )?;
-                if copy_file_data(job, src, st, dst.as_fd())? {
+                if copy_file_data(job, st, dst.as_fd())? {
                     data_fd = Some(dst);
                 }
             }

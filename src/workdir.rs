@@ -1,8 +1,9 @@
 //! The work directory: where copy-ups and replacements are staged before an
 //! atomic rename into the upper layer, as kernel overlayfs does with
 //! `WORKDIR/work` (a regular file's copy-up makes an unnamed `O_TMPFILE`
-//! file here instead, linked into place: see `copyup`). It is locked for the life of the mount and emptied at
-//! mount time, which removes what a crash left half-built.
+//! file here instead, linked into place: see `copyup`). It is locked for
+//! the life of the mount and emptied at mount time, which removes what a
+//! crash left half-built.
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
