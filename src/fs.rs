@@ -129,6 +129,18 @@ impl Fuse {
         }
     }
 
+    /// The names in directory `dir` changed (or may have: also after a
+    /// failure): the kernel's cached listing of it goes, before the reply
+    /// lets the caller go on. Without it, with processes listing and
+    /// changing one directory at once, the kernel's readdir cache (6.18)
+    /// served names removed before a listing began and missed some made
+    /// before it, although each change bumps the directory's i_version
+    /// (fuse-overlayfs shows the same; `tests/read_path.rs`). Dropping the
+    /// cache's pages makes the next listing ask again.
+    fn listing_changed(&self, dir: INodeNo) {
+        self.fs.listing_changed(dir.into());
+    }
+
     fn empty_reply(op: &str, res: io::Result<()>, reply: ReplyEmpty) {
         match res {
             Ok(()) => reply.ok(),
@@ -346,8 +358,8 @@ impl Filesystem for Fuse {
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         // No per-open state is needed (listings live in the inode), so the
         // kernel is told not to send OPENDIR and RELEASEDIR at all; it then
-        // treats every directory as cache_dir + keep_cache, and drops a
-        // cached listing when the directory changes through the mount.
+        // treats every directory as cache_dir + keep_cache. Every change of
+        // a directory's names drops that cache (`listing_changed`).
         reply.error(Errno::ENOSYS);
     }
 
@@ -508,6 +520,7 @@ impl Filesystem for Fuse {
         let _pass = self.fs.gate.mutate();
         let (uid, gid) = self.caller(req);
         let r = self.fs.mknod(parent.into(), name, mode, rdev, uid, gid);
+        self.listing_changed(parent);
         self.entry_reply("mknod", r.map(|(_, a)| a), reply);
     }
 
@@ -523,17 +536,22 @@ impl Filesystem for Fuse {
         let _pass = self.fs.gate.mutate();
         let (uid, gid) = self.caller(req);
         let r = self.fs.mkdir(parent.into(), name, mode, uid, gid);
+        self.listing_changed(parent);
         self.entry_reply("mkdir", r.map(|(_, a)| a), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _pass = self.fs.gate.mutate();
-        Self::empty_reply("unlink", self.fs.unlink(parent.into(), name), reply);
+        let r = self.fs.unlink(parent.into(), name);
+        self.listing_changed(parent);
+        Self::empty_reply("unlink", r, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _pass = self.fs.gate.mutate();
-        Self::empty_reply("rmdir", self.fs.rmdir(parent.into(), name), reply);
+        let r = self.fs.rmdir(parent.into(), name);
+        self.listing_changed(parent);
+        Self::empty_reply("rmdir", r, reply);
     }
 
     fn symlink(
@@ -549,6 +567,7 @@ impl Filesystem for Fuse {
         let r = self
             .fs
             .symlink(parent.into(), link_name, target.as_os_str(), uid, gid);
+        self.listing_changed(parent);
         self.entry_reply("symlink", r.map(|(_, a)| a), reply);
     }
 
@@ -563,12 +582,14 @@ impl Filesystem for Fuse {
         reply: ReplyEmpty,
     ) {
         let _pass = self.fs.gate.mutate();
-        Self::empty_reply(
-            "rename",
-            self.fs
-                .rename(parent.into(), name, newparent.into(), newname, flags.bits()),
-            reply,
-        );
+        let r = self
+            .fs
+            .rename(parent.into(), name, newparent.into(), newname, flags.bits());
+        self.listing_changed(parent);
+        if newparent != parent {
+            self.listing_changed(newparent);
+        }
+        Self::empty_reply("rename", r, reply);
     }
 
     fn link(
@@ -581,6 +602,7 @@ impl Filesystem for Fuse {
     ) {
         let _pass = self.fs.gate.mutate();
         let r = self.fs.link(ino.into(), newparent.into(), newname);
+        self.listing_changed(newparent);
         self.entry_reply("link", r.map(|(_, a)| a), reply);
     }
 
@@ -674,10 +696,11 @@ impl Filesystem for Fuse {
     ) {
         let _pass = self.fs.gate.mutate();
         let (uid, gid) = self.caller(req);
-        match self
+        let r = self
             .fs
-            .create(parent.into(), name, mode, self.open_flags(flags), uid, gid)
-        {
+            .create(parent.into(), name, mode, self.open_flags(flags), uid, gid);
+        self.listing_changed(parent);
+        match r {
             Ok((_, attr, fh)) => {
                 let attr = self.shown(attr);
                 match self.serve_mode(attr.ino.into(), fh, true, |fd| reply.open_backing(fd)) {

@@ -46,7 +46,7 @@ impl LayerHandles {
         // layers of an image usually share one): (reopens handles, UUID).
         let mut per_dev: std::collections::HashMap<u64, (bool, [u8; 16])> = Default::default();
         for (_, layer) in layers.iter() {
-            let Ok(rd) = sys::reopen(layer.root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY) else {
+            let Ok(rd) = sys::reopen_dir(layer.root.as_fd(), libc::O_RDONLY) else {
                 uuids.push([0; 16]);
                 roots.push(None);
                 continue;

@@ -387,16 +387,26 @@ impl MountOptions {
     /// The id translation these options ask for.
     pub fn id_mapping(&self) -> IdMapping {
         let root = self.squash_to_root.then_some(0);
+        // Only an id outside every range shows as the overflow id: without
+        // ranges the kernel's setting need not be read (two files of /proc
+        // on every mount).
+        let overflow = |ranges: &[IdRange], kind| {
+            if ranges.is_empty() {
+                65534
+            } else {
+                overflow_id(kind)
+            }
+        };
         IdMapping {
             uid: IdMap::new(
                 self.uid_ranges.clone(),
                 self.squash_uid.or(root),
-                overflow_id("u"),
+                overflow(&self.uid_ranges, "u"),
             ),
             gid: IdMap::new(
                 self.gid_ranges.clone(),
                 self.squash_gid.or(root),
-                overflow_id("g"),
+                overflow(&self.gid_ranges, "g"),
             ),
         }
     }

@@ -211,6 +211,16 @@ impl LayerFs {
     /// it cannot see, such as setuid cleared by a write (only an
     /// attribute-only invalidation: no page or inode locks are taken, so
     /// it is safe inside a request).
+    /// Drops the kernel's cached listing of directory `ino` (its pages;
+    /// see `fs.rs`, which calls it after every change of names).
+    pub(crate) fn listing_changed(&self, ino: NodeId) {
+        if let Some(n) = self.notifier.get() {
+            if let Err(e) = n.inval_inode(ino.into(), 0, 0) {
+                log::debug!("inval_inode {ino}: {e}");
+            }
+        }
+    }
+
     pub(crate) fn attributes_changed(&self, ino: NodeId) {
         if let Some(n) = self.notifier.get() {
             if let Err(e) = n.inval_inode(ino.into(), -1, 0) {

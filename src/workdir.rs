@@ -244,10 +244,13 @@ impl HolderNote {
     }
 }
 
-/// The FUSE mount on `mountpoint` in this process's mount namespace (the
-/// topmost one there), as "major:minor mountpoint" with the mountpoint
-/// escaped as /proc/self/mountinfo writes it (read from there: a stat of
-/// the mountpoint would ask the daemon, which may not serve yet).
+/// The mount on `mountpoint` in this process's mount namespace (the
+/// topmost one there: the daemon's, just mounted), as "major:minor
+/// mountpoint" with the mountpoint escaped as /proc/self/mountinfo writes
+/// it, where `HolderNote::going_away` looks for it. The device comes from
+/// the root's cached attributes (`sys::mounted_dev`): a plain stat would
+/// ask the daemon, which does not serve yet, and reading mountinfo costs
+/// a walk of every mount (hundreds on a container host).
 fn fuse_mount_dev(mountpoint: &Path) -> Option<String> {
     use std::os::unix::ffi::OsStrExt;
     // mountinfo escapes these as \ooo.
@@ -260,14 +263,13 @@ fn fuse_mount_dev(mountpoint: &Path) -> Option<String> {
     }
     // Both read the same way where a name is not UTF-8.
     let want = String::from_utf8_lossy(&want);
-    let info = fs::read(Path::new("/proc/self/mountinfo")).ok()?;
-    let info = String::from_utf8_lossy(&info);
-    info.lines().rev().find_map(|l| {
-        let (mine, theirs) = l.split_once(" - ")?;
-        let f: Vec<&str> = mine.split(' ').collect();
-        let fuse = theirs.starts_with("fuse");
-        (fuse && f.get(4) == Some(&&*want)).then(|| f.get(2).map(|d| format!("{d} {want}")))?
-    })
+    match sys::mounted_dev(mountpoint) {
+        Ok((major, minor)) => Some(format!("{major}:{minor} {want}")),
+        Err(e) => {
+            log::debug!("{}: no device: {e}", mountpoint.display());
+            None
+        }
+    }
 }
 
 /// Name of the holder note in WORKDIR (beside `work` and `index`, which
@@ -526,12 +528,6 @@ impl LockRelease {
     pub fn note_mount(&self, mountpoint: &Path) {
         let Some(h) = &self.holder else { return };
         let dev = fuse_mount_dev(mountpoint);
-        if dev.is_none() {
-            log::debug!(
-                "{}: not found in /proc/self/mountinfo",
-                mountpoint.display()
-            );
-        }
         if let Err(e) = write_holder_note(h.as_fd(), dev.as_deref()) {
             log::warn!("cannot update {HOLDER_FILE}: {e}");
         }

@@ -56,6 +56,24 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// Opens the directory an fd (typically O_PATH) refers to again, with new
+/// flags: `openat(fd, ".")`, without the /proc walk of `reopen`. The walk
+/// of "." needs search permission on the directory, which `reopen` does
+/// not: for directories already known to be searchable (layer roots,
+/// checked at mount).
+pub fn reopen_dir(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: valid C string; fresh fd.
+    let raw = cvt(unsafe {
+        libc::openat(
+            fd.as_raw_fd(),
+            c".".as_ptr(),
+            flags | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: `raw` was just returned by openat.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 /// `fstat(fd)`; works on O_PATH fds.
 pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
     let mut st = MaybeUninit::<Stat>::uninit();

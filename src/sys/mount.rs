@@ -15,6 +15,28 @@ pub fn access_path(path: &Path, mode: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// The device (major, minor) of the filesystem whose root is at `path`,
+/// from the kernel's cached attributes: `statx` asking for no attribute,
+/// with AT_STATX_DONT_SYNC, which a FUSE mount answers without sending its
+/// daemon a request, so its own daemon may call this before it serves.
+pub fn mounted_dev(path: &Path) -> io::Result<(u32, u32)> {
+    let c = cstr(path.as_os_str())?;
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: valid C string and out-pointer for one `struct statx`.
+    cvt(unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_STATX_DONT_SYNC | libc::AT_SYMLINK_NOFOLLOW,
+            0,
+            stx.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: statx succeeded; the device is filled whatever the mask.
+    let stx = unsafe { stx.assume_init() };
+    Ok((stx.stx_dev_major, stx.stx_dev_minor))
+}
+
 /// `umount2(path, flags)`.
 pub fn umount(path: &Path, flags: i32) -> io::Result<()> {
     let c = cstr(path.as_os_str())?;
