@@ -5,36 +5,39 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use std::path::Path;
 use std::time::SystemTime;
 
 use fuser::{
-    BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation,
+    INodeNo, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::backing::{Backings, Passthrough};
-use crate::ids::RealKey;
+use crate::blocking::Blocking;
+use crate::fs_glue::Glue;
 use crate::modify::SetAttr;
 use crate::overlay::LayerFs;
 
 use crate::fs_reply::{answer, negative_entry, time_spec};
 
-/// The filesystem as fuser sees it.
+/// The filesystem as fuser sees it: what its handlers share, and where
+/// those that may wait on the disk run.
 pub struct Fuse {
-    fs: Arc<LayerFs>,
-    ttl: Duration,
-    backings: Backings,
-    /// The kernel caches writes (FUSE_WRITEBACK_CACHE), where passthrough
-    /// is not to be had: see `open_flags`.
-    writeback: bool,
-    /// FORGETs received, to hand freed memory back now and then.
-    forgets: std::sync::atomic::AtomicU64,
+    glue: Arc<Glue>,
+    /// Where a request that may wait on the disk runs when every other
+    /// worker waits already (see `blocking`).
+    blocking: Blocking,
+}
+
+impl std::ops::Deref for Fuse {
+    type Target = Glue;
+    fn deref(&self) -> &Glue {
+        &self.glue
+    }
 }
 
 /// FORGETs between two `malloc_trim`s: a walk of a million entries frees
@@ -42,7 +45,8 @@ pub struct Fuse {
 const FORGETS_PER_TRIM: u64 = 1 << 14;
 
 impl Fuse {
-    pub fn new(fs: Arc<LayerFs>) -> Fuse {
+    /// For a session served by `workers` of fuser's threads.
+    pub fn new(fs: Arc<LayerFs>, workers: usize) -> Fuse {
         let ttl = fs.opts.timeout;
         // Registering backing files needs CAP_SYS_ADMIN in the initial user
         // namespace: root inside a container's user namespace is not enough.
@@ -50,111 +54,20 @@ impl Fuse {
             fs.opts.passthrough && crate::sys::geteuid() == 0 && crate::sys::in_initial_user_ns(),
         );
         Fuse {
-            fs,
-            ttl,
-            backings,
-            writeback: false,
-            forgets: Default::default(),
+            glue: Arc::new(Glue {
+                fs,
+                ttl,
+                backings,
+                writeback: false,
+                forgets: Default::default(),
+            }),
+            blocking: Blocking::new(workers),
         }
     }
 
-    /// The flags to open a real file with for an open(2) with `flags`.
-    /// With the writeback cache the kernel writes pages back at offsets it
-    /// chose (so O_APPEND on the real file would misplace them) and reads
-    /// in the rest of a partly written page even through a write-only
-    /// open, as libfuse's passthrough examples also do.
-    fn open_flags(&self, flags: i32) -> i32 {
-        if !self.writeback {
-            return flags;
-        }
-        let mut f = flags & !libc::O_APPEND;
-        if f & libc::O_ACCMODE == libc::O_WRONLY {
-            f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
-        }
-        f
-    }
-
-    /// How to serve an open file: passthrough to its real file when the
-    /// kernel allows (see `backing`), else through the daemon.
-    fn serve_mode(
-        &self,
-        ino: u64,
-        fh: crate::ids::FileHandle,
-        may_pass: bool,
-        open_backing: impl FnOnce(&std::os::fd::OwnedFd) -> io::Result<fuser::BackingId>,
-    ) -> Passthrough {
-        let Ok(file) = self.fs.file(fh) else {
-            return Passthrough::Cached;
-        };
-        // The real file's identity, which a live backing id must match; not
-        // needed (nor fetched) for a handle that cannot pass through.
-        let st = (may_pass && self.backings.enabled())
-            .then(|| crate::sys::fstat(std::os::fd::AsFd::as_fd(&*file.fd())).ok())
-            .flatten();
-        let key = st.as_ref().map_or(RealKey { dev: 0, ino: 0 }, RealKey::of);
-        // A passthrough write never reaches the daemon, which must clear
-        // setuid/setgid (FUSE_HANDLE_KILLPRIV_V2): such files are served here.
-        let may_pass = st.is_some_and(|s| !crate::file_data::has_suidgid(s.st_mode));
-        // Cached handles are counted too: one rules out passthrough opens.
-        let p = self
-            .backings
-            .open(ino, key, may_pass, || open_backing(&file.fd()));
-        if let Passthrough::Use(id) = &p {
-            let _ = file.backing.set(Arc::clone(id));
-        }
-        p
-    }
-
-    /// Attributes as the kernel is to see them: owners through the mount's
-    /// id mapping (`idmap`); everything below `fs` works with stored ids.
-    fn shown(&self, mut attr: FileAttr) -> FileAttr {
-        let ids = &self.fs.opts.ids;
-        if !ids.is_identity() {
-            attr.uid = ids.uid.shown(attr.uid);
-            attr.gid = ids.gid.shown(attr.gid);
-        }
-        attr
-    }
-
-    /// The ids a new object of this caller is stored with.
-    fn caller(&self, req: &Request) -> (u32, u32) {
-        let ids = &self.fs.opts.ids;
-        (ids.uid.stored(req.uid()), ids.gid.stored(req.gid()))
-    }
-
-    fn entry_reply(&self, op: &str, res: io::Result<FileAttr>, reply: ReplyEntry) {
-        match res {
-            Ok(attr) => reply.entry(&self.ttl, &self.shown(attr), Generation(0)),
-            Err(e) => reply.error(answer(op, e)),
-        }
-    }
-
-    /// The names in directory `dir` changed (or may have: also after a
-    /// failure): the kernel's cached listing of it goes, before the reply
-    /// lets the caller go on. Without it, with processes listing and
-    /// changing one directory at once, the kernel's readdir cache (6.18)
-    /// served names removed before a listing began and missed some made
-    /// before it, although each change bumps the directory's i_version
-    /// (fuse-overlayfs shows the same; `tests/read_path.rs`). Dropping the
-    /// cache's pages makes the next listing ask again.
-    fn listing_changed(&self, dir: INodeNo) {
-        self.fs.listing_changed(dir.into());
-    }
-
-    fn empty_reply(op: &str, res: io::Result<()>, reply: ReplyEmpty) {
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(answer(op, e)),
-        }
-    }
-
-    fn xattr_reply(&self, op: &str, res: io::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
-        match res {
-            Ok(data) if size == 0 => reply.size(data.len() as u32),
-            Ok(data) if data.len() > size as usize => reply.error(Errno::ERANGE),
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(answer(op, e)),
-        }
+    /// The handlers' shared part, for a job run elsewhere.
+    fn share(&self) -> Arc<Glue> {
+        Arc::clone(&self.glue)
     }
 }
 
@@ -164,47 +77,17 @@ impl Filesystem for Fuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // Crash tests count steps of the served filesystem only.
         crate::sys::crashpoint::arm();
-        if self.backings.enabled() {
-            let depth = if self.fs.layers_are_stacked() { 2 } else { 1 };
-            if config
-                .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
-                .is_err()
-                || config.set_max_stack_depth(depth).is_err()
-            {
-                log::info!("kernel without FUSE passthrough: data goes through the daemon");
-                self.backings.disable();
-            }
-        }
-        // Without passthrough, file data goes through the daemon: let the
-        // kernel gather small writes in its page cache and send them in
-        // large requests (it then owns size and mtime while it caches).
-        if !self.backings.enabled() && !self.fs.opts.no_writeback {
-            match config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE) {
-                Ok(()) => self.writeback = true,
-                Err(_) => log::debug!("kernel lacks FUSE_WRITEBACK_CACHE"),
-            }
-        }
-        // Each is optional: a kernel without one simply does without.
-        // POSIX_ACL: the kernel checks ACLs itself and caches them per
-        // inode, so `ls -l` does not ask for system.posix_acl_* of every
-        // file each time (those are read, written and copied up as xattrs).
-        for cap in [
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_CACHE_SYMLINKS,
-            InitFlags::FUSE_POSIX_ACL,
-            // The kernel then stops asking for security.capability before
-            // every write (one round trip each) and refreshing attributes
-            // before chown; setuid/setgid clearing is done here (write,
-            // setattr) and passthrough is kept off for such files.
-            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
-        ] {
-            if config.add_capabilities(cap).is_err() {
-                log::debug!("kernel lacks {cap:?}");
-            }
-        }
+        // No request has been served, so nothing shares the glue yet.
+        let glue = Arc::get_mut(&mut self.glue)
+            .ok_or_else(|| io::Error::other("the FUSE glue is shared before init"))?;
+        glue.init(config);
         Ok(())
+    }
+
+    fn destroy(&mut self) {
+        // fuser has joined its workers; jobs still on the pool use the
+        // work dir, whose locks go once the session has ended.
+        self.blocking.settle();
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -246,42 +129,16 @@ impl Filesystem for Fuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        // Opening for writing copies up.
-        let _pass = if flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
-            self.fs.gate.mutate()
+        // Opening for writing copies up, which may wait on the disk.
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            let g = self.share();
+            self.blocking.run(move || {
+                let _pass = g.fs.gate.mutate();
+                g.answer_open(ino, flags.0, reply)
+            });
         } else {
-            self.fs.gate.read()
-        };
-        let opened = match self.fs.open(ino.into(), self.open_flags(flags.0)) {
-            // A write-only file this daemon may not read: as asked, then
-            // (partial pages are then written through, not cached).
-            Err(e) if e.raw_os_error() == Some(libc::EACCES) && self.writeback => {
-                self.fs.open(ino.into(), flags.0 & !libc::O_APPEND)
-            }
-            r => r,
-        };
-        match opened {
-            Ok((fh, immutable)) => {
-                // Without a writable upper nothing is ever copied up, so a
-                // lower file can pass through too.
-                let may_pass = !immutable || !self.fs.is_writable();
-                match self.serve_mode(ino.into(), fh, may_pass, |fd| reply.open_backing(fd)) {
-                    Passthrough::Use(id) => {
-                        reply.opened_passthrough(fh.into(), FopenFlags::FOPEN_NOFLUSH, &id)
-                    }
-                    Passthrough::Cached => {
-                        // A lower file cannot change: keep its page cache.
-                        // Flush does nothing here, so the kernel need not send it.
-                        let f = if immutable {
-                            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
-                        } else {
-                            FopenFlags::FOPEN_NOFLUSH
-                        };
-                        reply.opened(fh.into(), f)
-                    }
-                }
-            }
-            Err(e) => reply.error(answer("open", e)),
+            let _pass = self.fs.gate.read();
+            self.answer_open(ino, flags.0, reply)
         }
     }
 
@@ -487,7 +344,6 @@ impl Filesystem for Fuse {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _pass = self.fs.gate.mutate();
         let ids = &self.fs.opts.ids;
         let a = SetAttr {
             mode,
@@ -501,10 +357,15 @@ impl Filesystem for Fuse {
             // anyone but root stands for a caller without CAP_FSETID.
             kill_suidgid: (req.uid() != 0).then(|| self.caller(req).1),
         };
-        match self.fs.setattr(ino.into(), a) {
-            Ok(attr) => reply.attr(&self.ttl, &self.shown(attr)),
-            Err(e) => reply.error(answer("setattr", e)),
-        }
+        // A truncate or chown of a lower file copies it up.
+        let g = self.share();
+        self.blocking.run(move || {
+            let _pass = g.fs.gate.mutate();
+            match g.fs.setattr(ino.into(), a) {
+                Ok(attr) => reply.attr(&g.ttl, &g.shown(attr)),
+                Err(e) => reply.error(answer("setattr", e)),
+            }
+        });
     }
 
     fn mknod(
@@ -517,11 +378,14 @@ impl Filesystem for Fuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _pass = self.fs.gate.mutate();
         let (uid, gid) = self.caller(req);
-        let r = self.fs.mknod(parent.into(), name, mode, rdev, uid, gid);
-        self.listing_changed(parent);
-        self.entry_reply("mknod", r.map(|(_, a)| a), reply);
+        let (g, name) = (self.share(), name.to_owned());
+        self.blocking.run(move || {
+            let _pass = g.fs.gate.mutate();
+            let r = g.fs.mknod(parent.into(), &name, mode, rdev, uid, gid);
+            g.listing_changed(parent);
+            g.entry_reply("mknod", r.map(|(_, a)| a), reply);
+        });
     }
 
     fn mkdir(
@@ -533,25 +397,34 @@ impl Filesystem for Fuse {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let _pass = self.fs.gate.mutate();
         let (uid, gid) = self.caller(req);
-        let r = self.fs.mkdir(parent.into(), name, mode, uid, gid);
-        self.listing_changed(parent);
-        self.entry_reply("mkdir", r.map(|(_, a)| a), reply);
+        let (g, name) = (self.share(), name.to_owned());
+        self.blocking.run(move || {
+            let _pass = g.fs.gate.mutate();
+            let r = g.fs.mkdir(parent.into(), &name, mode, uid, gid);
+            g.listing_changed(parent);
+            g.entry_reply("mkdir", r.map(|(_, a)| a), reply);
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _pass = self.fs.gate.mutate();
-        let r = self.fs.unlink(parent.into(), name);
-        self.listing_changed(parent);
-        Self::empty_reply("unlink", r, reply);
+        let (g, name) = (self.share(), name.to_owned());
+        self.blocking.run(move || {
+            let _pass = g.fs.gate.mutate();
+            let r = g.fs.unlink(parent.into(), &name);
+            g.listing_changed(parent);
+            Glue::empty_reply("unlink", r, reply);
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _pass = self.fs.gate.mutate();
-        let r = self.fs.rmdir(parent.into(), name);
-        self.listing_changed(parent);
-        Self::empty_reply("rmdir", r, reply);
+        let (g, name) = (self.share(), name.to_owned());
+        self.blocking.run(move || {
+            let _pass = g.fs.gate.mutate();
+            let r = g.fs.rmdir(parent.into(), &name);
+            g.listing_changed(parent);
+            Glue::empty_reply("rmdir", r, reply);
+        });
     }
 
     fn symlink(
@@ -562,13 +435,15 @@ impl Filesystem for Fuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _pass = self.fs.gate.mutate();
         let (uid, gid) = self.caller(req);
-        let r = self
-            .fs
-            .symlink(parent.into(), link_name, target.as_os_str(), uid, gid);
-        self.listing_changed(parent);
-        self.entry_reply("symlink", r.map(|(_, a)| a), reply);
+        let g = self.share();
+        let (name, target) = (link_name.to_owned(), target.as_os_str().to_owned());
+        self.blocking.run(move || {
+            let _pass = g.fs.gate.mutate();
+            let r = g.fs.symlink(parent.into(), &name, &target, uid, gid);
+            g.listing_changed(parent);
+            g.entry_reply("symlink", r.map(|(_, a)| a), reply);
+        });
     }
 
     fn rename(
@@ -581,15 +456,23 @@ impl Filesystem for Fuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _pass = self.fs.gate.mutate();
-        let r = self
-            .fs
-            .rename(parent.into(), name, newparent.into(), newname, flags.bits());
-        self.listing_changed(parent);
-        if newparent != parent {
-            self.listing_changed(newparent);
-        }
-        Self::empty_reply("rename", r, reply);
+        let g = self.share();
+        let (name, newname) = (name.to_owned(), newname.to_owned());
+        self.blocking.run(move || {
+            let _pass = g.fs.gate.mutate();
+            let r = g.fs.rename(
+                parent.into(),
+                &name,
+                newparent.into(),
+                &newname,
+                flags.bits(),
+            );
+            g.listing_changed(parent);
+            if newparent != parent {
+                g.listing_changed(newparent);
+            }
+            Glue::empty_reply("rename", r, reply);
+        });
     }
 
     fn link(
@@ -600,10 +483,13 @@ impl Filesystem for Fuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _pass = self.fs.gate.mutate();
-        let r = self.fs.link(ino.into(), newparent.into(), newname);
-        self.listing_changed(newparent);
-        self.entry_reply("link", r.map(|(_, a)| a), reply);
+        let (g, newname) = (self.share(), newname.to_owned());
+        self.blocking.run(move || {
+            let _pass = g.fs.gate.mutate();
+            let r = g.fs.link(ino.into(), newparent.into(), &newname);
+            g.listing_changed(newparent);
+            g.entry_reply("link", r.map(|(_, a)| a), reply);
+        });
     }
 
     fn write(
@@ -641,8 +527,11 @@ impl Filesystem for Fuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _pass = self.fs.gate.read();
-        Self::empty_reply("fsync", self.fs.fsync(fh.into(), datasync), reply);
+        let g = self.share();
+        self.blocking.run(move || {
+            let _pass = g.fs.gate.read();
+            Glue::empty_reply("fsync", g.fs.fsync(fh.into(), datasync), reply);
+        });
     }
 
     fn fsyncdir(
@@ -653,8 +542,11 @@ impl Filesystem for Fuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _pass = self.fs.gate.read();
-        Self::empty_reply("fsyncdir", self.fs.fsyncdir(ino.into(), datasync), reply);
+        let g = self.share();
+        self.blocking.run(move || {
+            let _pass = g.fs.gate.read();
+            Glue::empty_reply("fsyncdir", g.fs.fsyncdir(ino.into(), datasync), reply);
+        });
     }
 
     fn setxattr(
@@ -667,21 +559,25 @@ impl Filesystem for Fuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _pass = self.fs.gate.mutate();
+        let mut value = value.to_vec();
         let ids = &self.fs.opts.ids;
-        let r = if ids.is_identity() {
-            self.fs.setxattr(ino.into(), name, value, flags)
-        } else {
-            let mut value = value.to_vec();
+        if !ids.is_identity() {
             crate::idmap::map_acl(ids, name.as_bytes(), &mut value, false);
-            self.fs.setxattr(ino.into(), name, &value, flags)
-        };
-        Self::empty_reply("setxattr", r, reply);
+        }
+        let (g, name) = (self.share(), name.to_owned());
+        self.blocking.run(move || {
+            let _pass = g.fs.gate.mutate();
+            let r = g.fs.setxattr(ino.into(), &name, &value, flags);
+            Glue::empty_reply("setxattr", r, reply);
+        });
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _pass = self.fs.gate.mutate();
-        Self::empty_reply("removexattr", self.fs.removexattr(ino.into(), name), reply);
+        let (g, name) = (self.share(), name.to_owned());
+        self.blocking.run(move || {
+            let _pass = g.fs.gate.mutate();
+            Glue::empty_reply("removexattr", g.fs.removexattr(ino.into(), &name), reply);
+        });
     }
 
     fn create(
@@ -694,35 +590,37 @@ impl Filesystem for Fuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _pass = self.fs.gate.mutate();
         let (uid, gid) = self.caller(req);
-        let r = self
-            .fs
-            .create(parent.into(), name, mode, self.open_flags(flags), uid, gid);
-        self.listing_changed(parent);
-        match r {
-            Ok((_, attr, fh)) => {
-                let attr = self.shown(attr);
-                match self.serve_mode(attr.ino.into(), fh, true, |fd| reply.open_backing(fd)) {
-                    Passthrough::Use(id) => reply.created_passthrough(
-                        &self.ttl,
-                        &attr,
-                        Generation(0),
-                        fh.into(),
-                        FopenFlags::FOPEN_NOFLUSH,
-                        &id,
-                    ),
-                    Passthrough::Cached => reply.created(
-                        &self.ttl,
-                        &attr,
-                        Generation(0),
-                        fh.into(),
-                        FopenFlags::FOPEN_NOFLUSH,
-                    ),
+        let (g, name) = (self.share(), name.to_owned());
+        self.blocking.run(move || {
+            let _pass = g.fs.gate.mutate();
+            let r =
+                g.fs.create(parent.into(), &name, mode, g.open_flags(flags), uid, gid);
+            g.listing_changed(parent);
+            match r {
+                Ok((_, attr, fh)) => {
+                    let attr = g.shown(attr);
+                    match g.serve_mode(attr.ino.into(), fh, true, |fd| reply.open_backing(fd)) {
+                        Passthrough::Use(id) => reply.created_passthrough(
+                            &g.ttl,
+                            &attr,
+                            Generation(0),
+                            fh.into(),
+                            FopenFlags::FOPEN_NOFLUSH,
+                            &id,
+                        ),
+                        Passthrough::Cached => reply.created(
+                            &g.ttl,
+                            &attr,
+                            Generation(0),
+                            fh.into(),
+                            FopenFlags::FOPEN_NOFLUSH,
+                        ),
+                    }
                 }
+                Err(e) => reply.error(answer("create", e)),
             }
-            Err(e) => reply.error(answer("create", e)),
-        }
+        });
     }
 
     fn fallocate(
@@ -735,12 +633,12 @@ impl Filesystem for Fuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _pass = self.fs.gate.mutate();
-        Self::empty_reply(
-            "fallocate",
-            self.fs.fallocate(fh.into(), offset, length, mode),
-            reply,
-        );
+        let g = self.share();
+        self.blocking.run(move || {
+            let _pass = g.fs.gate.mutate();
+            let r = g.fs.fallocate(fh.into(), offset, length, mode);
+            Glue::empty_reply("fallocate", r, reply);
+        });
     }
 
     /// No ioctl is served: ENOTTY, what the kernel makes of the ENOSYS
@@ -790,13 +688,16 @@ impl Filesystem for Fuse {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let _pass = self.fs.gate.mutate();
-        match self
-            .fs
-            .copy_file_range(fh_in.into(), offset_in, fh_out.into(), offset_out, len)
-        {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(answer("copy_file_range", e)),
-        }
+        let g = self.share();
+        self.blocking.run(move || {
+            let _pass = g.fs.gate.mutate();
+            match g
+                .fs
+                .copy_file_range(fh_in.into(), offset_in, fh_out.into(), offset_out, len)
+            {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(answer("copy_file_range", e)),
+            }
+        });
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod attr;
 pub mod backing;
+pub mod blocking;
 pub mod capacity;
 pub mod control;
 pub mod copyup;
@@ -15,6 +16,7 @@ pub mod dir;
 pub mod features;
 pub mod file_data;
 pub mod fs;
+pub mod fs_glue;
 pub mod fs_reply;
 pub mod gate;
 pub mod idmap;

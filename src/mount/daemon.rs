@@ -98,7 +98,7 @@ pub(super) fn serve(
     sys::block_termination_signals().map_err(MountError::step("cannot set up signal handling"))?;
     let ms = settings(req, plan);
     let config = fuse_config(&ms);
-    let fuse = crate::fs::Fuse::new(fs);
+    let fuse = crate::fs::Fuse::new(fs, ms.threads);
     let mount_err = |e: io::Error| {
         MountError::step(format!("cannot mount on {}", plan.mountpoint.display()))(e)
     };

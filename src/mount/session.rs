@@ -27,7 +27,7 @@ pub(super) struct MountSettings {
     dirsync: bool,
     pub(super) acl: SessionACL,
     auto_unmount: bool,
-    threads: usize,
+    pub(super) threads: usize,
 }
 
 pub(super) fn settings(req: &MountRequest, plan: &Plan) -> MountSettings {
@@ -147,11 +147,17 @@ pub(super) fn mount_direct(
     }
 }
 
+/// fuser's workers when `threads=` is not given: two per CPU, at least
+/// four. Each costs the mount a thread, a cloned `/dev/fuse` fd and a
+/// request buffer, and its unmount their teardown, and fuser 0.18 starts
+/// them all at once; requests that wait on the disk do not hold them up
+/// (they go to the growing pool of `blocking` when the workers are all
+/// waiting), so the workers need only cover the CPUs.
 pub(super) fn default_threads() -> usize {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    (cpus * 8).clamp(4, 16)
+    (cpus * 2).clamp(4, 16)
 }
 
 /// Unmounts `mountpoint`: a plain umount, lazily if busy, and through
