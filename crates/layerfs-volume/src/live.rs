@@ -154,13 +154,16 @@ fn request(socket: &Path, line: &str) -> io::Result<String> {
 impl Volumes {
     /// Takes snapshot `id` of the mounted volume `meta` (store lock held).
     /// Mutating requests wait at most `timeout`; if the daemon cannot pause
-    /// them in time, nothing changes and the error says so.
+    /// them in time, nothing changes and the error says so. `Ok(false)`:
+    /// nothing was taken because the volume is no longer mounted (its
+    /// daemon, met on its way out of an unmount, was gone before the
+    /// request), so the caller takes the snapshot offline.
     pub(crate) fn snapshot_live(
         &self,
         meta: &mut Meta,
         id: &str,
         timeout: Duration,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         let name = meta.name.clone();
         let dir = self.store.dir(&name);
         refuse_elsewhere(&name, &dir)?;
@@ -192,14 +195,17 @@ impl Volumes {
                     log::info!("volume {name}: live snapshot {id}:{stats}");
                     None
                 }
-                None => Some(err(format!(
-                    "cannot snapshot mounted volume {name}: {}",
-                    a.strip_prefix("err ")
-                        .and_then(|a| a.split_once(' '))
-                        .map_or(a.as_str(), |(_, m)| m)
-                ))),
+                None => Some((
+                    err(format!(
+                        "cannot snapshot mounted volume {name}: {}",
+                        a.strip_prefix("err ")
+                            .and_then(|a| a.split_once(' '))
+                            .map_or(a.as_str(), |(_, m)| m)
+                    )),
+                    true,
+                )),
             },
-            Asked::Unreachable(e) => Some(e),
+            Asked::Unreachable(e) => Some((e, false)),
             // Whether the daemon rotated is not known: the pending
             // snapshot stays for `repair` to settle, by what is on disk.
             Asked::NoAnswer(e) => {
@@ -208,11 +214,22 @@ impl Volumes {
                 )))
             }
         };
-        if let Some(e) = refused {
+        if let Some((e, sent)) = refused {
             let _ = fs::remove_dir(&next);
             meta.pending_snapshot = None;
             meta.pending_live = false;
+            let offline = !sent && !self.is_mounted(&name);
+            if offline {
+                // The offline snapshot numbers it again.
+                meta.next_snapshot -= 1;
+            }
             self.store.save(meta)?;
+            if offline {
+                log::info!(
+                    "volume {name}: unmounted before its live snapshot ({e}): taken offline"
+                );
+                return Ok(false);
+            }
             return Err(e);
         }
         fs::rename(dir.join("upper"), self.store.snapshot_dir(&name, id))?;
@@ -223,7 +240,8 @@ impl Volumes {
         });
         meta.pending_snapshot = None;
         meta.pending_live = false;
-        self.store.save(meta)
+        self.store.save(meta)?;
+        Ok(true)
     }
 
     /// Has the mounted volume's daemon put `merged` (a directory in the

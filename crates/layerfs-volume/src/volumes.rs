@@ -215,8 +215,7 @@ impl Volumes {
         if meta.snapshots.iter().any(|s| s.id == id) {
             return Err(err(format!("volume {name} already has a snapshot {id}")));
         }
-        if self.is_mounted(name) {
-            self.snapshot_live(&mut meta, &id, timeout)?;
+        if self.is_mounted(name) && self.snapshot_live(&mut meta, &id, timeout)? {
             return Ok(id);
         }
         self.settle_hardlinks(&meta)?;

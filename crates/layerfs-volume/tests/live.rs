@@ -539,3 +539,48 @@ fn kill_9_of_the_cli_or_the_daemon_mid_compaction_loses_nothing() {
         st.ok(&["umount", "v"]);
     }
 }
+
+/// A daemon met on its way out of an unmount: `umount` returns before the
+/// daemon ends, so a `snapshot` right after it can see the daemon answer
+/// whether it serves, then find its control socket gone when it asks for
+/// the rotation. The volume is no longer mounted then: the snapshot is
+/// taken offline, not refused. A stand-in daemon answers `status` and
+/// leaves; the CLI asks `status` once to settle what a crash may have
+/// left, once to choose the live path, so leaving after the second answer
+/// is the race (after the first, the live path is not chosen at all).
+#[test]
+fn a_snapshot_racing_the_daemons_exit_is_taken_offline() {
+    for answers in [1, 2] {
+        let st = Fixture::new();
+        st.ok(&["create", "v"]);
+        let dir = st.store.join("v");
+        common::write(&dir.join("upper/kept"), b"before\n");
+        let socket = dir.join("control.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let asked = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for _ in 0..answers {
+                let (s, _) = listener.accept().unwrap();
+                let mut line = String::new();
+                std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line).unwrap();
+                lines.push(line.trim_end().to_string());
+                let answer = if line.starts_with("status") {
+                    "ok upper=0:0\n"
+                } else {
+                    "err 1 stand-in\n"
+                };
+                (&s).write_all(answer.as_bytes()).unwrap();
+            }
+            fs::remove_file(&socket).unwrap();
+            lines
+        });
+        let id = st.ok(&["snapshot", "v"]);
+        assert_eq!(asked.join().unwrap(), vec!["status"; answers]);
+        assert_eq!(snapshots(&st, "v"), std::slice::from_ref(&id));
+        assert_eq!(files_at(&st, "v", &id)["kept"], b"before\n");
+        // Numbered once: the next snapshot takes the next number.
+        let next = st.ok(&["snapshot", "v"]);
+        assert_ne!(next, id);
+        assert_eq!(snapshots(&st, "v"), [id, next]);
+    }
+}
