@@ -239,6 +239,9 @@ impl Filesystem for Fuse {
             }
         }
         reply.ok();
+        // After the reply too: a change that ran meanwhile dropped the
+        // cache before this answer reached it.
+        self.fs.listing_answered(ino.into());
     }
 
     fn readdirplus(
@@ -293,6 +296,7 @@ impl Filesystem for Fuse {
             added += 1;
         }
         reply.ok();
+        self.fs.listing_answered(ino.into());
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -275,6 +275,10 @@ struct DirState {
     /// Bit i set: layer i's part of this directory holds no OCI `.wh.`
     /// markers (learnt from listing it), so lookups skip probing for them.
     oci_clean: AtomicU64,
+    /// A listing of it was answered since the kernel's copy was last
+    /// dropped, so the kernel may hold one (it caches what READDIR
+    /// answers, and nothing else).
+    listing_served: AtomicBool,
 }
 
 /// What a non-directory keeps between requests.
@@ -347,6 +351,24 @@ impl Inode {
     pub fn dir_changed(&self) {
         if let NodeKind::Dir(d) = &self.kind {
             d.listing_gen.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A listing of this directory is being (or was just) answered: the
+    /// kernel may cache it.
+    pub fn note_listing_served(&self) {
+        if let NodeKind::Dir(d) = &self.kind {
+            d.listing_served.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the kernel may hold a cached listing of this directory,
+    /// which a change of its names must drop; forgets it (the caller drops
+    /// it). True for what is not a directory, to be safe.
+    pub fn take_listing_served(&self) -> bool {
+        match &self.kind {
+            NodeKind::Dir(d) => d.listing_served.swap(false, Ordering::SeqCst),
+            NodeKind::NonDir(_) => true,
         }
     }
 
@@ -715,6 +737,20 @@ mod tests {
     fn names(i: &Inode) -> (NodeId, OsString, Vec<(NodeId, OsString)>) {
         let s = i.state.read();
         (s.parent, s.name.clone(), s.other_names.clone())
+    }
+
+    #[test]
+    fn a_directory_asks_for_its_cached_listing_to_be_dropped_only_once_listed() {
+        let dir = Inode::new(n(10), InodeNo(10), true, state());
+        // Never listed: the kernel holds no listing of it to drop.
+        assert!(!dir.take_listing_served());
+        dir.note_listing_served();
+        assert!(dir.take_listing_served());
+        // Dropped once; the next change has nothing to drop.
+        assert!(!dir.take_listing_served());
+        // Not a directory: always dropped, to be safe.
+        let file = Inode::new(n(11), InodeNo(11), false, state());
+        assert!(file.take_listing_served());
     }
 
     #[test]

@@ -186,6 +186,9 @@ impl LayerFs {
     /// under load, and resuming by index then repeated names).
     pub fn readdir(&self, ino: NodeId, offset: u64) -> io::Result<DirPage> {
         let inode = self.inode(ino)?;
+        // Before the names are read: a change after this point drops what
+        // the kernel caches of the answer (see `listing_changed`).
+        inode.note_listing_served();
         let (_, entries) = self.current_listing(&inode)?;
         let start = match offset {
             0..=2 => offset as usize,

@@ -207,13 +207,20 @@ impl LayerFs {
         let _ = self.notifier.set(n);
     }
 
-    /// Drops the kernel's cached attributes of node `ino` after a change
-    /// it cannot see, such as setuid cleared by a write (only an
-    /// attribute-only invalidation: no page or inode locks are taken, so
-    /// it is safe inside a request).
     /// Drops the kernel's cached listing of directory `ino` (its pages;
-    /// see `fs.rs`, which calls it after every change of names).
+    /// see `fs.rs`, which calls it after every change of names), if it may
+    /// hold one: a directory not listed since the last drop has none, and
+    /// a burst of changes (`rm -rf`, an untar) then costs no notification
+    /// each. A listing answered while a change runs is noted again after
+    /// its reply (`listing_answered`), so the next change drops it.
     pub(crate) fn listing_changed(&self, ino: NodeId) {
+        if self
+            .inodes
+            .get(ino)
+            .is_some_and(|i| !i.take_listing_served())
+        {
+            return;
+        }
         if let Some(n) = self.notifier.get() {
             if let Err(e) = n.inval_inode(ino.into(), 0, 0) {
                 log::debug!("inval_inode {ino}: {e}");
@@ -221,6 +228,18 @@ impl LayerFs {
         }
     }
 
+    /// A listing of directory `ino` was answered: the kernel may cache it
+    /// until the next change of its names drops it.
+    pub(crate) fn listing_answered(&self, ino: NodeId) {
+        if let Some(i) = self.inodes.get(ino) {
+            i.note_listing_served();
+        }
+    }
+
+    /// Drops the kernel's cached attributes of node `ino` after a change
+    /// it cannot see, such as setuid cleared by a write (only an
+    /// attribute-only invalidation: no page or inode locks are taken, so
+    /// it is safe inside a request).
     pub(crate) fn attributes_changed(&self, ino: NodeId) {
         if let Some(n) = self.notifier.get() {
             if let Err(e) = n.inval_inode(ino.into(), -1, 0) {

@@ -1,7 +1,7 @@
 //! Files, directories, xattrs, links, renames, data and file handles in the
 //! layers: everything the filesystem does to real objects.
 
-use std::ffi::{CStr, OsStr};
+use std::ffi::OsStr;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -11,7 +11,7 @@ use super::{cstr, cvt, cvt_size, proc_fd_path, Stat};
 
 /// A step that changes a layer succeeded: a crash test may end the
 /// daemon here (`LAYERFS_CRASH_AT=any:N`, see `crashpoint`).
-fn step_done() {
+pub(super) fn step_done() {
     super::crashpoint::reached("step");
 }
 
@@ -124,88 +124,6 @@ pub fn readlink_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     })?;
     buf.truncate(n);
     Ok(buf)
-}
-
-/// Reads an xattr of the file an fd refers to (O_PATH fds included, symlinks
-/// included: the /proc magic link lands on the symlink itself).
-pub fn getxattr_fd(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
-    let p = proc_fd_path(fd);
-    let mut buf = vec![0u8; 256];
-    loop {
-        // SAFETY: `buf` is writable for its length; both strings are valid.
-        let r = unsafe {
-            libc::getxattr(
-                p.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        match cvt_size(r) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < (1 << 20) => {
-                // SAFETY: size query with a null buffer is allowed by getxattr(2).
-                let need = cvt_size(unsafe {
-                    libc::getxattr(p.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0)
-                })?;
-                buf.resize(need.max(buf.len() * 2), 0);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Lists the xattr names of the file an fd refers to, as the kernel returns
-/// them: NUL-terminated names back to back.
-pub fn listxattr_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
-    let p = proc_fd_path(fd);
-    let mut buf = vec![0u8; 256];
-    loop {
-        // SAFETY: `buf` is writable for its length; the path is valid.
-        let r = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        match cvt_size(r) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < (1 << 24) => {
-                // SAFETY: size query with a null buffer.
-                let need =
-                    cvt_size(unsafe { libc::listxattr(p.as_ptr(), std::ptr::null_mut(), 0) })?;
-                buf.resize(need.max(buf.len() * 2), 0);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Sets an xattr on the file an fd refers to.
-pub fn setxattr_fd(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
-    let p = proc_fd_path(fd);
-    // SAFETY: all pointers valid for the given lengths.
-    cvt(unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    })?;
-    step_done();
-    Ok(())
-}
-
-/// Removes an xattr from the file an fd refers to.
-pub fn removexattr_fd(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    let p = proc_fd_path(fd);
-    // SAFETY: valid C strings.
-    cvt(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) })?;
-    step_done();
-    Ok(())
 }
 
 /// `fstatvfs(fd)`; works on O_PATH fds.
@@ -342,11 +260,36 @@ pub fn linkat(
     Ok(())
 }
 
-/// Makes a new name for the file an fd refers to (O_PATH fds included),
-/// through the /proc magic link.
+/// Links the file `fd` refers to (an unnamed `O_TMPFILE` file included) at
+/// `name` in `dir`: by the fd itself (`AT_EMPTY_PATH`, allowed to a caller
+/// with CAP_DAC_READ_SEARCH or, since Linux 6.10, to the opener of the
+/// file), else through its /proc magic link, which costs a walk of /proc;
+/// a refusal of the first way is remembered.
 pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    let p = proc_fd_path(fd);
+    static BY_FD_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    use std::sync::atomic::Ordering::Relaxed;
     let c = cstr(name)?;
+    if !BY_FD_REFUSED.load(Relaxed) {
+        // SAFETY: valid fds and C strings.
+        match cvt(unsafe {
+            libc::linkat(
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        }) {
+            Ok(_) => {
+                step_done();
+                return Ok(());
+            }
+            // Refused for want of the capability: ENOENT.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let p = proc_fd_path(fd);
     // SAFETY: valid C strings.
     cvt(unsafe {
         libc::linkat(
@@ -357,6 +300,8 @@ pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::Res
             libc::AT_SYMLINK_FOLLOW,
         )
     })?;
+    // The magic link worked where the fd did not: not a file without links.
+    BY_FD_REFUSED.store(true, Relaxed);
     step_done();
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Thin, safe wrappers over the syscalls layerfs needs, by domain: reading
-//! and writing layers (`layer_io`), the daemon's process (`process`), and
-//! mounts (`mount`). Callers use them as `sys::NAME`.
+//! and writing layers (`layer_io`, `xattr`), the daemon's process
+//! (`process`), and mounts (`mount`). Callers use them as `sys::NAME`.
 //!
 //! This is the only module allowed to use `unsafe`. Every wrapper takes
 //! borrowed fds and byte names and returns owned fds or plain data, and turns
@@ -12,11 +12,13 @@ mod layer_io;
 mod mapping;
 mod mount;
 mod process;
+mod xattr;
 
 pub use layer_io::*;
 pub use mapping::FileRange;
 pub use mount::*;
 pub use process::*;
+pub use xattr::*;
 
 use std::ffi::{CString, OsStr};
 use std::io;
