@@ -166,7 +166,18 @@ pub(super) fn serve(
         // mount of the same upper need not wait for the teardown.
         locks.release();
     }
-    drop(state);
+    if result.is_ok() {
+        // Nothing is left to do with the state but free it, and the
+        // process ends right after: the kernel takes its memory and fds in
+        // one go. Freeing it piece by piece (an inode table of tens of
+        // thousands of entries after a walk of an image, each with its
+        // fds and allocations) took most of a daemon's CPU after `umount`
+        // (16 ms after a 33,000-entry walk), beside whatever the host does
+        // next, often the next mount.
+        std::mem::forget(state);
+    } else {
+        drop(state);
+    }
     result.map_err(MountError::step("session ended with an error"))
 }
 
