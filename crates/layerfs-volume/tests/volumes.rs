@@ -612,10 +612,11 @@ fn plugin_api_refcounts_and_survives_restart() {
     // What a create killed half-way leaves is swept at start.
     common::mkdir(&fx.store.join(".new-web-1/upper"));
     start_plugin(&mut fx, &sock);
-    assert!(!fx.store.join(".new-web-1").exists());
-
+    // The plugin listens before it settles its stores and answers once
+    // they are settled: the first answer, not the socket, says it is done.
     let r = call(&sock, "Plugin.Activate", "");
     assert_eq!(r["Implements"][0], "VolumeDriver");
+    assert!(!fx.store.join(".new-web-1").exists());
     let r = call(&sock, "VolumeDriver.Capabilities", "");
     assert_eq!(r["Capabilities"]["Scope"], "local");
     let create = format!(r#"{{"Name":"web","Opts":{{"from":"{}"}}}}"#, seed.display());
