@@ -6,8 +6,9 @@
 //! 0 nor the daemon's is refused. One request per line, one answer line
 //! each, in order; requests of all connections are served one at a time:
 //!
-//! - `status` → `ok layers=N rotations=N upper=DEV:INO` (the upper root's
-//!   identity: which directory the daemon writes to now)
+//! - `status` → `ok layers=N rotations=N upper=DEV:INO lowers=DEV:INO,...`
+//!   (the upper root's identity: which directory the daemon writes to now;
+//!   the lower layers' roots, top first: which a restack took)
 //! - `rotate NAME [TIMEOUT_MS]` → `ok barrier_us=N stopped_us=N sync_us=N inodes=N`
 //!   (NAME: an empty directory beside the upper dir; TIMEOUT_MS defaults
 //!   to 1000)
@@ -102,10 +103,17 @@ pub fn answer(fs: &LayerFs, line: &str) -> String {
                 .map_or("none".to_string(), |st| {
                     format!("{}:{}", st.st_dev, st.st_ino)
                 });
+            let lowers: Vec<String> = layers
+                .iter()
+                .filter(|(i, _)| Some(*i) != layers.upper())
+                .filter_map(|(i, _)| sys::fstat(layers.root_fd(i)).ok())
+                .map(|st| format!("{}:{}", st.st_dev, st.st_ino))
+                .collect();
             format!(
-                "ok layers={} rotations={} upper={upper}",
+                "ok layers={} rotations={} upper={upper} lowers={}",
                 layers.len(),
-                fs.rotations.load(Ordering::SeqCst)
+                fs.rotations.load(Ordering::SeqCst),
+                lowers.join(",")
             )
         }
         (Some("restack"), Some(path), Some(roots), timeout) if words.next().is_none() => {

@@ -22,7 +22,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::store::{err, now, Meta, Snapshot};
+use crate::store::{err, now, Meta, PendingMerge, Snapshot};
 use crate::volumes::Volumes;
 
 /// How long a restack may hold the containers' requests.
@@ -302,6 +302,97 @@ impl Volumes {
                 Err(e)
             }
         }
+    }
+
+    /// Has the mounted volume's daemon take `merged` in place of `range`
+    /// (`restack_live`), the intent written first (`Meta::pending_merge`):
+    /// `merged` is to take the place of `above`, and the snapshots
+    /// `dropped` to leave the metadata. The caller puts it in place and
+    /// clears the intent with its last write of the metadata.
+    pub(crate) fn merge_live(
+        &self,
+        meta: &mut Meta,
+        range: &[PathBuf],
+        merged: &Path,
+        above: &Path,
+        dropped: Vec<String>,
+    ) -> io::Result<()> {
+        let name = meta.name.clone();
+        let dir = self.store.dir(&name);
+        let rel = |p: &Path| {
+            p.strip_prefix(&dir)
+                .map(|r| r.to_string_lossy().into_owned())
+                .map_err(|_| err(format!("{} is not in volume {name}", p.display())))
+        };
+        let md = fs::metadata(merged)?;
+        meta.pending_merge = Some(PendingMerge {
+            merged: rel(merged)?,
+            id: format!("{}:{}", md.dev(), md.ino()),
+            above: rel(above)?,
+            dropped,
+        });
+        self.store.save(meta)?;
+        let taken = self.restack_live(&name, range, merged);
+        if taken.is_err() && !merged.exists() {
+            // Refused, and its merged layer removed: nothing to settle.
+            meta.pending_merge = None;
+            self.store.save(meta)?;
+        }
+        taken
+    }
+
+    /// Finishes or forgets a merge a crash cut (`Meta::pending_merge`).
+    /// Finished where the merged layer is in use: by the mounted volume's
+    /// daemon (`mounted`: its `status` lists it among its lower layers; a
+    /// request still running for the killed command is answered first, as
+    /// the daemon serves one at a time), or, not mounted, already in its
+    /// place. Else forgotten: its directory goes.
+    pub(crate) fn settle_merge(&self, meta: &mut Meta, mounted: bool) -> io::Result<()> {
+        let Some(p) = meta.pending_merge.clone() else {
+            return Ok(());
+        };
+        let name = meta.name.clone();
+        let dir = self.store.dir(&name);
+        // An exchange cut half-way (three renames, see `swap`) first.
+        crate::swap::settle(&dir)?;
+        let (merged, above) = (dir.join(&p.merged), dir.join(&p.above));
+        let in_place =
+            fs::metadata(&above).is_ok_and(|m| format!("{}:{}", m.dev(), m.ino()) == p.id);
+        let taken = if mounted {
+            refuse_elsewhere(&name, &dir)?;
+            let status = request(&control_socket(&dir), "status")?;
+            status
+                .split(' ')
+                .find_map(|w| w.strip_prefix("lowers="))
+                .is_some_and(|l| l.split(',').any(|id| id == p.id))
+        } else {
+            in_place
+        };
+        if taken {
+            log::warn!("volume {name}: finishing a merge cut by a crash");
+            if !in_place {
+                crate::swap::exchange(&merged, &above, &dir)?;
+            }
+            meta.snapshots.retain(|s| !p.dropped.contains(&s.id));
+        } else {
+            log::warn!("volume {name}: forgetting a merge cut by a crash");
+        }
+        meta.pending_merge = None;
+        self.store.save(meta)?;
+        // What the merged layer replaced (after the exchange, at its old
+        // name), or the merged layer itself, forgotten.
+        if merged.exists() {
+            fs::remove_dir_all(&merged)?;
+        }
+        if taken {
+            for id in &p.dropped {
+                match fs::remove_dir_all(self.store.snapshot_dir(&name, id)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Finishes a live snapshot a crash cut, the volume not mounted: a

@@ -31,6 +31,9 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp(None)
         .init();
+    // The crash tests' points (`LAYERFS_CRASH_AT`) count in this process
+    // too (`compact-taken`); without the variable none does anything.
+    layerfs::sys::crashpoint::arm();
     let cli = cli::Cli::parse();
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -55,6 +55,25 @@ pub struct Meta {
     /// bytes; None: no limit. Given to each mount (see `limits`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// A merged layer the mounted volume's daemon is asked to take
+    /// (`compact`, `snapshot rm`): written before it is asked, so that a
+    /// change cut by a crash after the daemon took it is finished, and one
+    /// cut before is forgotten, by the next change (see `live`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_merge: Option<PendingMerge>,
+}
+
+/// See [`Meta::pending_merge`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PendingMerge {
+    /// The merged layer's directory, in the volume's (`.merge-PID`).
+    pub merged: String,
+    /// Its root's identity, `DEV:INO`, as the daemon's `status` lists it.
+    pub id: String,
+    /// The layer whose place it takes, relative to the volume's directory.
+    pub above: String,
+    /// The snapshots it folds in, gone from the metadata once it is in place.
+    pub dropped: Vec<String>,
 }
 
 /// `VOLUME@SNAPSHOT`: where a clone's lower layers come from.

@@ -130,6 +130,7 @@ impl Volumes {
             next_snapshot: 1,
             pending_snapshot: None,
             pending_live: false,
+            pending_merge: None,
             size: opts.size,
         };
         // What is not asked for comes from the root the upper covers (the
@@ -237,11 +238,13 @@ impl Volumes {
     pub(crate) fn repair(&self, meta: &mut Meta) -> io::Result<()> {
         crate::mounts::remove_stale_views(&self.store.dir(&meta.name));
         if self.is_mounted(&meta.name) {
-            // Its daemon uses the layers: only a live snapshot cut by a
-            // crash of this side is settled, by asking the daemon.
+            // Its daemon uses the layers: only a live snapshot or merge
+            // cut by a crash of this side is settled, by asking the daemon.
+            self.settle_merge(meta, true)?;
             return self.repair_live_mounted(meta);
         }
         crate::swap::settle(&self.store.dir(&meta.name))?;
+        self.settle_merge(meta, false)?;
         if meta.pending_live {
             self.repair_live(meta)?;
         }
@@ -387,7 +390,7 @@ impl Volumes {
         if mounted {
             // The running daemon takes the merged layer first: the old
             // ones can then go.
-            self.restack_live(name, &m.range, &tmp)?;
+            self.merge_live(&mut meta, &m.range, &tmp, &above, vec![id.to_string()])?;
         }
         if k + 1 == n {
             // The index refers to the upper being replaced (its sets were
@@ -400,6 +403,7 @@ impl Volumes {
         // leaves no moment where a crash changes what the volume shows.
         crate::swap::exchange(&tmp, &above, &dir)?;
         meta.snapshots.remove(k);
+        meta.pending_merge = None;
         self.store.save(&meta)?;
         fs::remove_dir_all(&tmp)?;
         fs::remove_dir_all(self.store.snapshot_dir(name, id))
@@ -425,16 +429,23 @@ impl Volumes {
         let dir = self.store.dir(name);
         let tmp = dir.join(format!(".merge-{}", std::process::id()));
         self.merge(&meta, &m, &tmp)?;
-        if self.is_mounted(name) {
-            self.restack_live(name, &m.range, &tmp)?;
-        }
         let newest = meta.snapshots[n - 1].clone();
+        if self.is_mounted(name) {
+            let older = meta.snapshots[..n - 1]
+                .iter()
+                .map(|s| s.id.clone())
+                .collect();
+            let above = self.store.snapshot_dir(name, &newest.id);
+            self.merge_live(&mut meta, &m.range, &tmp, &above, older)?;
+            layerfs::sys::crashpoint::reached("compact-taken");
+        }
         // As in snapshot_remove: the merged layer shadows every older one,
         // so the swap and the metadata write can each be the last thing a
         // crash lets happen; repair() removes what is left.
         crate::swap::exchange(&tmp, &self.store.snapshot_dir(name, &newest.id), &dir)?;
         let older: Vec<Snapshot> = meta.snapshots[..n - 1].to_vec();
         meta.snapshots = vec![newest];
+        meta.pending_merge = None;
         self.store.save(&meta)?;
         fs::remove_dir_all(&tmp)?;
         for s in older {
@@ -490,6 +501,7 @@ impl Volumes {
             holders: Vec::new(),
             pending_snapshot: None,
             pending_live: false,
+            pending_merge: None,
             size: None,
         };
         let total = chain

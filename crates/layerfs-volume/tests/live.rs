@@ -584,3 +584,63 @@ fn a_snapshot_racing_the_daemons_exit_is_taken_offline() {
         assert_eq!(snapshots(&st, "v"), [id, next]);
     }
 }
+
+/// A compaction of a mounted volume whose command dies right after the
+/// daemon took the merged layer (crash point `compact-taken`: before the
+/// layer is put in place of the newest snapshot and the metadata written)
+/// is finished by the next change: the same view, one snapshot, nothing
+/// left over, and later compactions and removals work. Before, every later
+/// one was refused until the volume was mounted again.
+#[test]
+fn a_compaction_cut_after_the_daemon_took_the_merged_layer_is_finished() {
+    require!();
+    let st = Fixture::new();
+    st.ok(&["create", "v"]);
+    let mp = PathBuf::from(st.ok(&["mount", "v"]));
+    let contents = |mp: &Path| -> BTreeMap<String, Vec<u8>> {
+        tree(mp).into_iter().map(|(k, v)| (k, v.0)).collect()
+    };
+    for i in 0..3 {
+        fs::write(mp.join(format!("f{i}")), format!("{i}\n")).unwrap();
+        st.ok(&["snapshot", "v"]);
+    }
+    let before = contents(&mp);
+    let out = cmd(&st, &["compact", "v"])
+        .env("LAYERFS_CRASH_AT", "compact-taken")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the compaction was not cut");
+    assert_eq!(
+        snapshots(&st, "v").len(),
+        3,
+        "cut before its metadata write"
+    );
+    assert_eq!(contents(&mp), before);
+    st.ok(&["compact", "v"]);
+    assert_eq!(snapshots(&st, "v").len(), 1);
+    assert_eq!(contents(&mp), before);
+    let left: Vec<_> = fs::read_dir(st.store.join("v"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".merge-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(
+        fs::read_dir(st.store.join("v/snapshots")).unwrap().count(),
+        1
+    );
+    // Later changes of the stack go through the daemon again.
+    for i in 3..5 {
+        fs::write(mp.join(format!("f{i}")), format!("{i}\n")).unwrap();
+        st.ok(&["snapshot", "v"]);
+    }
+    let before = contents(&mp);
+    let oldest = snapshots(&st, "v")[0].clone();
+    st.ok(&["snapshot-rm", "v", &oldest]);
+    st.ok(&["compact", "v"]);
+    assert_eq!(snapshots(&st, "v").len(), 1);
+    assert_eq!(contents(&mp), before);
+    st.ok(&["umount", "v"]);
+    st.ok(&["mount", "v"]);
+    assert_eq!(contents(&mp), before);
+}
